@@ -1,0 +1,38 @@
+# The two commands of the README:
+#   make search   the main job (sets everything up first)
+#   make test     the whole test suite (sets everything up first)
+# Set-up is idempotent: a virtual environment in .venv with the project and its dev extras, then
+# Horovod 0.28.1 built from source against the installed TensorFlow (CPU/Gloo; see
+# scripts/install_horovod.sh for why the plain pip install fails and how to build with NCCL).
+
+PY ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+HVD := $(VENV)/.horovod
+
+.PHONY: setup search test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+$(HVD): $(STAMP) scripts/install_horovod.sh
+	PYTHON=$(BIN)/python bash scripts/install_horovod.sh
+	touch $@
+
+setup: $(HVD)
+
+search: setup
+	$(BIN)/python run_search.py
+
+test: setup
+	$(BIN)/python -m pytest -ra
+
+bench: setup
+	$(BIN)/python benchmarks/bench_train_step.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

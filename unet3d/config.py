@@ -1,0 +1,361 @@
+"""Frozen, validated configuration for one 3D-UNet training run.
+
+Three dataclasses, one per concern, and :class:`RunConfig` that holds them together and checks the
+rules that span them (the crop must be divisible by the model's total downsampling, a region loss
+needs a region head). Every class round-trips through plain JSON so that a run (and later every
+search trial) saves exactly the configuration it trained.
+
+Terminology: ``depth`` is the number of resolution levels; the network downsamples ``depth - 1``
+times. NVIDIA's reference has 6 levels (filters 32, 64, 128, 256, 320, 320).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+NORMS = ("instance", "batch", "group", "none")
+ACTIVATIONS = ("leaky_relu", "relu", "elu", "gelu", "swish")
+UPSAMPLINGS = ("transpose", "nearest")
+HEADS = ("softmax", "regions")
+LOSSES = ("dice", "dice_ce", "region")
+PRECISIONS = ("fp32", "mixed_float16", "mixed_bfloat16")
+XLA_MODES = ("on", "off", "auto")
+
+
+class ConfigError(ValueError):
+    """A configuration value breaks a rule; the message names the field and the value."""
+
+
+def _check_choice(field: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{field}={value!r} is not one of {', '.join(choices)}")
+
+
+def _check_range(field: str, value: float, lo: float | None = None, hi: float | None = None,
+                 *, lo_open: bool = False, integer: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{field}={value!r} must be a number")
+    if integer and not float(value).is_integer():
+        raise ConfigError(f"{field}={value!r} must be an integer")
+    if not math.isfinite(value):
+        raise ConfigError(f"{field}={value!r} must be finite")
+    if lo is not None and (value <= lo if lo_open else value < lo):
+        raise ConfigError(f"{field}={value!r} must be {'>' if lo_open else '>='} {lo}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{field}={value!r} must be <= {hi}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """Architecture of the 3D-UNet.
+
+    Attributes:
+        depth: resolution levels (2-7); the encoder downsamples ``depth - 1`` times.
+        base_filters: filters at the first level; doubled per level up to ``max_filters``.
+        max_filters: cap on filters per level (NVIDIA: 320).
+        norm: "instance" | "batch" | "group" | "none".
+        activation: "leaky_relu" (slope 0.01) | "relu" | "elu" | "gelu" | "swish".
+        upsampling: "transpose" (Conv3DTranspose k2 s2) | "nearest" (repeat + 1x1x1 conv).
+        deep_supervision: add auxiliary heads at the ``deep_supervision_heads`` decoder levels below
+            the top; their outputs are upsampled to full size and follow the main output.
+        deep_supervision_heads: how many auxiliary heads (1 .. depth-2).
+        dropout: spatial dropout rate between the two convolutions of each decoder block.
+        in_channels: input modalities (4 for BraTS).
+        n_classes: softmax classes including background (4 for BraTS).
+        head: "softmax" (n_classes channels) or "regions" (3 sigmoid channels WT, TC, ET).
+        output_kernel: kernel size of the output convolution (NVIDIA: 3).
+        group_norm_groups: groups for norm="group" (must divide every level's filters).
+    """
+
+    depth: int = 4
+    base_filters: int = 16
+    max_filters: int = 320
+    norm: str = "instance"
+    activation: str = "leaky_relu"
+    upsampling: str = "transpose"
+    deep_supervision: bool = False
+    deep_supervision_heads: int = 2
+    dropout: float = 0.0
+    in_channels: int = 4
+    n_classes: int = 4
+    head: str = "softmax"
+    output_kernel: int = 3
+    group_norm_groups: int = 8
+
+    def __post_init__(self) -> None:
+        _check_range("model.depth", self.depth, 2, 7, integer=True)
+        _check_range("model.base_filters", self.base_filters, 1, 1024, integer=True)
+        _check_range("model.max_filters", self.max_filters, self.base_filters, 4096, integer=True)
+        _check_choice("model.norm", self.norm, NORMS)
+        _check_choice("model.activation", self.activation, ACTIVATIONS)
+        _check_choice("model.upsampling", self.upsampling, UPSAMPLINGS)
+        _check_choice("model.head", self.head, HEADS)
+        if not isinstance(self.deep_supervision, bool):
+            raise ConfigError(f"model.deep_supervision={self.deep_supervision!r} must be true or false")
+        if self.deep_supervision:
+            _check_range("model.deep_supervision_heads", self.deep_supervision_heads, 1,
+                         max(1, self.depth - 2), integer=True)
+            if self.depth < 3:
+                raise ConfigError(f"model.deep_supervision needs depth >= 3, got depth={self.depth}")
+        _check_range("model.dropout", self.dropout, 0.0, 0.9)
+        _check_range("model.in_channels", self.in_channels, 1, 64, integer=True)
+        _check_range("model.n_classes", self.n_classes, 2, 64, integer=True)
+        if self.output_kernel not in (1, 3):
+            raise ConfigError(f"model.output_kernel={self.output_kernel!r} must be 1 or 3")
+        if self.norm == "group":
+            _check_range("model.group_norm_groups", self.group_norm_groups, 1, 1024, integer=True)
+            bad = [f for f in self.filters if f % self.group_norm_groups]
+            if bad:
+                raise ConfigError(
+                    f"model.group_norm_groups={self.group_norm_groups} must divide every level's "
+                    f"filters {self.filters}")
+
+    @property
+    def filters(self) -> tuple[int, ...]:
+        """Filters per level, top to bottom."""
+        return tuple(min(self.base_filters * 2**i, self.max_filters) for i in range(self.depth))
+
+    @property
+    def downsample_factor(self) -> int:
+        """Every spatial input size must be a multiple of this."""
+        return 2 ** (self.depth - 1)
+
+    @property
+    def out_channels(self) -> int:
+        return 3 if self.head == "regions" else self.n_classes
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Optimisation and run settings.
+
+    Attributes:
+        epochs: training epochs.
+        steps_per_epoch: optimizer steps per epoch (crops are sampled, so an epoch is a step count).
+        batch_size: crops per step.
+        learning_rate: peak Adam learning rate (after warm-up).
+        warmup_epochs: linear warm-up length; then cosine decay to ``min_lr_ratio * learning_rate``.
+        min_lr_ratio: final learning rate as a fraction of the peak.
+        weight_decay: decoupled weight decay (AdamW) when > 0.
+        loss: "dice" | "dice_ce" | "region" (sigmoid WT/TC/ET; needs model.head="regions").
+        precision: "fp32" | "mixed_float16" (dynamic loss scaling) | "mixed_bfloat16".
+        xla: "on" | "off" | "auto" (on for GPU, off for CPU, where XLA is slower).
+        seed: seeds weights, crops and augmentation.
+        val_every: validate every N epochs (and always after the last).
+        val_overlap: sliding-window overlap for validation, in [0, 1).
+        val_batch_size: windows per forward pass in validation.
+    """
+
+    epochs: int = 20
+    steps_per_epoch: int = 50
+    batch_size: int = 2
+    learning_rate: float = 2e-4
+    warmup_epochs: int = 1
+    min_lr_ratio: float = 0.01
+    weight_decay: float = 0.0
+    loss: str = "dice_ce"
+    precision: str = "fp32"
+    xla: str = "auto"
+    seed: int = 0
+    val_every: int = 1
+    val_overlap: float = 0.5
+    val_batch_size: int = 2
+
+    def __post_init__(self) -> None:
+        _check_range("train.epochs", self.epochs, 1, 100000, integer=True)
+        _check_range("train.steps_per_epoch", self.steps_per_epoch, 1, 10**7, integer=True)
+        _check_range("train.batch_size", self.batch_size, 1, 1024, integer=True)
+        _check_range("train.learning_rate", self.learning_rate, 0.0, 1.0, lo_open=True)
+        _check_range("train.warmup_epochs", self.warmup_epochs, 0, self.epochs, integer=True)
+        _check_range("train.min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
+        _check_range("train.weight_decay", self.weight_decay, 0.0, 1.0)
+        _check_choice("train.loss", self.loss, LOSSES)
+        _check_choice("train.precision", self.precision, PRECISIONS)
+        _check_choice("train.xla", self.xla, XLA_MODES)
+        _check_range("train.seed", self.seed, 0, 2**31 - 1, integer=True)
+        _check_range("train.val_every", self.val_every, 1, 100000, integer=True)
+        _check_range("train.val_overlap", self.val_overlap, 0.0, 0.95)
+        _check_range("train.val_batch_size", self.val_batch_size, 1, 1024, integer=True)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """Sampling, augmentation and split.
+
+    Attributes:
+        crop: training crop size (D, H, W) in voxels; validation windows use the same size.
+        foreground_ratio: fraction of crops centred on a labelled (tumour) voxel.
+        folds: number of cross-validation folds (split by patient ID).
+        fold: the fold held out for validation (0 .. folds-1).
+        split_seed: seeds the fold assignment of the sorted case IDs.
+        flip_prob: per-axis probability of a mirror flip.
+        intensity_scale: multiplicative jitter, factor drawn from [1-s, 1+s] per channel.
+        intensity_shift: additive jitter, drawn from [-s, s] per channel (data are z-scored).
+        noise_std: upper bound of the Gaussian noise standard deviation.
+        max_val_cases: cap on validation cases evaluated per epoch (0 = all).
+    """
+
+    crop: tuple[int, int, int] = (64, 64, 64)
+    foreground_ratio: float = 0.5
+    folds: int = 5
+    fold: int = 0
+    split_seed: int = 0
+    flip_prob: float = 0.5
+    intensity_scale: float = 0.1
+    intensity_shift: float = 0.1
+    noise_std: float = 0.05
+    max_val_cases: int = 0
+
+    def __post_init__(self) -> None:
+        crop = tuple(self.crop) if isinstance(self.crop, (list, tuple)) else self.crop
+        if not (isinstance(crop, tuple) and len(crop) == 3
+                and all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in crop)):
+            raise ConfigError(f"data.crop={self.crop!r} must be three positive integers (D, H, W)")
+        object.__setattr__(self, "crop", crop)
+        _check_range("data.foreground_ratio", self.foreground_ratio, 0.0, 1.0)
+        _check_range("data.folds", self.folds, 2, 100, integer=True)
+        _check_range("data.fold", self.fold, 0, self.folds - 1, integer=True)
+        _check_range("data.split_seed", self.split_seed, 0, 2**31 - 1, integer=True)
+        _check_range("data.flip_prob", self.flip_prob, 0.0, 1.0)
+        _check_range("data.intensity_scale", self.intensity_scale, 0.0, 0.9)
+        _check_range("data.intensity_shift", self.intensity_shift, 0.0, 5.0)
+        _check_range("data.noise_std", self.noise_std, 0.0, 5.0)
+        _check_range("data.max_val_cases", self.max_val_cases, 0, 10**6, integer=True)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """Everything one training run needs; checks the rules that span its parts."""
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+
+    def __post_init__(self) -> None:
+        f = self.model.downsample_factor
+        bad = [c for c in self.data.crop if c % f]
+        if bad:
+            raise ConfigError(
+                f"data.crop={list(self.data.crop)} must be divisible by 2**(model.depth-1)={f} "
+                f"in every axis")
+        if (self.train.loss == "region") != (self.model.head == "regions"):
+            raise ConfigError(
+                f"train.loss={self.train.loss!r} needs model.head="
+                f"{'regions' if self.train.loss == 'region' else 'softmax'!r}, got {self.model.head!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["data"]["crop"] = list(self.data.crop)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, source: str = "config") -> RunConfig:
+        """Builds a config from a JSON-like dict; unknown or mistyped fields raise ConfigError."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"{source}: top level must be an object with model/train/data")
+        unknown = set(d) - {"model", "train", "data"}
+        if unknown:
+            raise ConfigError(f"{source}: unknown section(s) {sorted(unknown)}; "
+                              f"expected model, train, data")
+        parts = {}
+        for name, klass in (("model", ModelConfig), ("train", TrainConfig), ("data", DataConfig)):
+            sub = d.get(name, {})
+            if not isinstance(sub, dict):
+                raise ConfigError(f"{source}: {name} must be an object")
+            known = {f.name for f in dataclasses.fields(klass)}
+            extra = set(sub) - known
+            if extra:
+                raise ConfigError(f"{source}: unknown field(s) {', '.join(f'{name}.{e}' for e in sorted(extra))}")
+            if name == "data" and "crop" in sub and isinstance(sub["crop"], list):
+                sub = {**sub, "crop": tuple(sub["crop"])}
+            try:
+                parts[name] = klass(**sub)
+            except ConfigError as e:
+                raise ConfigError(f"{source}: {e}") from None
+        try:
+            return cls(**parts)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str = "config") -> RunConfig:
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{source}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        return cls.from_dict(d, source=source)
+
+    def save(self, path: str | Path) -> None:
+        """Writes the config as JSON atomically (temp name, then rename)."""
+        from unet3d.io_utils import atomic_write_text
+
+        atomic_write_text(Path(path), self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunConfig:
+        p = Path(path)
+        try:
+            text = p.read_text()
+        except OSError as e:
+            raise ConfigError(f"{p}: cannot read ({e.strerror})") from None
+        if p.suffix in (".yaml", ".yml"):
+            import yaml
+
+            try:
+                d = yaml.safe_load(text)
+            except yaml.YAMLError as e:
+                raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+            return cls.from_dict(d, source=str(p))
+        return cls.from_json(text, source=str(p))
+
+    def replace(self, **sections: dict[str, Any]) -> RunConfig:
+        """Returns a copy with fields of the named sections overridden, e.g. train={"epochs": 3}."""
+        d = self.to_dict()
+        for name, fields in sections.items():
+            if name not in d:
+                raise ConfigError(f"unknown section {name!r}")
+            d[name].update(fields)
+        return RunConfig.from_dict(d)
+
+
+PRESETS: dict[str, RunConfig] = {
+    # NVIDIA DeepLearningExamples UNet_3D_Medical: 6 levels, 32..320 filters, instance norm,
+    # LeakyReLU 0.01, transposed-conv upsampling, 3x3x3 softmax head; dice+CE, Adam 2e-4, 128^3
+    # crops, batch 2, 16000 steps.
+    "nvidia": RunConfig(
+        model=ModelConfig(depth=6, base_filters=32, max_filters=320, norm="instance",
+                          activation="leaky_relu", upsampling="transpose", output_kernel=3),
+        train=TrainConfig(epochs=160, steps_per_epoch=100, batch_size=2, learning_rate=2e-4,
+                          warmup_epochs=0, min_lr_ratio=1.0, loss="dice_ce", xla="auto"),
+        data=DataConfig(crop=(128, 128, 128), foreground_ratio=0.5),
+    ),
+    # Sized for 2 CPU cores on the synthetic 64^3 data: trains to a useful Dice in minutes.
+    "cpu-small": RunConfig(
+        model=ModelConfig(depth=4, base_filters=8, max_filters=64, norm="instance"),
+        train=TrainConfig(epochs=12, steps_per_epoch=40, batch_size=2, learning_rate=3e-3,
+                          warmup_epochs=1, min_lr_ratio=0.05, loss="dice_ce", xla="auto"),
+        data=DataConfig(crop=(32, 32, 32), foreground_ratio=0.5, max_val_cases=4),
+    ),
+    # A mid-size model for a single GPU or a patient CPU: 5 levels, 16..256 filters, 96^3 crops.
+    "gpu-mid": RunConfig(
+        model=ModelConfig(depth=5, base_filters=16, max_filters=256, norm="instance",
+                          deep_supervision=True),
+        train=TrainConfig(epochs=100, steps_per_epoch=100, batch_size=2, learning_rate=3e-4,
+                          loss="dice_ce", precision="mixed_float16", xla="auto"),
+        data=DataConfig(crop=(96, 96, 96)),
+    ),
+}
+
+
+def preset(name: str) -> RunConfig:
+    """Returns a named preset; unknown names raise ConfigError listing the known ones."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; known: {', '.join(sorted(PRESETS))}")
+    return PRESETS[name]

@@ -1,0 +1,110 @@
+"""The parameterized 3D-UNet, built from keras layers only so that it runs on TensorFlow and JAX.
+
+Layout (channels-last, input N x D x H x W x C, D/H/W multiples of 2**(depth-1)):
+  level 0:      conv3 -> conv3                       (each conv: Conv3D -> norm -> activation)
+  level i > 0:  conv3 stride 2 -> conv3
+  decoder i:    upsample x2 (Conv3DTranspose k2 s2 with bias, no norm/act), concat skip, conv3 -> conv3
+  head:         Conv3D (k1 or k3) to the output channels, softmax (or sigmoid for region heads), float32
+With NVIDIA's settings (6 levels, 32..320 filters, instance norm, k3 head) this is their network,
+31,196,196 parameters.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from unet3d.config import ModelConfig
+
+_INIT = "glorot_uniform"
+
+
+def _norm(cfg: ModelConfig, filters: int, name: str) -> layers.Layer | None:
+    if cfg.norm == "instance":
+        return layers.GroupNormalization(groups=-1, epsilon=1e-6, name=name)
+    if cfg.norm == "group":
+        return layers.GroupNormalization(groups=cfg.group_norm_groups, epsilon=1e-6, name=name)
+    if cfg.norm == "batch":
+        return layers.BatchNormalization(epsilon=1e-3, momentum=0.9, name=name)
+    return None
+
+
+def _act(cfg: ModelConfig, name: str) -> layers.Layer:
+    if cfg.activation == "leaky_relu":
+        return layers.LeakyReLU(negative_slope=0.01, name=name)
+    return layers.Activation(cfg.activation, name=name)
+
+
+def _conv_block(x, cfg: ModelConfig, filters: int, strides: int, name: str):
+    norm = _norm(cfg, filters, f"{name}_norm")
+    x = layers.Conv3D(filters, 3, strides=strides, padding="same", use_bias=norm is None,
+                      kernel_initializer=_INIT, name=f"{name}_conv")(x)
+    if norm is not None:
+        x = norm(x)
+    return _act(cfg, f"{name}_act")(x)
+
+
+def _head(x, cfg: ModelConfig, name: str, kernel: int):
+    x = layers.Conv3D(cfg.out_channels, kernel, padding="same", kernel_initializer=_INIT,
+                      name=f"{name}_conv")(x)
+    # The head runs in float32 under mixed precision: softmax/sigmoid and the loss need the range.
+    activation = "sigmoid" if cfg.head == "regions" else "softmax"
+    return layers.Activation(activation, dtype="float32", name=name)(x)
+
+
+def build_unet3d(cfg: ModelConfig, *, name: str = "unet3d") -> keras.Model:
+    """Builds the 3D-UNet described by ``cfg``.
+
+    Args:
+        cfg: the architecture.
+        name: the Keras model name.
+
+    Returns:
+        A keras.Model taking (N, D, H, W, in_channels) float inputs, D/H/W multiples of
+        ``cfg.downsample_factor`` (spatial size is free: the same model serves crops and
+        sliding windows). Output: (N, D, H, W, out_channels) probabilities in float32. With deep
+        supervision the model returns a list: the main output first, then the auxiliary outputs
+        from coarser decoder levels, each upsampled to (N, D, H, W, out_channels).
+    """
+    filters = cfg.filters
+    inputs = keras.Input(shape=(None, None, None, cfg.in_channels), name="image")
+    x = inputs
+    skips = []
+    for level, f in enumerate(filters):
+        x = _conv_block(x, cfg, f, 1 if level == 0 else 2, f"enc{level}_a")
+        x = _conv_block(x, cfg, f, 1, f"enc{level}_b")
+        skips.append(x)
+
+    aux = []
+    for level in range(cfg.depth - 2, -1, -1):
+        f = filters[level]
+        if cfg.upsampling == "transpose":
+            x = layers.Conv3DTranspose(f, 2, strides=2, padding="same", use_bias=True,
+                                       kernel_initializer=_INIT, name=f"dec{level}_up")(x)
+        else:
+            x = layers.UpSampling3D(2, name=f"dec{level}_up")(x)
+            x = layers.Conv3D(f, 1, padding="same", kernel_initializer=_INIT,
+                              name=f"dec{level}_up_proj")(x)
+        x = layers.Concatenate(axis=-1, name=f"dec{level}_concat")([x, skips[level]])
+        x = _conv_block(x, cfg, f, 1, f"dec{level}_a")
+        if cfg.dropout > 0:
+            x = layers.SpatialDropout3D(cfg.dropout, name=f"dec{level}_dropout")(x)
+        x = _conv_block(x, cfg, f, 1, f"dec{level}_b")
+        if cfg.deep_supervision and 1 <= level <= cfg.deep_supervision_heads:
+            y = layers.Conv3D(cfg.out_channels, 1, kernel_initializer=_INIT,
+                              name=f"aux{level}_conv")(x)
+            y = layers.UpSampling3D(2**level, name=f"aux{level}_up")(y)
+            activation = "sigmoid" if cfg.head == "regions" else "softmax"
+            aux.append(layers.Activation(activation, dtype="float32", name=f"aux{level}")(y))
+
+    main = _head(x, cfg, "probabilities", cfg.output_kernel)
+    # Auxiliary heads were appended deepest first; report them shallow to deep after the main output.
+    outputs = [main, *reversed(aux)] if aux else main
+    return keras.Model(inputs, outputs, name=name)
+
+
+def inference_model(model: keras.Model) -> keras.Model:
+    """Returns a model sharing ``model``'s weights with only the main output (for prediction/export)."""
+    if isinstance(model.output, (list, tuple)):
+        return keras.Model(model.input, model.outputs[0], name=model.name)
+    return model

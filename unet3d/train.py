@@ -1,0 +1,305 @@
+"""One training run of the 3D-UNet on cached cases.
+
+What a run does: sets the precision policy (fp32 | mixed_float16 with dynamic loss scaling |
+mixed_bfloat16) and XLA (on | off | auto: on for GPU, off for CPU where XLA is slower), builds the
+model, trains with Adam (AdamW when weight decay is set) under a linear warm-up + cosine schedule,
+validates whole volumes by sliding window every ``val_every`` epochs, writes TensorBoard scalars per
+epoch (losses, region Dice, learning rate, volumes/s) and a checkpoint after every epoch, and ends
+with ``<out>/model.keras``, ``config.json`` and ``metrics.json``.
+
+Checkpoints are one ``.npz`` file (model weights, optimizer variables and the run state) replaced
+atomically each epoch, so a killed run resumes from the last finished epoch with ``resume=True``.
+Nothing here prints: progress goes to the optional ``log`` callable.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import unet3d  # noqa: F401  (runtime defaults before TensorFlow loads)
+import keras
+import tensorflow as tf
+
+from unet3d.config import RunConfig
+from unet3d.data.pipeline import train_dataset
+from unet3d.data.preprocess import CachedCase
+from unet3d.inference import keras_predict_fn, probabilities_to_classes, sliding_window_predict
+from unet3d.io_utils import atomic_path, atomic_write_json
+from unet3d.losses import deep_supervision_weights, get_loss
+from unet3d.metrics import region_scores, summarize
+from unet3d.model import build_unet3d, inference_model
+
+CHECKPOINT = "checkpoint.npz"
+Log = Callable[[str], None]
+
+
+class TrainError(RuntimeError):
+    """A run cannot start or continue (e.g. an existing checkpoint without resume)."""
+
+
+def gpu_available() -> bool:
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def configure_devices() -> None:
+    """Lets every visible GPU grow its memory on demand (fractional GPUs share a card)."""
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:
+            pass  # already initialised by an earlier run in this process
+
+
+def resolve_xla(mode: str) -> bool:
+    return gpu_available() if mode == "auto" else mode == "on"
+
+
+def make_optimizer(cfg: RunConfig) -> keras.optimizers.Optimizer:
+    t = cfg.train
+    total = t.epochs * t.steps_per_epoch
+    warmup = t.warmup_epochs * t.steps_per_epoch
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=t.learning_rate * 0.01 if warmup else t.learning_rate,
+        decay_steps=max(1, total - warmup),
+        alpha=t.min_lr_ratio,
+        warmup_target=t.learning_rate if warmup else None,
+        warmup_steps=warmup,
+    )
+    if t.weight_decay > 0:
+        return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=t.weight_decay)
+    return keras.optimizers.Adam(learning_rate=schedule)
+
+
+def compile_model(model: keras.Model, cfg: RunConfig) -> None:
+    loss = get_loss(cfg.train.loss)
+    n = len(model.outputs)
+    model.compile(
+        optimizer=make_optimizer(cfg),
+        loss=[loss] * n if n > 1 else loss,
+        loss_weights=deep_supervision_weights(n) if n > 1 else None,
+        jit_compile=resolve_xla(cfg.train.xla),
+    )
+
+
+def evaluate_cases(model: keras.Model, cases: Sequence[CachedCase], cfg: RunConfig, *,
+                   hd95: bool = False) -> list[dict[str, Any]]:
+    """Sliding-window prediction of whole cached volumes and BraTS region scores per case."""
+    predict = keras_predict_fn(inference_model(model))
+    out = []
+    for case in cases:
+        probs = sliding_window_predict(predict, np.asarray(case.image()), cfg.data.crop,
+                                       cfg.model.out_channels, overlap=cfg.train.val_overlap,
+                                       batch_size=cfg.train.val_batch_size)
+        pred = probabilities_to_classes(probs, cfg.model.head)
+        scores = region_scores(pred, np.asarray(case.label()),
+                               spacing=case.meta["spacing"] if hd95 else None)
+        out.append({"case_id": case.case_id, **scores})
+    return out
+
+
+def mean_scores(per_case: Sequence[dict[str, Any]]) -> dict[str, float]:
+    keys = [k for k in per_case[0] if k != "case_id"]
+    return {k: float(np.mean([c[k] for c in per_case])) for k in keys}
+
+
+def _save_checkpoint(path: Path, model: keras.Model, state: dict[str, Any]) -> None:
+    arrays = {f"w{i}": np.asarray(v) for i, v in enumerate(model.get_weights())}
+    arrays.update({f"o{i}": np.asarray(v) for i, v in enumerate(model.optimizer.variables)})
+    arrays["state"] = np.array(json.dumps(state))
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez(tmp, **arrays)
+
+
+def _load_checkpoint(path: Path, model: keras.Model) -> dict[str, Any]:
+    with np.load(path) as z:
+        n_w = sum(1 for k in z.files if k.startswith("w"))
+        n_o = sum(1 for k in z.files if k.startswith("o"))
+        weights = [z[f"w{i}"] for i in range(n_w)]
+        opt = [z[f"o{i}"] for i in range(n_o)]
+        state = json.loads(str(z["state"]))
+    try:
+        model.set_weights(weights)
+    except ValueError as e:
+        raise TrainError(f"{path}: checkpoint does not fit this model ({e})") from None
+    model.optimizer.build(model.trainable_variables)
+    variables = model.optimizer.variables
+    if len(variables) != len(opt):
+        raise TrainError(f"{path}: checkpoint has {len(opt)} optimizer variables, "
+                         f"the optimizer has {len(variables)}")
+    for v, value in zip(variables, opt, strict=True):
+        v.assign(value)
+    return state
+
+
+class _EpochEnd(keras.callbacks.Callback):
+    """Validation, throughput, learning rate, TensorBoard, checkpoint and history, once per epoch."""
+
+    def __init__(self, run: Trainer) -> None:
+        super().__init__()
+        self.run = run
+        self.t0 = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.t0 = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.run.end_epoch(epoch, logs if logs is not None else {}, time.perf_counter() - self.t0)
+
+
+class Trainer:
+    """One run: ``Trainer(cfg, train_cases, val_cases, out).fit()``.
+
+    Args:
+        cfg: the run configuration.
+        train_cases: cached, labelled training cases.
+        val_cases: cached, labelled validation cases (may be empty: no validation then).
+        out: output folder.
+        resume: continue from ``out/checkpoint.npz``; without it an existing checkpoint is an error
+            (so nothing is silently overwritten).
+        log: receives one line of progress per epoch.
+        epoch_hook: called after each epoch with (epoch, metrics); a search reports from here.
+        shard: (rank, workers) of the training stream.
+        is_chief: only the chief writes files (multi-worker runs).
+    """
+
+    def __init__(self, cfg: RunConfig, train_cases: Sequence[CachedCase],
+                 val_cases: Sequence[CachedCase], out: str | Path, *, resume: bool = False,
+                 log: Log | None = None,
+                 epoch_hook: Callable[[int, dict[str, float]], None] | None = None,
+                 shard: tuple[int, int] = (0, 1), is_chief: bool = True) -> None:
+        self.cfg = cfg
+        self.train_cases = list(train_cases)
+        self.val_cases = list(val_cases)
+        if cfg.data.max_val_cases:
+            self.val_cases = self.val_cases[: cfg.data.max_val_cases]
+        self.out = Path(out)
+        self.resume = resume
+        self.log = log or (lambda _msg: None)
+        self.epoch_hook = epoch_hook
+        self.shard = shard
+        self.is_chief = is_chief
+        self.history: list[dict[str, float]] = []
+        self.start_epoch = 0
+        self.model: keras.Model | None = None
+        self._writer = None
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out / CHECKPOINT
+
+    def _check_out(self) -> None:
+        ckpt = self.checkpoint_path
+        if ckpt.exists() and not self.resume:
+            raise TrainError(f"{ckpt}: a checkpoint already exists; pass --resume to continue "
+                             f"that run, or choose another --out")
+        if self.resume and ckpt.exists():
+            saved = self.out / "config.json"
+            if saved.exists() and RunConfig.load(saved) != self.cfg:
+                raise TrainError(f"{saved}: the run being resumed used a different configuration")
+
+    def fit(self) -> dict[str, Any]:
+        """Trains, writes the outputs, returns the metrics dict (also in metrics.json)."""
+        cfg = self.cfg
+        self._check_out()
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.is_chief:
+            cfg.save(self.out / "config.json")
+        configure_devices()
+        policy = "float32" if cfg.train.precision == "fp32" else cfg.train.precision
+        previous = keras.config.dtype_policy()
+        keras.config.set_dtype_policy(policy)
+        try:
+            keras.utils.set_random_seed(cfg.train.seed)
+            self.model = build_unet3d(cfg.model)
+            compile_model(self.model, cfg)
+            if self.resume and self.checkpoint_path.exists():
+                state = _load_checkpoint(self.checkpoint_path, self.model)
+                self.start_epoch = int(state["epoch"])
+                self.history = list(state["history"])
+                self.log(f"resumed from {self.checkpoint_path} after epoch {self.start_epoch}")
+            if self.is_chief:
+                self._writer = tf.summary.create_file_writer(str(self.out / "tensorboard"))
+            if self.start_epoch < cfg.train.epochs:
+                ds = train_dataset(self.train_cases, cfg.data, cfg.train.batch_size,
+                                   cfg.train.seed, n_outputs=len(self.model.outputs),
+                                   start_index=self.start_epoch * cfg.train.steps_per_epoch
+                                   * cfg.train.batch_size, shard=self.shard)
+                self.model.fit(ds, epochs=cfg.train.epochs, initial_epoch=self.start_epoch,
+                               steps_per_epoch=cfg.train.steps_per_epoch, verbose=0, shuffle=False,
+                               callbacks=[_EpochEnd(self)])
+            return self._finish()
+        finally:
+            keras.config.set_dtype_policy(previous)
+            if self._writer is not None:
+                self._writer.close()
+
+    def end_epoch(self, epoch: int, logs: dict[str, Any], seconds: float) -> None:
+        cfg = self.cfg
+        t = cfg.train
+        record: dict[str, float] = {"epoch": epoch + 1, "loss": float(logs.get("loss", np.nan))}
+        record["learning_rate"] = float(np.asarray(self.model.optimizer.learning_rate))
+        record["throughput_vps"] = t.steps_per_epoch * t.batch_size / max(seconds, 1e-9)
+        record["epoch_seconds"] = seconds
+        last = epoch + 1 == t.epochs
+        if self.val_cases and ((epoch + 1) % t.val_every == 0 or last):
+            v0 = time.perf_counter()
+            scores = mean_scores(evaluate_cases(self.model, self.val_cases, cfg))
+            record.update({f"val_{k}": v for k, v in scores.items()})
+            record["val_seconds"] = time.perf_counter() - v0
+        self.history.append(record)
+        if self._writer is not None:
+            with self._writer.as_default(step=epoch + 1):
+                for k, v in record.items():
+                    if k != "epoch":
+                        tf.summary.scalar(k, v)
+            self._writer.flush()
+        if self.is_chief:
+            _save_checkpoint(self.checkpoint_path, self.model,
+                             {"epoch": epoch + 1, "history": self.history})
+        msg = (f"epoch {epoch + 1}/{t.epochs} loss {record['loss']:.4f} "
+               f"lr {record['learning_rate']:.2e} {record['throughput_vps']:.1f} vol/s")
+        if "val_dice_mean" in record:
+            msg += (f" | val Dice WT {record['val_dice_WT']:.3f} TC {record['val_dice_TC']:.3f} "
+                    f"ET {record['val_dice_ET']:.3f} mean {record['val_dice_mean']:.3f}")
+        self.log(msg)
+        if self.epoch_hook is not None:
+            self.epoch_hook(epoch + 1, record)
+
+    def _finish(self) -> dict[str, Any]:
+        cfg = self.cfg
+        metrics: dict[str, Any] = {
+            "epochs": cfg.train.epochs,
+            "parameters": int(self.model.count_params()),
+            "train_cases": [c.case_id for c in self.train_cases],
+            "val_cases": [c.case_id for c in self.val_cases],
+            "history": self.history,
+        }
+        if self.val_cases:
+            per_case = evaluate_cases(self.model, self.val_cases, cfg, hd95=True)
+            metrics["per_case"] = per_case
+            metrics["final"] = mean_scores(per_case)
+            metrics["summary"] = summarize([{k: v for k, v in c.items() if k != "case_id"}
+                                            for c in per_case])
+        vps = [h["throughput_vps"] for h in self.history[1:] or self.history]
+        metrics["throughput_vps"] = float(np.median(vps)) if vps else None
+        if self.is_chief:
+            save_model(inference_model(self.model), self.out / "model.keras")
+            atomic_write_json(self.out / "metrics.json", metrics)
+        return metrics
+
+
+def save_model(model: keras.Model, path: Path) -> None:
+    """Saves an uncompiled copy (built-in layers only: loads with safe_mode, no custom objects)."""
+    with atomic_path(path, suffix=".keras") as tmp:
+        model.save(tmp, include_optimizer=False)
+
+
+def load_model(path: str | Path) -> keras.Model:
+    """Loads a saved model with Keras safe mode (no arbitrary code from the file)."""
+    return keras.saving.load_model(path, compile=False, safe_mode=True)
