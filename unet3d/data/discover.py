@@ -83,9 +83,11 @@ def _case_from_folder(folder: Path) -> Case | None:
     found: dict[str, Path] = {}
     for f in sorted(folder.iterdir()):
         stem = _strip_nii(f.name)
-        if stem is None or "_" not in stem:
+        if stem is None or "_" not in stem or f.name.startswith("."):  # "._x": macOS resource fork
             continue
         suffix = stem.rsplit("_", 1)[1].lower()
+        if suffix == "segm":  # BraTS20_Training_355 ships its label as W39_1998.09.19_Segm.nii
+            suffix = "seg"
         if suffix in MODALITIES or suffix == "seg":
             found[suffix] = f
     if not found:
