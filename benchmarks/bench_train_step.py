@@ -1,0 +1,110 @@
+#!/usr/bin/env python
+"""CPU training-step throughput of the 3D-UNet (volumes/s) for a small and a mid-size config.
+
+Each (config, setting) runs in its own process, because TensorFlow reads TF_ENABLE_ONEDNN_OPTS once
+at import. Settings compared in the same run:
+  ours      the project's defaults (oneDNN on, XLA auto = off on CPU)
+  tf-plain  TensorFlow's own default on this CPU (oneDNN off): the speed trap in FACTS.md
+  xla       ours + XLA jit_compile (slower on CPU, shown so the default is justified)
+A step is one optimizer step (forward, Dice+CE loss, backward, Adam) on a random batch, timed after
+warm-up; the table prints the median over repeats.
+
+  python benchmarks/bench_train_step.py [--configs small mid] [--settings ours tf-plain xla]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# depth = resolution levels (downsamplings = depth - 1)
+CONFIGS = {
+    "small": dict(crop=32, base=8, depth=4, batch=2),
+    "mid": dict(crop=64, base=16, depth=5, batch=1),
+}
+SETTINGS = {
+    "ours": dict(env={}, xla=False),
+    "tf-plain": dict(env={"TF_ENABLE_ONEDNN_OPTS": "0"}, xla=False),
+    "xla": dict(env={}, xla=True),
+}
+
+
+def worker(cfg: dict, xla: bool, steps: int, warmup: int) -> dict:
+    sys.path.insert(0, str(ROOT))
+    import numpy as np
+
+    import unet3d  # noqa: F401
+    import keras
+
+    from unet3d.config import ModelConfig
+    from unet3d.losses import dice_ce_loss
+    from unet3d.model import build_unet3d
+
+    keras.utils.set_random_seed(0)
+    model = build_unet3d(ModelConfig(depth=cfg["depth"], base_filters=cfg["base"], max_filters=320))
+    model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=dice_ce_loss, jit_compile=xla)
+    rng = np.random.default_rng(0)
+    shape = (cfg["batch"], cfg["crop"], cfg["crop"], cfg["crop"])
+    x = rng.standard_normal((*shape, 4)).astype("float32")
+    y = rng.integers(0, 4, shape).astype("uint8")
+    for _ in range(warmup):
+        model.train_on_batch(x, y)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        model.train_on_batch(x, y)
+        times.append(time.perf_counter() - t0)
+    step = float(np.median(times))
+    return {"params": model.count_params(), "step_s": step, "vps": cfg["batch"] / step}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        w = json.loads(args.worker)
+        print(json.dumps(worker(w["cfg"], w["xla"], args.steps, args.warmup)))
+        return 0
+
+    rows = []
+    for name in args.configs:
+        cfg = CONFIGS[name]
+        for setting in args.settings:
+            s = SETTINGS[setting]
+            env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **s["env"]}
+            steps = args.steps if setting == "ours" else max(3, args.steps // 3)
+            r = subprocess.run([sys.executable, __file__, "--steps", str(steps), "--warmup",
+                                str(args.warmup), "--worker",
+                                json.dumps({"cfg": cfg, "xla": s["xla"]})],
+                               capture_output=True, text=True, env=env)
+            if r.returncode != 0:
+                print(r.stderr[-2000:], file=sys.stderr)
+                return 1
+            res = json.loads(r.stdout.strip().splitlines()[-1])
+            rows.append((name, cfg, setting, res))
+
+    print(f"{'config':<7} {'crop':>5} {'base':>4} {'levels':>6} {'batch':>5} {'params':>10} "
+          f"{'setting':<9} {'step s':>8} {'vol/s':>7} {'vs ours':>8}")
+    ours = {n: r["vps"] for n, _, s, r in rows if s == "ours"}
+    for name, cfg, setting, r in rows:
+        rel = f"{r['vps'] / ours[name]:.2f}x" if name in ours else "-"
+        print(f"{name:<7} {cfg['crop']:>4}^3 {cfg['base']:>4} {cfg['depth']:>6} {cfg['batch']:>5} "
+              f"{r['params']:>10,} {setting:<9} {r['step_s']:>8.3f} {r['vps']:>7.2f} {rel:>8}")
+    print(f"\n{os.cpu_count()} CPU cores; python {sys.version.split()[0]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,309 @@
+"""Search spaces as data: validated Int / Float / Choice parameters over RunConfig fields.
+
+A parameter's name is the dotted RunConfig field it sets ("model.depth", "train.learning_rate").
+One derived name exists: "data.crop" takes a single edge length and sets a cubic crop. A space also
+carries ``base`` (the preset its unsearched fields come from) and ``fixed`` (field overrides applied
+to every trial). Turning a sample into a RunConfig enforces one cross-field rule the sampler cannot
+know: the crop is rounded up to a multiple of 2**(depth-1), so every sample is trainable.
+
+Files: a user space is YAML or JSON, parsed as data (yaml.safe_load, no code):
+    base: cpu-small
+    fixed: {train: {steps_per_epoch: 20}}
+    params:
+      model.depth: {type: int, low: 3, high: 5}
+      train.learning_rate: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
+      model.norm: {type: choice, values: [instance, batch]}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from unet3d.config import DataConfig, ModelConfig, RunConfig, TrainConfig, preset
+
+
+class SpaceError(ValueError):
+    """A malformed search space; the message names the file and field."""
+
+
+_SECTIONS = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig}
+
+
+def _field_type(name: str) -> type | None:
+    """The Python type of the RunConfig field a parameter name points at (None if unknown)."""
+    if name == "data.crop":
+        return int
+    section, _, field = name.partition(".")
+    klass = _SECTIONS.get(section)
+    if klass is None:
+        return None
+    for f in dataclasses.fields(klass):
+        if f.name == field:
+            default = f.default
+            return type(default) if default is not dataclasses.MISSING else None
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Int:
+    """Integer in [low, high] (inclusive), optional step, optional log scale."""
+
+    name: str
+    low: int
+    high: int
+    step: int = 1
+    log: bool = False
+
+    def __post_init__(self) -> None:
+        for k in ("low", "high", "step"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise SpaceError(f"{self.name}: {k}={v!r} must be an integer")
+        if self.low > self.high:
+            raise SpaceError(f"{self.name}: low={self.low} must be <= high={self.high}")
+        if self.step < 1:
+            raise SpaceError(f"{self.name}: step={self.step} must be >= 1")
+        if self.log and (self.low < 1 or self.step != 1):
+            raise SpaceError(f"{self.name}: log scale needs low >= 1 and step 1")
+        if (self.high - self.low) % self.step:
+            raise SpaceError(f"{self.name}: high - low = {self.high - self.low} must be a multiple of "
+                             f"step={self.step}")
+
+    def contains(self, v: Any) -> bool:
+        return (isinstance(v, int) and not isinstance(v, bool) and self.low <= v <= self.high
+                and (v - self.low) % self.step == 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Float:
+    """Real number in [low, high], linear or log scale."""
+
+    name: str
+    low: float
+    high: float
+    log: bool = False
+
+    def __post_init__(self) -> None:
+        for k in ("low", "high"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise SpaceError(f"{self.name}: {k}={v!r} must be a finite number")
+        if self.low > self.high:
+            raise SpaceError(f"{self.name}: low={self.low} must be <= high={self.high}")
+        if self.log and self.low <= 0:
+            raise SpaceError(f"{self.name}: log scale needs low > 0, got {self.low}")
+
+    def contains(self, v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and \
+            self.low <= float(v) <= self.high
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """One of a list of values (strings, numbers or booleans)."""
+
+    name: str
+    values: tuple[Any, ...]
+
+    def __post_init__(self) -> None:
+        vals = tuple(self.values) if isinstance(self.values, (list, tuple)) else None
+        if not vals:
+            raise SpaceError(f"{self.name}: values must be a non-empty list")
+        if len(set(map(repr, vals))) != len(vals):
+            raise SpaceError(f"{self.name}: values {list(vals)} has duplicates")
+        for v in vals:
+            if not isinstance(v, (str, int, float, bool)):
+                raise SpaceError(f"{self.name}: value {v!r} must be a string, number or boolean")
+        object.__setattr__(self, "values", vals)
+
+    def contains(self, v: Any) -> bool:
+        return any(v == c and type(v) is type(c) for c in self.values)
+
+
+Param = Int | Float | Choice
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSpace:
+    """A named set of parameters over a base preset, plus fixed overrides."""
+
+    name: str
+    params: tuple[Param, ...]
+    base: str = "cpu-small"
+    fixed: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        names = [p.name for p in self.params]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise SpaceError(f"space {self.name}: parameter(s) {dup} defined twice")
+        for p in self.params:
+            t = _field_type(p.name)
+            if t is None:
+                raise SpaceError(f"space {self.name}: {p.name}: not a config field "
+                                 f"(use model.*, train.* or data.* field names)")
+            if isinstance(p, Float) and t is not float:
+                raise SpaceError(f"space {self.name}: {p.name}: is a {t.__name__} field, not float")
+            if isinstance(p, Int) and t is not int:
+                raise SpaceError(f"space {self.name}: {p.name}: is a {t.__name__} field, not int")
+        try:
+            base = preset(self.base)
+            base.replace(**{k: dict(v) for k, v in self.fixed.items()})
+        except ValueError as e:
+            raise SpaceError(f"space {self.name}: {e}") from None
+        # Every extreme of every parameter must make a valid config (checked once, here).
+        for p in self.params:
+            for v in (p.values if isinstance(p, Choice) else (p.low, p.high)):
+                sample = self.default_sample()
+                sample[p.name] = v
+                try:
+                    self.to_run_config(sample)
+                except ValueError as e:
+                    raise SpaceError(f"space {self.name}: {p.name}={v!r} gives an invalid "
+                                     f"configuration: {e}") from None
+
+    @property
+    def names(self) -> list[str]:
+        return [p.name for p in self.params]
+
+    def base_config(self) -> RunConfig:
+        return preset(self.base).replace(**{k: dict(v) for k, v in self.fixed.items()})
+
+    def default_sample(self) -> dict[str, Any]:
+        """The base configuration's values, projected into the space (clipped to its bounds)."""
+        base = self.base_config()
+        return {p.name: project(p, config_value(base, p.name)) for p in self.params}
+
+    def contains(self, sample: Mapping[str, Any]) -> bool:
+        return set(sample) == set(self.names) and all(p.contains(sample[p.name]) for p in self.params)
+
+    def to_run_config(self, sample: Mapping[str, Any]) -> RunConfig:
+        """The RunConfig for one sample (unknown names raise; crop rounded to the depth's multiple)."""
+        unknown = set(sample) - set(self.names)
+        if unknown:
+            raise SpaceError(f"space {self.name}: sample has unknown parameter(s) {sorted(unknown)}")
+        base = self.base_config()
+        over: dict[str, dict[str, Any]] = {"model": {}, "train": {}, "data": {}}
+        for name, v in sample.items():
+            section, _, field = name.partition(".")
+            if name == "data.crop":
+                v = [int(v)] * 3
+            elif isinstance(v, float) and _field_type(name) is int:
+                v = int(round(v))
+            over[section][field] = v
+        d = base.to_dict()
+        for k, fields in over.items():
+            d[k].update(fields)
+        depth = d["model"]["depth"]
+        f = 2 ** (depth - 1)
+        d["data"]["crop"] = [max(f, int(math.ceil(c / f)) * f) for c in d["data"]["crop"]]
+        if d["model"].get("deep_supervision"):
+            d["model"]["deep_supervision_heads"] = min(d["model"]["deep_supervision_heads"],
+                                                       max(1, depth - 2))
+            if depth < 3:
+                d["model"]["deep_supervision"] = False
+        if d["train"]["warmup_epochs"] > d["train"]["epochs"]:
+            d["train"]["warmup_epochs"] = d["train"]["epochs"]
+        return RunConfig.from_dict(d, source=f"space {self.name}")
+
+    def to_dict(self) -> dict[str, Any]:
+        params: dict[str, Any] = {}
+        for p in self.params:
+            if isinstance(p, Int):
+                params[p.name] = {"type": "int", "low": p.low, "high": p.high, "step": p.step,
+                                  "log": p.log}
+            elif isinstance(p, Float):
+                params[p.name] = {"type": "float", "low": p.low, "high": p.high, "log": p.log}
+            else:
+                params[p.name] = {"type": "choice", "values": list(p.values)}
+        return {"name": self.name, "base": self.base,
+                "fixed": {k: dict(v) for k, v in self.fixed.items()}, "params": params}
+
+
+def config_value(cfg: RunConfig, name: str) -> Any:
+    section, _, field = name.partition(".")
+    v = getattr(getattr(cfg, section), field)
+    return v[0] if name == "data.crop" else v
+
+
+def project(p: Param, v: Any) -> Any:
+    """The point of ``p`` nearest to ``v`` (used to put NVIDIA's config into any space)."""
+    if isinstance(p, Choice):
+        if p.contains(v):
+            return v
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            nums = [c for c in p.values if isinstance(c, (int, float)) and not isinstance(c, bool)]
+            if nums:
+                return min(nums, key=lambda c: abs(c - v))
+        return p.values[0]
+    if isinstance(p, Int):
+        v = min(max(int(round(v)), p.low), p.high)
+        return p.low + round((v - p.low) / p.step) * p.step
+    return min(max(float(v), p.low), p.high)
+
+
+def space_from_dict(d: Any, *, source: str) -> SearchSpace:
+    """Parses a space from plain data; every problem names ``source`` and the field."""
+    if not isinstance(d, dict):
+        raise SpaceError(f"{source}: top level must be a mapping with 'params'")
+    extra = set(d) - {"name", "base", "fixed", "params"}
+    if extra:
+        raise SpaceError(f"{source}: unknown key(s) {sorted(extra)}; expected name, base, fixed, params")
+    params_in = d.get("params")
+    if not isinstance(params_in, dict) or not params_in:
+        raise SpaceError(f"{source}: 'params' must be a non-empty mapping of field name -> spec")
+    params: list[Param] = []
+    for name, spec in params_in.items():
+        where = f"{source}: params.{name}"
+        if not isinstance(spec, dict) or "type" not in spec:
+            raise SpaceError(f"{where}: must be a mapping with 'type' (int, float or choice)")
+        kind = spec["type"]
+        args = {k: v for k, v in spec.items() if k != "type"}
+        allowed = {"int": {"low", "high", "step", "log"}, "float": {"low", "high", "log"},
+                   "choice": {"values"}}.get(kind)
+        if allowed is None:
+            raise SpaceError(f"{where}: type={kind!r} must be int, float or choice")
+        bad = set(args) - allowed
+        if bad:
+            raise SpaceError(f"{where}: unknown key(s) {sorted(bad)} for type {kind}")
+        missing = ({"values"} if kind == "choice" else {"low", "high"}) - set(args)
+        if missing:
+            raise SpaceError(f"{where}: missing {sorted(missing)}")
+        klass = {"int": Int, "float": Float, "choice": Choice}[kind]
+        try:
+            params.append(klass(name=name, **args))
+        except SpaceError as e:
+            raise SpaceError(f"{source}: params.{e}") from None
+        except TypeError as e:
+            raise SpaceError(f"{where}: {e}") from None
+    fixed = d.get("fixed", {})
+    if not isinstance(fixed, dict) or not all(isinstance(v, dict) for v in fixed.values()):
+        raise SpaceError(f"{source}: 'fixed' must map model/train/data to field overrides")
+    try:
+        return SearchSpace(name=str(d.get("name", Path(source).stem)), params=tuple(params),
+                           base=str(d.get("base", "cpu-small")), fixed=fixed)
+    except SpaceError as e:
+        raise SpaceError(f"{source}: {e}") from None
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    """Loads a YAML or JSON space file (parsed as data, never executed)."""
+    import json
+
+    import yaml
+
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise SpaceError(f"{p}: cannot read ({e.strerror})") from None
+    try:
+        d = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise SpaceError(f"{p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'} "
+                         f"({str(e).splitlines()[0]})") from None
+    return space_from_dict(d, source=str(p))
