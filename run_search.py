@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """One command line for the whole project.
 
-  python run_search.py                 the default job (synthetic data, then train; see --help)
+  python run_search.py                 the default job: a search on synthetic data (see --help)
+  python run_search.py search          search the best 3D-UNet (Ray Tune + Optuna + ASHA)
   python run_search.py synth           write a synthetic BraTS 2021-layout dataset
   python run_search.py prepare         validate and preprocess a dataset into its cache
   python run_search.py train           train one 3D-UNet
@@ -135,17 +136,99 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _experiment(args: argparse.Namespace) -> Path:
+    name = args.name or time.strftime("search-%Y%m%d-%H%M%S")
+    return Path(args.out) / name
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from search.context import SearchContext
+    from search.finish import finish, load_context, save_context
+    from search.results import format_table
+    from spaces.presets import get_space
+
+    experiment = _experiment(args)
+    if args.resume:
+        if not args.name:
+            raise_user("--resume needs --name (the experiment to continue)")
+        if not (experiment / "search.json").exists():
+            raise_user(f"{experiment}: no search to resume (search.json missing)")
+        ctx, extra = load_context(experiment)
+        engine = extra["engine"]
+        _print(f"resuming {engine} search {experiment}")
+    else:
+        if experiment.exists() and any(experiment.iterdir()):
+            raise_user(f"{experiment}: experiment folder exists; pass --resume to continue it or "
+                       f"choose another --name")
+        if args.data is None:
+            args.data = str(DEFAULT_DATA)
+            if not DEFAULT_DATA.exists() or not any(DEFAULT_DATA.iterdir()):
+                cmd_synth(argparse.Namespace(out=str(DEFAULT_DATA), cases=16, shape=[64, 64, 64],
+                                             seed=0))
+        space = get_space(args.space)
+        _, entries = _prepare(Path(args.data), _cache_dir(args))
+        labelled = [e.case_id for e in entries if e.meta["labelled"]]
+        if len(labelled) < args.folds:
+            raise_user(f"{args.data}: {len(labelled)} labelled cases, fewer than --folds {args.folds}")
+        from unet3d.data.split import kfold
+
+        train_ids, val_ids = kfold(labelled, args.folds, args.fold, args.split_seed)
+        ctx = SearchContext(space=space.to_dict(), data=str(args.data),
+                            cache=str(_cache_dir(args).resolve()), train_ids=tuple(train_ids),
+                            val_ids=tuple(val_ids), max_epochs=args.max_epochs, seed=args.seed,
+                            fold=args.fold, folds=args.folds, split_seed=args.split_seed)
+        engine = args.engine
+        experiment.mkdir(parents=True, exist_ok=True)
+        save_context(ctx, experiment, {"engine": engine})
+        from search.tb import write_experiment
+
+        write_experiment(experiment, space)
+        _print(f"searching space {space.name!r} ({len(space.params)} parameters) with {engine}: "
+               f"{len(train_ids)} train / {len(val_ids)} validation cases -> {experiment}")
+    t0 = time.perf_counter()
+    if engine == "ray":
+        from search import ray_engine
+
+        opts = ray_engine.RayOptions(
+            num_samples=args.num_samples, max_epochs=ctx.max_epochs, grace_period=args.grace_period,
+            reduction_factor=args.reduction_factor, time_attr=args.time_attr,
+            max_trial_seconds=args.max_trial_seconds, cpus_per_trial=args.cpus_per_trial,
+            gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
+            max_failures=args.max_failures, address=args.address, seed=ctx.seed,
+            verbose=args.verbose)
+        rows = ray_engine.run(ctx, experiment, opts, resume=args.resume, log=_print)
+    else:
+        from search import kt_engine
+
+        opts = kt_engine.KerasTunerOptions(algorithm=args.kt_algorithm, max_epochs=ctx.max_epochs,
+                                           factor=args.reduction_factor, max_trials=args.num_samples,
+                                           seed=ctx.seed)
+        rows = kt_engine.run(ctx, experiment, opts, resume=args.resume, log=_print)
+    summary = finish(rows, ctx, experiment, engine)
+    _print("")
+    _print(format_table(rows))
+    _print("")
+    _print(f"{len(rows)} trials in {time.perf_counter() - t0:.0f} s; {summary['trials_stopped_early']} "
+           f"stopped early; {summary['trial_epochs_run']} trial-epochs run of "
+           f"{summary['trial_epochs_without_early_stopping']} without early stopping "
+           f"({summary['trial_epochs_saved']} saved)")
+    if "best_trial" in summary:
+        _print(f"best trial {summary['best_trial']}: validation mean Dice "
+               f"{summary['best_dice_mean']:.4f}")
+        for k, v in summary["best_params"].items():
+            _print(f"  {k} = {v}")
+        _print(f"exported: {summary['export']}")
+    else:
+        _print("no trial finished an epoch: nothing exported")
+    _print(f"results: {experiment / 'results.csv'}")
+    _print(f"tensorboard --logdir {experiment} --host 127.0.0.1")
+    return 0 if "best_trial" in summary else 1
+
+
 def cmd_default(args: argparse.Namespace) -> int:
-    """The default job until the search lands: synthetic data if absent, then train cpu-small."""
-    data = DEFAULT_DATA
-    if not data.exists() or not any(data.iterdir()):
-        ns = argparse.Namespace(out=str(data), cases=16, shape=[64, 64, 64], seed=0)
-        cmd_synth(ns)
-    out = DEFAULT_OUT / time.strftime("train-%Y%m%d-%H%M%S")
-    ns = argparse.Namespace(data=str(data), cache=None, config=None, preset="cpu-small", epochs=None,
-                            steps_per_epoch=None, seed=None, fold=None, folds=None, precision=None,
-                            xla=None, out=str(out), resume=False)
-    return cmd_train(ns)
+    """The default job: synthetic data if absent, then a Ray Tune search of the demo space."""
+    ns = build_parser().parse_args(["search"])
+    return cmd_search(ns)
 
 
 class UserError(Exception):
@@ -161,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="run_search.py",
         description="Automated search for the best 3D-UNet for brain-tumour MRI segmentation. "
                     "With no command: write a synthetic BraTS-like dataset to data/synthetic (if "
-                    "absent) and train the cpu-small preset on it into results/.",
+                    "absent) and search the demo space on it with Ray Tune + Optuna + ASHA on a "
+                    "local Ray instance (same as 'run_search.py search').",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -216,11 +300,61 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true",
                    help="continue the run in OUT from its last checkpoint")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("search", help="search the best 3D-UNet (Ray Tune + Optuna + ASHA, or Keras Tuner)",
+                       description="Search a space of 3D-UNet configurations on one fold of a "
+                                   "dataset. Writes OUT/NAME/: one folder per trial, results.csv, "
+                                   "trials.json, best/ (the best model exported) and TensorBoard "
+                                   "logs with an HParams view of every trial.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    s.add_argument("--data", default=None,
+                   help=f"dataset folder (default: a synthetic dataset in {DEFAULT_DATA}, written "
+                        f"if absent)")
+    s.add_argument("--cache", default=None,
+                   help="preprocessed cache (default: DATA/.unet3d-cache); must be on storage every "
+                        "node sees on a cluster")
+    s.add_argument("--space", default="demo",
+                   help="search space: demo | brats | nvidia, or a YAML/JSON space file")
+    s.add_argument("--engine", choices=["ray", "keras-tuner"], default="ray", help="search engine")
+    s.add_argument("--num-samples", type=int, default=8,
+                   help="trials to run (Keras Tuner Bayesian: max trials)")
+    s.add_argument("--max-epochs", type=int, default=6,
+                   help="epochs of a trial that is never stopped (ASHA max_t in epochs)")
+    s.add_argument("--grace-period", type=int, default=1,
+                   help="ASHA: epochs (or seconds) before a trial can be stopped")
+    s.add_argument("--reduction-factor", type=int, default=2,
+                   help="ASHA / Hyperband reduction factor")
+    s.add_argument("--time-attr", choices=["epochs", "seconds"], default="epochs",
+                   help="ASHA's budget unit; 'seconds' lets faster configurations earn more epochs")
+    s.add_argument("--max-trial-seconds", type=float, default=600.0,
+                   help="ASHA max_t with --time-attr seconds")
+    s.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs reserved per trial")
+    s.add_argument("--gpus-per-trial", type=float, default=0.0,
+                   help="GPUs per trial; fractions share a GPU (memory growth is on)")
+    s.add_argument("--max-concurrent", type=int, default=2, help="trials running at once (0: no limit)")
+    s.add_argument("--max-failures", type=int, default=1,
+                   help="retries of a failing trial, from its last checkpoint")
+    s.add_argument("--address", default=None,
+                   help="an existing Ray cluster ('auto' or host:port); default: a local Ray on "
+                        "127.0.0.1")
+    s.add_argument("--kt-algorithm", choices=["hyperband", "bayesian"], default="hyperband",
+                   help="Keras Tuner algorithm (with --engine keras-tuner)")
+    s.add_argument("--fold", type=int, default=0, help="validation fold")
+    s.add_argument("--folds", type=int, default=5, help="number of folds")
+    s.add_argument("--split-seed", type=int, default=0, help="seed of the fold split")
+    s.add_argument("--seed", type=int, default=0, help="seed of the sampler and of every trial")
+    s.add_argument("--out", default=str(DEFAULT_OUT), help="results root (Ray storage path)")
+    s.add_argument("--name", default=None, help="experiment name (default: search-<time>)")
+    s.add_argument("--resume", action="store_true",
+                   help="continue the interrupted experiment OUT/NAME, keeping finished trials")
+    s.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2], help="Ray Tune progress output")
+    s.set_defaults(func=cmd_search)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from spaces.space import SpaceError
     from unet3d.config import ConfigError
     from unet3d.data.discover import DataError
 
@@ -228,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             return cmd_default(args)
         return args.func(args)
-    except (ConfigError, DataError, UserError) as e:
+    except (ConfigError, DataError, UserError, SpaceError) as e:
         print(f"\nerror: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
     except Exception as e:  # noqa: BLE001

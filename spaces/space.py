@@ -1,10 +1,12 @@
 """Search spaces as data: validated Int / Float / Choice parameters over RunConfig fields.
 
 A parameter's name is the dotted RunConfig field it sets ("model.depth", "train.learning_rate").
-One derived name exists: "data.crop" takes a single edge length and sets a cubic crop. A space also
+Two derived names exist: "data.crop" takes a single edge length and sets a cubic crop, and
+"data.augment" in [0, 1] scales every augmentation strength at once (0 = none, 1 = strong). A space also
 carries ``base`` (the preset its unsearched fields come from) and ``fixed`` (field overrides applied
 to every trial). Turning a sample into a RunConfig enforces one cross-field rule the sampler cannot
-know: the crop is rounded up to a multiple of 2**(depth-1), so every sample is trainable.
+know: the crop is rounded up to a multiple of 2**(depth-1), deep-supervision heads are capped by the
+depth, and the region loss switches the model to the region head, so every sample is trainable.
 
 Files: a user space is YAML or JSON, parsed as data (yaml.safe_load, no code):
     base: cpu-small
@@ -33,10 +35,15 @@ class SpaceError(ValueError):
 _SECTIONS = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig}
 
 
+DERIVED: dict[str, type] = {"data.crop": int, "data.augment": float}
+# data.augment = 1 means these strengths; 0 means no augmentation.
+_AUGMENT_AT_ONE = {"flip_prob": 0.5, "intensity_scale": 0.2, "intensity_shift": 0.2, "noise_std": 0.1}
+
+
 def _field_type(name: str) -> type | None:
     """The Python type of the RunConfig field a parameter name points at (None if unknown)."""
-    if name == "data.crop":
-        return int
+    if name in DERIVED:
+        return DERIVED[name]
     section, _, field = name.partition(".")
     klass = _SECTIONS.get(section)
     if klass is None:
@@ -192,6 +199,9 @@ class SearchSpace:
             section, _, field = name.partition(".")
             if name == "data.crop":
                 v = [int(v)] * 3
+            elif name == "data.augment":
+                over["data"].update({k: float(v) * a for k, a in _AUGMENT_AT_ONE.items()})
+                continue
             elif isinstance(v, float) and _field_type(name) is int:
                 v = int(round(v))
             over[section][field] = v
@@ -206,6 +216,7 @@ class SearchSpace:
                                                        max(1, depth - 2))
             if depth < 3:
                 d["model"]["deep_supervision"] = False
+        d["model"]["head"] = "regions" if d["train"]["loss"] == "region" else "softmax"
         if d["train"]["warmup_epochs"] > d["train"]["epochs"]:
             d["train"]["warmup_epochs"] = d["train"]["epochs"]
         return RunConfig.from_dict(d, source=f"space {self.name}")
@@ -225,6 +236,8 @@ class SearchSpace:
 
 
 def config_value(cfg: RunConfig, name: str) -> Any:
+    if name == "data.augment":
+        return cfg.data.noise_std / _AUGMENT_AT_ONE["noise_std"]
     section, _, field = name.partition(".")
     v = getattr(getattr(cfg, section), field)
     return v[0] if name == "data.crop" else v

@@ -116,17 +116,30 @@ def _save_checkpoint(path: Path, model: keras.Model, state: dict[str, Any]) -> N
         np.savez(tmp, **arrays)
 
 
-def _load_checkpoint(path: Path, model: keras.Model) -> dict[str, Any]:
-    with np.load(path) as z:
-        n_w = sum(1 for k in z.files if k.startswith("w"))
-        n_o = sum(1 for k in z.files if k.startswith("o"))
-        weights = [z[f"w{i}"] for i in range(n_w)]
-        opt = [z[f"o{i}"] for i in range(n_o)]
-        state = json.loads(str(z["state"]))
+def read_checkpoint(path: Path) -> tuple[list[np.ndarray], list[np.ndarray], dict[str, Any]]:
+    """(model weights, optimizer variables, run state) from a checkpoint file."""
+    try:
+        with np.load(path) as z:
+            n_w = sum(1 for k in z.files if k.startswith("w"))
+            n_o = sum(1 for k in z.files if k.startswith("o"))
+            weights = [z[f"w{i}"] for i in range(n_w)]
+            opt = [z[f"o{i}"] for i in range(n_o)]
+            state = json.loads(str(z["state"]))
+    except (OSError, ValueError, KeyError) as e:
+        raise TrainError(f"{path}: not a readable checkpoint ({e})") from None
+    return weights, opt, state
+
+
+def set_weights_checked(model: keras.Model, weights: list[np.ndarray], source: Path) -> None:
     try:
         model.set_weights(weights)
     except ValueError as e:
-        raise TrainError(f"{path}: checkpoint does not fit this model ({e})") from None
+        raise TrainError(f"{source}: checkpoint does not fit this model ({e})") from None
+
+
+def _load_checkpoint(path: Path, model: keras.Model) -> dict[str, Any]:
+    weights, opt, state = read_checkpoint(path)
+    set_weights_checked(model, weights, path)
     model.optimizer.build(model.trainable_variables)
     variables = model.optimizer.variables
     if len(variables) != len(opt):

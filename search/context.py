@@ -1,0 +1,66 @@
+"""What every trial needs besides its sampled parameters: where the data is and how it is split."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from spaces.space import SearchSpace, space_from_dict
+from unet3d.config import RunConfig
+from unet3d.data.preprocess import CachedCase
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchContext:
+    """Plain data (it travels to Ray workers and is saved as ``<experiment>/search.json``).
+
+    Attributes:
+        space: the search space as a dict (``SearchSpace.to_dict``).
+        data: the dataset folder (as given by the user).
+        cache: the preprocessed cache folder every trial reads (shared storage on a cluster).
+        train_ids / val_ids: the fold's case IDs.
+        max_epochs: epochs a trial trains if no scheduler stops it (the LR schedule's length).
+        seed: the training seed every trial uses (same crops and init for a fair comparison).
+        fold / folds / split_seed: the split the IDs came from.
+    """
+
+    space: dict[str, Any]
+    data: str
+    cache: str
+    train_ids: tuple[str, ...]
+    val_ids: tuple[str, ...]
+    max_epochs: int
+    seed: int = 0
+    fold: int = 0
+    folds: int = 5
+    split_seed: int = 0
+
+    def search_space(self) -> SearchSpace:
+        return space_from_dict(self.space, source="search context")
+
+    def run_config(self, sample: dict[str, Any]) -> RunConfig:
+        cfg = self.search_space().to_run_config(sample)
+        return cfg.replace(
+            train={"epochs": self.max_epochs, "seed": self.seed,
+                   "warmup_epochs": min(cfg.train.warmup_epochs, self.max_epochs)},
+            data={"fold": self.fold, "folds": self.folds, "split_seed": self.split_seed})
+
+    def cases(self, ids: tuple[str, ...]) -> list[CachedCase]:
+        out = []
+        for cid in ids:
+            folder = Path(self.cache) / cid
+            out.append(CachedCase(folder, json.loads((folder / "meta.json").read_text())))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["train_ids"], d["val_ids"] = list(self.train_ids), list(self.val_ids)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SearchContext:
+        d = dict(d)
+        d["train_ids"], d["val_ids"] = tuple(d["train_ids"]), tuple(d["val_ids"])
+        return cls(**d)

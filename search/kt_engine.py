@@ -1,0 +1,128 @@
+"""Keras Tuner engine: the same space searched on one machine without Ray.
+
+Hyperband (its own early stopping: brackets of trials trained for growing epoch budgets) or Bayesian
+optimisation. Trials run one after another in this process; each trains with the same Trainer as a
+Ray trial, into ``<experiment>/trial_<id>/run``. The search state lives in the experiment folder, so
+an interrupted search is continued by constructing the tuner again with ``overwrite=False``; a trial
+that was cut off resumes from its last epoch checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from search.context import SearchContext
+from search.objective import METRIC, MODE
+from search.results import TrialRow, row_from_history
+
+
+@dataclasses.dataclass(frozen=True)
+class KerasTunerOptions:
+    algorithm: str = "hyperband"   # "hyperband" | "bayesian"
+    max_epochs: int = 6
+    factor: int = 2                # Hyperband's reduction factor
+    hyperband_iterations: int = 1
+    max_trials: int = 8            # Bayesian only
+    seed: int = 0
+
+
+def _tuner(ctx: SearchContext, experiment: Path, opts: KerasTunerOptions, overwrite: bool,
+           log: Callable[[str], None]):
+    import keras_tuner as kt
+
+    from spaces.translate import define_keras_tuner, nvidia_point
+
+    space = ctx.search_space()
+    hp = kt.HyperParameters()
+    define_keras_tuner(space, hp)
+    objective = kt.Objective(METRIC, direction=MODE)
+    if opts.algorithm == "hyperband":
+        oracle = kt.oracles.HyperbandOracle(objective=objective, max_epochs=opts.max_epochs,
+                                            factor=opts.factor,
+                                            hyperband_iterations=opts.hyperband_iterations,
+                                            seed=opts.seed, hyperparameters=hp)
+    elif opts.algorithm == "bayesian":
+        oracle = kt.oracles.BayesianOptimizationOracle(objective=objective,
+                                                       max_trials=opts.max_trials, seed=opts.seed,
+                                                       hyperparameters=hp)
+    else:
+        raise ValueError(f"keras-tuner algorithm {opts.algorithm!r} must be hyperband or bayesian")
+
+    class UNetTuner(kt.engine.base_tuner.BaseTuner):
+        def run_trial(self, trial, *args, **kwargs):
+            import keras
+
+            from search.tb import write_hparams
+            from unet3d.train import CHECKPOINT, Trainer
+
+            values = trial.hyperparameters.values
+            sample = {p.name: values[p.name] for p in space.params}
+            cfg = ctx.run_config(sample)
+            epochs = int(values.get("tuner/epochs", opts.max_epochs))
+            cfg = cfg.replace(train={"epochs": epochs,
+                                     "warmup_epochs": min(cfg.train.warmup_epochs, epochs)})
+            run_dir = Path(self.get_trial_dir(trial.trial_id)) / "run"
+            resume = (run_dir / CHECKPOINT).exists()
+            if not resume:
+                write_hparams(run_dir / "tensorboard", sample, trial.trial_id)
+            log(f"trial {trial.trial_id}: {epochs} epochs {sample}"
+                + (" (resuming)" if resume else ""))
+            keras.backend.clear_session()
+            t0 = time.perf_counter()
+            metrics = Trainer(cfg, ctx.cases(ctx.train_ids), ctx.cases(ctx.val_ids), run_dir,
+                              resume=resume, log=lambda m: log(f"  {trial.trial_id} {m}")).fit()
+            (run_dir / "wall_s").write_text(f"{time.perf_counter() - t0:.3f}\n")
+            last = [h for h in metrics["history"] if METRIC in h][-1]
+            # The exported weights are the last epoch's: score the trial by that epoch, honestly.
+            return {METRIC: float(last[METRIC])}
+
+    tuner = UNetTuner(oracle=oracle, directory=str(experiment.parent), project_name=experiment.name,
+                      overwrite=overwrite)
+    if overwrite or not tuner.oracle.trials:
+        # NVIDIA's configuration first (the oracle evaluates populated values before sampling).
+        tuner.oracle.hyperparameters.values.update(nvidia_point(space))
+    return tuner
+
+
+def run(ctx: SearchContext, experiment: Path, opts: KerasTunerOptions, *, resume: bool = False,
+        log: Callable[[str], None] = print) -> list[TrialRow]:
+    tuner = _tuner(ctx, experiment, opts, overwrite=not resume, log=log)
+    tuner.search()
+    return rows(tuner, ctx, experiment, opts)
+
+
+def rows(tuner: Any, ctx: SearchContext, experiment: Path, opts: KerasTunerOptions) -> list[TrialRow]:
+    import json
+
+    import numpy as np
+
+    from unet3d.train import CHECKPOINT
+
+    names = [p.name for p in ctx.search_space().params]
+    out = []
+    for tid, trial in sorted(tuner.oracle.trials.items()):
+        run_dir = Path(tuner.get_trial_dir(tid)) / "run"
+        history: list[dict[str, Any]] = []
+        if (run_dir / CHECKPOINT).exists():
+            with np.load(run_dir / CHECKPOINT) as z:
+                history = json.loads(str(z["state"]))["history"]
+        values = trial.hyperparameters.values
+        wall = float((run_dir / "wall_s").read_text()) if (run_dir / "wall_s").exists() else 0.0
+        error = "" if history else f"no epoch finished (trial status {trial.status})"
+        row = row_from_history(tid, {n: values.get(n) for n in names}, history, ctx.max_epochs,
+                               error=error, wall_s=wall, node=socket.gethostname(),
+                               checkpoint=str(run_dir) if history else "", run_dir=str(run_dir))
+        # Keras Tuner scores a trial by its last epoch (the weights it keeps); report that as best.
+        if history:
+            last = [h for h in history if METRIC in h][-1]
+            row.best_epoch = int(last["epoch"])
+            row.best_dice_mean = float(last[METRIC])
+            row.best_dice_WT, row.best_dice_TC, row.best_dice_ET = (
+                float(last["val_dice_WT"]), float(last["val_dice_TC"]), float(last["val_dice_ET"]))
+        out.append(row)
+    return out

@@ -1,0 +1,148 @@
+"""Ray Tune engine: OptunaSearch (TPE, seeded) picks configurations, ASHA stops weak trials early.
+
+NVIDIA's configuration (projected into the space) is the first point evaluated. Trials get
+``cpus_per_trial`` / ``gpus_per_trial`` (fractional GPUs share a card: TensorFlow memory growth is
+on), at most ``max_concurrent`` run at once, and a failing trial is retried ``max_failures`` times
+from its last checkpoint. ASHA's time attribute is the epoch count or wall-clock seconds (so faster
+configurations can earn more epochs in the same budget).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from search.context import SearchContext
+from search.objective import METRIC, MODE
+from search.results import TrialRow, row_from_history
+
+
+@dataclasses.dataclass(frozen=True)
+class RayOptions:
+    num_samples: int = 8
+    max_epochs: int = 6
+    grace_period: int = 1
+    reduction_factor: int = 2
+    time_attr: str = "epochs"          # "epochs" | "seconds"
+    max_trial_seconds: float = 600.0   # ASHA's max_t when time_attr is "seconds"
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_concurrent: int = 2
+    max_failures: int = 1
+    address: str | None = None         # None: start a local Ray on 127.0.0.1
+    num_cpus: int | None = None        # local Ray only
+    seed: int = 0
+    verbose: int = 1
+
+
+def _init_ray(opts: RayOptions) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    common = dict(include_dashboard=False, log_to_driver=opts.verbose > 1,
+                  configure_logging=True, logging_level="ERROR")
+    if opts.address:
+        ray.init(address=opts.address, **common)
+    else:
+        ray.init(num_cpus=opts.num_cpus or os.cpu_count(), _node_ip_address="127.0.0.1", **common)
+
+
+def _trainable(ctx: SearchContext, opts: RayOptions):
+    from ray import tune
+
+    from search.trainable import train_trial
+
+    resources = {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial}
+    return tune.with_resources(tune.with_parameters(train_trial, ctx=ctx.to_dict()), resources)
+
+
+def run(ctx: SearchContext, experiment: Path, opts: RayOptions, *, resume: bool = False,
+        log: Callable[[str], None] = print) -> list[TrialRow]:
+    """Runs (or resumes) the search; returns a row per trial."""
+    # Ray's TensorBoardX logger would write a second HParams session per trial (at trial end only);
+    # the trials write their own, from the first epoch. CSV/JSON loggers are added explicitly below.
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    import optuna
+    from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from spaces.translate import nvidia_point, to_optuna
+
+    _init_ray(opts)
+    trainable = _trainable(ctx, opts)
+    experiment = experiment if "://" in str(experiment) else experiment.resolve()
+    storage, name = str(experiment.parent), experiment.name
+    if resume:
+        tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True,
+                                   resume_errored=True)
+    else:
+        space = ctx.search_space()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        searcher = OptunaSearch(space=to_optuna(space), metric=METRIC, mode=MODE,
+                                points_to_evaluate=[nvidia_point(space)],
+                                sampler=optuna.samplers.TPESampler(seed=opts.seed))
+        if opts.max_concurrent:
+            searcher = ConcurrencyLimiter(searcher, max_concurrent=opts.max_concurrent)
+        if opts.time_attr == "epochs":
+            scheduler = ASHAScheduler(time_attr="training_iteration", max_t=opts.max_epochs,
+                                      grace_period=opts.grace_period,
+                                      reduction_factor=opts.reduction_factor)
+        else:
+            scheduler = ASHAScheduler(time_attr="time_total_s", max_t=opts.max_trial_seconds,
+                                      grace_period=opts.grace_period,
+                                      reduction_factor=opts.reduction_factor)
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=searcher,
+                                        scheduler=scheduler, num_samples=opts.num_samples,
+                                        max_concurrent_trials=opts.max_concurrent or None),
+            run_config=tune.RunConfig(
+                name=name, storage_path=storage, verbose=opts.verbose,
+                callbacks=[CSVLoggerCallback(), JsonLoggerCallback()],
+                failure_config=tune.FailureConfig(max_failures=opts.max_failures),
+                checkpoint_config=tune.CheckpointConfig(
+                    num_to_keep=1, checkpoint_score_attribute=METRIC,
+                    checkpoint_score_order=MODE)),
+        )
+    grid = tuner.fit()
+    return rows_from_grid(grid, ctx.max_epochs)
+
+
+def rows_from_grid(grid: Any, max_epochs: int) -> list[TrialRow]:
+    rows = []
+    for result in grid:
+        df = result.metrics_dataframe
+        history: list[dict[str, Any]] = []
+        if df is not None and len(df):
+            keep = [c for c in df.columns if c.startswith(("val_", "loss", "learning_rate",
+                                                          "throughput", "epoch"))]
+            history = df[keep].to_dict("records")
+        trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name.split("_")[1]
+        params = {k: v for k, v in (result.config or {}).items()}
+        best_ckpt = ""
+        try:
+            ck = result.get_best_checkpoint(METRIC, MODE)
+        except Exception:  # noqa: BLE001  (no scored checkpoint)
+            ck = None
+        if ck is None:
+            ck = result.checkpoint
+        if ck is not None:
+            best_ckpt = ck.path
+        m = result.metrics or {}
+        error = ""
+        if result.error is not None:
+            error = str(result.error).strip().splitlines()[-1][:300] if str(result.error) else \
+                type(result.error).__name__
+        rows.append(row_from_history(
+            trial_id, params, history, max_epochs, error=error,
+            wall_s=float(m.get("time_total_s", 0.0)),
+            node=str(m.get("node_ip", "")), checkpoint=best_ckpt, run_dir=str(result.path)))
+    return rows

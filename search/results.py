@@ -1,0 +1,119 @@
+"""Search results in one engine-neutral form: a row per trial, the best trial, ASHA's savings.
+
+Rows are written to ``<experiment>/results.csv`` and ``trials.json`` (atomically) and printed as a
+table by the CLI.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from search.objective import METRIC
+from unet3d.io_utils import atomic_write_json, atomic_write_text
+
+
+@dataclass
+class TrialRow:
+    """One trial.
+
+    status: "completed" (ran max epochs), "stopped" (ended early by the scheduler), "error".
+    best_*: the validation scores at the trial's best epoch (by the objective).
+    checkpoint: folder holding the best epoch's checkpoint.npz + config.json ("" if none).
+    """
+
+    trial_id: str
+    params: dict[str, Any]
+    status: str
+    epochs: int
+    best_epoch: int = 0
+    best_dice_mean: float = float("nan")
+    best_dice_WT: float = float("nan")
+    best_dice_TC: float = float("nan")
+    best_dice_ET: float = float("nan")
+    last_dice_mean: float = float("nan")
+    throughput_vps: float = float("nan")
+    wall_s: float = 0.0
+    node: str = ""
+    error: str = ""
+    checkpoint: str = ""
+    run_dir: str = ""
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def row_from_history(trial_id: str, params: dict[str, Any], history: Sequence[dict[str, Any]],
+                     max_epochs: int, *, error: str = "", wall_s: float = 0.0, node: str = "",
+                     checkpoint: str = "", run_dir: str = "") -> TrialRow:
+    """Builds a row from a trial's per-epoch records (the trainer's / Ray's reported metrics)."""
+    scored = [h for h in history if _finite(h.get(METRIC))]
+    best = max(scored, key=lambda h: h[METRIC]) if scored else {}
+    epochs = int(max((h.get("epoch", 0) for h in history), default=0))
+    status = "error" if error else ("completed" if epochs >= max_epochs else "stopped")
+    tput = [h["throughput_vps"] for h in history[1:] or history if _finite(h.get("throughput_vps"))]
+    return TrialRow(
+        trial_id=trial_id, params=dict(params), status=status, epochs=epochs,
+        best_epoch=int(best.get("epoch", 0)),
+        best_dice_mean=float(best.get(METRIC, math.nan)),
+        best_dice_WT=float(best.get("val_dice_WT", math.nan)),
+        best_dice_TC=float(best.get("val_dice_TC", math.nan)),
+        best_dice_ET=float(best.get("val_dice_ET", math.nan)),
+        last_dice_mean=float(scored[-1][METRIC]) if scored else math.nan,
+        throughput_vps=float(sorted(tput)[len(tput) // 2]) if tput else math.nan,
+        wall_s=wall_s, node=node, error=error, checkpoint=checkpoint, run_dir=run_dir,
+        history=[dict(h) for h in history])
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def best_row(rows: Sequence[TrialRow]) -> TrialRow | None:
+    ok = [r for r in rows if _finite(r.best_dice_mean) and r.checkpoint]
+    return max(ok, key=lambda r: r.best_dice_mean) if ok else None
+
+
+def asha_savings(rows: Sequence[TrialRow], max_epochs: int) -> dict[str, int]:
+    """Trial-epochs actually run vs. running every (non-failed) trial to max_epochs."""
+    ran = sum(r.epochs for r in rows if r.status != "error")
+    full = max_epochs * sum(1 for r in rows if r.status != "error")
+    return {"trial_epochs_run": ran, "trial_epochs_without_early_stopping": full,
+            "trial_epochs_saved": full - ran,
+            "trials_stopped_early": sum(1 for r in rows if r.status == "stopped")}
+
+
+def write_results(rows: Sequence[TrialRow], experiment: Path, summary: dict[str, Any]) -> None:
+    param_names = sorted({k for r in rows for k in r.params})
+    cols = ["trial_id", "status", "epochs", "best_epoch", "best_dice_mean", "best_dice_WT",
+            "best_dice_TC", "best_dice_ET", "throughput_vps", "wall_s", "node", "error"]
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(cols + param_names)
+    for r in rows:
+        d = asdict(r)
+        w.writerow([d[c] for c in cols] + [r.params.get(p, "") for p in param_names])
+    atomic_write_text(experiment / "results.csv", buf.getvalue())
+    atomic_write_json(experiment / "trials.json",
+                      {"summary": summary, "trials": [asdict(r) for r in rows]})
+
+
+def format_table(rows: Sequence[TrialRow]) -> str:
+    """A fixed-width table: one line per trial, parameters abbreviated to their field names."""
+    param_names = sorted({k for r in rows for k in r.params})
+    short = [p.split(".", 1)[1] for p in param_names]
+    head = (f"{'trial':<10} {'status':<9} {'ep':>3} {'Dice':>6} {'WT':>6} {'TC':>6} {'ET':>6} "
+            f"{'vol/s':>6} " + " ".join(f"{s[:12]:>12}" for s in short))
+    lines = [head, "-" * len(head)]
+    for r in sorted(rows, key=lambda r: -r.best_dice_mean if _finite(r.best_dice_mean) else 1):
+        vals = []
+        for p in param_names:
+            v = r.params.get(p, "")
+            vals.append(f"{v:>12.3g}" if isinstance(v, float) else f"{str(v)[:12]:>12}")
+        lines.append(f"{r.trial_id[:10]:<10} {r.status:<9} {r.epochs:>3} {r.best_dice_mean:>6.3f} "
+                     f"{r.best_dice_WT:>6.3f} {r.best_dice_TC:>6.3f} {r.best_dice_ET:>6.3f} "
+                     f"{r.throughput_vps:>6.1f} " + " ".join(vals))
+    return "\n".join(lines)

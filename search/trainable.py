@@ -1,0 +1,83 @@
+"""The Ray Tune function trainable: one trial trains one sampled configuration.
+
+Per epoch it reports the validation region Dice (the objective, ``val_dice_mean``, and WT/TC/ET),
+the loss, the learning rate, throughput in volumes/s, the node it runs on, and a checkpoint (the
+trainer's ``checkpoint.npz`` with the trial's ``config.json``). A trial that Ray restores (after a
+failure or a resumed search) continues from its last reported checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from search.context import SearchContext
+
+
+def _limit_threads(cpus: float) -> None:
+    """Keeps a trial's TensorFlow to its CPU share (two trials on two cores would otherwise fight)."""
+    import tensorflow as tf
+
+    n = max(1, int(cpus))
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(n)
+        tf.config.threading.set_inter_op_parallelism_threads(min(2, n))
+    except RuntimeError:
+        pass  # the runtime is already up in this worker (a reused actor): keep its setting
+
+
+def train_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
+    """Ray Tune function trainable. ``config``: the sampled parameters; ``ctx``: SearchContext dict."""
+    import unet3d  # noqa: F401  (runtime defaults before TensorFlow loads)
+    from ray import tune
+
+    context = SearchContext.from_dict(ctx)
+    tctx = tune.get_context()
+    resources = tctx.get_trial_resources().required_resources if tctx.get_trial_resources() else {}
+    _limit_threads(resources.get("CPU", os.cpu_count() or 1))
+
+    import keras
+
+    from search.tb import write_hparams
+    from unet3d.train import CHECKPOINT, Trainer
+
+    cfg = context.run_config(config)
+    trial_dir = Path(tctx.get_trial_dir())
+    run_dir = trial_dir / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resume = False
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            shutil.copy2(Path(d) / CHECKPOINT, run_dir / CHECKPOINT)
+            shutil.copy2(Path(d) / "config.json", run_dir / "config.json")
+        resume = True
+    else:
+        (run_dir / CHECKPOINT).unlink(missing_ok=True)  # a fresh attempt of a failed trial
+        write_hparams(run_dir / "tensorboard", config, tctx.get_trial_id())
+
+    node = {"node_ip": _node_ip(), "hostname": socket.gethostname()}
+
+    def report(epoch: int, record: dict[str, float]) -> None:
+        metrics = {**record, **node, "epoch": epoch}
+        with tempfile.TemporaryDirectory() as d:
+            shutil.copy2(run_dir / CHECKPOINT, Path(d) / CHECKPOINT)
+            shutil.copy2(run_dir / "config.json", Path(d) / "config.json")
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+    keras.backend.clear_session()
+    Trainer(cfg, context.cases(context.train_ids), context.cases(context.val_ids), run_dir,
+            resume=resume, epoch_hook=report).fit()
+
+
+def _node_ip() -> str:
+    try:
+        import ray
+
+        return ray.util.get_node_ip_address()
+    except Exception:  # noqa: BLE001  (outside Ray)
+        return "127.0.0.1"

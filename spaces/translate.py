@@ -1,0 +1,53 @@
+"""The one place a SearchSpace becomes each engine's own space.
+
+- Optuna distributions (for Ray Tune's ``OptunaSearch(space=...)``), and NVIDIA's configuration as
+  a point inside the space (offered to the searcher as the first point to evaluate).
+- Keras Tuner ``HyperParameters``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from spaces.space import Choice, Float, Int, SearchSpace, config_value, project
+from unet3d.config import preset
+
+
+def to_optuna(space: SearchSpace) -> dict[str, Any]:
+    """{name: optuna distribution}."""
+    from optuna import distributions as d
+
+    out: dict[str, Any] = {}
+    for p in space.params:
+        if isinstance(p, Int):
+            out[p.name] = d.IntDistribution(p.low, p.high, step=p.step, log=p.log)
+        elif isinstance(p, Float):
+            out[p.name] = d.FloatDistribution(p.low, p.high, log=p.log)
+        else:
+            out[p.name] = d.CategoricalDistribution(list(p.values))
+    return out
+
+
+def nvidia_point(space: SearchSpace) -> dict[str, Any]:
+    """NVIDIA's reference configuration projected into ``space`` (nearest value per parameter)."""
+    ref = preset("nvidia")
+    return {p.name: project(p, config_value(ref, p.name)) for p in space.params}
+
+
+def define_keras_tuner(space: SearchSpace, hp: Any) -> dict[str, Any]:
+    """Registers every parameter on a ``keras_tuner.HyperParameters`` and returns the sample."""
+    sample: dict[str, Any] = {}
+    for p in space.params:
+        if isinstance(p, Int):
+            sample[p.name] = hp.Int(p.name, p.low, p.high, step=p.step,
+                                    sampling="log" if p.log else "linear")
+        elif isinstance(p, Float):
+            sample[p.name] = hp.Float(p.name, p.low, p.high, sampling="log" if p.log else "linear")
+        elif all(isinstance(v, bool) for v in p.values):
+            sample[p.name] = hp.Boolean(p.name)
+        else:
+            sample[p.name] = hp.Choice(p.name, list(p.values))
+    return sample
+
+
+__all__ = ["to_optuna", "nvidia_point", "define_keras_tuner", "Choice"]

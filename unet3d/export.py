@@ -1,0 +1,110 @@
+"""Export a trained model as a self-describing folder, and load it back safely.
+
+An export folder holds:
+  model.keras       the network (main output only), loadable with Keras safe mode
+  saved_model/      a TensorFlow SavedModel (``model.export``) for TF Serving / other runtimes
+  config.json       the exact RunConfig it was trained with
+  metrics.json      its metrics (validation Dice/HD95, history, ...)
+  MODEL_CARD.md     a short human-readable card
+The folder is assembled under a temporary name and renamed into place, so a reader never sees a
+half-written export and an earlier export at the same path survives a failed one.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from unet3d.config import RunConfig
+from unet3d.io_utils import atomic_write_json
+from unet3d.model import build_unet3d, inference_model
+from unet3d.train import CHECKPOINT, load_model, read_checkpoint, set_weights_checked
+
+
+def model_from_run(run_dir: str | Path) -> tuple[keras.Model, RunConfig, dict[str, Any]]:
+    """Rebuilds the model of a run folder from its config.json and checkpoint.npz.
+
+    Returns (inference model, config, the checkpoint's run state).
+    """
+    run_dir = Path(run_dir)
+    cfg = RunConfig.load(run_dir / "config.json")
+    model = build_unet3d(cfg.model)
+    weights, _, state = read_checkpoint(run_dir / CHECKPOINT)
+    set_weights_checked(model, weights, run_dir / CHECKPOINT)
+    return inference_model(model), cfg, state
+
+
+def _model_card(cfg: RunConfig, metrics: dict[str, Any], params: int, source: str) -> str:
+    m = cfg.model
+    lines = [
+        "# 3D-UNet for brain-tumour segmentation",
+        "",
+        f"Source: {source}",
+        "",
+        "## Architecture",
+        f"- {m.depth} resolution levels, filters {list(m.filters)}, {params:,} parameters",
+        f"- normalization {m.norm}, activation {m.activation}, upsampling {m.upsampling}, "
+        f"deep supervision {'on' if m.deep_supervision else 'off'}, dropout {m.dropout}",
+        f"- head: {m.head} ({m.out_channels} channels); input: {m.in_channels} channels "
+        f"(t1, t1ce, t2, flair, each z-scored over the brain), channels-last N x D x H x W x C, "
+        f"D/H/W multiples of {m.downsample_factor}",
+        f"- trained on {list(cfg.data.crop)} crops, batch {cfg.train.batch_size}, loss "
+        f"{cfg.train.loss}, learning rate {cfg.train.learning_rate:g}, precision "
+        f"{cfg.train.precision}",
+        "",
+        "## Validation (BraTS regions: WT = labels 1,2,4; TC = 1,4; ET = 4)",
+    ]
+    final = metrics.get("final") or {}
+    if final:
+        lines.append("| region | Dice | HD95 (mm) |")
+        lines.append("|---|---|---|")
+        for r in ("WT", "TC", "ET", "mean"):
+            d = final.get(f"dice_{r}")
+            h = final.get(f"hd95_{r}")
+            lines.append(f"| {r} | {d:.4f} | {h:.2f} |" if h is not None else f"| {r} | {d:.4f} | - |")
+    else:
+        lines.append("No validation metrics (trained on every case).")
+    lines += ["", "## Files",
+              "- `model.keras`: `keras.saving.load_model('model.keras', safe_mode=True)`",
+              "- `saved_model/`: TensorFlow SavedModel, signature `serve` (float32 N x D x H x W x 4)",
+              "- `config.json`: the exact training configuration; `metrics.json`: full metrics", ""]
+    return "\n".join(lines)
+
+
+def export_model(model: keras.Model, cfg: RunConfig, metrics: dict[str, Any], out: str | Path,
+                 *, source: str = "") -> Path:
+    """Writes the export folder ``out`` (replacing an existing one only once the new one is whole)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model = inference_model(model)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        model.save(tmp / "model.keras")
+        model.export(str(tmp / "saved_model"), format="tf_saved_model", verbose=False)
+        cfg.save(tmp / "config.json")
+        atomic_write_json(tmp / "metrics.json", metrics)
+        (tmp / "MODEL_CARD.md").write_text(_model_card(cfg, metrics, model.count_params(), source))
+        old = None
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+        tmp.rename(out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def load_export(folder: str | Path) -> tuple[keras.Model, RunConfig, dict[str, Any]]:
+    """(model, config, metrics) of an export folder; the model is loaded with safe mode."""
+    folder = Path(folder)
+    cfg = RunConfig.load(folder / "config.json")
+    metrics = json.loads((folder / "metrics.json").read_text())
+    return load_model(folder / "model.keras"), cfg, metrics
