@@ -3,6 +3,7 @@
 
   python run_search.py                 the default job: a search on synthetic data (see --help)
   python run_search.py search          search the best 3D-UNet (Ray Tune + Optuna + ASHA)
+  python run_search.py retrain-best    train the best configuration longer and export it
   python run_search.py synth           write a synthetic BraTS 2021-layout dataset
   python run_search.py prepare         validate and preprocess a dataset into its cache
   python run_search.py train           train one 3D-UNet
@@ -225,6 +226,38 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0 if "best_trial" in summary else 1
 
 
+def cmd_retrain_best(args: argparse.Namespace) -> int:
+    import json
+
+    from search.retrain import retrain_best
+
+    experiment = Path(args.experiment)
+    if not (experiment / "search.json").exists():
+        raise_user(f"{experiment}: not a search experiment (search.json missing)")
+    folds = None if args.folds in (None, ["all"]) else [_int_arg("--folds", f) for f in args.folds]
+    try:
+        outs = retrain_best(experiment, epochs=args.epochs, folds=folds, resume=args.resume, log=_print)
+    except (FileNotFoundError, ValueError) as e:
+        raise_user(str(e))
+    for out in outs:
+        m = json.loads((out / "metrics.json").read_text())
+        line = f"exported: {out}"
+        if "final" in m:
+            f = m["final"]
+            line += (f" (validation Dice WT {f['dice_WT']:.3f} TC {f['dice_TC']:.3f} "
+                     f"ET {f['dice_ET']:.3f} mean {f['dice_mean']:.3f})")
+        _print(line)
+    return 0
+
+
+def _int_arg(flag: str, v: str) -> int:
+    try:
+        return int(v)
+    except ValueError:
+        raise_user(f"{flag}: {v!r} is not a fold number or 'all'")
+        raise
+
+
 def cmd_default(args: argparse.Namespace) -> int:
     """The default job: synthetic data if absent, then a Ray Tune search of the demo space."""
     ns = build_parser().parse_args(["search"])
@@ -349,6 +382,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the interrupted experiment OUT/NAME, keeping finished trials")
     s.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2], help="Ray Tune progress output")
     s.set_defaults(func=cmd_search)
+
+    s = sub.add_parser("retrain-best", help="train a search's best configuration longer and export it",
+                       description="Train the best configuration of a finished search from scratch "
+                                   "for longer: on every labelled case (--folds all, the default) "
+                                   "or one model per listed fold. Exports to "
+                                   "EXPERIMENT/retrained/{all,fold_K}/ like the search's best/.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    s.add_argument("experiment", help="the search's experiment folder (OUT/NAME)")
+    s.add_argument("--epochs", type=int, default=None,
+                   help="epochs (default: twice the search's max epochs)")
+    s.add_argument("--folds", nargs="+", default=None, metavar="K",
+                   help="'all' (one model on all cases) or fold numbers (one model per fold)")
+    s.add_argument("--resume", action="store_true", help="continue interrupted retraining runs")
+    s.set_defaults(func=cmd_retrain_best)
     return p
 
 

@@ -39,6 +39,15 @@ class RayOptions:
 
 
 def _init_ray(opts: RayOptions) -> None:
+    """Connects to ``opts.address``, or starts a local Ray whose every service is on 127.0.0.1.
+
+    Ray 2.60 swaps 127.0.0.1 for the machine's external address and listens on all interfaces,
+    unless its "no cluster" mode is on (the switch Ray uses on Windows/macOS, read when Ray is
+    imported). A local search needs no cluster, so that mode is set before Ray loads, inherited by
+    every Ray process, and checked after start.
+    """
+    if not opts.address:
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     import ray
 
     if ray.is_initialized():
@@ -47,8 +56,18 @@ def _init_ray(opts: RayOptions) -> None:
                   configure_logging=True, logging_level="ERROR")
     if opts.address:
         ray.init(address=opts.address, **common)
-    else:
-        ray.init(num_cpus=opts.num_cpus or os.cpu_count(), _node_ip_address="127.0.0.1", **common)
+        return
+    ray.init(num_cpus=opts.num_cpus or os.cpu_count(), _node_ip_address="127.0.0.1", **common)
+    addresses = {n["NodeManagerAddress"] for n in ray.nodes()}
+    if addresses != {"127.0.0.1"}:
+        ray.shutdown()
+        raise RuntimeError(f"local Ray started on {sorted(addresses)} instead of 127.0.0.1 (was Ray "
+                           f"imported before the search set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0?)")
+
+
+def trial_dirname(trial: Any) -> str:
+    """Short trial folder names (Ray's default packs every parameter into the name)."""
+    return f"trial_{trial.trial_id}"
 
 
 def _trainable(ctx: SearchContext, opts: RayOptions):
@@ -66,7 +85,8 @@ def run(ctx: SearchContext, experiment: Path, opts: RayOptions, *, resume: bool 
     # Ray's TensorBoardX logger would write a second HParams session per trial (at trial end only);
     # the trials write their own, from the first epoch. CSV/JSON loggers are added explicitly below.
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    if not opts.address:
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before Ray loads: see _init_ray
     import optuna
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
@@ -103,7 +123,9 @@ def run(ctx: SearchContext, experiment: Path, opts: RayOptions, *, resume: bool 
             trainable,
             tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=searcher,
                                         scheduler=scheduler, num_samples=opts.num_samples,
-                                        max_concurrent_trials=opts.max_concurrent or None),
+                                        max_concurrent_trials=opts.max_concurrent or None,
+                                        trial_dirname_creator=trial_dirname,
+                                        trial_name_creator=trial_dirname),
             run_config=tune.RunConfig(
                 name=name, storage_path=storage, verbose=opts.verbose,
                 callbacks=[CSVLoggerCallback(), JsonLoggerCallback()],
@@ -123,7 +145,8 @@ def rows_from_grid(grid: Any, max_epochs: int) -> list[TrialRow]:
         history: list[dict[str, Any]] = []
         if df is not None and len(df):
             keep = [c for c in df.columns if c.startswith(("val_", "loss", "learning_rate",
-                                                          "throughput", "epoch"))]
+                                                          "throughput", "epoch", "timestamp",
+                                                          "node_ip"))]
             history = df[keep].to_dict("records")
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name.split("_")[1]
         params = {k: v for k, v in (result.config or {}).items()}

@@ -42,6 +42,8 @@ _AUGMENT_AT_ONE = {"flip_prob": 0.5, "intensity_scale": 0.2, "intensity_shift": 
 
 def _field_type(name: str) -> type | None:
     """The Python type of the RunConfig field a parameter name points at (None if unknown)."""
+    if not isinstance(name, str):
+        return None
     if name in DERIVED:
         return DERIVED[name]
     section, _, field = name.partition(".")
@@ -70,6 +72,8 @@ class Int:
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, int):
                 raise SpaceError(f"{self.name}: {k}={v!r} must be an integer")
+        if not isinstance(self.log, bool):
+            raise SpaceError(f"{self.name}: log={self.log!r} must be true or false")
         if self.low > self.high:
             raise SpaceError(f"{self.name}: low={self.low} must be <= high={self.high}")
         if self.step < 1:
@@ -99,6 +103,8 @@ class Float:
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise SpaceError(f"{self.name}: {k}={v!r} must be a finite number")
+        if not isinstance(self.log, bool):
+            raise SpaceError(f"{self.name}: log={self.log!r} must be true or false")
         if self.low > self.high:
             raise SpaceError(f"{self.name}: low={self.low} must be <= high={self.high}")
         if self.log and self.low <= 0:
@@ -111,7 +117,11 @@ class Float:
 
 @dataclasses.dataclass(frozen=True)
 class Choice:
-    """One of a list of values (strings, numbers or booleans)."""
+    """One of a list of values of one type (strings, numbers or booleans).
+
+    Integers mixed with floats become floats ([0, 0.5, 1] -> [0.0, 0.5, 1.0]); any other mix of types
+    is refused (no config field takes two types, and Keras Tuner's Choice cannot hold them).
+    """
 
     name: str
     values: tuple[Any, ...]
@@ -120,11 +130,17 @@ class Choice:
         vals = tuple(self.values) if isinstance(self.values, (list, tuple)) else None
         if not vals:
             raise SpaceError(f"{self.name}: values must be a non-empty list")
-        if len(set(map(repr, vals))) != len(vals):
-            raise SpaceError(f"{self.name}: values {list(vals)} has duplicates")
         for v in vals:
             if not isinstance(v, (str, int, float, bool)):
                 raise SpaceError(f"{self.name}: value {v!r} must be a string, number or boolean")
+        types = {type(v) for v in vals}
+        if types == {int, float}:
+            vals = tuple(float(v) for v in vals)
+        elif len(types) > 1:
+            raise SpaceError(f"{self.name}: values {list(vals)} mix types "
+                             f"({', '.join(sorted(t.__name__ for t in types))}); use one type")
+        if len(set(map(repr, vals))) != len(vals):
+            raise SpaceError(f"{self.name}: values {list(vals)} has duplicates")
         object.__setattr__(self, "values", vals)
 
     def contains(self, v: Any) -> bool:
@@ -144,6 +160,9 @@ class SearchSpace:
     fixed: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for p in self.params:
+            if not isinstance(p, (Int, Float, Choice)):
+                raise SpaceError(f"space {self.name}: parameter {p!r} must be an Int, Float or Choice")
         names = [p.name for p in self.params]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
@@ -157,6 +176,20 @@ class SearchSpace:
                 raise SpaceError(f"space {self.name}: {p.name}: is a {t.__name__} field, not float")
             if isinstance(p, Int) and t is not int:
                 raise SpaceError(f"space {self.name}: {p.name}: is a {t.__name__} field, not int")
+            if isinstance(p, Choice):
+                ok = {int: (int,), float: (int, float)}.get(t, (t,))
+                bad = [v for v in p.values if isinstance(v, bool) is not (t is bool)
+                       or not isinstance(v, ok)]
+                if bad:
+                    raise SpaceError(f"space {self.name}: {p.name}: is a {t.__name__} field; "
+                                     f"value(s) {bad} are not")
+            if p.name == "model.head":
+                raise SpaceError(f"space {self.name}: model.head: follows train.loss (region -> "
+                                 f"regions, else softmax); search train.loss instead")
+        if not isinstance(self.fixed, Mapping) or not all(
+                isinstance(v, Mapping) for v in self.fixed.values()):
+            raise SpaceError(f"space {self.name}: fixed={self.fixed!r} must map model/train/data to "
+                             f"field overrides")
         try:
             base = preset(self.base)
             base.replace(**{k: dict(v) for k, v in self.fixed.items()})
@@ -254,8 +287,8 @@ def project(p: Param, v: Any) -> Any:
                 return min(nums, key=lambda c: abs(c - v))
         return p.values[0]
     if isinstance(p, Int):
-        v = min(max(int(round(v)), p.low), p.high)
-        return p.low + round((v - p.low) / p.step) * p.step
+        v = min(max(float(v), p.low), p.high)
+        return min(p.low + int(round((v - p.low) / p.step)) * p.step, p.high)
     return min(max(float(v), p.low), p.high)
 
 

@@ -39,11 +39,15 @@ def define_keras_tuner(space: SearchSpace, hp: Any) -> dict[str, Any]:
     sample: dict[str, Any] = {}
     for p in space.params:
         if isinstance(p, Int):
-            sample[p.name] = hp.Int(p.name, p.low, p.high, step=p.step,
+            # Keras Tuner's log-scale step is a multiplier (> 1); no step = every integer.
+            sample[p.name] = hp.Int(p.name, p.low, p.high, step=None if p.log else p.step,
                                     sampling="log" if p.log else "linear")
         elif isinstance(p, Float):
             sample[p.name] = hp.Float(p.name, p.low, p.high, sampling="log" if p.log else "linear")
-        elif all(isinstance(v, bool) for v in p.values):
+        elif len(p.values) == 1:
+            # hp.Boolean would also offer the other boolean; hp.Choice turns True into 1.
+            sample[p.name] = hp.Fixed(p.name, p.values[0])
+        elif set(p.values) == {False, True} and all(isinstance(v, bool) for v in p.values):
             sample[p.name] = hp.Boolean(p.name)
         else:
             sample[p.name] = hp.Choice(p.name, list(p.values))

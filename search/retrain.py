@@ -1,0 +1,52 @@
+"""retrain-best: train a search's best configuration from scratch, longer, on more data.
+
+``folds=None`` trains one model on every labelled case (all training folds; no held-out validation);
+a list of folds trains one model per fold with that fold held out (a cross-validation ensemble).
+Each model is exported like the search's best, to ``<experiment>/retrained/{all,fold_K}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from search.finish import load_context
+from unet3d.config import RunConfig
+from unet3d.data.split import kfold
+
+
+def retrain_best(experiment: Path, *, epochs: int | None = None, folds: Sequence[int] | None = None,
+                 resume: bool = False, log: Callable[[str], None] = print) -> list[Path]:
+    from unet3d.export import export_model
+    from unet3d.train import Trainer
+
+    ctx, _ = load_context(experiment)
+    best_cfg_path = experiment / "best" / "config.json"
+    if not best_cfg_path.exists():
+        raise FileNotFoundError(f"{best_cfg_path}: not found; the search exported no best model")
+    cfg = RunConfig.load(best_cfg_path)
+    n_epochs = epochs or 2 * cfg.train.epochs
+    cfg = cfg.replace(train={"epochs": n_epochs, "warmup_epochs": min(cfg.train.warmup_epochs, n_epochs)})
+    all_ids = sorted(set(ctx.train_ids) | set(ctx.val_ids))
+    jobs: list[tuple[str, list[str], list[str], RunConfig]] = []
+    if folds is None:
+        jobs.append(("all", all_ids, [], cfg))
+    else:
+        for k in folds:
+            if not 0 <= k < ctx.folds:
+                raise ValueError(f"--folds: fold {k} is not in 0..{ctx.folds - 1}")
+            train_ids, val_ids = kfold(all_ids, ctx.folds, k, ctx.split_seed)
+            jobs.append((f"fold_{k}", train_ids, val_ids, cfg.replace(data={"fold": k})))
+    outputs = []
+    for tag, train_ids, val_ids, run_cfg in jobs:
+        run_dir = experiment / "retrained" / "runs" / tag
+        log(f"retrain {tag}: {len(train_ids)} train / {len(val_ids)} validation cases, "
+            f"{n_epochs} epochs -> {run_dir}")
+        trainer = Trainer(run_cfg, ctx.cases(tuple(train_ids)), ctx.cases(tuple(val_ids)), run_dir,
+                          resume=resume, log=lambda m, t=tag: log(f"  {t} {m}"))
+        metrics: dict[str, Any] = trainer.fit()
+        out = export_model(trainer.model, run_cfg, metrics, experiment / "retrained" / tag,
+                           source=f"retrain-best of {experiment.name} ({tag}, {n_epochs} epochs)")
+        outputs.append(out)
+    return outputs
