@@ -177,7 +177,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         ctx = SearchContext(space=space.to_dict(), data=str(args.data),
                             cache=str(_cache_dir(args).resolve()), train_ids=tuple(train_ids),
                             val_ids=tuple(val_ids), max_epochs=args.max_epochs, seed=args.seed,
-                            fold=args.fold, folds=args.folds, split_seed=args.split_seed)
+                            fold=args.fold, folds=args.folds, split_seed=args.split_seed,
+                            experiment="" if "://" in str(experiment) else str(experiment.resolve()))
         engine = args.engine
         experiment.mkdir(parents=True, exist_ok=True)
         save_context(ctx, experiment, {"engine": engine})

@@ -24,6 +24,10 @@ class SearchContext:
         max_epochs: epochs a trial trains if no scheduler stops it (the LR schedule's length).
         seed: the training seed every trial uses (same crops and init for a fair comparison).
         fold / folds / split_seed: the split the IDs came from.
+        experiment: the experiment folder when it is a filesystem path (local or shared storage):
+            trials write their run folder (TensorBoard logs included) straight into it, so
+            ``tensorboard --logdir <experiment>`` is live during the search. Empty for cloud URIs
+            (trials then write to Ray's trial folder, which Ray uploads).
     """
 
     space: dict[str, Any]
@@ -36,6 +40,7 @@ class SearchContext:
     fold: int = 0
     folds: int = 5
     split_seed: int = 0
+    experiment: str = ""
 
     def search_space(self) -> SearchSpace:
         return space_from_dict(self.space, source="search context")

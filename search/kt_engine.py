@@ -2,9 +2,10 @@
 
 Hyperband (its own early stopping: brackets of trials trained for growing epoch budgets) or Bayesian
 optimisation. Trials run one after another in this process; each trains with the same Trainer as a
-Ray trial, into ``<experiment>/trial_<id>/run``. The search state lives in the experiment folder, so
-an interrupted search is continued by constructing the tuner again with ``overwrite=False``; a trial
-that was cut off resumes from its last epoch checkpoint.
+Ray trial, into ``<experiment>/trial_<id>/run``. Keras Tuner's own state lives in
+``<experiment>/keras_tuner/``, so an interrupted search is continued by constructing the tuner again
+with ``overwrite=False``; a trial that was cut off resumes from its last epoch checkpoint.
+NVIDIA's configuration (projected into the space) is the first point the oracle proposes.
 """
 
 from __future__ import annotations
@@ -41,15 +42,27 @@ def _tuner(ctx: SearchContext, experiment: Path, opts: KerasTunerOptions, overwr
     hp = kt.HyperParameters()
     define_keras_tuner(space, hp)
     objective = kt.Objective(METRIC, direction=MODE)
+    first = nvidia_point(space)
+
+    class NvidiaFirst:
+        """Proposes NVIDIA's point before any random one (skipped once it has been tried, so a
+        resumed search does not repeat it). Every oracle draws its random points here."""
+
+        def _random_values(self):
+            values = {**self.hyperparameters.values, **first}
+            if not self._duplicate(values):
+                return values
+            return super()._random_values()
+
     if opts.algorithm == "hyperband":
-        oracle = kt.oracles.HyperbandOracle(objective=objective, max_epochs=opts.max_epochs,
-                                            factor=opts.factor,
-                                            hyperband_iterations=opts.hyperband_iterations,
-                                            seed=opts.seed, hyperparameters=hp)
+        klass = type("NvidiaFirstHyperband", (NvidiaFirst, kt.oracles.HyperbandOracle), {})
+        oracle = klass(objective=objective, max_epochs=opts.max_epochs, factor=opts.factor,
+                       hyperband_iterations=opts.hyperband_iterations, seed=opts.seed,
+                       hyperparameters=hp)
     elif opts.algorithm == "bayesian":
-        oracle = kt.oracles.BayesianOptimizationOracle(objective=objective,
-                                                       max_trials=opts.max_trials, seed=opts.seed,
-                                                       hyperparameters=hp)
+        klass = type("NvidiaFirstBayesian", (NvidiaFirst, kt.oracles.BayesianOptimizationOracle), {})
+        oracle = klass(objective=objective, max_trials=opts.max_trials, seed=opts.seed,
+                       hyperparameters=hp)
     else:
         raise ValueError(f"keras-tuner algorithm {opts.algorithm!r} must be hyperband or bayesian")
 
@@ -66,7 +79,7 @@ def _tuner(ctx: SearchContext, experiment: Path, opts: KerasTunerOptions, overwr
             epochs = int(values.get("tuner/epochs", opts.max_epochs))
             cfg = cfg.replace(train={"epochs": epochs,
                                      "warmup_epochs": min(cfg.train.warmup_epochs, epochs)})
-            run_dir = Path(self.get_trial_dir(trial.trial_id)) / "run"
+            run_dir = run_dir_of(experiment, trial.trial_id)
             resume = (run_dir / CHECKPOINT).exists()
             if not resume:
                 write_hparams(run_dir / "tensorboard", sample, trial.trial_id)
@@ -81,12 +94,13 @@ def _tuner(ctx: SearchContext, experiment: Path, opts: KerasTunerOptions, overwr
             # The exported weights are the last epoch's: score the trial by that epoch, honestly.
             return {METRIC: float(last[METRIC])}
 
-    tuner = UNetTuner(oracle=oracle, directory=str(experiment.parent), project_name=experiment.name,
-                      overwrite=overwrite)
-    if overwrite or not tuner.oracle.trials:
-        # NVIDIA's configuration first (the oracle evaluates populated values before sampling).
-        tuner.oracle.hyperparameters.values.update(nvidia_point(space))
-    return tuner
+    # Keras Tuner's overwrite deletes its whole project folder: keep it a subfolder of ours.
+    return UNetTuner(oracle=oracle, directory=str(experiment), project_name="keras_tuner",
+                     overwrite=overwrite)
+
+
+def run_dir_of(experiment: Path, trial_id: str) -> Path:
+    return experiment / f"trial_{trial_id}" / "run"
 
 
 def run(ctx: SearchContext, experiment: Path, opts: KerasTunerOptions, *, resume: bool = False,
@@ -106,7 +120,7 @@ def rows(tuner: Any, ctx: SearchContext, experiment: Path, opts: KerasTunerOptio
     names = [p.name for p in ctx.search_space().params]
     out = []
     for tid, trial in sorted(tuner.oracle.trials.items()):
-        run_dir = Path(tuner.get_trial_dir(tid)) / "run"
+        run_dir = run_dir_of(experiment, tid)
         history: list[dict[str, Any]] = []
         if (run_dir / CHECKPOINT).exists():
             with np.load(run_dir / CHECKPOINT) as z:

@@ -47,7 +47,9 @@ def train_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
 
     cfg = context.run_config(config)
     trial_dir = Path(tctx.get_trial_dir())
-    run_dir = trial_dir / "run"
+    # Ray's trial dir is a local staging folder synced to storage later; write where users look.
+    base = Path(context.experiment) / trial_dir.name if context.experiment else trial_dir
+    run_dir = base / "run"
     run_dir.mkdir(parents=True, exist_ok=True)
     resume = False
     checkpoint = tune.get_checkpoint()

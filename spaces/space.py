@@ -231,6 +231,8 @@ class SearchSpace:
         for name, v in sample.items():
             section, _, field = name.partition(".")
             if name == "data.crop":
+                if int(v) < 1:
+                    raise SpaceError(f"space {self.name}: data.crop={v!r} must be >= 1")
                 v = [int(v)] * 3
             elif name == "data.augment":
                 over["data"].update({k: float(v) * a for k, a in _AUGMENT_AT_ONE.items()})

@@ -1,11 +1,14 @@
-"""Helpers shared by the search-space tests: a space exercising every rule, a uniform sampler, and the
-check that a RunConfig is exactly what a sample asked for."""
+"""Helpers shared by the search-space tests: a space exercising every rule, a uniform sampler, and
+the check that a RunConfig is exactly what a sample asked for.
+
+A plain module, not a conftest.py: one here would shadow tests/conftest.py, which other tests import
+as ``conftest``."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -43,11 +46,6 @@ def make_custom_space() -> SearchSpace:
             Float("data.augment", 0.0, 1.0),
         ),
     )
-
-
-@pytest.fixture
-def custom_space() -> SearchSpace:
-    return make_custom_space()
 
 
 def draw(space: SearchSpace, rng: np.random.Generator) -> dict[str, Any]:
@@ -96,11 +94,8 @@ def assert_config_matches(space: SearchSpace, sample: Mapping[str, Any], cfg: Ru
             for k, a in _AUGMENT_AT_ONE.items():
                 touched.add(f"data.{k}")
                 assert getattr(cfg.data, k) == pytest.approx(v * a, abs=1e-12), (k, sample)
-        elif name == "model.deep_supervision":
-            assert cfg.model.deep_supervision is (v and depth >= 3)
-        elif name == "model.deep_supervision_heads":
-            want = min(v, max(1, depth - 2)) if cfg.model.deep_supervision else v
-            assert cfg.model.deep_supervision_heads == want
+        elif name in ("model.deep_supervision", "model.deep_supervision_heads"):
+            pass                                                       # checked below
         else:
             got = getattr(getattr(cfg, section), field)
             assert got == v, (name, got, v)
@@ -110,12 +105,11 @@ def assert_config_matches(space: SearchSpace, sample: Mapping[str, Any], cfg: Ru
         assert cfg.data.crop == tuple(max(f, math.ceil(c / f) * f) for c in base.data.crop)
     assert all(c % f == 0 for c in cfg.data.crop)
     assert cfg.model.head == ("regions" if cfg.train.loss == "region" else "softmax")
-    if cfg.model.deep_supervision:
-        assert depth >= 3 and 1 <= cfg.model.deep_supervision_heads <= max(1, depth - 2)
-    elif "model.deep_supervision" not in sample and "model.deep_supervision_heads" not in sample:
-        assert cfg.model.deep_supervision_heads == base.model.deep_supervision_heads
-    if "model.deep_supervision" not in sample:
-        assert cfg.model.deep_supervision is (base.model.deep_supervision and depth >= 3)
+    # Deep supervision as asked, switched off below depth 3; its heads capped at depth - 2 when asked.
+    ds = sample.get("model.deep_supervision", base.model.deep_supervision)
+    heads = sample.get("model.deep_supervision_heads", base.model.deep_supervision_heads)
+    assert cfg.model.deep_supervision is (ds and depth >= 3)
+    assert cfg.model.deep_supervision_heads == (min(heads, max(1, depth - 2)) if ds else heads)
     warm = sample.get("train.warmup_epochs", base.train.warmup_epochs)
     assert cfg.train.warmup_epochs == min(warm, cfg.train.epochs)
     # Everything else comes from the base preset plus the space's fixed overrides.
@@ -124,18 +118,3 @@ def assert_config_matches(space: SearchSpace, sample: Mapping[str, Any], cfg: Ru
             if f"{section}.{fld.name}" not in touched:
                 assert getattr(getattr(cfg, section), fld.name) == \
                     getattr(getattr(base, section), fld.name), f"{section}.{fld.name}"
-
-
-@pytest.fixture
-def check_config() -> Callable[[SearchSpace, Mapping[str, Any], RunConfig], None]:
-    return assert_config_matches
-
-
-@pytest.fixture
-def corner_points() -> Callable[[SearchSpace], list[dict[str, Any]]]:
-    return extremes
-
-
-@pytest.fixture
-def draw_point() -> Callable[[SearchSpace, np.random.Generator], dict[str, Any]]:
-    return draw
