@@ -14,7 +14,6 @@ Errors in the user's input (data, config) print one line naming the file or fiel
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -137,30 +136,31 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _experiment(args: argparse.Namespace) -> Path:
-    name = args.name or time.strftime("search-%Y%m%d-%H%M%S")
-    return Path(args.out) / name
-
-
 def cmd_search(args: argparse.Namespace) -> int:
     from search.context import SearchContext
     from search.finish import finish, load_context, save_context
     from search.results import format_table
+    from search.storage import Experiment
     from spaces.presets import get_space
 
-    experiment = _experiment(args)
+    name = args.name or time.strftime("search-%Y%m%d-%H%M%S")
+    exp = Experiment(args.out, name)
+    experiment = exp.local
     if args.resume:
         if not args.name:
             raise_user("--resume needs --name (the experiment to continue)")
-        if not (experiment / "search.json").exists():
-            raise_user(f"{experiment}: no search to resume (search.json missing)")
+        if not exp.exists():
+            raise_user(f"{exp.location}: no search to resume (search.json missing)")
+        exp.fetch_context()
         ctx, extra = load_context(experiment)
         engine = extra["engine"]
-        _print(f"resuming {engine} search {experiment}")
+        _print(f"resuming {engine} search {exp.location}")
     else:
-        if experiment.exists() and any(experiment.iterdir()):
-            raise_user(f"{experiment}: experiment folder exists; pass --resume to continue it or "
+        if exp.exists() or (not exp.remote and experiment.exists() and any(experiment.iterdir())):
+            raise_user(f"{exp.location}: experiment folder exists; pass --resume to continue it or "
                        f"choose another --name")
+        if args.engine == "keras-tuner" and exp.remote:
+            raise_user(f"--out {args.out}: the keras-tuner engine needs a local or shared folder")
         if args.data is None:
             args.data = str(DEFAULT_DATA)
             if not DEFAULT_DATA.exists() or not any(DEFAULT_DATA.iterdir()):
@@ -178,7 +178,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                             cache=str(_cache_dir(args).resolve()), train_ids=tuple(train_ids),
                             val_ids=tuple(val_ids), max_epochs=args.max_epochs, seed=args.seed,
                             fold=args.fold, folds=args.folds, split_seed=args.split_seed,
-                            experiment="" if "://" in str(experiment) else str(experiment.resolve()))
+                            experiment="" if exp.remote else str(experiment))
         engine = args.engine
         experiment.mkdir(parents=True, exist_ok=True)
         save_context(ctx, experiment, {"engine": engine})
@@ -186,7 +186,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
         write_experiment(experiment, space)
         _print(f"searching space {space.name!r} ({len(space.params)} parameters) with {engine}: "
-               f"{len(train_ids)} train / {len(val_ids)} validation cases -> {experiment}")
+               f"{len(train_ids)} train / {len(val_ids)} validation cases -> {exp.location}")
     t0 = time.perf_counter()
     if engine == "ray":
         from search import ray_engine
@@ -198,7 +198,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
             max_failures=args.max_failures, address=args.address, seed=ctx.seed,
             verbose=args.verbose)
-        rows = ray_engine.run(ctx, experiment, opts, resume=args.resume, log=_print)
+        rows = ray_engine.run(ctx, exp.location, opts, resume=args.resume, log=_print)
     else:
         from search import kt_engine
 
@@ -207,6 +207,8 @@ def cmd_search(args: argparse.Namespace) -> int:
                                            seed=ctx.seed)
         rows = kt_engine.run(ctx, experiment, opts, resume=args.resume, log=_print)
     summary = finish(rows, ctx, experiment, engine)
+    exp.upload()
+    where = exp.location
     _print("")
     _print(format_table(rows))
     _print("")
@@ -219,11 +221,11 @@ def cmd_search(args: argparse.Namespace) -> int:
                f"{summary['best_dice_mean']:.4f}")
         for k, v in summary["best_params"].items():
             _print(f"  {k} = {v}")
-        _print(f"exported: {summary['export']}")
+        _print(f"exported: {where}/best" if exp.remote else f"exported: {summary['export']}")
     else:
         _print("no trial finished an epoch: nothing exported")
-    _print(f"results: {experiment / 'results.csv'}")
-    _print(f"tensorboard --logdir {experiment} --host 127.0.0.1")
+    _print(f"results: {where}/results.csv")
+    _print(f"tensorboard --logdir {where} --host 127.0.0.1")
     return 0 if "best_trial" in summary else 1
 
 

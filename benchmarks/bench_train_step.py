@@ -38,10 +38,9 @@ SETTINGS = {
 
 def worker(cfg: dict, xla: bool, steps: int, warmup: int) -> dict:
     sys.path.insert(0, str(ROOT))
-    import numpy as np
-
-    import unet3d  # noqa: F401
+    import unet3d  # noqa: F401, I001  (first: sets TensorFlow's oneDNN switch before keras loads it)
     import keras
+    import numpy as np
 
     from unet3d.config import ModelConfig
     from unet3d.losses import dice_ce_loss

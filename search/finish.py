@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,16 +27,20 @@ def load_context(experiment: Path) -> tuple[SearchContext, dict[str, Any]]:
     return SearchContext.from_dict(d.pop("context")), d
 
 
-def export_best(rows: Sequence[TrialRow], ctx: SearchContext, experiment: Path) -> tuple[TrialRow, Path] | None:
+def export_best(rows: Sequence[TrialRow], ctx: SearchContext,
+                experiment: Path) -> tuple[TrialRow, Path] | None:
     """Exports the best trial's best checkpoint to ``<experiment>/best`` with full validation
     metrics (Dice and HD95 per case, computed on the exported weights)."""
+    from search.storage import local_copy
     from unet3d.export import export_model, model_from_run
     from unet3d.train import evaluate_cases, mean_scores
 
     best = best_row(rows)
     if best is None:
         return None
-    model, cfg, state = model_from_run(best.checkpoint)
+    staged = experiment / ".best_checkpoint"
+    model, cfg, state = model_from_run(local_copy(best.checkpoint, staged))
+    shutil.rmtree(staged, ignore_errors=True)  # only a download of a remote checkpoint lands here
     val = ctx.cases(ctx.val_ids)
     metrics: dict[str, Any] = {"trial_id": best.trial_id, "params": best.params,
                                "epoch": state["epoch"], "history": state["history"],

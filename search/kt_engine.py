@@ -130,7 +130,8 @@ def rows(tuner: Any, ctx: SearchContext, experiment: Path, opts: KerasTunerOptio
         error = "" if history else f"no epoch finished (trial status {trial.status})"
         row = row_from_history(tid, {n: values.get(n) for n in names}, history, ctx.max_epochs,
                                error=error, wall_s=wall, node=socket.gethostname(),
-                               checkpoint=str(run_dir) if history else "", run_dir=str(run_dir))
+                               checkpoint=str(run_dir) if history else "", run_dir=str(run_dir),
+                               index=int(tid) + 1 if tid.isdigit() else 0)
         # Keras Tuner scores a trial by its last epoch (the weights it keeps); report that as best.
         if history:
             last = [h for h in history if METRIC in h][-1]

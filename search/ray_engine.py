@@ -70,6 +70,13 @@ def trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
 
+def trial_name(trial: Any) -> str:
+    """``<creation index>_<trial id>``: Ray's experiment tag starts with the index (1, 2, ...), and
+    the trainable reports it, so results keep the order the searcher proposed trials in."""
+    index = str(getattr(trial, "experiment_tag", "")).split("_", 1)[0]
+    return f"{index}_{trial.trial_id}" if index.isdigit() else str(trial.trial_id)
+
+
 def _trainable(ctx: SearchContext, opts: RayOptions):
     from ray import tune
 
@@ -79,9 +86,9 @@ def _trainable(ctx: SearchContext, opts: RayOptions):
     return tune.with_resources(tune.with_parameters(train_trial, ctx=ctx.to_dict()), resources)
 
 
-def run(ctx: SearchContext, experiment: Path, opts: RayOptions, *, resume: bool = False,
+def run(ctx: SearchContext, location: str, opts: RayOptions, *, resume: bool = False,
         log: Callable[[str], None] = print) -> list[TrialRow]:
-    """Runs (or resumes) the search; returns a row per trial."""
+    """Runs (or resumes) the search at ``location`` (an absolute path or a URI); a row per trial."""
     # Ray's TensorBoardX logger would write a second HParams session per trial (at trial end only);
     # the trials write their own, from the first epoch. CSV/JSON loggers are added explicitly below.
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
@@ -98,10 +105,9 @@ def run(ctx: SearchContext, experiment: Path, opts: RayOptions, *, resume: bool 
 
     _init_ray(opts)
     trainable = _trainable(ctx, opts)
-    experiment = experiment if "://" in str(experiment) else experiment.resolve()
-    storage, name = str(experiment.parent), experiment.name
+    storage, name = location.rstrip("/").rsplit("/", 1)
     if resume:
-        tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True,
+        tuner = tune.Tuner.restore(location, trainable=trainable, resume_unfinished=True,
                                    resume_errored=True)
     else:
         space = ctx.search_space()
@@ -125,7 +131,7 @@ def run(ctx: SearchContext, experiment: Path, opts: RayOptions, *, resume: bool 
                                         scheduler=scheduler, num_samples=opts.num_samples,
                                         max_concurrent_trials=opts.max_concurrent or None,
                                         trial_dirname_creator=trial_dirname,
-                                        trial_name_creator=trial_dirname),
+                                        trial_name_creator=trial_name),
             run_config=tune.RunConfig(
                 name=name, storage_path=storage, verbose=opts.verbose,
                 callbacks=[CSVLoggerCallback(), JsonLoggerCallback()],
@@ -135,10 +141,12 @@ def run(ctx: SearchContext, experiment: Path, opts: RayOptions, *, resume: bool 
                     checkpoint_score_order=MODE)),
         )
     grid = tuner.fit()
-    return rows_from_grid(grid, ctx.max_epochs)
+    scheme = location.split("://", 1)[0] + "://" if "://" in location else ""
+    return rows_from_grid(grid, ctx.max_epochs, scheme)
 
 
-def rows_from_grid(grid: Any, max_epochs: int) -> list[TrialRow]:
+def rows_from_grid(grid: Any, max_epochs: int, scheme: str = "") -> list[TrialRow]:
+    """Rows from Ray's ResultGrid; checkpoint paths get ``scheme`` back for remote storage."""
     rows = []
     for result in grid:
         df = result.metrics_dataframe
@@ -158,7 +166,7 @@ def rows_from_grid(grid: Any, max_epochs: int) -> list[TrialRow]:
         if ck is None:
             ck = result.checkpoint
         if ck is not None:
-            best_ckpt = ck.path
+            best_ckpt = scheme + ck.path if scheme else ck.path
         m = result.metrics or {}
         error = ""
         if result.error is not None:
@@ -166,6 +174,7 @@ def rows_from_grid(grid: Any, max_epochs: int) -> list[TrialRow]:
                 type(result.error).__name__
         rows.append(row_from_history(
             trial_id, params, history, max_epochs, error=error,
-            wall_s=float(m.get("time_total_s", 0.0)),
-            node=str(m.get("node_ip", "")), checkpoint=best_ckpt, run_dir=str(result.path)))
+            index=int(m.get("trial_index", 0)), wall_s=float(m.get("time_total_s", 0.0)),
+            node=str(m.get("node_ip", "")), checkpoint=best_ckpt,
+            run_dir=scheme + result.path if scheme else str(result.path)))
     return rows

@@ -22,6 +22,7 @@ from unet3d.io_utils import atomic_write_json, atomic_write_text
 class TrialRow:
     """One trial.
 
+    index: the order the searcher proposed the trial in (1 = first).
     status: "completed" (ran max epochs), "stopped" (ended early by the scheduler), "error".
     best_*: the validation scores at the trial's best epoch (by the objective).
     checkpoint: folder holding the best epoch's checkpoint.npz + config.json ("" if none).
@@ -43,12 +44,13 @@ class TrialRow:
     error: str = ""
     checkpoint: str = ""
     run_dir: str = ""
+    index: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
 def row_from_history(trial_id: str, params: dict[str, Any], history: Sequence[dict[str, Any]],
                      max_epochs: int, *, error: str = "", wall_s: float = 0.0, node: str = "",
-                     checkpoint: str = "", run_dir: str = "") -> TrialRow:
+                     checkpoint: str = "", run_dir: str = "", index: int = 0) -> TrialRow:
     """Builds a row from a trial's per-epoch records (the trainer's / Ray's reported metrics)."""
     scored = [h for h in history if _finite(h.get(METRIC))]
     best = max(scored, key=lambda h: h[METRIC]) if scored else {}
@@ -65,7 +67,7 @@ def row_from_history(trial_id: str, params: dict[str, Any], history: Sequence[di
         last_dice_mean=float(scored[-1][METRIC]) if scored else math.nan,
         throughput_vps=float(sorted(tput)[len(tput) // 2]) if tput else math.nan,
         wall_s=wall_s, node=node, error=error, checkpoint=checkpoint, run_dir=run_dir,
-        history=[dict(h) for h in history])
+        index=index, history=[dict(h) for h in history])
 
 
 def _finite(v: Any) -> bool:
@@ -88,7 +90,7 @@ def asha_savings(rows: Sequence[TrialRow], max_epochs: int) -> dict[str, int]:
 
 def write_results(rows: Sequence[TrialRow], experiment: Path, summary: dict[str, Any]) -> None:
     param_names = sorted({k for r in rows for k in r.params})
-    cols = ["trial_id", "status", "epochs", "best_epoch", "best_dice_mean", "best_dice_WT",
+    cols = ["trial_id", "index", "status", "epochs", "best_epoch", "best_dice_mean", "best_dice_WT",
             "best_dice_TC", "best_dice_ET", "throughput_vps", "wall_s", "node", "error"]
     buf = io.StringIO()
     w = csv.writer(buf)

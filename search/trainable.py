@@ -32,8 +32,9 @@ def _limit_threads(cpus: float) -> None:
 
 def train_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     """Ray Tune function trainable. ``config``: the sampled parameters; ``ctx``: SearchContext dict."""
-    import unet3d  # noqa: F401  (runtime defaults before TensorFlow loads)
     from ray import tune
+
+    import unet3d  # noqa: F401  (runtime defaults before TensorFlow loads)
 
     context = SearchContext.from_dict(ctx)
     tctx = tune.get_context()
@@ -62,7 +63,9 @@ def train_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
         (run_dir / CHECKPOINT).unlink(missing_ok=True)  # a fresh attempt of a failed trial
         write_hparams(run_dir / "tensorboard", config, tctx.get_trial_id())
 
-    node = {"node_ip": _node_ip(), "hostname": socket.gethostname()}
+    index = tctx.get_trial_name().split("_", 1)[0]
+    node = {"node_ip": _node_ip(), "hostname": socket.gethostname(),
+            "trial_index": int(index) if index.isdigit() else 0}
 
     def report(epoch: int, record: dict[str, float]) -> None:
         metrics = {**record, **node, "epoch": epoch}

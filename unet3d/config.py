@@ -269,7 +269,8 @@ class RunConfig:
             known = {f.name for f in dataclasses.fields(klass)}
             extra = set(sub) - known
             if extra:
-                raise ConfigError(f"{source}: unknown field(s) {', '.join(f'{name}.{e}' for e in sorted(extra))}")
+                names = ", ".join(f"{name}.{e}" for e in sorted(extra))
+                raise ConfigError(f"{source}: unknown field(s) {names}")
             if name == "data" and "crop" in sub and isinstance(sub["crop"], list):
                 sub = {**sub, "crop": tuple(sub["crop"])}
             try:

@@ -20,12 +20,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-import unet3d  # noqa: F401  (runtime defaults before TensorFlow loads)
 import keras
+import numpy as np
 import tensorflow as tf
 
+# (unet3d/__init__.py, which always runs before this module, has set TensorFlow's CPU defaults.)
 from unet3d.config import RunConfig
 from unet3d.data.pipeline import train_dataset
 from unet3d.data.preprocess import CachedCase

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, run_cli
 
 pytestmark = pytest.mark.slow
@@ -69,7 +68,7 @@ def test_search_prints_results_best_config_export_and_tensorboard_line(ray_searc
     assert f"exported: {exp / 'best'}" in out
     assert out.strip().splitlines()[-1] == f"tensorboard --logdir {exp} --host 127.0.0.1"
     rows = (exp / "results.csv").read_text().strip().splitlines()
-    assert len(rows) == 4 and rows[0].startswith("trial_id,status,epochs")
+    assert len(rows) == 4 and rows[0].startswith("trial_id,index,status,epochs")
 
 
 def test_the_trainable_reports_every_epoch_with_a_checkpoint(ray_search):
@@ -95,7 +94,8 @@ def test_the_trainable_reports_every_epoch_with_a_checkpoint(ray_search):
             list(range(1, t["epochs"] + 1))
     # NVIDIA's configuration, projected into the space, is the first trial evaluated.
     saved = json.loads((exp / "search.json").read_text())["context"]["space"]
-    first = min(trials, key=lambda t: t["history"][0]["timestamp"])
+    assert sorted(t["index"] for t in trials) == [1, 2, 3]
+    first = next(t for t in trials if t["index"] == 1)
     assert first["params"] == nvidia_point(space_from_dict(saved, source="search.json"))
 
 
@@ -209,6 +209,25 @@ def test_an_existing_experiment_is_not_overwritten(ray_search, tiny):
     assert (exp / "trials.json").read_bytes() == before
 
 
+def test_results_can_go_to_a_storage_uri(tiny, tmp_path):
+    """--out as a URI (file:// here; s3:// and gs:// take the same path through pyarrow)."""
+    uri = f"file://{tmp_path}/bucket"
+    r = run_cli("search", "--data", str(tiny["data"]), "--cache", str(tiny["cache"]), "--space",
+                str(tiny["space"]), "--out", uri, "--name", "exp", "--verbose", "0",
+                "--num-samples", "2", "--max-epochs", "1", timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    remote = tmp_path / "bucket" / "exp"
+    assert f"exported: {uri}/exp/best" in r.stdout
+    for name in ("search.json", "results.csv", "trials.json", "best/model.keras",
+                 "best/saved_model/saved_model.pb", "best/config.json"):
+        assert (remote / name).exists(), name
+    assert len(list(remote.glob("trial_*/checkpoint_*/checkpoint.npz"))) == 2
+    assert not (remote / ".best_checkpoint").exists()
+    r = run_cli("search", "--out", uri, "--name", "exp", "--engine", "keras-tuner", "--space",
+                str(tiny["space"]), "--data", str(tiny["data"]), timeout=120)
+    assert r.returncode == 2 and "--resume" in r.stderr.strip().splitlines()[-1]
+
+
 def test_a_malformed_space_file_gives_a_one_line_error(tiny, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("params:\n  model.depth: {type: int, low: 5, high: 3}\n")
@@ -240,7 +259,8 @@ def test_keras_tuner_engine_end_to_end(tiny, tmp_path, algorithm):
     from spaces.translate import nvidia_point
 
     saved = json.loads((exp / "search.json").read_text())["context"]["space"]
-    first = min(trials["trials"], key=lambda t: t["trial_id"])
+    assert sorted(t["index"] for t in trials["trials"])[0] == 1
+    first = min(trials["trials"], key=lambda t: t["index"])
     assert first["params"] == nvidia_point(space_from_dict(saved, source="search.json"))
 
 

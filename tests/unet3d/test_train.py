@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, run_cli
+
 from unet3d.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 
 

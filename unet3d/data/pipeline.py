@@ -75,8 +75,8 @@ def _augment(image: tf.Tensor, label: tf.Tensor, index: tf.Tensor, seed: int,
     label = label[..., tf.newaxis]
     for axis in range(3):
         flip = u[axis] < cfg.flip_prob
-        image = tf.cond(flip, lambda a=axis: tf.reverse(image, [a]), lambda: image)
-        label = tf.cond(flip, lambda a=axis: tf.reverse(label, [a]), lambda: label)
+        image = tf.cond(flip, lambda x=image, a=axis: tf.reverse(x, [a]), lambda x=image: x)
+        label = tf.cond(flip, lambda x=label, a=axis: tf.reverse(x, [a]), lambda x=label: x)
     c = image.shape[-1]
     if cfg.intensity_scale > 0:
         scale = tf.random.stateless_uniform([c], seed=base + 1, minval=1 - cfg.intensity_scale,

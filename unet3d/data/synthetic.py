@@ -61,8 +61,10 @@ def synth_case(shape: tuple[int, int, int], seed: int) -> tuple[dict[str, np.nda
     t_centre = centre + rng.uniform(-0.35, 0.35, 3) * radii
     edema_r = min(shape) * rng.uniform(0.14, 0.22) * rng.uniform(0.8, 1.2, 3)
     edema = _blob(grid, t_centre, edema_r, 0.5 * _smooth_noise(rng, shape, sigma / 2)) & brain
-    core = _blob(grid, t_centre, edema_r * rng.uniform(0.45, 0.65), 0.4 * _smooth_noise(rng, shape, sigma / 2)) & edema
-    ncr = _blob(grid, t_centre, edema_r * rng.uniform(0.2, 0.35), 0.3 * _smooth_noise(rng, shape, sigma / 2)) & core
+    core = _blob(grid, t_centre, edema_r * rng.uniform(0.45, 0.65),
+                 0.4 * _smooth_noise(rng, shape, sigma / 2)) & edema
+    ncr = _blob(grid, t_centre, edema_r * rng.uniform(0.2, 0.35),
+                0.3 * _smooth_noise(rng, shape, sigma / 2)) & core
     low_grade = rng.uniform() < 0.125
     label = np.zeros(shape, np.uint8)
     label[edema] = 2
