@@ -122,10 +122,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     _print(f"training fold {cfg.data.fold}/{cfg.data.folds}: {len(train_ids)} train, "
            f"{len(val_ids)} validation cases; crop {list(cfg.data.crop)}, batch "
            f"{cfg.train.batch_size}, {cfg.train.epochs} epochs x {cfg.train.steps_per_epoch} steps")
-    trainer = Trainer(cfg, [by_id[i] for i in train_ids], [by_id[i] for i in val_ids], out,
-                      resume=args.resume, log=_print)
     t0 = time.perf_counter()
-    metrics = trainer.fit()
+    if args.workers > 1:
+        from unet3d import distributed
+        from unet3d.train import train_worker
+
+        if not distributed.horovod_available():
+            raise_user(f"--workers {args.workers}: {distributed.INSTALL_HINT}")
+        _print(f"launching {args.workers} Horovod workers (Gloo, loopback)")
+        results = distributed.launch(
+            train_worker, dict(config=cfg.to_dict(), cache=str(_cache_dir(args).resolve()),
+                               train_ids=train_ids, val_ids=val_ids, out=str(out),
+                               resume=args.resume, scale_lr=args.scale_lr), args.workers)
+        metrics = next(r for r in results if r is not None)
+    else:
+        trainer = Trainer(cfg, [by_id[i] for i in train_ids], [by_id[i] for i in val_ids], out,
+                          resume=args.resume, log=_print)
+        metrics = trainer.fit()
     _print(f"trained in {time.perf_counter() - t0:.0f} s; {metrics['parameters']:,} parameters")
     if "final" in metrics:
         f = metrics["final"]
@@ -335,6 +348,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--resume", action="store_true",
                    help="continue the run in OUT from its last checkpoint")
+    s.add_argument("--workers", type=int, default=1,
+                   help="Horovod workers for this run (data parallel: each trains batch_size crops "
+                        "per step, gradients averaged); on this machine Gloo over loopback")
+    s.add_argument("--scale-lr", action="store_true",
+                   help="multiply the learning rate by the number of workers")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("search", help="search the best 3D-UNet (Ray Tune + Optuna + ASHA, or Keras Tuner)",

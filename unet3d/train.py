@@ -28,6 +28,7 @@ import tensorflow as tf
 from unet3d.config import RunConfig
 from unet3d.data.pipeline import train_dataset
 from unet3d.data.preprocess import CachedCase
+from unet3d.distributed import Workers
 from unet3d.inference import keras_predict_fn, probabilities_to_classes, sliding_window_predict
 from unet3d.io_utils import atomic_path, atomic_write_json
 from unet3d.losses import deep_supervision_weights, get_loss
@@ -176,15 +177,21 @@ class Trainer:
             (so nothing is silently overwritten).
         log: receives one line of progress per epoch.
         epoch_hook: called after each epoch with (epoch, metrics); a search reports from here.
-        shard: (rank, workers) of the training stream.
-        is_chief: only the chief writes files (multi-worker runs).
+        workers: this process's place among Horovod workers (see unet3d.distributed); with more
+            than one, each rank trains on its own shard of the crop stream, gradients are averaged
+            every step, validation is split across ranks, and only rank 0 writes files.
+        scale_lr: multiply the learning rate by the number of workers (the usual rule when the
+            global batch grows with the workers).
     """
 
     def __init__(self, cfg: RunConfig, train_cases: Sequence[CachedCase],
                  val_cases: Sequence[CachedCase], out: str | Path, *, resume: bool = False,
                  log: Log | None = None,
                  epoch_hook: Callable[[int, dict[str, float]], None] | None = None,
-                 shard: tuple[int, int] = (0, 1), is_chief: bool = True) -> None:
+                 workers: Workers | None = None, scale_lr: bool = False) -> None:
+        self.workers = workers or Workers()
+        if scale_lr and self.workers.size > 1:
+            cfg = cfg.replace(train={"learning_rate": cfg.train.learning_rate * self.workers.size})
         self.cfg = cfg
         self.train_cases = list(train_cases)
         self.val_cases = list(val_cases)
@@ -194,8 +201,8 @@ class Trainer:
         self.resume = resume
         self.log = log or (lambda _msg: None)
         self.epoch_hook = epoch_hook
-        self.shard = shard
-        self.is_chief = is_chief
+        self.shard = (self.workers.rank, self.workers.size)
+        self.is_chief = self.workers.is_chief
         self.history: list[dict[str, float]] = []
         self.start_epoch = 0
         self.model: keras.Model | None = None
@@ -242,9 +249,12 @@ class Trainer:
                                    cfg.train.seed, n_outputs=len(self.model.outputs),
                                    start_index=self.start_epoch * cfg.train.steps_per_epoch
                                    * cfg.train.batch_size, shard=self.shard)
-                self.model.fit(ds, epochs=cfg.train.epochs, initial_epoch=self.start_epoch,
-                               steps_per_epoch=cfg.train.steps_per_epoch, verbose=0, shuffle=False,
-                               callbacks=[_EpochEnd(self)])
+                if self.workers.distributed:
+                    self._fit_horovod(ds)
+                else:
+                    self.model.fit(ds, epochs=cfg.train.epochs, initial_epoch=self.start_epoch,
+                                   steps_per_epoch=cfg.train.steps_per_epoch, verbose=0,
+                                   shuffle=False, callbacks=[_EpochEnd(self)])
             return self._finish()
         finally:
             keras.config.set_dtype_policy(previous)
@@ -256,12 +266,13 @@ class Trainer:
         t = cfg.train
         record: dict[str, float] = {"epoch": epoch + 1, "loss": float(logs.get("loss", np.nan))}
         record["learning_rate"] = float(np.asarray(self.model.optimizer.learning_rate))
-        record["throughput_vps"] = t.steps_per_epoch * t.batch_size / max(seconds, 1e-9)
+        record["throughput_vps"] = (t.steps_per_epoch * t.batch_size * self.workers.size
+                                    / max(seconds, 1e-9))
         record["epoch_seconds"] = seconds
         last = epoch + 1 == t.epochs
         if self.val_cases and ((epoch + 1) % t.val_every == 0 or last):
             v0 = time.perf_counter()
-            scores = mean_scores(evaluate_cases(self.model, self.val_cases, cfg))
+            scores = mean_scores(self._evaluate(hd95=False))
             record.update({f"val_{k}": v for k, v in scores.items()})
             record["val_seconds"] = time.perf_counter() - v0
         self.history.append(record)
@@ -274,14 +285,78 @@ class Trainer:
         if self.is_chief:
             _save_checkpoint(self.checkpoint_path, self.model,
                              {"epoch": epoch + 1, "history": self.history})
+        if not self.is_chief:
+            return
         msg = (f"epoch {epoch + 1}/{t.epochs} loss {record['loss']:.4f} "
                f"lr {record['learning_rate']:.2e} {record['throughput_vps']:.1f} vol/s")
         if "val_dice_mean" in record:
             msg += (f" | val Dice WT {record['val_dice_WT']:.3f} TC {record['val_dice_TC']:.3f} "
                     f"ET {record['val_dice_ET']:.3f} mean {record['val_dice_mean']:.3f}")
         self.log(msg)
-        if self.epoch_hook is not None:
+        if self.epoch_hook is not None and self.is_chief:
             self.epoch_hook(epoch + 1, record)
+
+    def _evaluate(self, *, hd95: bool) -> list[dict[str, Any]]:
+        """Per-case validation scores; with several workers each rank scores its share and every
+        rank gets the whole list (so every rank reports the same, case-weighted mean)."""
+        if not self.workers.distributed:
+            return evaluate_cases(self.model, self.val_cases, self.cfg, hd95=hd95)
+        import horovod.tensorflow as hvd
+
+        from unet3d.distributed import shard
+
+        mine = evaluate_cases(self.model, shard(self.val_cases, self.workers), self.cfg, hd95=hd95)
+        gathered = hvd.allgather_object(mine, name=f"unet3d_val_{len(self.history)}_{int(hd95)}")
+        order = {c.case_id: i for i, c in enumerate(self.val_cases)}
+        return sorted((c for part in gathered for c in part), key=lambda c: order[c["case_id"]])
+
+    def _fit_horovod(self, ds: tf.data.Dataset) -> None:
+        """The multi-worker loop: compiled forward/backward, allreduce and update outside XLA."""
+        import horovod.tensorflow as hvd
+
+        from unet3d.distributed import average, broadcast_variables
+
+        cfg, model = self.cfg, self.model
+        opt = model.optimizer
+        opt.build(model.trainable_variables)
+        broadcast_variables(model.variables + list(opt.variables))
+        loss_fn = get_loss(cfg.train.loss)
+        n_out = len(model.outputs)
+        weights = deep_supervision_weights(n_out)
+        variables = model.trainable_variables
+
+        @tf.function(jit_compile=resolve_xla(cfg.train.xla))
+        def forward_backward(x, y):
+            with tf.GradientTape() as tape:
+                out = model(x, training=True)
+                if n_out > 1:
+                    loss = tf.add_n([w * loss_fn(t, o) for w, t, o in zip(weights, y, out,
+                                                                          strict=True)])
+                else:
+                    loss = loss_fn(y, out)
+                scaled = opt.scale_loss(loss)  # identity unless a LossScaleOptimizer
+            return loss, tape.gradient(scaled, variables)
+
+        @tf.function
+        def step(x, y):
+            loss, grads = forward_backward(x, y)
+            grads = hvd.grouped_allreduce(grads, op=hvd.Average)
+            opt.apply(grads, variables)
+            return loss
+
+        it = iter(ds)
+        for epoch in range(self.start_epoch, cfg.train.epochs):
+            t0 = time.perf_counter()
+            losses = [float(step(*next(it))) for _ in range(cfg.train.steps_per_epoch)]
+            # Batch-norm statistics are updated per rank: average them so every rank (and the
+            # exported model) holds the same non-trainable state.
+            if model.non_trainable_variables:
+                for v, avg in zip(model.non_trainable_variables,
+                                  average([v.value for v in model.non_trainable_variables]),
+                                  strict=True):
+                    v.assign(avg)
+            loss = float(average([tf.constant(np.mean(losses), tf.float64)])[0])
+            self.end_epoch(epoch, {"loss": loss}, time.perf_counter() - t0)
 
     def _finish(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -293,7 +368,7 @@ class Trainer:
             "history": self.history,
         }
         if self.val_cases:
-            per_case = evaluate_cases(self.model, self.val_cases, cfg, hd95=True)
+            per_case = self._evaluate(hd95=True)
             metrics["per_case"] = per_case
             metrics["final"] = mean_scores(per_case)
             metrics["summary"] = summarize([{k: v for k, v in c.items() if k != "case_id"}
@@ -315,3 +390,26 @@ def save_model(model: keras.Model, path: Path) -> None:
 def load_model(path: str | Path) -> keras.Model:
     """Loads a saved model with Keras safe mode (no arbitrary code from the file)."""
     return keras.saving.load_model(path, compile=False, safe_mode=True)
+
+
+def train_worker(config: dict[str, Any], cache: str, train_ids: Sequence[str],
+                 val_ids: Sequence[str], out: str, resume: bool = False,
+                 scale_lr: bool = False) -> dict[str, Any] | None:
+    """One Horovod worker of a multi-worker run (what ``unet3d.distributed.launch`` starts).
+
+    Reads the already-prepared cache, trains its shard, and returns the metrics on rank 0.
+    """
+    from unet3d import distributed
+
+    workers = distributed.init()
+    cfg = RunConfig.from_dict(config)
+
+    def cases(ids: Sequence[str]) -> list[CachedCase]:
+        return [CachedCase(Path(cache) / i, json.loads((Path(cache) / i / "meta.json").read_text()))
+                for i in ids]
+
+    log = (lambda m: print(m, flush=True)) if workers.is_chief else None
+    trainer = Trainer(cfg, cases(train_ids), cases(val_ids), out, resume=resume, log=log,
+                      workers=workers, scale_lr=scale_lr)
+    metrics = trainer.fit()
+    return metrics if workers.is_chief else None
