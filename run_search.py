@@ -191,8 +191,16 @@ def cmd_search(args: argparse.Namespace) -> int:
                             cache=str(_cache_dir(args).resolve()), train_ids=tuple(train_ids),
                             val_ids=tuple(val_ids), max_epochs=args.max_epochs, seed=args.seed,
                             fold=args.fold, folds=args.folds, split_seed=args.split_seed,
-                            experiment="" if exp.remote else str(experiment))
+                            experiment="" if exp.remote else str(experiment),
+                            workers_per_trial=args.workers_per_trial)
         engine = args.engine
+        if args.workers_per_trial > 1:
+            from unet3d import distributed
+
+            if not distributed.horovod_available():
+                raise_user(f"--workers-per-trial {args.workers_per_trial}: {distributed.INSTALL_HINT}")
+            if engine != "ray":
+                raise_user("--workers-per-trial needs --engine ray")
         experiment.mkdir(parents=True, exist_ok=True)
         save_context(ctx, experiment, {"engine": engine})
         from search.tb import write_experiment
@@ -386,6 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--gpus-per-trial", type=float, default=0.0,
                    help="GPUs per trial; fractions share a GPU (memory growth is on)")
     s.add_argument("--max-concurrent", type=int, default=2, help="trials running at once (0: no limit)")
+    s.add_argument("--workers-per-trial", type=int, default=1,
+                   help="Horovod workers per trial (Ray actors; one GPU each with --gpus-per-trial, "
+                        "else one CPU each)")
     s.add_argument("--max-failures", type=int, default=1,
                    help="retries of a failing trial, from its last checkpoint")
     s.add_argument("--address", default=None,

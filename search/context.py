@@ -28,6 +28,8 @@ class SearchContext:
             trials write their run folder (TensorBoard logs included) straight into it, so
             ``tensorboard --logdir <experiment>`` is live during the search. Empty for cloud URIs
             (trials then write to Ray's trial folder, which Ray uploads).
+        workers_per_trial: Horovod workers each trial trains with (Ray actors, one CPU or GPU
+            bundle each, in the trial's placement group).
     """
 
     space: dict[str, Any]
@@ -41,6 +43,7 @@ class SearchContext:
     folds: int = 5
     split_seed: int = 0
     experiment: str = ""
+    workers_per_trial: int = 1
 
     def search_space(self) -> SearchSpace:
         return space_from_dict(self.space, source="search context")

@@ -82,8 +82,17 @@ def _trainable(ctx: SearchContext, opts: RayOptions):
 
     from search.trainable import train_trial
 
-    resources = {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial}
-    return tune.with_resources(tune.with_parameters(train_trial, ctx=ctx.to_dict()), resources)
+    trainable = tune.with_parameters(train_trial, ctx=ctx.to_dict())
+    n = ctx.workers_per_trial
+    if n <= 1:
+        return tune.with_resources(trainable, {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
+    # The trial itself only coordinates: its bundle reserves memory, no CPU (Ray refuses all-zero
+    # bundles). Then one bundle per Horovod worker: 1 CPU, or 1 GPU.
+    worker = {"CPU": 1.0}
+    if opts.gpus_per_trial:
+        worker["GPU"] = 1.0
+    return tune.with_resources(trainable, tune.PlacementGroupFactory(
+        [{"memory": 256 * 2**20}] + [dict(worker) for _ in range(n)], strategy="PACK"))
 
 
 def run(ctx: SearchContext, location: str, opts: RayOptions, *, resume: bool = False,
@@ -141,8 +150,33 @@ def run(ctx: SearchContext, location: str, opts: RayOptions, *, resume: bool = F
                     checkpoint_score_order=MODE)),
         )
     grid = tuner.fit()
+    if ctx.workers_per_trial > 1:
+        left = horovod_workers_alive()
+        if left:
+            log(f"warning: {left} Horovod worker process(es) still alive after the search")
     scheme = location.split("://", 1)[0] + "://" if "://" in location else ""
     return rows_from_grid(grid, ctx.max_epochs, scheme)
+
+
+def horovod_workers_alive(wait_s: float = 10.0) -> int:
+    """Horovod worker actors (processes titled ``ray::BaseHorovodWorker``) alive on this machine,
+    after giving Ray ``wait_s`` to finish ending those of stopped trials."""
+    import time
+
+    import psutil
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        alive = 0
+        for p in psutil.process_iter(["cmdline"]):
+            try:
+                if any("BaseHorovodWorker" in part for part in (p.info["cmdline"] or [])[:1]):
+                    alive += 1
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.5)
 
 
 def rows_from_grid(grid: Any, max_epochs: int, scheme: str = "") -> list[TrialRow]:
@@ -154,7 +188,7 @@ def rows_from_grid(grid: Any, max_epochs: int, scheme: str = "") -> list[TrialRo
         if df is not None and len(df):
             keep = [c for c in df.columns if c.startswith(("val_", "loss", "learning_rate",
                                                           "throughput", "epoch", "timestamp",
-                                                          "node_ip"))]
+                                                          "node_ip", "workers"))]
             history = df[keep].to_dict("records")
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name.split("_")[1]
         params = {k: v for k, v in (result.config or {}).items()}

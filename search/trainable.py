@@ -67,16 +67,68 @@ def train_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     node = {"node_ip": _node_ip(), "hostname": socket.gethostname(),
             "trial_index": int(index) if index.isdigit() else 0}
 
-    def report(epoch: int, record: dict[str, float]) -> None:
+    def report(epoch: int, record: dict[str, float], checkpoint_file: Path | None = None) -> None:
         metrics = {**record, **node, "epoch": epoch}
         with tempfile.TemporaryDirectory() as d:
-            shutil.copy2(run_dir / CHECKPOINT, Path(d) / CHECKPOINT)
+            shutil.copy2(checkpoint_file or run_dir / CHECKPOINT, Path(d) / CHECKPOINT)
             shutil.copy2(run_dir / "config.json", Path(d) / "config.json")
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
+    if context.workers_per_trial > 1:
+        _train_with_horovod(context, cfg, run_dir, resume, report, resources)
+        return
     keras.backend.clear_session()
     Trainer(cfg, context.cases(context.train_ids), context.cases(context.val_ids), run_dir,
             resume=resume, epoch_hook=report).fit()
+
+
+def _train_with_horovod(context: SearchContext, cfg: Any, run_dir: Path, resume: bool,
+                        report: Any, resources: dict[str, float]) -> None:
+    """Trains the trial with ``workers_per_trial`` Horovod workers (Ray actors in this trial's
+    placement group). Rank 0 hard-links each epoch's checkpoint and sends the epoch's record
+    through a Ray queue; this function reports both to Tune. When Tune stops the trial (ASHA), this
+    actor dies and Ray ends the worker actors it owns with it."""
+    import ray
+    from horovod.ray import RayExecutor
+    from ray.util.queue import Empty, Queue
+
+    from unet3d.train import CHECKPOINT, train_worker
+
+    queue = Queue(actor_options={"num_cpus": 0})
+
+    def hook(epoch: int, record: dict[str, float]) -> None:
+        link = run_dir / f".epoch{epoch}.npz"
+        link.unlink(missing_ok=True)
+        os.link(run_dir / CHECKPOINT, link)  # this epoch's file, whatever rank 0 writes next
+        queue.put((epoch, record))
+
+    gpus = resources.get("GPU", 0.0)
+    n = context.workers_per_trial
+    settings = RayExecutor.create_settings(timeout_s=60, nics={"lo"} if not gpus else None)
+    executor = RayExecutor(settings, num_workers=n, cpus_per_worker=1, use_gpu=gpus > 0,
+                           gpus_per_worker=1 if gpus > 0 else None,
+                           use_current_placement_group=True)
+    executor.start()
+    try:
+        refs = executor.run_remote(train_worker, kwargs=dict(
+            config=cfg.to_dict(), cache=context.cache, train_ids=list(context.train_ids),
+            val_ids=list(context.val_ids), out=str(run_dir), resume=resume, epoch_hook=hook,
+            log_epochs=False))
+        pending = list(refs)
+        while True:
+            try:
+                epoch, record = queue.get(timeout=1.0)
+            except Empty:
+                done, pending = ray.wait(pending, timeout=0, num_returns=len(pending))
+                ray.get(done)  # raises a worker's exception here
+                if not pending and queue.empty():
+                    break
+                continue
+            link = run_dir / f".epoch{epoch}.npz"
+            report(epoch, record, checkpoint_file=link)
+            link.unlink(missing_ok=True)
+    finally:
+        executor.shutdown()
 
 
 def _node_ip() -> str:

@@ -269,6 +269,7 @@ class Trainer:
         record["throughput_vps"] = (t.steps_per_epoch * t.batch_size * self.workers.size
                                     / max(seconds, 1e-9))
         record["epoch_seconds"] = seconds
+        record["workers"] = self.workers.size
         last = epoch + 1 == t.epochs
         if self.val_cases and ((epoch + 1) % t.val_every == 0 or last):
             v0 = time.perf_counter()
@@ -394,10 +395,14 @@ def load_model(path: str | Path) -> keras.Model:
 
 def train_worker(config: dict[str, Any], cache: str, train_ids: Sequence[str],
                  val_ids: Sequence[str], out: str, resume: bool = False,
-                 scale_lr: bool = False) -> dict[str, Any] | None:
-    """One Horovod worker of a multi-worker run (what ``unet3d.distributed.launch`` starts).
+                 scale_lr: bool = False,
+                 epoch_hook: Callable[[int, dict[str, float]], None] | None = None,
+                 log_epochs: bool = True) -> dict[str, Any] | None:
+    """One Horovod worker of a multi-worker run (started by ``unet3d.distributed.launch``, or by a
+    search trial through Horovod's Ray executor).
 
-    Reads the already-prepared cache, trains its shard, and returns the metrics on rank 0.
+    Reads the already-prepared cache, trains its shard, and returns the metrics on rank 0, where
+    ``epoch_hook`` is also called after every epoch (its checkpoint is written by then).
     """
     from unet3d import distributed
 
@@ -408,8 +413,8 @@ def train_worker(config: dict[str, Any], cache: str, train_ids: Sequence[str],
         return [CachedCase(Path(cache) / i, json.loads((Path(cache) / i / "meta.json").read_text()))
                 for i in ids]
 
-    log = (lambda m: print(m, flush=True)) if workers.is_chief else None
+    log = (lambda m: print(m, flush=True)) if workers.is_chief and log_epochs else None
     trainer = Trainer(cfg, cases(train_ids), cases(val_ids), out, resume=resume, log=log,
-                      workers=workers, scale_lr=scale_lr)
+                      workers=workers, scale_lr=scale_lr, epoch_hook=epoch_hook)
     metrics = trainer.fit()
     return metrics if workers.is_chief else None

@@ -1,0 +1,74 @@
+"""A search whose trials each train with 2 Horovod workers (Ray actors, Gloo on loopback)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import psutil
+import pytest
+
+from conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+SPACE = """
+base: cpu-small
+fixed:
+  train: {steps_per_epoch: 3, val_every: 1, warmup_epochs: 0}
+  data: {crop: [16, 16, 16], max_val_cases: 2}
+params:
+  model.depth: {type: int, low: 2, high: 3}
+  model.base_filters: {type: choice, values: [4, 8]}
+  train.learning_rate: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
+"""
+
+
+def _horovod_processes(since: float) -> list[str]:
+    found = []
+    for p in psutil.process_iter(["cmdline", "create_time"]):
+        try:
+            cmd = " ".join(p.info["cmdline"] or [])
+            if p.info["create_time"] >= since and ("BaseHorovodWorker" in cmd or "horovod" in cmd):
+                found.append(cmd[:120])
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return found
+
+
+def test_search_with_two_workers_per_trial_stops_trials_and_leaves_no_workers(tmp_path):
+    from unet3d.data.synthetic import write_synthetic_dataset
+
+    write_synthetic_dataset(tmp_path / "data", 8, (32, 32, 32), seed=2)
+    (tmp_path / "space.yaml").write_text(SPACE)
+    started = time.time()
+    r = run_cli("search", "--data", str(tmp_path / "data"), "--space", str(tmp_path / "space.yaml"),
+                "--out", str(tmp_path), "--name", "exp", "--workers-per-trial", "2",
+                "--num-samples", "5", "--max-epochs", "3", "--grace-period", "1",
+                "--max-concurrent", "1", "--folds", "4", "--verbose", "0", timeout=1200)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    # While Ray was still up at the end of the search, no worker of a stopped trial was left.
+    assert "Horovod worker process(es) still alive" not in r.stdout
+    trials = json.loads((tmp_path / "exp" / "trials.json").read_text())
+    rows = trials["trials"]
+    assert len(rows) == 5
+    for t in rows:
+        assert all(h["workers"] == 2 for h in t["history"]), "a trial trained without 2 workers"
+    assert trials["summary"]["trials_stopped_early"] >= 1
+    assert any(t["status"] == "stopped" and t["epochs"] < 3 for t in rows)
+    assert (tmp_path / "exp" / "best" / "model.keras").exists()
+    deadline = time.monotonic() + 30
+    while _horovod_processes(started) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert _horovod_processes(started) == []
+
+
+def test_workers_per_trial_needs_the_ray_engine(tmp_path):
+    (tmp_path / "space.yaml").write_text(SPACE)
+    from unet3d.data.synthetic import write_synthetic_dataset
+
+    write_synthetic_dataset(tmp_path / "data", 5, (32, 32, 32), seed=2)
+    r = run_cli("search", "--data", str(tmp_path / "data"), "--space", str(tmp_path / "space.yaml"),
+                "--out", str(tmp_path), "--name", "x", "--engine", "keras-tuner",
+                "--workers-per-trial", "2", timeout=300)
+    assert r.returncode == 2 and "needs --engine ray" in r.stderr.strip().splitlines()[-1]
