@@ -7,7 +7,6 @@ import time
 
 import psutil
 import pytest
-
 from conftest import run_cli
 
 pytestmark = pytest.mark.slow
