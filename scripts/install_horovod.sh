@@ -7,8 +7,9 @@
 set -euo pipefail
 PY=${PYTHON:-python}
 VERSION=0.28.1
-if "$PY" -c "import horovod.tensorflow as h; assert h.gloo_built()" 2>/dev/null; then
-  echo "horovod already installed with TensorFlow + Gloo"; exit 0
+if "$PY" -c "import os, horovod.tensorflow as h; assert h.gloo_built()
+assert not os.environ.get('HOROVOD_GPU_OPERATIONS') or h.nccl_built()" 2>/dev/null; then
+  echo "horovod already installed with TensorFlow + Gloo${HOROVOD_GPU_OPERATIONS:+ + NCCL}"; exit 0
 fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -23,6 +24,6 @@ fi
 export HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
        HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1
 export MAKEFLAGS="-j$(nproc)"
-"$PY" -m pip install --no-build-isolation --no-deps --no-cache-dir "$src"
+"$PY" -m pip install --no-build-isolation --no-deps --no-cache-dir --force-reinstall "$src"
 "$PY" -m pip install --quiet cloudpickle psutil pyyaml packaging
 "$PY" -c "import horovod.tensorflow as h; assert h.gloo_built(); print('horovod', h.__version__ if hasattr(h,'__version__') else '', 'built with Gloo')"
