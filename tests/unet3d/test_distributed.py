@@ -121,3 +121,31 @@ def test_workers_without_horovod_give_a_clear_error_and_one_worker_still_trains(
     assert line.startswith("error: --workers 2: Horovod is not installed") and "make setup" in line
     r = run_cli(*args, "--out", str(tmp_path / "b"), env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def _amp_worker(config, cache, ids, out):
+    from unet3d import distributed
+    from unet3d.config import RunConfig
+    from unet3d.train import Trainer
+
+    workers = distributed.init()
+    t = Trainer(RunConfig.from_dict(config), _cases(cache, ids[:3]), _cases(cache, ids[3:]), out,
+                workers=workers)
+    metrics = t.fit()
+    return (workers.rank, type(t.model.optimizer).__name__, metrics["history"][-1]["loss"],
+            [np.asarray(w) for w in t.model.get_weights()])
+
+
+def test_mixed_float16_with_xla_and_loss_scaling_across_workers(prepared, tmp_path):
+    """XLA compiles the forward/backward; the allreduce and the loss-scaled update run outside it."""
+    from unet3d import distributed
+
+    cache, ids = prepared
+    cfg = CFG.replace(train={"precision": "mixed_float16", "xla": "on", "epochs": 2})
+    results = sorted(distributed.launch(_amp_worker, dict(config=cfg.to_dict(), cache=cache, ids=ids,
+                                                          out=str(tmp_path / "amp")), 2))
+    (r0, opt0, loss0, w0), (r1, opt1, loss1, w1) = results
+    assert (r0, r1) == (0, 1) and opt0 == opt1 == "LossScaleOptimizer"
+    assert np.isfinite(loss0) and loss0 == loss1  # the epoch loss is averaged across ranks
+    for a, b in zip(w0, w1, strict=True):
+        np.testing.assert_array_equal(a, b)
