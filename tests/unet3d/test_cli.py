@@ -7,11 +7,16 @@ from conftest import run_cli
 
 
 @pytest.mark.parametrize("cmd, must", [
-    ([], ["synth", "prepare", "train"]),
+    ([], ["synth", "prepare", "train", "search", "retrain-best"]),
     (["synth"], ["--out", "--cases", "--shape"]),
     (["prepare"], ["--data", "--cache", "BraTS 2019/2020", "MSD"]),
     (["train"], ["--data", "--preset", "--config", "--epochs", "--fold", "--out", "--resume",
-                 "--precision", "--xla", "nvidia"]),
+                 "--precision", "--xla", "nvidia", "--workers", "--scale-lr"]),
+    (["search"], ["--data", "--space", "--engine", "--num-samples", "--max-epochs", "--grace-period",
+                  "--reduction-factor", "--time-attr", "--cpus-per-trial", "--gpus-per-trial",
+                  "--max-concurrent", "--max-failures", "--address", "--out", "--name", "--seed",
+                  "--resume", "--workers-per-trial", "--kt-algorithm"]),
+    (["retrain-best"], ["experiment", "--epochs", "--folds", "--resume"]),
 ])
 def test_help_is_complete(cmd, must):
     r = run_cli(*cmd, "--help", timeout=120)
