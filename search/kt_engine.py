@@ -111,11 +111,7 @@ def run(ctx: SearchContext, experiment: Path, opts: KerasTunerOptions, *, resume
 
 
 def rows(tuner: Any, ctx: SearchContext, experiment: Path, opts: KerasTunerOptions) -> list[TrialRow]:
-    import json
-
-    import numpy as np
-
-    from unet3d.train import CHECKPOINT
+    from unet3d.train import CHECKPOINT, read_checkpoint
 
     names = [p.name for p in ctx.search_space().params]
     out = []
@@ -123,8 +119,7 @@ def rows(tuner: Any, ctx: SearchContext, experiment: Path, opts: KerasTunerOptio
         run_dir = run_dir_of(experiment, tid)
         history: list[dict[str, Any]] = []
         if (run_dir / CHECKPOINT).exists():
-            with np.load(run_dir / CHECKPOINT) as z:
-                history = json.loads(str(z["state"]))["history"]
+            history = read_checkpoint(run_dir / CHECKPOINT)[2]["history"]
         values = trial.hyperparameters.values
         wall = float((run_dir / "wall_s").read_text()) if (run_dir / "wall_s").exists() else 0.0
         error = "" if history else f"no epoch finished (trial status {trial.status})"
