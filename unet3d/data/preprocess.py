@@ -63,6 +63,32 @@ def _read(path: Path, case_id: str) -> tuple[np.ndarray, np.ndarray, Any]:
     return data, img.affine, img.header
 
 
+def read_label(path: Path, case_id: str, label_map: dict[int, int], layout: str,
+               what: str = "label") -> tuple[np.ndarray, np.ndarray]:
+    """Reads a segmentation (a reference label or a prediction) and checks its values.
+
+    Returns:
+        (X, Y, Z) uint8 file label values and the file's affine.
+
+    Raises:
+        DataError: naming the case and file: unreadable/truncated, not 3-D, non-integer values, or
+            values outside ``label_map`` (the layout's label set).
+    """
+    raw, affine, _ = _read(path, case_id)
+    if raw.ndim == 4 and raw.shape[3] == 1:
+        raw = raw[..., 0]
+    if raw.ndim != 3:
+        raise DataError(f"case {case_id}: {path}: expected a 3-D {what}, got shape {raw.shape}")
+    if not np.all(np.isfinite(raw)) or not np.all(np.equal(np.mod(raw, 1), 0)):
+        raise DataError(f"case {case_id}: {path}: {what} has non-integer values")
+    values = set(np.unique(raw).astype(np.int64).tolist())
+    allowed = set(label_map)
+    if not values <= allowed:
+        raise DataError(f"case {case_id}: {path}: {what} values {sorted(values - allowed)} are "
+                        f"not allowed in the {layout} layout (allowed: {sorted(allowed)})")
+    return raw.astype(np.uint8), np.asarray(affine, float)
+
+
 def load_case(case: Case) -> LoadedCase:
     """Reads and validates every file of ``case``.
 
@@ -107,22 +133,13 @@ def load_case(case: Case) -> LoadedCase:
 
     label = None
     if case.label is not None:
-        raw, affine, _ = _read(case.label, cid)
-        if raw.ndim == 4 and raw.shape[3] == 1:
-            raw = raw[..., 0]
+        raw, affine = read_label(case.label, cid, case.label_map, case.layout)
         if raw.shape != tuple(ref_shape):
             raise DataError(f"case {cid}: {case.label}: label shape {raw.shape} differs from the "
                             f"image shape {tuple(ref_shape)}")
         if not np.allclose(affine, ref_affine, atol=1e-3):
             raise DataError(f"case {cid}: {case.label}: label affine differs from the image's")
-        if not np.all(np.isfinite(raw)) or not np.all(np.equal(np.mod(raw, 1), 0)):
-            raise DataError(f"case {cid}: {case.label}: label has non-integer values")
-        values = set(np.unique(raw).astype(np.int64).tolist())
-        allowed = set(case.label_map)
-        if not values <= allowed:
-            raise DataError(f"case {cid}: {case.label}: label values {sorted(values - allowed)} are "
-                            f"not allowed in the {case.layout} layout (allowed: {sorted(allowed)})")
-        label = raw.astype(np.uint8)
+        label = raw
     return LoadedCase(case=case, image=image, label=label, affine=np.asarray(ref_affine, float),
                       header=header)
 
