@@ -7,6 +7,8 @@
   python run_search.py synth           write a synthetic BraTS 2021-layout dataset
   python run_search.py prepare         validate and preprocess a dataset into its cache
   python run_search.py train           train one 3D-UNet
+  python run_search.py predict         segment cases with one exported model or an ensemble
+  python run_search.py evaluate        score predictions against reference labels (Dice, HD95)
 
 Errors in the user's input (data, config) print one line naming the file or field and exit 2.
 """
@@ -274,6 +276,118 @@ def cmd_retrain_best(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resolve_models(paths: list[str], top_k: int) -> list[Path]:
+    """Export folders from --model arguments: an export folder, a folder of export folders (e.g.
+    EXPERIMENT/retrained: its folds), or a search experiment (its top-k trials, exported on demand)."""
+    folders: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if (path / "search.json").exists():
+            from search.finish import export_top
+
+            try:
+                folders += export_top(path, top_k, log=_print)
+            except (FileNotFoundError, ValueError) as e:
+                raise_user(f"--model {raw}: {e}")
+        elif (path / "model.keras").exists():
+            folders.append(path)
+        elif path.is_dir() and any((p / "model.keras").exists() for p in path.iterdir()):
+            folders += sorted(p for p in path.iterdir() if (p / "model.keras").exists())
+        else:
+            raise_user(f"--model {raw}: not an export folder (model.keras + config.json), a folder "
+                       f"of export folders, or a search experiment (search.json)")
+    return folders
+
+
+def _peak_memory_gib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from unet3d.data.discover import discover_input
+    from unet3d.data.preprocess import load_case
+    from unet3d.inference import Predictor, load_member, write_prediction
+    from unet3d.io_utils import atomic_write_json
+    from unet3d.postprocess import PostProcess
+
+    if not 0 <= args.overlap < 1:
+        raise_user(f"--overlap {args.overlap}: must be in [0, 1)")
+    if not 1 <= args.tta <= 8:
+        raise_user(f"--tta {args.tta}: must be 1..8 flips")
+    if args.batch_size < 1:
+        raise_user(f"--batch-size {args.batch_size}: must be at least 1")
+    if args.min_et_volume < 0:
+        raise_user(f"--min-et-volume {args.min_et_volume}: must be >= 0 mm^3")
+    cases = discover_input(args.input)
+    folders = _resolve_models(args.model, args.top_k)
+    members = []
+    for f in folders:
+        try:
+            members.append(load_member(f, precision=args.precision))
+        except (FileNotFoundError, ValueError) as e:
+            raise_user(str(e))
+    post = PostProcess(min_et_volume=args.min_et_volume, largest_wt=args.largest_wt)
+    predictor = Predictor(members, overlap=args.overlap, tta=args.tta, batch_size=args.batch_size,
+                          postprocess=post, keep_probabilities=args.probabilities)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for m in members:
+        _print(f"model {m.name}: {m.cfg.model.depth} levels, filters {list(m.cfg.model.filters)}, "
+               f"{m.cfg.model.head} head, windows {list(m.patch)}, {m.policy}")
+    _print(f"predicting {len(cases)} case(s) with {len(members)} model(s), overlap {args.overlap}, "
+           f"{args.tta} flip(s) -> {out}")
+    atomic_write_json(out / "predict.json", {
+        "models": [str(f.resolve()) for f in folders], "input": str(Path(args.input).resolve()),
+        "overlap": args.overlap, "tta": args.tta, "precision": [m.policy for m in members],
+        "postprocess": {"min_et_volume_mm3": post.min_et_volume, "largest_wt": post.largest_wt},
+        "probabilities": predictor.channels if args.probabilities else None})
+    t0 = time.perf_counter()
+    with tqdm(total=len(cases), unit="case", disable=None, position=0) as case_bar:
+        for case in cases:
+            bar = tqdm(unit="window", disable=None, position=1, leave=False, desc=case.case_id)
+            try:
+                pred = predictor.predict(load_case(_unlabelled(case)), progress=bar.update,
+                                         on_preprocessed=lambda s, b=bar: b.reset(predictor.windows(s)))
+            finally:
+                bar.close()
+            files = write_prediction(pred, out)
+            tqdm.write(f"{case.case_id}: {pred.windows} window evaluations, {pred.seconds:.1f} s -> "
+                       f"{', '.join(f.name for f in files)}", file=sys.stdout)
+            case_bar.update(1)
+    _print(f"{len(cases)} case(s) in {time.perf_counter() - t0:.1f} s; peak memory "
+           f"{_peak_memory_gib():.2f} GiB; predictions in {out}")
+    return 0
+
+
+def _unlabelled(case):
+    import dataclasses
+
+    return dataclasses.replace(case, label=None)  # prediction never needs (or validates) the label
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from unet3d.data.discover import discover
+    from unet3d.evaluation import evaluate_folder, format_summary, summary, write_evaluation
+
+    ds = discover(args.data)
+    out = Path(args.out) if args.out else Path(args.pred) / "evaluation.csv"
+    n = sum(1 for c in ds.cases if c.label is not None)
+    with tqdm(total=n, unit="case", disable=None) as bar:
+        rows = evaluate_folder(args.pred, ds.cases, jobs=args.jobs, progress=lambda r: bar.update(1))
+    csv_path, summary_path = write_evaluation(rows, out)
+    _print(f"{len(rows)} case(s) of {ds.root} scored against {args.pred}")
+    _print(format_summary(summary(rows)))
+    _print(f"per case: {csv_path}")
+    _print(f"summary: {summary_path}")
+    return 0
+
+
 def _int_arg(flag: str, v: str) -> int:
     try:
         return int(v)
@@ -428,6 +542,52 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'all' (one model on all cases) or fold numbers (one model per fold)")
     s.add_argument("--resume", action="store_true", help="continue interrupted retraining runs")
     s.set_defaults(func=cmd_retrain_best)
+
+    s = sub.add_parser("predict", help="segment cases with one exported model or an ensemble",
+                       description="Segment every case of INPUT (one BraTS case folder, or a dataset "
+                                   "folder in any supported layout) with sliding-window inference. "
+                                   "Writes OUT/<case_id>.nii.gz on each input's own grid (shape, "
+                                   "affine and header of its images) with the layout's label values "
+                                   "(BraTS 0/1/2/4, MSD 0-3), and OUT/predict.json (models and "
+                                   "options). Several --model folders form an ensemble that "
+                                   "averages probabilities.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    s.add_argument("--model", action="append", required=True, metavar="DIR",
+                   help="an export folder (EXPERIMENT/best, a train --out folder), a folder of "
+                        "exports (EXPERIMENT/retrained: every fold), or a search experiment (its "
+                        "--top-k best trials); repeat to ensemble")
+    s.add_argument("--top-k", type=int, default=1,
+                   help="with a search experiment as --model: ensemble its K best trials (ranks 2..K "
+                        "are exported to EXPERIMENT/top/ on first use)")
+    s.add_argument("--input", required=True, help="a case folder or a dataset folder")
+    s.add_argument("--out", required=True, help="output folder for <case_id>.nii.gz")
+    s.add_argument("--tta", type=int, nargs="?", const=8, default=1, metavar="N",
+                   help="mirror test-time augmentation: average N flips (--tta alone: all 8)")
+    s.add_argument("--overlap", type=float, default=0.5, help="fractional overlap of windows")
+    s.add_argument("--batch-size", type=int, default=2, help="windows per model call")
+    s.add_argument("--precision", choices=["auto", "fp32", "trained"], default="auto",
+                   help="auto: the training precision on a GPU, float32 on a CPU")
+    s.add_argument("--probabilities", action="store_true",
+                   help="also write OUT/<case_id>_probabilities.nii.gz (X, Y, Z, K; quantised to "
+                        "1/255): class probabilities, or WT/TC/ET ones if any model has a region head")
+    s.add_argument("--min-et-volume", type=float, default=0.0, metavar="MM3",
+                   help="post-processing: enhancing-tumour components smaller than this become "
+                        "necrotic core (0: off; 500 is a common BraTS choice)")
+    s.add_argument("--largest-wt", action="store_true",
+                   help="post-processing: keep only the largest connected whole-tumour component")
+    s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("evaluate", help="score predictions against reference labels (Dice, HD95)",
+                       description="Score PRED/<case_id>.nii.gz against every labelled case of DATA: "
+                                   "BraTS region (WT, TC, ET) Dice and HD95 in mm on the original "
+                                   "grid. Writes a per-case CSV and <stem>_summary.json (mean, std, "
+                                   "median, quartiles) and prints the summary.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    s.add_argument("--pred", required=True, help="folder of predictions")
+    s.add_argument("--data", required=True, help="the dataset with the reference labels")
+    s.add_argument("--out", default=None, help="per-case CSV (default: PRED/evaluation.csv)")
+    s.add_argument("--jobs", type=int, default=None, help="worker processes (default: CPU count)")
+    s.set_defaults(func=cmd_evaluate)
     return p
 
 

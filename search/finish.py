@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from search.context import SearchContext
-from search.results import TrialRow, asha_savings, best_row, write_results
+from search.results import TrialRow, asha_savings, best_row, finite, write_results
 from unet3d.io_utils import atomic_write_json
 
 
@@ -27,31 +27,77 @@ def load_context(experiment: Path) -> tuple[SearchContext, dict[str, Any]]:
     return SearchContext.from_dict(d.pop("context")), d
 
 
-def export_best(rows: Sequence[TrialRow], ctx: SearchContext,
-                experiment: Path) -> tuple[TrialRow, Path] | None:
-    """Exports the best trial's best checkpoint to ``<experiment>/best`` with full validation
-    metrics (Dice and HD95 per case, computed on the exported weights)."""
+def _export_row(row: TrialRow, ctx: SearchContext, experiment: Path, out: Path) -> Path:
+    """Exports ``row``'s best checkpoint to ``out`` with full validation metrics (Dice and HD95 per
+    case, computed on the exported weights)."""
     from search.storage import local_copy
     from unet3d.export import export_model, model_from_run
     from unet3d.train import evaluate_cases, mean_scores
 
-    best = best_row(rows)
-    if best is None:
-        return None
-    staged = experiment / ".best_checkpoint"
-    model, cfg, state = model_from_run(local_copy(best.checkpoint, staged))
+    staged = experiment / f".{out.name}_checkpoint"
+    model, cfg, state = model_from_run(local_copy(row.checkpoint, staged))
     shutil.rmtree(staged, ignore_errors=True)  # only a download of a remote checkpoint lands here
     val = ctx.cases(ctx.val_ids)
-    metrics: dict[str, Any] = {"trial_id": best.trial_id, "params": best.params,
+    metrics: dict[str, Any] = {"trial_id": row.trial_id, "params": row.params,
                                "epoch": state["epoch"], "history": state["history"],
                                "val_cases": list(ctx.val_ids)}
     if val:
         per_case = evaluate_cases(model, val, cfg, hd95=True)
         metrics["per_case"] = per_case
         metrics["final"] = mean_scores(per_case)
-    out = export_model(model, cfg, metrics, experiment / "best",
-                       source=f"search {experiment.name}, trial {best.trial_id}, epoch {state['epoch']}")
-    return best, out
+    return export_model(model, cfg, metrics, out,
+                        source=f"search {experiment.name}, trial {row.trial_id}, epoch {state['epoch']}")
+
+
+def export_best(rows: Sequence[TrialRow], ctx: SearchContext,
+                experiment: Path) -> tuple[TrialRow, Path] | None:
+    """Exports the best trial's best checkpoint to ``<experiment>/best``."""
+    best = best_row(rows)
+    if best is None:
+        return None
+    return best, _export_row(best, ctx, experiment, experiment / "best")
+
+
+def load_rows(experiment: Path) -> list[TrialRow]:
+    """The trial rows a finished search wrote to ``trials.json``."""
+    path = experiment / "trials.json"
+    try:
+        trials = json.loads(path.read_text())["trials"]
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: not found; has the search {experiment} finished?") from None
+    return [TrialRow(**t) for t in trials]
+
+
+def export_top(experiment: Path, k: int,
+               log: Callable[[str], None] | None = None) -> list[Path]:
+    """Export folders of the ``k`` best trials of a finished search, best first, for an ensemble.
+
+    Rank 1 is ``<experiment>/best``; ranks 2..k are exported on first use to
+    ``<experiment>/top/rank<r>_<trial_id>`` and reused afterwards.
+
+    Raises:
+        FileNotFoundError: the search has not finished (no trials.json / best/).
+        ValueError: k < 1 or fewer than k trials have a checkpoint.
+    """
+    if k < 1:
+        raise ValueError(f"--top-k {k}: must be at least 1")
+    ctx, _ = load_context(experiment)
+    ranked = sorted((r for r in load_rows(experiment) if finite(r.best_dice_mean) and r.checkpoint),
+                    key=lambda r: -r.best_dice_mean)
+    if len(ranked) < k:
+        raise ValueError(f"--top-k {k}: {experiment} has only {len(ranked)} trials with a checkpoint")
+    if not (experiment / "best" / "model.keras").exists():
+        raise FileNotFoundError(f"{experiment / 'best'}: no exported best model")
+    out = [experiment / "best"]
+    for rank, row in enumerate(ranked[1:k], start=2):
+        folder = experiment / "top" / f"rank{rank}_{row.trial_id}"
+        if not (folder / "model.keras").exists():
+            if log is not None:
+                log(f"exporting trial {row.trial_id} (rank {rank}, validation Dice "
+                    f"{row.best_dice_mean:.4f}) -> {folder}")
+            _export_row(row, ctx, experiment, folder)
+        out.append(folder)
+    return out
 
 
 def finish(rows: Sequence[TrialRow], ctx: SearchContext, experiment: Path, engine: str) -> dict[str, Any]:

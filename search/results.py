@@ -52,11 +52,11 @@ def row_from_history(trial_id: str, params: dict[str, Any], history: Sequence[di
                      max_epochs: int, *, error: str = "", wall_s: float = 0.0, node: str = "",
                      checkpoint: str = "", run_dir: str = "", index: int = 0) -> TrialRow:
     """Builds a row from a trial's per-epoch records (the trainer's / Ray's reported metrics)."""
-    scored = [h for h in history if _finite(h.get(METRIC))]
+    scored = [h for h in history if finite(h.get(METRIC))]
     best = max(scored, key=lambda h: h[METRIC]) if scored else {}
     epochs = int(max((h.get("epoch", 0) for h in history), default=0))
     status = "error" if error else ("completed" if epochs >= max_epochs else "stopped")
-    tput = [h["throughput_vps"] for h in history[1:] or history if _finite(h.get("throughput_vps"))]
+    tput = [h["throughput_vps"] for h in history[1:] or history if finite(h.get("throughput_vps"))]
     return TrialRow(
         trial_id=trial_id, params=dict(params), status=status, epochs=epochs,
         best_epoch=int(best.get("epoch", 0)),
@@ -70,12 +70,12 @@ def row_from_history(trial_id: str, params: dict[str, Any], history: Sequence[di
         index=index, history=[dict(h) for h in history])
 
 
-def _finite(v: Any) -> bool:
+def finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v)
 
 
 def best_row(rows: Sequence[TrialRow]) -> TrialRow | None:
-    ok = [r for r in rows if _finite(r.best_dice_mean) and r.checkpoint]
+    ok = [r for r in rows if finite(r.best_dice_mean) and r.checkpoint]
     return max(ok, key=lambda r: r.best_dice_mean) if ok else None
 
 
@@ -110,7 +110,7 @@ def format_table(rows: Sequence[TrialRow]) -> str:
     head = (f"{'trial':<10} {'status':<9} {'ep':>3} {'Dice':>6} {'WT':>6} {'TC':>6} {'ET':>6} "
             f"{'vol/s':>6} " + " ".join(f"{s[:12]:>12}" for s in short))
     lines = [head, "-" * len(head)]
-    for r in sorted(rows, key=lambda r: -r.best_dice_mean if _finite(r.best_dice_mean) else 1):
+    for r in sorted(rows, key=lambda r: -r.best_dice_mean if finite(r.best_dice_mean) else 1):
         vals = []
         for p in param_names:
             v = r.params.get(p, "")

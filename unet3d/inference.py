@@ -1,19 +1,41 @@
-"""Sliding-window inference over a whole volume with Gaussian importance blending.
+"""Inference: sliding windows over a whole volume, ensembles, and predictions on the input's grid.
 
 Windows of the model's patch size are streamed in batches (never all materialised at once); each
 window's probabilities are weighted by a Gaussian centred on the window (sigma = patch/8, as nnU-Net),
 so voxels near window borders, where the network sees little context, count less. Optional mirror
 test-time augmentation averages over flips of the input.
+
+A :class:`Predictor` takes a case as read from disk, preprocesses it exactly as training did
+(canonical orientation, brain crop, z-score), averages the probabilities of one or more models,
+post-processes the class map, and puts it back on the case's original grid as the layout's label
+values (BraTS 0/1/2/4, MSD 0-3); :func:`write_prediction` saves it with the input's affine and header.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
+import nibabel as nib
 import numpy as np
 
+from unet3d.io_utils import atomic_path
+from unet3d.postprocess import PostProcess
+from unet3d.regions import REGIONS, class_probs_to_region_probs, classes_to_labels
+
+if TYPE_CHECKING:
+    import keras
+
+    from unet3d.config import RunConfig
+    from unet3d.data.preprocess import LoadedCase
+
 PredictFn = Callable[[np.ndarray], np.ndarray]
+ProgressFn = Callable[[int], None]
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "trained")
 
 
 def gaussian_weights(patch: Sequence[int], sigma_scale: float = 1 / 8) -> np.ndarray:
@@ -50,9 +72,17 @@ def flips(tta: int) -> list[tuple[int, ...]]:
     return combos[:tta]
 
 
+def count_windows(shape: Sequence[int], patch: Sequence[int], overlap: float) -> int:
+    """How many windows :func:`sliding_window_predict` runs over a (D, H, W) volume (per flip)."""
+    n = 1
+    for s, p in zip(shape, patch, strict=True):
+        n *= len(window_starts(max(int(s), int(p)), int(p), overlap))
+    return n
+
+
 def sliding_window_predict(predict: PredictFn, image: np.ndarray, patch: Sequence[int],
                            n_out: int, *, overlap: float = 0.5, batch_size: int = 2,
-                           tta: int = 1) -> np.ndarray:
+                           tta: int = 1, progress: ProgressFn | None = None) -> np.ndarray:
     """Probabilities for a whole volume.
 
     Args:
@@ -63,11 +93,16 @@ def sliding_window_predict(predict: PredictFn, image: np.ndarray, patch: Sequenc
         overlap: fractional overlap of neighbouring windows in [0, 1).
         batch_size: windows per ``predict`` call.
         tta: number of mirror flips to average (1 = none, up to 8).
+        progress: called with the number of windows just finished after each batch.
 
     Returns:
         (D, H, W, n_out) float32 blended probabilities.
     """
     patch = tuple(int(p) for p in patch)
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap={overlap} must be in [0, 1)")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1")
     shape = image.shape[:3]
     padded_shape = tuple(max(s, p) for s, p in zip(shape, patch, strict=True))
     if padded_shape != shape:
@@ -91,6 +126,8 @@ def sliding_window_predict(predict: PredictFn, image: np.ndarray, patch: Sequenc
         for s, p in zip(batch_slices, prob, strict=True):
             acc[s] += p * weights[..., None]
             norm[s] += weights
+        if progress is not None:
+            progress(len(batch_slices))
 
     batch: list[tuple[slice, ...]] = []
     for s in _windows(padded_shape, patch, overlap):
@@ -100,7 +137,8 @@ def sliding_window_predict(predict: PredictFn, image: np.ndarray, patch: Sequenc
             batch = []
     if batch:
         run(batch)
-    out = acc / norm[..., None]
+    acc /= norm[..., None]
+    out = acc
     crop = tuple(slice(a, a + s) for (a, _), s in zip(pad, shape, strict=True))
     return out[crop]
 
@@ -124,3 +162,223 @@ def probabilities_to_classes(probs: np.ndarray, head: str) -> np.ndarray:
 
         return regions_to_classes(probs > 0.5)
     return np.argmax(probs, axis=-1).astype(np.uint8)
+
+
+class Member(Protocol):
+    """One model of an ensemble: whole-volume probabilities on the preprocessed (canonical, cropped)
+    grid. ``head`` is "softmax" (K class channels) or "regions" (WT, TC, ET sigmoid channels)."""
+
+    head: str
+    name: str
+
+    def windows(self, shape: Sequence[int], overlap: float, tta: int) -> int: ...
+
+    def probabilities(self, image: np.ndarray, *, overlap: float, tta: int, batch_size: int,
+                      progress: ProgressFn | None = None) -> np.ndarray: ...
+
+
+@dataclasses.dataclass
+class KerasMember:
+    """A trained 3D-UNet as an ensemble member; windows are the size it was trained on."""
+
+    model: keras.Model
+    cfg: RunConfig
+    name: str = ""
+    policy: str = "float32"
+
+    @property
+    def head(self) -> str:
+        return self.cfg.model.head
+
+    @property
+    def patch(self) -> tuple[int, int, int]:
+        return self.cfg.data.crop
+
+    def windows(self, shape: Sequence[int], overlap: float, tta: int) -> int:
+        return count_windows(shape, self.patch, overlap) * tta
+
+    def probabilities(self, image: np.ndarray, *, overlap: float, tta: int, batch_size: int,
+                      progress: ProgressFn | None = None) -> np.ndarray:
+        """(D, H, W, out_channels) float32 probabilities of a (D, H, W, 4) preprocessed image."""
+        step = None if progress is None else (lambda n: progress(n * tta))
+        return sliding_window_predict(keras_predict_fn(self.model), image, self.patch,
+                                      self.cfg.model.out_channels, overlap=overlap,
+                                      batch_size=batch_size, tta=tta, progress=step)
+
+
+def resolve_policy(precision: str, cfg: RunConfig, gpu: bool) -> str:
+    """The Keras dtype policy to predict with.
+
+    "auto" uses the training precision on a GPU and float32 on a CPU (float16 convolutions have no
+    fast CPU kernels); "trained" always uses the training precision; "fp32" always float32.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} must be one of {', '.join(PRECISIONS)}")
+    trained = "float32" if cfg.train.precision == "fp32" else cfg.train.precision
+    if precision == "fp32" or (precision == "auto" and not gpu):
+        return "float32"
+    return trained
+
+
+def load_member(folder: str | Path, *, precision: str = "auto") -> KerasMember:
+    """An export folder (``model.keras`` + ``config.json``) as an ensemble member.
+
+    The weights are read with Keras safe mode, then copied by layer name into a network rebuilt from
+    ``config.json`` under the chosen precision policy (mixed precision where the model was trained
+    with it and a GPU runs it), compiled with XLA when the config asks for it on this device.
+
+    Raises:
+        FileNotFoundError: ``model.keras`` or ``config.json`` is missing.
+        ValueError: the config is invalid or the weights do not fit it.
+    """
+    import keras
+
+    from unet3d.config import RunConfig
+    from unet3d.model import build_unet3d
+    from unet3d.train import gpu_available, load_model, resolve_xla
+
+    folder = Path(folder)
+    for need in ("model.keras", "config.json"):
+        if not (folder / need).is_file():
+            raise FileNotFoundError(f"{folder / need}: not found; --model must be an export folder "
+                                    f"(model.keras + config.json), e.g. <experiment>/best")
+    cfg = RunConfig.load(folder / "config.json")
+    saved = load_model(folder / "model.keras")
+    policy = resolve_policy(precision, cfg, gpu_available())
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        model = build_unet3d(dataclasses.replace(cfg.model, deep_supervision=False))
+    finally:
+        keras.config.set_dtype_policy(previous)
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        try:
+            layer.set_weights(saved.get_layer(layer.name).get_weights())
+        except ValueError as e:
+            raise ValueError(f"{folder / 'model.keras'}: layer {layer.name} does not match "
+                             f"{folder / 'config.json'} ({str(e).splitlines()[0]})") from None
+    model.compile(jit_compile=resolve_xla(cfg.train.xla))
+    return KerasMember(model=model, cfg=cfg, name=str(folder), policy=policy)
+
+
+@dataclasses.dataclass
+class Prediction:
+    """A case's prediction on its original grid.
+
+    labels: (X, Y, Z) uint8 in the layout's label values; probabilities: (X, Y, Z, K) float32 or None;
+    channels: the name of each probability channel; affine/header: the input's.
+    """
+
+    case_id: str
+    labels: np.ndarray
+    probabilities: np.ndarray | None
+    channels: tuple[str, ...]
+    affine: np.ndarray
+    header: Any
+    seconds: float
+    windows: int
+
+
+class Predictor:
+    """Predicts cases with an ensemble (probabilities averaged over members).
+
+    Softmax members alone are averaged over classes and the class map is the argmax; as soon as one
+    member has a region head, every member's probabilities are taken as WT/TC/ET probabilities (a
+    softmax member's are summed over each region's classes), averaged, and thresholded at 0.5.
+    """
+
+    def __init__(self, members: Sequence[Member], *, overlap: float = 0.5, tta: int = 1,
+                 batch_size: int = 2, postprocess: PostProcess | None = None,
+                 keep_probabilities: bool = False) -> None:
+        if not members:
+            raise ValueError("a Predictor needs at least one model")
+        flips(tta)  # validates tta
+        if not 0 <= overlap < 1:
+            raise ValueError(f"overlap={overlap} must be in [0, 1)")
+        self.members = list(members)
+        self.overlap, self.tta, self.batch_size = overlap, tta, batch_size
+        self.postprocess = postprocess or PostProcess()
+        self.keep_probabilities = keep_probabilities
+        self.regions = any(m.head == "regions" for m in self.members)
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        return REGIONS if self.regions else ("background", "NCR/NET", "ED", "ET")
+
+    def windows(self, shape: Sequence[int]) -> int:
+        """Model evaluations (windows x flips, summed over members) for a preprocessed shape."""
+        return sum(m.windows(shape, self.overlap, self.tta) for m in self.members)
+
+    def probabilities(self, image: np.ndarray, progress: ProgressFn | None = None) -> np.ndarray:
+        """Ensemble-averaged (D, H, W, K) probabilities of a preprocessed (D, H, W, 4) image."""
+        acc = None
+        for m in self.members:
+            p = m.probabilities(image, overlap=self.overlap, tta=self.tta,
+                                batch_size=self.batch_size, progress=progress)
+            if self.regions and m.head != "regions":
+                p = class_probs_to_region_probs(p)
+            if acc is None:
+                acc = p
+            else:
+                acc += p
+        acc /= len(self.members)
+        return acc
+
+    def classes(self, probs: np.ndarray) -> np.ndarray:
+        return probabilities_to_classes(probs, "regions" if self.regions else "softmax")
+
+    def predict(self, loaded: LoadedCase, progress: ProgressFn | None = None,
+                on_preprocessed: Callable[[tuple[int, ...]], None] | None = None) -> Prediction:
+        """Predicts one case read by :func:`unet3d.data.preprocess.load_case`.
+
+        ``on_preprocessed`` is called with the preprocessed (D, H, W) shape before the models run
+        (to size a progress bar with :meth:`windows`).
+        """
+        from unet3d.data.preprocess import preprocess_loaded, restore_to_original
+
+        t0 = time.perf_counter()
+        image, _, meta = preprocess_loaded(dataclasses.replace(loaded, label=None))
+        if on_preprocessed is not None:
+            on_preprocessed(tuple(image.shape[:3]))
+        probs = self.probabilities(image, progress)
+        classes = self.classes(probs)
+        if self.postprocess.active:
+            classes = self.postprocess(classes, meta["spacing"])
+        labels = classes_to_labels(restore_to_original(classes, meta), loaded.case.label_map)
+        full = None
+        if self.keep_probabilities:
+            full = restore_to_original(probs, meta, fill=0)
+            if not self.regions:  # outside the brain crop the background is certain
+                full[..., 0] = 1.0 - full[..., 1:].sum(axis=-1)
+        return Prediction(case_id=loaded.case.case_id, labels=labels, probabilities=full,
+                          channels=self.channels, affine=loaded.affine, header=loaded.header,
+                          seconds=time.perf_counter() - t0, windows=self.windows(image.shape[:3]))
+
+
+def write_prediction(pred: Prediction, out_dir: str | Path) -> list[Path]:
+    """Writes ``<case_id>.nii.gz`` (uint8 labels) and, with probabilities,
+    ``<case_id>_probabilities.nii.gz`` (X, Y, Z, K), stored as uint8 with scale 1/255, both with the
+    input's affine and header. Each file is written under a temporary name and renamed into place.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    def save(data: np.ndarray, name: str, slope: float | None) -> None:
+        header = pred.header.copy()
+        header.set_data_dtype(np.uint8)
+        img = nib.Nifti1Image(data, pred.affine, header=header)
+        img.header.set_slope_inter(slope, 0.0 if slope is not None else None)
+        img.header["descrip"] = b"unet3d prediction"
+        target = out_dir / name
+        with atomic_path(target, suffix=".nii.gz") as tmp:
+            nib.save(img, str(tmp))
+        written.append(target)
+
+    save(pred.labels.astype(np.uint8), f"{pred.case_id}.nii.gz", None)
+    if pred.probabilities is not None:
+        q = np.clip(np.rint(pred.probabilities * 255.0), 0, 255).astype(np.uint8)
+        save(q, f"{pred.case_id}_probabilities.nii.gz", 1.0 / 255.0)
+    return written

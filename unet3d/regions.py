@@ -39,3 +39,17 @@ def regions_to_classes(regions: np.ndarray) -> np.ndarray:
     out[regions[..., 1]] = 1
     out[regions[..., 2]] = 3
     return out
+
+
+def classes_to_labels(classes: np.ndarray, label_map: dict[int, int]) -> np.ndarray:
+    """(…) training classes -> the layout's file label values (inverse of ``label_map``), uint8."""
+    inverse = np.zeros(max(label_map.values()) + 1, dtype=np.uint8)
+    for value, cls in label_map.items():
+        inverse[cls] = value
+    return inverse[classes]
+
+
+def class_probs_to_region_probs(probs: np.ndarray) -> np.ndarray:
+    """(…, 4) softmax class probabilities -> (…, 3) WT/TC/ET probabilities (sums over each region's
+    classes), so softmax and region-head models can be averaged in one ensemble."""
+    return np.stack([probs[..., list(REGION_CLASSES[r])].sum(axis=-1) for r in REGIONS], axis=-1)

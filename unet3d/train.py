@@ -389,8 +389,20 @@ def save_model(model: keras.Model, path: Path) -> None:
 
 
 def load_model(path: str | Path) -> keras.Model:
-    """Loads a saved model with Keras safe mode (no arbitrary code from the file)."""
-    return keras.saving.load_model(path, compile=False, safe_mode=True)
+    """Loads a saved model with Keras safe mode (no arbitrary code from the file).
+
+    Raises:
+        ValueError: naming the file, if it is not a readable .keras archive.
+    """
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path}: not a .keras model archive (missing, truncated or corrupt)")
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except (OSError, KeyError, zipfile.BadZipFile, ValueError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"{path}: cannot load the .keras model ({msg})") from None
 
 
 def train_worker(config: dict[str, Any], cache: str, train_ids: Sequence[str],

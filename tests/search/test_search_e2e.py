@@ -200,6 +200,45 @@ def test_retrain_best_trains_longer_and_exports(ray_search):
     r = run_cli("retrain-best", str(exp), "--folds", "9", timeout=120)
     assert r.returncode == 2 and "fold 9" in r.stderr.strip().splitlines()[-1]
 
+    # The retrained folds predict as an ensemble: --model EXPERIMENT/retrained takes every export.
+    r = run_cli("retrain-best", str(exp), "--epochs", "1", "--folds", "0", timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    pred = exp.parent / "pred_folds"
+    data = Path(ctx["data"])
+    r = run_cli("predict", "--model", str(exp / "retrained"), "--input", str(data), "--out",
+                str(pred), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    models = json.loads((pred / "predict.json").read_text())["models"]
+    assert [Path(m).name for m in models] == ["fold_0", "fold_1"]
+    r = run_cli("evaluate", "--pred", str(pred), "--data", str(data), timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "per case:" in r.stdout
+
+
+def test_predict_with_the_top_k_trials_of_a_search_as_an_ensemble(ray_search, tiny, tmp_path):
+    exp = ray_search["exp"]
+    ranked = sorted((t for t in ray_search["trials"]["trials"] if t["checkpoint"]),
+                    key=lambda t: -t["best_dice_mean"])
+    assert len(ranked) >= 2
+    out = tmp_path / "pred"
+    r = run_cli("predict", "--model", str(exp), "--top-k", "2", "--input", str(tiny["data"]),
+                "--out", str(out), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rank2 = exp / "top" / f"rank2_{ranked[1]['trial_id']}"
+    assert f"exporting trial {ranked[1]['trial_id']} (rank 2" in r.stdout
+    info = json.loads((out / "predict.json").read_text())
+    assert info["models"] == [str((exp / "best").resolve()), str(rank2.resolve())]
+    m = json.loads((rank2 / "metrics.json").read_text())
+    assert m["trial_id"] == ranked[1]["trial_id"] and "final" in m
+    assert len(list(out.glob("*.nii.gz"))) == 10
+    # The second use reuses the export; asking for more trials than have checkpoints is an error.
+    r = run_cli("predict", "--model", str(exp), "--top-k", "2", "--input", str(tiny["data"]),
+                "--out", str(tmp_path / "again"), timeout=600)
+    assert r.returncode == 0 and "exporting trial" not in r.stdout, r.stderr[-2000:]
+    r = run_cli("predict", "--model", str(exp), "--top-k", "9", "--input", str(tiny["data"]),
+                "--out", str(tmp_path / "x"), timeout=120)
+    assert r.returncode == 2 and "--top-k 9" in r.stderr.strip().splitlines()[-1]
+
 
 def test_an_existing_experiment_is_not_overwritten(ray_search, tiny):
     exp = ray_search["exp"]

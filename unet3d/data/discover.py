@@ -162,3 +162,20 @@ def discover(root: str | Path) -> Dataset:
         raise DataError(f"{root}: no cases found (expected BraTS case folders <id>/<id>_t1.nii.gz ..., "
                         f"HGG/ and LGG/ folders, or an MSD folder with dataset.json and imagesTr/)")
     return ds
+
+
+def discover_input(path: str | Path) -> tuple[Case, ...]:
+    """The cases to predict: ``path`` is one BraTS case folder (``<id>_t1.nii.gz`` ... directly in
+    it) or a dataset folder in any supported layout (labelled and unlabelled cases alike).
+
+    Raises:
+        DataError: the folder does not exist, holds no case, or a case lacks a modality.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise DataError(f"{path}: input folder does not exist")
+    if not (path / "dataset.json").exists():
+        case = _case_from_folder(path)
+        if case is not None:
+            return (case,)
+    return discover(path).cases

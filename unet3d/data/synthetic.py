@@ -39,14 +39,22 @@ def _blob(grid: list[np.ndarray], centre: np.ndarray, radii: np.ndarray, wobble:
     return d + wobble < 1.0
 
 
-def synth_case(shape: tuple[int, int, int], seed: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """One case: modality -> (X, Y, Z) int16 image, and (X, Y, Z) uint8 label with values 0/1/2/4."""
+def synth_case(shape: tuple[int, int, int], seed: int,
+               brain_size: tuple[int, int, int] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """One case: modality -> (X, Y, Z) int16 image, and (X, Y, Z) uint8 label with values 0/1/2/4.
+
+    ``brain_size``: the brain's approximate extent in voxels (default: about 80% of ``shape``); a
+    BraTS brain fills about 140 x 172 x 140 of its 240 x 240 x 155 volume.
+    """
     rng = np.random.default_rng(seed)
     shape = tuple(int(s) for s in shape)
     grid = list(np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij"))
     size = np.array(shape, np.float32)
     centre = size / 2 + rng.uniform(-0.04, 0.04, 3) * size
-    radii = size * rng.uniform(0.36, 0.44, 3)
+    if brain_size is None:
+        radii = size * rng.uniform(0.36, 0.44, 3)
+    else:
+        radii = np.array(brain_size, np.float32) / 2 * rng.uniform(0.97, 1.03, 3)
     sigma = max(2.0, min(shape) / 12)
     brain = _blob(grid, centre, radii, 0.15 * _smooth_noise(rng, shape, sigma))
     wm = _blob(grid, centre, radii * 0.7, 0.3 * _smooth_noise(rng, shape, sigma)) & brain
@@ -94,7 +102,8 @@ def synth_case(shape: tuple[int, int, int], seed: int) -> tuple[dict[str, np.nda
 def write_synthetic_dataset(out: str | Path, n_cases: int, shape: tuple[int, int, int] = (64, 64, 64),
                             seed: int = 0, spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
                             prefix: str = "BraTS2021",
-                            progress: Callable[[int], None] | None = None) -> list[Path]:
+                            progress: Callable[[int], None] | None = None,
+                            brain_size: tuple[int, int, int] | None = None) -> list[Path]:
     """Writes ``n_cases`` cases as ``<out>/<prefix>_NNNNN/<prefix>_NNNNN_<mod>.nii.gz`` (+ ``_seg``).
 
     Each file is written to a temporary name and renamed, so an interrupted run leaves no partial
@@ -112,7 +121,7 @@ def write_synthetic_dataset(out: str | Path, n_cases: int, shape: tuple[int, int
         folder = out / cid
         names = [folder / f"{cid}_{m}.nii.gz" for m in (*MODALITIES, "seg")]
         if not all(p.exists() for p in names):
-            images, label = synth_case(shape, seed * 100003 + i)
+            images, label = synth_case(shape, seed * 100003 + i, brain_size)
             for m, arr in (*images.items(), ("seg", label)):
                 img = nib.Nifti1Image(arr, affine)
                 img.header.set_xyzt_units("mm", "sec")
