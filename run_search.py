@@ -203,6 +203,13 @@ def cmd_search(args: argparse.Namespace) -> int:
                 raise_user(f"--workers-per-trial {args.workers_per_trial}: {distributed.INSTALL_HINT}")
             if engine != "ray":
                 raise_user("--workers-per-trial needs --engine ray")
+        if engine == "ray" and args.address:
+            from search import ray_engine
+
+            try:  # before anything is written: a wrong address leaves no experiment folder behind
+                ray_engine.connect(ray_engine.RayOptions(address=args.address, verbose=args.verbose))
+            except ray_engine.ClusterError as e:
+                raise_user(str(e))
         experiment.mkdir(parents=True, exist_ok=True)
         save_context(ctx, experiment, {"engine": engine})
         from search.tb import write_experiment
@@ -221,7 +228,10 @@ def cmd_search(args: argparse.Namespace) -> int:
             gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
             max_failures=args.max_failures, address=args.address, seed=ctx.seed,
             verbose=args.verbose)
-        rows = ray_engine.run(ctx, exp.location, opts, resume=args.resume, log=_print)
+        try:
+            rows = ray_engine.run(ctx, exp.location, opts, resume=args.resume, log=_print)
+        except ray_engine.ClusterError as e:
+            raise_user(str(e))
     else:
         from search import kt_engine
 

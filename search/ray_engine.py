@@ -38,15 +38,58 @@ class RayOptions:
     verbose: int = 1
 
 
-def _init_ray(opts: RayOptions) -> None:
+class ClusterError(RuntimeError):
+    """The Ray cluster named by --address cannot be reached or joined."""
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fails fast, with one line, when ``host:port`` does not accept connections (``ray.init`` would
+    retry for a minute). "auto" is left to Ray (it reads RAY_ADDRESS or the local cluster file)."""
+    import socket
+
+    if address == "auto":
+        return
+    host, sep, port = address.rpartition(":")
+    if address.startswith("ray://"):
+        raise ClusterError(f"--address {address}: give the cluster's GCS address HOST:PORT (e.g. "
+                           f"10.0.0.5:6379) or 'auto'; Ray Client (ray://) is not supported")
+    if not sep or not host or not port.isdigit():
+        raise ClusterError(f"--address {address}: expected HOST:PORT (e.g. 10.0.0.5:6379) or 'auto'")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except OSError as e:
+        raise ClusterError(f"--address {address}: no Ray cluster answers there "
+                           f"({e.strerror or type(e).__name__})") from None
+
+
+def _is_loopback(address: str) -> bool:
+    """True for a cluster on this machine's loopback (127.x.x.x:PORT, localhost:PORT)."""
+    host = address.rpartition(":")[0]
+    return host == "localhost" or host.startswith("127.")
+
+
+def cluster_summary() -> str:
+    """One line about the connected Ray cluster: alive nodes and their total resources."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    res = ray.cluster_resources()
+    return (f"{len(nodes)} node(s) ({', '.join(sorted({n['NodeManagerAddress'] for n in nodes}))}), "
+            f"{res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs")
+
+
+def connect(opts: RayOptions) -> None:
     """Connects to ``opts.address``, or starts a local Ray whose every service is on 127.0.0.1.
 
     Ray 2.60 swaps 127.0.0.1 for the machine's external address and listens on all interfaces,
     unless its "no cluster" mode is on (the switch Ray uses on Windows/macOS, read when Ray is
     imported). A local search needs no cluster, so that mode is set before Ray loads, inherited by
-    every Ray process, and checked after start.
+    every Ray process, and checked after start. The same mode lets a driver join a cluster bound to
+    loopback (``--address 127.0.0.1:PORT``): otherwise Ray rewrites that address to the external
+    one, where nothing listens.
     """
-    if not opts.address:
+    if not opts.address or _is_loopback(opts.address):
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     import ray
 
@@ -55,7 +98,13 @@ def _init_ray(opts: RayOptions) -> None:
     common = dict(include_dashboard=False, log_to_driver=opts.verbose > 1,
                   configure_logging=True, logging_level="ERROR")
     if opts.address:
-        ray.init(address=opts.address, **common)
+        _check_reachable(opts.address)
+        try:
+            ray.init(address=opts.address, **common)
+        except Exception as e:  # noqa: BLE001  (Ray raises ConnectionError, RuntimeError, ...)
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ClusterError(f"--address {opts.address}: cannot join the Ray cluster ({msg})") \
+                from None
         return
     ray.init(num_cpus=opts.num_cpus or os.cpu_count(), _node_ip_address="127.0.0.1", **common)
     addresses = {n["NodeManagerAddress"] for n in ray.nodes()}
@@ -101,8 +150,8 @@ def run(ctx: SearchContext, location: str, opts: RayOptions, *, resume: bool = F
     # Ray's TensorBoardX logger would write a second HParams session per trial (at trial end only);
     # the trials write their own, from the first epoch. CSV/JSON loggers are added explicitly below.
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
-    if not opts.address:
-        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before Ray loads: see _init_ray
+    if not opts.address or _is_loopback(opts.address):
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before Ray loads: see connect
     import optuna
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
@@ -112,7 +161,9 @@ def run(ctx: SearchContext, location: str, opts: RayOptions, *, resume: bool = F
 
     from spaces.translate import nvidia_point, to_optuna
 
-    _init_ray(opts)
+    connect(opts)
+    if opts.address:
+        log(f"joined the Ray cluster at {opts.address}: {cluster_summary()}")
     trainable = _trainable(ctx, opts)
     storage, name = location.rstrip("/").rsplit("/", 1)
     if resume:
@@ -188,7 +239,7 @@ def rows_from_grid(grid: Any, max_epochs: int, scheme: str = "") -> list[TrialRo
         if df is not None and len(df):
             keep = [c for c in df.columns if c.startswith(("val_", "loss", "learning_rate",
                                                           "throughput", "epoch", "timestamp",
-                                                          "node_ip", "workers"))]
+                                                          "node_ip", "node_id", "workers"))]
             history = df[keep].to_dict("records")
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name.split("_")[1]
         params = {k: v for k, v in (result.config or {}).items()}
@@ -209,6 +260,6 @@ def rows_from_grid(grid: Any, max_epochs: int, scheme: str = "") -> list[TrialRo
         rows.append(row_from_history(
             trial_id, params, history, max_epochs, error=error,
             index=int(m.get("trial_index", 0)), wall_s=float(m.get("time_total_s", 0.0)),
-            node=str(m.get("node_ip", "")), checkpoint=best_ckpt,
+            node=str(m.get("node_ip", "")), node_id=str(m.get("node_id", "")), checkpoint=best_ckpt,
             run_dir=scheme + result.path if scheme else str(result.path)))
     return rows

@@ -23,7 +23,9 @@ class TrialRow:
     """One trial.
 
     index: the order the searcher proposed the trial in (1 = first).
-    status: "completed" (ran max epochs), "stopped" (ended early by the scheduler), "error".
+    status: "completed" (ran max epochs), "stopped" (ended early by the scheduler), "error" (failed
+        after its retries; ``error`` says why, e.g. a diverged loss).
+    node / node_id: the address and Ray node ID of the node that ran the trial's last epoch.
     best_*: the validation scores at the trial's best epoch (by the objective).
     checkpoint: folder holding the best epoch's checkpoint.npz + config.json ("" if none).
     """
@@ -41,6 +43,7 @@ class TrialRow:
     throughput_vps: float = float("nan")
     wall_s: float = 0.0
     node: str = ""
+    node_id: str = ""
     error: str = ""
     checkpoint: str = ""
     run_dir: str = ""
@@ -50,7 +53,8 @@ class TrialRow:
 
 def row_from_history(trial_id: str, params: dict[str, Any], history: Sequence[dict[str, Any]],
                      max_epochs: int, *, error: str = "", wall_s: float = 0.0, node: str = "",
-                     checkpoint: str = "", run_dir: str = "", index: int = 0) -> TrialRow:
+                     node_id: str = "", checkpoint: str = "", run_dir: str = "",
+                     index: int = 0) -> TrialRow:
     """Builds a row from a trial's per-epoch records (the trainer's / Ray's reported metrics)."""
     scored = [h for h in history if finite(h.get(METRIC))]
     best = max(scored, key=lambda h: h[METRIC]) if scored else {}
@@ -66,7 +70,7 @@ def row_from_history(trial_id: str, params: dict[str, Any], history: Sequence[di
         best_dice_ET=float(best.get("val_dice_ET", math.nan)),
         last_dice_mean=float(scored[-1][METRIC]) if scored else math.nan,
         throughput_vps=float(sorted(tput)[len(tput) // 2]) if tput else math.nan,
-        wall_s=wall_s, node=node, error=error, checkpoint=checkpoint, run_dir=run_dir,
+        wall_s=wall_s, node=node, node_id=node_id, error=error, checkpoint=checkpoint, run_dir=run_dir,
         index=index, history=[dict(h) for h in history])
 
 
@@ -91,7 +95,7 @@ def asha_savings(rows: Sequence[TrialRow], max_epochs: int) -> dict[str, int]:
 def write_results(rows: Sequence[TrialRow], experiment: Path, summary: dict[str, Any]) -> None:
     param_names = sorted({k for r in rows for k in r.params})
     cols = ["trial_id", "index", "status", "epochs", "best_epoch", "best_dice_mean", "best_dice_WT",
-            "best_dice_TC", "best_dice_ET", "throughput_vps", "wall_s", "node", "error"]
+            "best_dice_TC", "best_dice_ET", "throughput_vps", "wall_s", "node", "node_id", "error"]
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(cols + param_names)
@@ -104,18 +108,25 @@ def write_results(rows: Sequence[TrialRow], experiment: Path, summary: dict[str,
 
 
 def format_table(rows: Sequence[TrialRow]) -> str:
-    """A fixed-width table: one line per trial, parameters abbreviated to their field names."""
+    """A fixed-width table: one line per trial, parameters abbreviated to their field names; a node
+    column when trials ran on several nodes; the reason of each failed trial below."""
     param_names = sorted({k for r in rows for k in r.params})
     short = [p.split(".", 1)[1] for p in param_names]
+    multi_node = len({r.node_id for r in rows if r.node_id}) > 1
     head = (f"{'trial':<10} {'status':<9} {'ep':>3} {'Dice':>6} {'WT':>6} {'TC':>6} {'ET':>6} "
-            f"{'vol/s':>6} " + " ".join(f"{s[:12]:>12}" for s in short))
+            f"{'vol/s':>6} " + (f"{'node':<8} " if multi_node else "")
+            + " ".join(f"{s[:12]:>12}" for s in short))
     lines = [head, "-" * len(head)]
     for r in sorted(rows, key=lambda r: -r.best_dice_mean if finite(r.best_dice_mean) else 1):
         vals = []
         for p in param_names:
             v = r.params.get(p, "")
             vals.append(f"{v:>12.3g}" if isinstance(v, float) else f"{str(v)[:12]:>12}")
+        node = f"{r.node_id[:8]:<8} " if multi_node else ""
         lines.append(f"{r.trial_id[:10]:<10} {r.status:<9} {r.epochs:>3} {r.best_dice_mean:>6.3f} "
                      f"{r.best_dice_WT:>6.3f} {r.best_dice_TC:>6.3f} {r.best_dice_ET:>6.3f} "
-                     f"{r.throughput_vps:>6.1f} " + " ".join(vals))
+                     f"{r.throughput_vps:>6.1f} {node}" + " ".join(vals))
+    for r in rows:
+        if r.status == "error":
+            lines.append(f"trial {r.trial_id} failed: {r.error}")
     return "\n".join(lines)

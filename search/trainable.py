@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from search import faults
 from search.context import SearchContext
 
 
@@ -64,8 +65,9 @@ def train_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
         write_hparams(run_dir / "tensorboard", config, tctx.get_trial_id())
 
     index = tctx.get_trial_name().split("_", 1)[0]
-    node = {"node_ip": _node_ip(), "hostname": socket.gethostname(),
-            "trial_index": int(index) if index.isdigit() else 0}
+    trial_index = int(index) if index.isdigit() else 0
+    node = {"node_ip": _node_ip(), "node_id": _node_id(), "hostname": socket.gethostname(),
+            "trial_index": trial_index}
 
     def report(epoch: int, record: dict[str, float], checkpoint_file: Path | None = None) -> None:
         metrics = {**record, **node, "epoch": epoch}
@@ -73,13 +75,16 @@ def train_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
             shutil.copy2(checkpoint_file or run_dir / CHECKPOINT, Path(d) / CHECKPOINT)
             shutil.copy2(run_dir / "config.json", Path(d) / "config.json")
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+        faults.after_report(trial_index, epoch, trainer.model if trainer is not None else None)
 
+    trainer = None
     if context.workers_per_trial > 1:
         _train_with_horovod(context, cfg, run_dir, resume, report, resources)
         return
     keras.backend.clear_session()
-    Trainer(cfg, context.cases(context.train_ids), context.cases(context.val_ids), run_dir,
-            resume=resume, epoch_hook=report).fit()
+    trainer = Trainer(cfg, context.cases(context.train_ids), context.cases(context.val_ids), run_dir,
+                      resume=resume, epoch_hook=report)
+    trainer.fit()
 
 
 def _train_with_horovod(context: SearchContext, cfg: Any, run_dir: Path, resume: bool,
@@ -104,7 +109,10 @@ def _train_with_horovod(context: SearchContext, cfg: Any, run_dir: Path, resume:
 
     gpus = resources.get("GPU", 0.0)
     n = context.workers_per_trial
-    settings = RayExecutor.create_settings(timeout_s=60, nics={"lo"} if not gpus else None)
+    # Gloo over loopback when this trial's node is the loopback-only local Ray (a local search);
+    # on a cluster, Horovod picks the interface that reaches the other workers' nodes.
+    local = _node_ip() == "127.0.0.1"
+    settings = RayExecutor.create_settings(timeout_s=60, nics={"lo"} if local and not gpus else None)
     executor = RayExecutor(settings, num_workers=n, cpus_per_worker=1, use_gpu=gpus > 0,
                            gpus_per_worker=1 if gpus > 0 else None,
                            use_current_placement_group=True)
@@ -129,6 +137,16 @@ def _train_with_horovod(context: SearchContext, cfg: Any, run_dir: Path, resume:
             link.unlink(missing_ok=True)
     finally:
         executor.shutdown()
+
+
+def _node_id() -> str:
+    """This Ray node's ID (hex); distinguishes nodes that share an address, e.g. on loopback."""
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001  (outside Ray)
+        return ""
 
 
 def _node_ip() -> str:

@@ -266,6 +266,12 @@ class Trainer:
         t = cfg.train
         record: dict[str, float] = {"epoch": epoch + 1, "loss": float(logs.get("loss", np.nan))}
         record["learning_rate"] = float(np.asarray(self.model.optimizer.learning_rate))
+        if not np.isfinite(record["loss"]):
+            # Diverged: stop before validating or checkpointing, so the last checkpoint stays the
+            # last good epoch (a resumed or retried run starts from there).
+            raise TrainError(f"loss is {record['loss']} in epoch {epoch + 1}: training diverged "
+                             f"(learning rate {record['learning_rate']:.3g}); the last good "
+                             f"checkpoint is epoch {epoch}")
         record["throughput_vps"] = (t.steps_per_epoch * t.batch_size * self.workers.size
                                     / max(seconds, 1e-9))
         record["epoch_seconds"] = seconds

@@ -11,8 +11,8 @@ import pytest
 
 SCRIPT = textwrap.dedent("""
     import json, subprocess
-    from search.ray_engine import RayOptions, _init_ray
-    _init_ray(RayOptions(num_cpus=1))
+    from search.ray_engine import RayOptions, connect
+    connect(RayOptions(num_cpus=1))
     import ray
     @ray.remote
     def where():

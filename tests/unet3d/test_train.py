@@ -161,3 +161,26 @@ def test_mixed_precision_runs_a_step_with_loss_scaling(precision, synth16, tmp_p
     scaled = isinstance(t.model.optimizer, keras.optimizers.LossScaleOptimizer)
     assert scaled == (precision == "mixed_float16")
     assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
+
+
+def test_a_diverged_loss_stops_training_and_keeps_the_last_good_checkpoint(synth16, tmp_path, seed):
+    from unet3d.data.discover import discover
+    from unet3d.data.preprocess import prepare
+    from unet3d.train import CHECKPOINT, Trainer, TrainError, read_checkpoint
+
+    cases = prepare(discover(synth16).cases[:3], tmp_path / "cache")
+    cfg = RunConfig(model=ModelConfig(depth=2, base_filters=4, max_filters=8, norm="batch"),
+                    train=TrainConfig(epochs=3, steps_per_epoch=2, batch_size=1, warmup_epochs=0),
+                    data=DataConfig(crop=(16, 16, 16)))
+    trainer = None
+
+    def poison(epoch, record):  # after epoch 1's checkpoint, the weights go NaN
+        for v in trainer.model.trainable_variables:
+            v.assign(np.full(v.shape, np.nan, dtype=v.dtype))
+
+    trainer = Trainer(cfg, cases[:2], cases[2:], tmp_path / "run", epoch_hook=poison)
+    with pytest.raises(TrainError, match=r"loss is nan in epoch 2: training diverged .*last good "
+                                         r"checkpoint is epoch 1"):
+        trainer.fit()
+    weights, _, state = read_checkpoint(tmp_path / "run" / CHECKPOINT)
+    assert state["epoch"] == 1 and all(np.isfinite(w).all() for w in weights)
