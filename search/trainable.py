@@ -112,6 +112,10 @@ def _train_with_horovod(context: SearchContext, cfg: Any, run_dir: Path, resume:
     # Gloo over loopback when this trial's node is the loopback-only local Ray (a local search);
     # on a cluster, Horovod picks the interface that reaches the other workers' nodes.
     local = _node_ip() == "127.0.0.1"
+    if local:
+        from unet3d.distributed import bind_loopback
+
+        bind_loopback()
     settings = RayExecutor.create_settings(timeout_s=60, nics={"lo"} if local and not gpus else None)
     executor = RayExecutor(settings, num_workers=n, cpus_per_worker=1, use_gpu=gpus > 0,
                            gpus_per_worker=1 if gpus > 0 else None,

@@ -102,6 +102,26 @@ def shard(items: Sequence[Any], workers: Workers) -> list[Any]:
     return list(items[workers.rank::workers.size])
 
 
+def bind_loopback() -> None:
+    """Makes this process's Horovod servers (rendezvous, KV store, task services) listen on
+    127.0.0.1 only. Horovod binds them to every interface ('', port); for workers on this machine
+    talking over ``lo`` that exposes them for nothing. Idempotent."""
+    import horovod.runner.common.util.network as service_net
+    import horovod.runner.http.http_server as http_server
+    from horovod.runner.util import network
+
+    original = network.find_port
+    if getattr(http_server.find_port, "_loopback", False):
+        return
+
+    def find_port(server_factory):
+        return original(lambda addr: server_factory(("127.0.0.1", addr[1])))
+
+    find_port._loopback = True  # type: ignore[attr-defined]
+    http_server.find_port = find_port
+    service_net.find_port = find_port
+
+
 def launch(fn: Any, kwargs: dict[str, Any], num_workers: int, *, hosts: str | None = None) -> list[Any]:
     """Runs ``fn(**kwargs)`` in ``num_workers`` Horovod processes (Gloo) and returns their results.
 
@@ -111,6 +131,8 @@ def launch(fn: Any, kwargs: dict[str, Any], num_workers: int, *, hosts: str | No
     require_horovod()
     import horovod.runner
 
+    if hosts is None:
+        bind_loopback()
     return horovod.runner.run(fn, kwargs=kwargs, np=num_workers,
                               hosts=hosts or f"localhost:{num_workers}", use_gloo=True,
                               network_interface=None if hosts else "lo")

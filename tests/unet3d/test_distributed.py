@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
+import time
 
 import cloudpickle
 import numpy as np
+import psutil
 import pytest
-from conftest import run_cli
+from conftest import ROOT, run_cli
 
 from unet3d.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 
@@ -89,12 +92,35 @@ def test_every_rank_holds_identical_weights_and_matches_one_worker_with_twice_th
     assert diff < 0.05 * moved, (diff, moved)
 
 
+def _listening(pids: set[int]) -> set[str]:
+    ss = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout
+    return {ln.split()[3] for ln in ss.splitlines() if any(f"pid={p}," in ln for p in pids)}
+
+
 def test_cli_train_with_two_workers(synth16, tmp_path):
+    """Trains with 2 workers, and every socket the launcher and the workers listen on is on
+    127.0.0.1 (Horovod's own servers would bind every interface)."""
     out = tmp_path / "run"
-    r = run_cli("train", "--data", str(synth16), "--cache", str(tmp_path / "cache"), "--preset",
-                "cpu-small", "--epochs", "2", "--steps-per-epoch", "4", "--workers", "2",
-                "--scale-lr", "--out", str(out), timeout=600)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "run_search.py"), "train", "--data", str(synth16), "--cache",
+         str(tmp_path / "cache"), "--preset", "cpu-small", "--epochs", "2", "--steps-per-epoch", "4",
+         "--workers", "2", "--scale-lr", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen: set[str] = set()
+    deadline = time.monotonic() + 600
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            tree = psutil.Process(proc.pid)
+            pids = {proc.pid, *(c.pid for c in tree.children(recursive=True))}
+        except psutil.NoSuchProcess:
+            break
+        seen |= _listening(pids)
+        time.sleep(0.3)
+    stdout, stderr = proc.communicate(timeout=600)
+    r = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert seen, "saw no listening socket of the launcher or its workers"
+    assert all(a.rsplit(":", 1)[0] in ("127.0.0.1", "[::ffff:127.0.0.1]") for a in seen), seen
     assert "launching 2 Horovod workers" in r.stdout
     import json
 
