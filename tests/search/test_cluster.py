@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 from conftest import ROOT, run_cli
@@ -211,3 +212,43 @@ def test_a_killed_worker_node_costs_only_its_trials_which_resume_on_the_head(clu
         epochs = [h["epoch"] for h in t["history"]]
         assert epochs == sorted(set(epochs)) and epochs[-1] == 4
         assert t["history"][-1]["node_id"] == head
+
+
+def _finished(exp: Path, epochs: int) -> dict[Path, bytes]:
+    """Checkpoint bytes of the trials whose run finished ``epochs`` epochs."""
+    done = {}
+    for p in exp.glob("trial_*/run/checkpoint.npz"):
+        try:
+            data = p.read_bytes()
+            with np.load(p) as z:
+                if json.loads(str(z["state"]))["epoch"] >= epochs:
+                    done[p] = data
+        except Exception:  # noqa: BLE001  (being replaced right now)
+            continue
+    return done
+
+
+def test_a_killed_driver_resumes_on_the_cluster_keeping_finished_trials(cluster):
+    exp = cluster["root"] / "results" / "driver_dies"
+    args = _args(cluster, "driver_dies", "--num-samples", "4", "--max-epochs", "3", "--grace-period", "3")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run_search.py"), *args],
+                            env={**os.environ, **cluster["env"]}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (finished := _finished(exp, 3)):
+            assert proc.poll() is None and time.monotonic() < deadline, "no trial finished in time"
+            time.sleep(0.3)
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver dies; the cluster stays up
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert not (exp / "trials.json").exists()
+
+    r = run_cli(*args, "--resume", env=cluster["env"], timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = json.loads((exp / "trials.json").read_text())["trials"]
+    assert len(rows) == 4 and all(t["status"] == "completed" and t["epochs"] == 3 for t in rows)
+    for path, data in finished.items():  # finished before the kill: untouched since
+        assert path.read_bytes() == data, path
