@@ -9,6 +9,7 @@
   python run_search.py train           train one 3D-UNet
   python run_search.py predict         segment cases with one exported model or an ensemble
   python run_search.py evaluate        score predictions against reference labels (Dice, HD95)
+  python run_search.py report          the HTML report of a search
 
 Errors in the user's input (data, config) print one line naming the file or field and exit 2.
 """
@@ -240,6 +241,9 @@ def cmd_search(args: argparse.Namespace) -> int:
                                            seed=ctx.seed)
         rows = kt_engine.run(ctx, experiment, opts, resume=args.resume, log=_print)
     summary = finish(rows, ctx, experiment, engine)
+    from search.report import build_report
+
+    report = build_report(experiment)
     exp.upload()
     where = exp.location
     _print("")
@@ -258,8 +262,21 @@ def cmd_search(args: argparse.Namespace) -> int:
     else:
         _print("no trial finished an epoch: nothing exported")
     _print(f"results: {where}/results.csv")
+    _print(f"report: {where}/report.html" if exp.remote else f"report: {report.html}")
     _print(f"tensorboard --logdir {where} --host 127.0.0.1")
     return 0 if "best_trial" in summary else 1
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from search.report import build_report
+
+    experiment = Path(args.experiment)
+    if not (experiment / "search.json").exists():
+        raise_user(f"{experiment}: not a search experiment (search.json missing)")
+    report = build_report(experiment, args.out)
+    _print(f"{report.trials} trials; figures: {', '.join(p.name for p in report.figures)}")
+    _print(f"report: {report.html}")
+    return 0
 
 
 def cmd_retrain_best(args: argparse.Namespace) -> int:
@@ -552,6 +569,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'all' (one model on all cases) or fold numbers (one model per fold)")
     s.add_argument("--resume", action="store_true", help="continue interrupted retraining runs")
     s.set_defaults(func=cmd_retrain_best)
+
+    s = sub.add_parser("report", help="write the HTML report of a finished or running search",
+                       description="Write one self-contained HTML page (plus PNG figures next to "
+                                   "it) about a search: results table, learning curves with ASHA's "
+                                   "stops, objective by trial, parallel coordinates, parameter "
+                                   "importances, Dice against throughput with the Pareto front, the "
+                                   "best configuration next to NVIDIA's, the exported model. Every "
+                                   "search writes EXPERIMENT/report.html at its end.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    s.add_argument("experiment", help="the search's experiment folder (OUT/NAME)")
+    s.add_argument("--out", default=None, help="HTML file (default: EXPERIMENT/report.html)")
+    s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("predict", help="segment cases with one exported model or an ensemble",
                        description="Segment every case of INPUT (one BraTS case folder, or a dataset "

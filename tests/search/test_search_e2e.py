@@ -71,6 +71,34 @@ def test_search_prints_results_best_config_export_and_tensorboard_line(ray_searc
     assert len(rows) == 4 and rows[0].startswith("trial_id,index,status,epochs")
 
 
+def test_every_search_ends_with_a_report_with_every_section(ray_search, tmp_path):
+    import re
+
+    exp = ray_search["exp"]
+    n = len(ray_search["trials"]["trials"])
+    assert f"report: {exp / 'report.html'}" in ray_search["stdout"]
+    page = (exp / "report.html").read_text()
+    for section in ("results", "learning_curves", "objective", "parallel", "importance", "pareto",
+                    "best", "export"):
+        assert f"id='{section}'" in page, section
+    table = page.split("<table id='results-table'>", 1)[1].split("</table>", 1)[0]
+    assert table.count("<tr") == n + 1  # header + one row per trial
+    for t in ray_search["trials"]["trials"]:
+        assert f"<td class='l'>{t['trial_id']}</td>" in table
+    images = re.findall(r"<img src='([^']+)'", page)
+    assert len(images) == 5
+    for name in images:
+        data = (exp / name).read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 5000, name
+    assert "NVIDIA (projected into the space)" in page
+    assert str((exp / "best" / "model.keras").resolve()) in page
+    # The command rebuilds it anywhere; no script or remote resource in the page.
+    r = run_cli("report", str(exp), "--out", str(tmp_path / "r.html"), timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"{n} trials" in r.stdout and (tmp_path / "r_pareto.png").exists()
+    assert "<script" not in page and "http://" not in page and "https://" not in page
+
+
 def test_the_trainable_reports_every_epoch_with_a_checkpoint(ray_search):
     from spaces.space import space_from_dict
     from spaces.translate import nvidia_point

@@ -1,0 +1,327 @@
+"""The search report: one self-contained HTML page (inline CSS, no scripts, no network) plus PNG
+figures next to it, built from what a search writes (trials.json or, while it runs, the trial
+folders' progress, search.json, best/).
+
+Sections: the results table; learning curves (validation mean Dice per epoch, ASHA's stops marked);
+the objective against trial order with the best-so-far line; parallel coordinates of the parameters
+coloured by Dice; parameter importances (Optuna's fANOVA evaluator over the finished trials); Dice
+against training throughput with the Pareto front; the best configuration next to NVIDIA's; the
+exported model's files.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from search.finish import load_context
+from search.objective import METRIC
+from search.results import TrialRow, finite
+
+FIGURES = ("learning_curves", "objective", "parallel", "importance", "pareto")
+
+
+@dataclass
+class Report:
+    html: Path
+    figures: list[Path]
+    trials: int
+
+
+def _rows(experiment: Path) -> tuple[list[TrialRow], dict[str, Any], bool]:
+    """(rows, summary, finished). A running search has no trials.json yet: rows then come from the
+    trial folders' Ray progress (result.json lines)."""
+    path = experiment / "trials.json"
+    if path.exists():
+        d = json.loads(path.read_text())
+        return [TrialRow(**t) for t in d["trials"]], d.get("summary", {}), True
+    from search.results import row_from_history
+
+    ctx, _ = load_context(experiment)
+    rows = []
+    for trial in sorted(experiment.glob("trial_*")):
+        history = []
+        params: dict[str, Any] = {}
+        result = trial / "result.json"
+        if result.exists():
+            for line in result.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # the line being written
+                params = rec.get("config", params)
+                history.append({k: v for k, v in rec.items() if k != "config"})
+        if history:
+            rows.append(row_from_history(trial.name.split("_", 1)[1], params, history, ctx.max_epochs,
+                                         index=int(history[-1].get("trial_index", 0)),
+                                         node=str(history[-1].get("node_ip", "")),
+                                         node_id=str(history[-1].get("node_id", ""))))
+    return rows, {}, False
+
+
+def _pareto(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats in both coordinates (higher is better in both)."""
+    front = []
+    for i, (x, y) in enumerate(points):
+        dominated = any(x2 >= x and y2 >= y and (x2 > x or y2 > y)
+                        for j, (x2, y2) in enumerate(points) if j != i)
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def importances(rows: list[TrialRow], space: Any) -> dict[str, float]:
+    """fANOVA parameter importances over the trials with a finite objective (empty if fewer than 2)."""
+    import optuna
+    from optuna.importance import FanovaImportanceEvaluator, get_param_importances
+
+    from spaces.translate import to_optuna
+
+    dists = to_optuna(space)
+    scored = [r for r in rows if finite(r.best_dice_mean)]
+    if len(scored) < 2 or len({r.best_dice_mean for r in scored}) < 2:
+        return {}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    for r in scored:
+        params = {k: v for k, v in r.params.items() if k in dists}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions={k: dists[k] for k in params},
+                                                  value=r.best_dice_mean))
+    try:
+        return dict(get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0)))
+    except (RuntimeError, ValueError):
+        return {}
+
+
+def _figures(rows: list[TrialRow], space: Any, max_epochs: int, out: Path, stem: str) -> dict[str, Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths: dict[str, Path] = {}
+
+    def save(fig, name: str) -> None:
+        p = out / f"{stem}_{name}.png"
+        fig.tight_layout()
+        fig.savefig(p, dpi=100)
+        plt.close(fig)
+        paths[name] = p
+
+    ordered = sorted(rows, key=lambda r: r.index or 10**9)
+    cmap = plt.get_cmap("tab10")
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for i, r in enumerate(ordered):
+        pts = [(h["epoch"], h[METRIC]) for h in r.history if finite(h.get(METRIC))]
+        if not pts:
+            continue
+        xs, ys = zip(*pts, strict=True)
+        style = "--" if r.status == "error" else "-"
+        ax.plot(xs, ys, style, color=cmap(i % 10), lw=1.5, label=f"{r.index}: {r.trial_id}")
+        marker = {"stopped": "x", "completed": "o", "error": "s"}.get(r.status, ".")
+        ax.plot(xs[-1], ys[-1], marker, color=cmap(i % 10), ms=8, mew=2)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation mean Dice (WT, TC, ET)")
+    ax.set_xlim(0.5, max_epochs + 0.5)
+    ax.set_title("Learning curves (x = stopped by ASHA, o = completed, s = failed)")
+    ax.grid(alpha=0.3)
+    if len(ordered) <= 12:
+        ax.legend(fontsize=7, ncol=2)
+    save(fig, "learning_curves")
+
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    xs = [r.index for r in ordered if finite(r.best_dice_mean)]
+    ys = [r.best_dice_mean for r in ordered if finite(r.best_dice_mean)]
+    colours = ["C1" if r.status == "stopped" else "C0" for r in ordered if finite(r.best_dice_mean)]
+    ax.scatter(xs, ys, c=colours)
+    best, run = [], -math.inf
+    for y in ys:
+        run = max(run, y)
+        best.append(run)
+    ax.step(xs, best, where="post", color="C2", label="best so far")
+    ax.set_xlabel("trial (order proposed)")
+    ax.set_ylabel("best validation mean Dice")
+    ax.set_title("Objective by trial (orange = stopped early)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    save(fig, "objective")
+
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    names = [p.name for p in space.params]
+    scored = [r for r in ordered if finite(r.best_dice_mean)]
+    if scored and names:
+        lo, hi = min(r.best_dice_mean for r in scored), max(r.best_dice_mean for r in scored)
+        norm = matplotlib.colors.Normalize(vmin=lo, vmax=hi if hi > lo else lo + 1e-6)
+        for r in scored:
+            ys = [_position(p, r.params.get(p.name)) for p in space.params]
+            ax.plot(range(len(names)), ys, color=plt.get_cmap("viridis")(norm(r.best_dice_mean)), lw=1.5)
+        fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap="viridis"), ax=ax,
+                     label="best validation mean Dice")
+    ax.set_xticks(range(len(names)), [n.split(".", 1)[-1] for n in names], rotation=20, fontsize=8)
+    ax.set_yticks([0, 1], ["low / first", "high / last"])
+    ax.set_title("Parameters of every trial (lines), coloured by Dice")
+    save(fig, "parallel")
+
+    imp = importances(rows, space)
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    if imp:
+        items = sorted(imp.items(), key=lambda kv: kv[1])
+        ax.barh([k.split(".", 1)[-1] for k, _ in items], [v for _, v in items], color="C0")
+        ax.set_xlabel("importance (fANOVA, sums to 1)")
+    else:
+        ax.text(0.5, 0.5, "needs at least 2 finished trials with different scores", ha="center")
+        ax.set_axis_off()
+    ax.set_title("Parameter importance for the objective")
+    save(fig, "importance")
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    pts = [(r.throughput_vps, r.best_dice_mean, r) for r in rows
+           if finite(r.throughput_vps) and finite(r.best_dice_mean)]
+    if pts:
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], color="C0", label="trial")
+        front = _pareto([(p[0], p[1]) for p in pts])
+        ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "-o", color="C3",
+                label="Pareto front")
+        for i in front:
+            ax.annotate(pts[i][2].trial_id[:8], (pts[i][0], pts[i][1]), fontsize=7,
+                        xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("training throughput (volumes/s)")
+    ax.set_ylabel("best validation mean Dice")
+    ax.set_title("Accuracy against speed")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    save(fig, "pareto")
+    return paths
+
+
+def _position(param: Any, value: Any) -> float:
+    """A parameter value on [0, 1] for the parallel-coordinates plot."""
+    from spaces.space import Choice
+
+    if value is None:
+        return float("nan")
+    if isinstance(param, Choice):
+        values = list(param.values)
+        return values.index(value) / max(1, len(values) - 1) if value in values else float("nan")
+    lo, hi = float(param.low), float(param.high)
+    v = float(value)
+    if getattr(param, "log", False) and lo > 0:
+        lo, hi, v = math.log(lo), math.log(hi), math.log(v)
+    return (v - lo) / (hi - lo) if hi > lo else 0.5
+
+
+def _e(x: Any) -> str:
+    return html.escape(str(x))
+
+
+def _fmt(v: Any, digits: int = 4) -> str:
+    if isinstance(v, float):
+        return "-" if not math.isfinite(v) else f"{v:.{digits}g}" if abs(v) < 1e-2 else f"{v:.{digits}f}"
+    return _e(v)
+
+
+CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+table{border-collapse:collapse;font-size:13px;margin:1em 0}th,td{border:1px solid #ccc;padding:3px 7px;
+text-align:right}th{background:#f2f2f2}td.l,th.l{text-align:left}tr.best td{background:#e8f5e9}
+img{max-width:100%;border:1px solid #ddd;margin:.5em 0}code{background:#f4f4f4;padding:1px 4px}
+.muted{color:#777}"""
+
+
+def build_report(experiment: str | Path, out: str | Path | None = None) -> Report:
+    """Writes the report of ``experiment`` to ``out`` (default ``<experiment>/report.html``) and its
+    PNGs next to it, each under a temporary name first."""
+    from spaces.translate import nvidia_point
+
+    experiment = Path(experiment)
+    ctx, extra = load_context(experiment)
+    space = ctx.search_space()
+    rows, summary, finished = _rows(experiment)
+    out = Path(out) if out else experiment / "report.html"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stem = out.stem
+    tmp = Path(tempfile.mkdtemp(prefix=f".{stem}.", dir=out.parent))
+    try:
+        figs = _figures(rows, space, ctx.max_epochs, tmp, stem)
+        best = max((r for r in rows if finite(r.best_dice_mean)), key=lambda r: r.best_dice_mean,
+                   default=None)
+        names = [p.name for p in space.params]
+        parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Search report: "
+                 f"{_e(experiment.name)}</title><style>{CSS}</style></head><body>",
+                 f"<h1>Search report: {_e(experiment.name)}</h1>",
+                 f"<p>{len(rows)} trials ({'finished' if finished else 'running: partial results'}); "
+                 f"engine {_e(extra.get('engine', '?'))}; space <code>{_e(space.name)}</code>; "
+                 f"{len(ctx.train_ids)} training / {len(ctx.val_ids)} validation cases; up to "
+                 f"{ctx.max_epochs} epochs per trial.</p>"]
+        if summary:
+            parts.append(f"<p>{summary.get('trials_stopped_early', 0)} stopped early by ASHA; "
+                         f"{summary.get('trial_epochs_run', 0)} trial-epochs run of "
+                         f"{summary.get('trial_epochs_without_early_stopping', 0)} without early "
+                         f"stopping.</p>")
+        parts.append("<h2 id='results'>Results</h2><table id='results-table'><tr><th>#</th>"
+                     "<th class='l'>trial</th><th class='l'>status</th><th>epochs</th><th>Dice</th>"
+                     "<th>WT</th><th>TC</th><th>ET</th><th>vol/s</th><th>wall s</th>"
+                     "<th class='l'>node</th>" + "".join(f"<th>{_e(n.split('.', 1)[-1])}</th>" for n in names)
+                     + "</tr>")
+        for r in sorted(rows, key=lambda r: -r.best_dice_mean if finite(r.best_dice_mean) else 1):
+            cls = " class='best'" if best is not None and r.trial_id == best.trial_id else ""
+            node = r.node + (f" ({r.node_id[:8]})" if r.node_id else "")
+            status = r.status + (f": {r.error}" if r.error else "")
+            parts.append(f"<tr{cls}><td>{r.index}</td><td class='l'>{_e(r.trial_id)}</td>"
+                         f"<td class='l'>{_e(status)}</td><td>{r.epochs}</td>"
+                         f"<td>{_fmt(r.best_dice_mean)}</td><td>{_fmt(r.best_dice_WT)}</td>"
+                         f"<td>{_fmt(r.best_dice_TC)}</td><td>{_fmt(r.best_dice_ET)}</td>"
+                         f"<td>{_fmt(r.throughput_vps, 3)}</td><td>{_fmt(r.wall_s, 3)}</td>"
+                         f"<td class='l'>{_e(node)}</td>"
+                         + "".join(f"<td>{_fmt(r.params.get(n, ''))}</td>" for n in names) + "</tr>")
+        parts.append("</table>")
+        titles = {"learning_curves": "Learning curves", "objective": "Objective by trial",
+                  "parallel": "Parameters against Dice", "importance": "Parameter importance",
+                  "pareto": "Dice against throughput (Pareto front)"}
+        for key in FIGURES:
+            parts.append(f"<h2 id='{key}'>{titles[key]}</h2><img src='{figs[key].name}' "
+                         f"alt='{titles[key]}'>")
+        parts.append("<h2 id='best'>Best configuration and NVIDIA's</h2>")
+        if best is not None:
+            ref = nvidia_point(space)
+            parts.append("<table id='best-table'><tr><th class='l'>parameter</th><th>best trial "
+                         f"{_e(best.trial_id)}</th><th>NVIDIA (projected into the space)</th></tr>")
+            for n in names:
+                parts.append(f"<tr><td class='l'>{_e(n)}</td><td>{_fmt(best.params.get(n, ''))}</td>"
+                             f"<td>{_fmt(ref.get(n, ''))}</td></tr>")
+            parts.append("</table>")
+        else:
+            parts.append("<p class='muted'>No trial has a score yet.</p>")
+        parts.append("<h2 id='export'>Exported model</h2>")
+        exported = experiment / "best"
+        if (exported / "model.keras").exists():
+            metrics = json.loads((exported / "metrics.json").read_text())
+            final = metrics.get("final", {})
+            parts.append("<ul>" + "".join(f"<li><code>{_e((exported / f).resolve())}</code></li>" for f in
+                                          ("model.keras", "saved_model", "config.json", "metrics.json",
+                                           "MODEL_CARD.md") if (exported / f).exists()) + "</ul>")
+            if final:
+                hd = final.get("hd95_mean", float("nan"))
+                parts.append("<p>Validation of the exported weights: Dice WT "
+                             f"{final['dice_WT']:.4f}, TC {final['dice_TC']:.4f}, "
+                             f"ET {final['dice_ET']:.4f}, mean {final['dice_mean']:.4f}; "
+                             f"HD95 mean {hd:.2f} mm.</p>")
+        else:
+            parts.append("<p class='muted'>Not exported yet (the search is running or no trial "
+                         "finished an epoch).</p>")
+        parts.append("</body></html>\n")
+        (tmp / out.name).write_text("\n".join(parts))
+        placed = []
+        for p in figs.values():
+            (tmp / p.name).replace(out.parent / p.name)
+            placed.append(out.parent / p.name)
+        (tmp / out.name).replace(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return Report(html=out, figures=placed, trials=len(rows))
