@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 HVD := $(VENV)/.horovod
 
-.PHONY: setup search test bench clean
+.PHONY: setup search test bench clean chromium
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -28,7 +28,13 @@ setup: $(HVD)
 search: setup
 	$(BIN)/python run_search.py
 
-test: setup
+# The report's browser test needs Debian's Chromium (installed here once; as root or with sudo).
+chromium:
+	@command -v chromium >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }
+
+test: setup chromium
 	$(BIN)/python -m pytest -ra
 
 bench: setup

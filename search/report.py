@@ -253,7 +253,8 @@ def build_report(experiment: str | Path, out: str | Path | None = None) -> Repor
                    default=None)
         names = [p.name for p in space.params]
         parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Search report: "
-                 f"{_e(experiment.name)}</title><style>{CSS}</style></head><body>",
+                 f"{_e(experiment.name)}</title><link rel='icon' href='data:,'><style>{CSS}</style>"
+                 "</head><body>",
                  f"<h1>Search report: {_e(experiment.name)}</h1>",
                  f"<p>{len(rows)} trials ({'finished' if finished else 'running: partial results'}); "
                  f"engine {_e(extra.get('engine', '?'))}; space <code>{_e(space.name)}</code>; "

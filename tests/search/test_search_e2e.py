@@ -98,6 +98,58 @@ def test_every_search_ends_with_a_report_with_every_section(ray_search, tmp_path
     assert f"{n} trials" in r.stdout and (tmp_path / "r_pareto.png").exists()
     assert "<script" not in page and "http://" not in page and "https://" not in page
 
+    # While a search runs (no trials.json, no best/ yet) the report reads Ray's per-trial results.
+    import shutil
+
+    running = tmp_path / "running"
+    shutil.copytree(exp, running, ignore=shutil.ignore_patterns("trials.json", "best", "report*"))
+    r = run_cli("report", str(running), timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    partial = (running / "report.html").read_text()
+    assert "running: partial results" in partial and "Not exported yet" in partial
+    rows = partial.split("<table id='results-table'>", 1)[1].split("</table>", 1)[0]
+    assert rows.count("<tr") == n + 1
+
+
+def test_the_report_renders_in_headless_chromium_without_errors(ray_search):
+    """Chromium loads the report over HTTP on 127.0.0.1: no console or load errors, every image
+    decoded; the full-page screenshot is kept in test-artifacts/report.png."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from cdp import Browser
+
+    exp = ray_search["exp"]
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(exp))
+    handler.log_message = lambda *a: None
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    browser = Browser()
+    try:
+        session = browser.load(f"http://127.0.0.1:{server.server_address[1]}/report.html")
+        images = browser.evaluate("JSON.stringify(Array.from(document.images).map("
+                                  "i => [i.getAttribute('src'), i.complete, i.naturalWidth]))", session)
+        title = browser.evaluate("document.title", session)
+        rows = browser.evaluate("document.querySelectorAll('#results-table tr').length", session)
+        shot = browser.screenshot(session)
+        errors = browser.errors()
+    finally:
+        browser.close()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+    assert errors == []
+    images = json.loads(images)
+    assert len(images) == 5 and all(done and width > 0 for _, done, width in images), images
+    assert title == f"Search report: {exp.name}"
+    assert rows == len(ray_search["trials"]["trials"]) + 1
+    assert shot.startswith(b"\x89PNG") and len(shot) > 50_000
+    artifacts = ROOT / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    (artifacts / "report.png").write_bytes(shot)
+
 
 def test_the_trainable_reports_every_epoch_with_a_checkpoint(ray_search):
     from spaces.space import space_from_dict
