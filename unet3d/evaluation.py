@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from unet3d.data.discover import Case, DataError
-from unet3d.data.preprocess import read_label
+from unet3d.data.preprocess import read_label, spacing_of
 from unet3d.io_utils import atomic_write_json, atomic_write_text
 from unet3d.metrics import region_scores
 from unet3d.regions import REGIONS, lut
@@ -36,11 +36,6 @@ def prediction_path(pred_dir: Path, case_id: str) -> Path | None:
         if p.is_file():
             return p
     return None
-
-
-def spacing_of(affine: np.ndarray) -> tuple[float, float, float]:
-    """Voxel size (mm) along each array axis: the lengths of the affine's first three columns."""
-    return tuple(float(s) for s in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0)))
 
 
 def evaluate_case(pred_path: Path, case: Case) -> dict[str, Any]:

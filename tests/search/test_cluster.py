@@ -25,20 +25,11 @@ import numpy as np
 import psutil
 import pytest
 from conftest import ROOT, run_cli
+from tiny_space import SPACE
 
 pytestmark = pytest.mark.slow
 
 HERE = Path(__file__).resolve().parent
-SPACE = """
-name: tiny
-base: cpu-small
-fixed:
-  train: {steps_per_epoch: 3, val_every: 1, warmup_epochs: 0}
-  data: {crop: [16, 16, 16], max_val_cases: 2}
-  model: {depth: 2, base_filters: 4, norm: batch}
-params:
-  train.learning_rate: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}
-"""
 
 
 def _free_port() -> int:

@@ -63,6 +63,11 @@ def _read(path: Path, case_id: str) -> tuple[np.ndarray, np.ndarray, Any]:
     return data, img.affine, img.header
 
 
+def spacing_of(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size (mm) along each array axis: the lengths of the affine's first three columns."""
+    return tuple(float(s) for s in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0)))
+
+
 def read_label(path: Path, case_id: str, label_map: dict[int, int], layout: str,
                what: str = "label") -> tuple[np.ndarray, np.ndarray]:
     """Reads a segmentation (a reference label or a prediction) and checks its values.
@@ -163,7 +168,7 @@ def preprocess_loaded(lc: LoadedCase) -> tuple[np.ndarray, np.ndarray | None, di
     image = nib.orientations.apply_orientation(lc.image, to_ras)
     label = nib.orientations.apply_orientation(lc.label, to_ras) if lc.label is not None else None
     ras_affine = lc.affine @ nib.orientations.inv_ornt_aff(to_ras, shape)
-    spacing = np.sqrt((ras_affine[:3, :3] ** 2).sum(axis=0))
+    spacing = spacing_of(ras_affine)
     ras_shape = [int(s) for s in image.shape[:3]]
 
     brain = np.any(image != 0, axis=-1)
@@ -196,7 +201,7 @@ def preprocess_loaded(lc: LoadedCase) -> tuple[np.ndarray, np.ndarray | None, di
         "bbox_lo": lo,
         "bbox_hi": hi,
         "ras_shape": ras_shape,
-        "spacing": [float(s) for s in spacing],
+        "spacing": list(spacing),
         "shape": [int(s) for s in image.shape[:3]],
         "labelled": classes is not None,
     }
