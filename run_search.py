@@ -429,11 +429,9 @@ def cmd_default(args: argparse.Namespace) -> int:
     return cmd_search(ns)
 
 
-class UserError(Exception):
-    pass
-
-
 def raise_user(msg: str) -> None:
+    from unet3d.errors import UserError
+
     raise UserError(msg)
 
 
@@ -632,24 +630,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from spaces.space import SpaceError
-    from unet3d.config import ConfigError
-    from unet3d.data.discover import DataError
+    from unet3d.errors import UserError
 
     try:
         if args.command is None:
             return cmd_default(args)
         return args.func(args)
-    except (ConfigError, DataError, UserError, SpaceError) as e:
+    except UserError as e:
         print(f"\nerror: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except Exception as e:  # noqa: BLE001
-        from unet3d.train import TrainError
-
-        if isinstance(e, TrainError):
-            print(f"\nerror: {e}", file=sys.stderr)
-            return EXIT_USER_ERROR
-        raise
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130

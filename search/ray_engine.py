@@ -18,6 +18,7 @@ from typing import Any
 from search.context import SearchContext
 from search.objective import METRIC, MODE
 from search.results import TrialRow, row_from_history
+from unet3d.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +39,7 @@ class RayOptions:
     verbose: int = 1
 
 
-class ClusterError(RuntimeError):
+class ClusterError(UserError, RuntimeError):
     """The Ray cluster named by --address cannot be reached or joined."""
 
 

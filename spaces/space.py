@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from unet3d.config import DataConfig, ModelConfig, RunConfig, TrainConfig, preset
+from unet3d.errors import UserError
 
 
-class SpaceError(ValueError):
+class SpaceError(UserError, ValueError):
     """A malformed search space; the message names the file and field."""
 
 

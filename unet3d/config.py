@@ -17,6 +17,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from unet3d.errors import UserError
+
 NORMS = ("instance", "batch", "group", "none")
 ACTIVATIONS = ("leaky_relu", "relu", "elu", "gelu", "swish")
 UPSAMPLINGS = ("transpose", "nearest")
@@ -26,7 +28,7 @@ PRECISIONS = ("fp32", "mixed_float16", "mixed_bfloat16")
 XLA_MODES = ("on", "off", "auto")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration value breaks a rule; the message names the field and the value."""
 
 

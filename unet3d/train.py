@@ -29,6 +29,7 @@ from unet3d.config import RunConfig
 from unet3d.data.pipeline import train_dataset
 from unet3d.data.preprocess import CachedCase
 from unet3d.distributed import Workers
+from unet3d.errors import UserError
 from unet3d.inference import keras_predict_fn, probabilities_to_classes, sliding_window_predict
 from unet3d.io_utils import atomic_path, atomic_write_json
 from unet3d.losses import deep_supervision_weights, get_loss
@@ -39,7 +40,7 @@ CHECKPOINT = "checkpoint.npz"
 Log = Callable[[str], None]
 
 
-class TrainError(RuntimeError):
+class TrainError(UserError, RuntimeError):
     """A run cannot start or continue (e.g. an existing checkpoint without resume)."""
 
 

@@ -17,6 +17,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+from unet3d.errors import UserError
 from unet3d.regions import BRATS_TO_CLASS, MSD_TO_CLASS
 
 MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
@@ -26,7 +27,7 @@ _MSD_NAMES = {"flair": "flair", "t1w": "t1", "t1": "t1", "t1gd": "t1ce", "t1ce":
 _NII = (".nii.gz", ".nii")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad input data; the message names the case and file and says what is wrong."""
 
 

@@ -1,0 +1,12 @@
+"""The one root of every error a user can cause (a bad config, dataset, space, option or address).
+
+Library code raises a subclass with a one-line message that names the file or field and the rule
+it breaks; the CLI's ``main()`` catches :class:`UserError`, prints that line and exits with 2. Any
+other exception is a bug in this project and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A mistake in the user's input; ``str(e)`` is the whole message, one line."""
