@@ -21,8 +21,6 @@ import sys
 import time
 from pathlib import Path
 
-DEFAULT_DATA = Path("data/synthetic")
-DEFAULT_OUT = Path("results")
 EXIT_USER_ERROR = 2
 
 
@@ -45,32 +43,29 @@ def _load_config(args: argparse.Namespace):
     from unet3d.config import RunConfig, preset
 
     cfg = RunConfig.load(args.config) if args.config else preset(args.preset)
-    overrides: dict[str, dict] = {"train": {}, "data": {}}
-    if args.epochs is not None:
-        overrides["train"]["epochs"] = args.epochs
-        overrides["train"]["warmup_epochs"] = min(cfg.train.warmup_epochs, args.epochs)
-    if args.steps_per_epoch is not None:
-        overrides["train"]["steps_per_epoch"] = args.steps_per_epoch
-    if args.seed is not None:
-        overrides["train"]["seed"] = args.seed
-    if args.fold is not None:
-        overrides["data"]["fold"] = args.fold
-    if args.folds is not None:
-        overrides["data"]["folds"] = args.folds
-        if args.fold is None:
-            overrides["data"]["fold"] = min(cfg.data.fold, args.folds - 1)
-    if args.precision is not None:
-        overrides["train"]["precision"] = args.precision
-    if args.xla is not None:
-        overrides["train"]["xla"] = args.xla
-    return cfg.replace(**{k: v for k, v in overrides.items() if v})
+    d, given = cfg.to_dict(), []
+    for section, field in (("train", "epochs"), ("train", "steps_per_epoch"), ("train", "seed"),
+                           ("data", "fold"), ("data", "folds"), ("train", "precision"), ("train", "xla")):
+        value = getattr(args, field)  # each flag is named after its field
+        if value is not None:
+            d[section][field] = value
+            given.append(f"--{field.replace('_', '-')} {value}")
+    if not given:
+        return cfg
+    if args.folds is not None and args.fold is None:
+        d["data"]["fold"] = min(cfg.data.fold, args.folds - 1)
+    # The repair clamps the warm-up to --epochs. The loaded config is valid, so a rule broken now
+    # is broken by the flags: the message names them.
+    return RunConfig.repaired_from_dict(d, source=" ".join(given))
 
 
 def _prepare(data: Path, cache: Path, verbose: bool = True):
     from unet3d.data.discover import discover
     from unet3d.data.preprocess import prepare
+    from unet3d.io_utils import check_writable_dir
 
     ds = discover(data)
+    check_writable_dir(cache, "--cache")
     counts = {"new": 0, "reused": 0}
     n = len(ds.cases)
 
@@ -91,7 +86,9 @@ def _prepare(data: Path, cache: Path, verbose: bool = True):
 
 def cmd_synth(args: argparse.Namespace) -> int:
     from unet3d.data.synthetic import write_synthetic_dataset
+    from unet3d.io_utils import check_writable_dir
 
+    check_writable_dir(args.out, "--out")
     t0 = time.perf_counter()
     write_synthetic_dataset(args.out, args.cases, tuple(args.shape), seed=args.seed,
                             progress=_tty_progress("synth", args.cases))
@@ -109,9 +106,12 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from unet3d.data.split import kfold
+    from unet3d.io_utils import check_writable_dir
 
     cfg = _load_config(args)
-    out = Path(args.out)
+    if args.workers < 1:
+        raise_user(f"--workers {args.workers}: must be at least 1")
+    out = check_writable_dir(args.out, "--out")  # and _prepare checks --cache: before either is made
     _, entries = _prepare(Path(args.data), _cache_dir(args))
     labelled = [e for e in entries if e.meta["labelled"]]
     if len(labelled) < cfg.data.folds:
@@ -153,118 +153,60 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from search.context import SearchContext
-    from search.finish import finish, load_context, save_context
-    from search.results import format_table
-    from search.storage import Experiment
-    from spaces.presets import get_space
+    from search import Search
 
-    name = args.name or time.strftime("search-%Y%m%d-%H%M%S")
-    exp = Experiment(args.out, name)
-    experiment = exp.local
     if args.resume:
         if not args.name:
             raise_user("--resume needs --name (the experiment to continue)")
-        if not exp.exists():
-            raise_user(f"{exp.location}: no search to resume (search.json missing)")
-        exp.fetch_context()
-        ctx, extra = load_context(experiment)
-        engine = extra["engine"]
-        _print(f"resuming {engine} search {exp.location}")
+        search = Search.restore(f"{args.out.rstrip('/')}/{args.name}", log=_print,
+                                address=args.address)
     else:
-        if exp.exists() or (not exp.remote and experiment.exists() and any(experiment.iterdir())):
-            raise_user(f"{exp.location}: experiment folder exists; pass --resume to continue it or "
-                       f"choose another --name")
-        if args.engine == "keras-tuner" and exp.remote:
-            raise_user(f"--out {args.out}: the keras-tuner engine needs a local or shared folder")
-        if args.data is None:
-            args.data = str(DEFAULT_DATA)
-            if not DEFAULT_DATA.exists() or not any(DEFAULT_DATA.iterdir()):
-                cmd_synth(argparse.Namespace(out=str(DEFAULT_DATA), cases=16, shape=[64, 64, 64],
-                                             seed=0))
-        space = get_space(args.space)
-        _, entries = _prepare(Path(args.data), _cache_dir(args))
-        labelled = [e.case_id for e in entries if e.meta["labelled"]]
-        if len(labelled) < args.folds:
-            raise_user(f"{args.data}: {len(labelled)} labelled cases, fewer than --folds {args.folds}")
-        from unet3d.data.split import kfold
+        engine_flags = RAY_FLAGS if args.engine == "ray" else KERAS_TUNER_FLAGS
+        given = {k: v for k, v in vars(args).items() if v is not None}
+        other = sorted(k for k in RAY_FLAGS + KERAS_TUNER_FLAGS
+                       if k in given and k not in engine_flags)
+        if other:
+            raise_user(f"--{other[0].replace('_', '-')}: not an option of --engine {args.engine}")
+        options = {ENGINE_OPTION.get(k, k): given[k] for k in engine_flags if k in given}
+        search = Search(data=args.data, cache=args.cache, space=args.space, engine=args.engine,
+                        num_samples=args.num_samples, max_epochs=args.max_epochs, out=args.out,
+                        name=args.name, seed=args.seed, fold=args.fold, folds=args.folds,
+                        split_seed=args.split_seed, workers_per_trial=args.workers_per_trial,
+                        verbose=args.verbose, log=_print, **options)
+    result = search.run()
+    _print_search(result, search.spec)
+    if result.interrupted:
+        return 130
+    return 0 if result.best is not None else 1
 
-        train_ids, val_ids = kfold(labelled, args.folds, args.fold, args.split_seed)
-        ctx = SearchContext(space=space.to_dict(), data=str(args.data),
-                            cache=str(_cache_dir(args).resolve()), train_ids=tuple(train_ids),
-                            val_ids=tuple(val_ids), max_epochs=args.max_epochs, seed=args.seed,
-                            fold=args.fold, folds=args.folds, split_seed=args.split_seed,
-                            experiment="" if exp.remote else str(experiment),
-                            workers_per_trial=args.workers_per_trial)
-        engine = args.engine
-        if args.workers_per_trial > 1:
-            from unet3d import distributed
 
-            if not distributed.horovod_available():
-                raise_user(f"--workers-per-trial {args.workers_per_trial}: {distributed.INSTALL_HINT}")
-            if engine != "ray":
-                raise_user("--workers-per-trial needs --engine ray")
-        if engine == "ray" and args.address:
-            from search import ray_engine
+def _print_search(result, spec) -> None:
+    from search.results import format_table
 
-            try:  # before anything is written: a wrong address leaves no experiment folder behind
-                ray_engine.connect(ray_engine.RayOptions(address=args.address, verbose=args.verbose))
-            except ray_engine.ClusterError as e:
-                raise_user(str(e))
-        experiment.mkdir(parents=True, exist_ok=True)
-        save_context(ctx, experiment, {"engine": engine})
-        from search.tb import write_experiment
-
-        write_experiment(experiment, space)
-        _print(f"searching space {space.name!r} ({len(space.params)} parameters) with {engine}: "
-               f"{len(train_ids)} train / {len(val_ids)} validation cases -> {exp.location}")
-    t0 = time.perf_counter()
-    if engine == "ray":
-        from search import ray_engine
-
-        opts = ray_engine.RayOptions(
-            num_samples=args.num_samples, max_epochs=ctx.max_epochs, grace_period=args.grace_period,
-            reduction_factor=args.reduction_factor, time_attr=args.time_attr,
-            max_trial_seconds=args.max_trial_seconds, cpus_per_trial=args.cpus_per_trial,
-            gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
-            max_failures=args.max_failures, address=args.address, seed=ctx.seed,
-            verbose=args.verbose)
-        try:
-            rows = ray_engine.run(ctx, exp.location, opts, resume=args.resume, log=_print)
-        except ray_engine.ClusterError as e:
-            raise_user(str(e))
-    else:
-        from search import kt_engine
-
-        opts = kt_engine.KerasTunerOptions(algorithm=args.kt_algorithm, max_epochs=ctx.max_epochs,
-                                           factor=args.reduction_factor, max_trials=args.num_samples,
-                                           seed=ctx.seed)
-        rows = kt_engine.run(ctx, experiment, opts, resume=args.resume, log=_print)
-    summary = finish(rows, ctx, experiment, engine)
-    from search.report import build_report
-
-    report = build_report(experiment)
-    exp.upload()
-    where = exp.location
+    s = result.summary
+    where = result.location
+    remote = where != str(result.experiment)
     _print("")
-    _print(format_table(rows))
+    _print(format_table(result.trials))
     _print("")
-    _print(f"{len(rows)} trials in {time.perf_counter() - t0:.0f} s; {summary['trials_stopped_early']} "
-           f"stopped early; {summary['trial_epochs_run']} trial-epochs run of "
-           f"{summary['trial_epochs_without_early_stopping']} without early stopping "
-           f"({summary['trial_epochs_saved']} saved)")
-    if "best_trial" in summary:
-        _print(f"best trial {summary['best_trial']}: validation mean Dice "
-               f"{summary['best_dice_mean']:.4f}")
-        for k, v in summary["best_params"].items():
+    _print(f"{len(result.trials)} trials in {result.seconds:.0f} s; {s['trials_stopped_early']} "
+           f"stopped early; {s['trial_epochs_run']} trial-epochs run of "
+           f"{s['trial_epochs_without_early_stopping']} without early stopping "
+           f"({s['trial_epochs_saved']} saved)")
+    if result.interrupted:
+        _print(f"interrupted: {s['trials_interrupted']} trial(s) cut off; resume with: python "
+               f"run_search.py search --resume --out {spec.out} --name {spec.name}")
+    elif result.best is not None:
+        _print(f"best trial {result.best.trial_id}: validation mean Dice {result.best.score:.4f}")
+        for k, v in result.best.params.items():
             _print(f"  {k} = {v}")
-        _print(f"exported: {where}/best" if exp.remote else f"exported: {summary['export']}")
+        _print(f"exported: {where}/best" if remote else f"exported: {result.best.export}")
     else:
         _print("no trial finished an epoch: nothing exported")
     _print(f"results: {where}/results.csv")
-    _print(f"report: {where}/report.html" if exp.remote else f"report: {report.html}")
+    if result.report is not None:
+        _print(f"report: {where}/report.html" if remote else f"report: {result.report}")
     _print(f"tensorboard --logdir {where} --host 127.0.0.1")
-    return 0 if "best_trial" in summary else 1
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -273,6 +215,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     experiment = Path(args.experiment)
     if not (experiment / "search.json").exists():
         raise_user(f"{experiment}: not a search experiment (search.json missing)")
+    if args.out:
+        from unet3d.io_utils import check_writable_file
+
+        check_writable_file(args.out, "--out")
     report = build_report(experiment, args.out)
     _print(f"{report.trials} trials; figures: {', '.join(p.name for p in report.figures)}")
     _print(f"report: {report.html}")
@@ -338,7 +284,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from unet3d.data.discover import discover_input
     from unet3d.data.preprocess import load_case
     from unet3d.inference import Predictor, load_member, write_prediction
-    from unet3d.io_utils import atomic_write_json
+    from unet3d.io_utils import atomic_write_json, check_writable_dir
     from unet3d.postprocess import PostProcess
 
     if not 0 <= args.overlap < 1:
@@ -347,8 +293,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise_user(f"--tta {args.tta}: must be 1..8 flips")
     if args.batch_size < 1:
         raise_user(f"--batch-size {args.batch_size}: must be at least 1")
-    if args.min_et_volume < 0:
+    if not args.min_et_volume >= 0:  # NaN too
         raise_user(f"--min-et-volume {args.min_et_volume}: must be >= 0 mm^3")
+    if args.top_k < 1:  # checked here too: only a search experiment as --model reaches export_top
+        raise_user(f"--top-k {args.top_k}: must be at least 1")
+    out = check_writable_dir(args.out, "--out")
     cases = discover_input(args.input)
     folders = _resolve_models(args.model, args.top_k)
     members = []
@@ -360,7 +309,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     post = PostProcess(min_et_volume=args.min_et_volume, largest_wt=args.largest_wt)
     predictor = Predictor(members, overlap=args.overlap, tta=args.tta, batch_size=args.batch_size,
                           postprocess=post, keep_probabilities=args.probabilities)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for m in members:
         _print(f"model {m.name}: {m.cfg.model.depth} levels, filters {list(m.cfg.model.filters)}, "
@@ -401,9 +349,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from unet3d.data.discover import discover
     from unet3d.evaluation import evaluate_folder, format_summary, summary, write_evaluation
+    from unet3d.io_utils import check_writable_dir, check_writable_file
 
+    if args.out:
+        out = check_writable_file(args.out, "--out")
+    else:  # the default --out is PRED/evaluation.csv
+        out = check_writable_dir(args.pred, "--pred") / "evaluation.csv"
     ds = discover(args.data)
-    out = Path(args.out) if args.out else Path(args.pred) / "evaluation.csv"
     n = sum(1 for c in ds.cases if c.label is not None)
     with tqdm(total=n, unit="case", disable=None) as bar:
         rows = evaluate_folder(args.pred, ds.cases, jobs=args.jobs, progress=lambda r: bar.update(1))
@@ -435,164 +387,182 @@ def raise_user(msg: str) -> None:
     raise UserError(msg)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="run_search.py",
-        description="Automated search for the best 3D-UNet for brain-tumour MRI segmentation. "
-                    "With no command: write a synthetic BraTS-like dataset to data/synthetic (if "
-                    "absent) and search the demo space on it with Ray Tune + Optuna + ASHA on a "
-                    "local Ray instance (same as 'run_search.py search').",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each default once: appended by argparse unless the help text states it already or
+    there is none to show (None, False)."""
 
-    s = sub.add_parser("synth", help="write a synthetic BraTS 2021-layout NIfTI dataset",
-                       description="Write N synthetic BraTS-like cases (t1, t1ce, t2, flair, seg as "
-                                   ".nii.gz, labels 0/1/2/4) in the BraTS 2021 folder layout. "
-                                   "Existing complete cases are kept.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
+def _command(sub, name: str, help: str, description: str, func) -> argparse.ArgumentParser:
+    s = sub.add_parser(name, help=help, description=description, formatter_class=_Help)
+    s.set_defaults(func=func)
+    return s
+
+
+def _data_args(q: argparse.ArgumentParser) -> None:
+    q.add_argument("--data", required=True,
+                   help="dataset folder: BraTS 2019/2020 (HGG/, LGG/), BraTS 2021 (case folders) or "
+                        "MSD Task01_BrainTumour (dataset.json, imagesTr/)")
+    q.add_argument("--cache", default=None,
+                   help="preprocessed cache folder (default: DATA/.unet3d-cache)")
+
+
+def _synth_parser(sub) -> None:
+    s = _command(sub, "synth", "write a synthetic BraTS 2021-layout NIfTI dataset",
+                 "Write N synthetic BraTS-like cases (t1, t1ce, t2, flair, seg as .nii.gz, labels "
+                 "0/1/2/4) in the BraTS 2021 folder layout. Existing complete cases are kept.", cmd_synth)
     s.add_argument("--out", required=True, help="dataset folder to write")
     s.add_argument("--cases", type=int, default=16, help="number of cases")
     s.add_argument("--shape", type=int, nargs=3, default=[64, 64, 64], metavar=("D", "H", "W"),
                    help="volume size in voxels (1 mm isotropic)")
     s.add_argument("--seed", type=int, default=0, help="seed of the generator")
-    s.set_defaults(func=cmd_synth)
 
-    def data_args(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--data", required=True,
-                       help="dataset folder: BraTS 2019/2020 (HGG/, LGG/), BraTS 2021 (case "
-                            "folders) or MSD Task01_BrainTumour (dataset.json, imagesTr/)")
-        q.add_argument("--cache", default=None,
-                       help="preprocessed cache folder (default: DATA/.unet3d-cache)")
 
-    s = sub.add_parser("prepare", help="validate and preprocess a dataset into its cache",
-                       description="Discover the cases, check every file (readable, modalities "
-                                   "present, shapes/affines agree, finite voxels, label values), "
-                                   "reorient to RAS, crop to the brain, z-score per modality, and "
-                                   "cache the result. Re-runs reuse valid cache entries.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    data_args(s)
-    s.set_defaults(func=cmd_prepare)
+def _prepare_parser(sub) -> None:
+    s = _command(sub, "prepare", "validate and preprocess a dataset into its cache",
+                 "Discover the cases, check every file (readable, modalities present, shapes/affines "
+                 "agree, finite voxels, label values), reorient to RAS, crop to the brain, z-score per "
+                 "modality, and cache the result. Re-runs reuse valid cache entries.", cmd_prepare)
+    _data_args(s)
 
-    s = sub.add_parser("train", help="train one 3D-UNet",
-                       description="Train one 3D-UNet on a fold of a dataset. Writes OUT/model.keras, "
-                                   "config.json, metrics.json, checkpoint.npz and tensorboard/.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    data_args(s)
-    from unet3d.config import PRESETS
 
+# train's flags that override one RunConfig field each: flag dest -> "section.field".
+TRAIN_OVERRIDES = {"epochs": "train.epochs", "steps_per_epoch": "train.steps_per_epoch",
+                   "seed": "train.seed", "fold": "data.fold", "folds": "data.folds",
+                   "precision": "train.precision", "xla": "train.xla"}
+
+
+def _train_parser(sub) -> None:
+    from unet3d.config import PRECISIONS, PRESETS, XLA_MODES
+
+    s = _command(sub, "train", "train one 3D-UNet",
+                 "Train one 3D-UNet on a fold of a dataset. Writes OUT/model.keras, config.json, "
+                 "metrics.json, checkpoint.npz and tensorboard/.", cmd_train)
+    _data_args(s)
     g = s.add_mutually_exclusive_group()
-    g.add_argument("--preset", default="cpu-small", choices=sorted(PRESETS),
-                   help="named configuration")
+    g.add_argument("--preset", default="cpu-small", choices=sorted(PRESETS), help="named configuration")
     g.add_argument("--config", default=None, help="a RunConfig JSON/YAML file (model/train/data)")
-    s.add_argument("--epochs", type=int, default=None, help="override train.epochs")
-    s.add_argument("--steps-per-epoch", type=int, default=None, help="override train.steps_per_epoch")
-    s.add_argument("--fold", type=int, default=None, help="override data.fold (validation fold)")
-    s.add_argument("--folds", type=int, default=None, help="override data.folds")
-    s.add_argument("--seed", type=int, default=None, help="override train.seed")
-    s.add_argument("--precision", choices=["fp32", "mixed_float16", "mixed_bfloat16"], default=None,
-                   help="override train.precision")
-    s.add_argument("--xla", choices=["on", "off", "auto"], default=None, help="override train.xla")
+    for dest, field in TRAIN_OVERRIDES.items():
+        choices = {"precision": PRECISIONS, "xla": XLA_MODES}.get(dest)
+        s.add_argument(f"--{dest.replace('_', '-')}", type=None if choices else int, choices=choices,
+                       default=None, help=f"override {field}")
     s.add_argument("--out", required=True, help="output folder")
-    s.add_argument("--resume", action="store_true",
-                   help="continue the run in OUT from its last checkpoint")
+    s.add_argument("--resume", action="store_true", help="continue the run in OUT from its last checkpoint")
     s.add_argument("--workers", type=int, default=1,
-                   help="Horovod workers for this run (data parallel: each trains batch_size crops "
-                        "per step, gradients averaged); on this machine Gloo over loopback")
+                   help="Horovod workers for this run (data parallel: each trains batch_size crops per "
+                        "step, gradients averaged); on this machine Gloo over loopback")
     s.add_argument("--scale-lr", action="store_true",
                    help="multiply the learning rate by the number of workers")
-    s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("search", help="search the best 3D-UNet (Ray Tune + Optuna + ASHA, or Keras Tuner)",
-                       description="Search a space of 3D-UNet configurations on one fold of a "
-                                   "dataset. Writes OUT/NAME/: one folder per trial, results.csv, "
-                                   "trials.json, best/ (the best model exported) and TensorBoard "
-                                   "logs with an HParams view of every trial.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+# search flags that are one engine's options (dest names); the rest are common to both engines.
+RAY_FLAGS = ("grace_period", "reduction_factor", "time_attr", "max_trial_seconds", "cpus_per_trial",
+             "gpus_per_trial", "max_concurrent", "max_failures", "address")
+KERAS_TUNER_FLAGS = ("kt_algorithm", "reduction_factor")
+ENGINE_OPTION = {"kt_algorithm": "algorithm"}  # flag dest -> engine option name, where they differ
+
+
+def _search_parser(sub) -> None:
+    from search.kt_engine import ALGORITHMS
+    from search.ray_engine import TIME_ATTRS, RayOptions
+    from search.spec import DEFAULT_DATA, DEFAULT_OUT, ENGINES, SearchSpec
+
+    spec, ray = SearchSpec(name="x"), RayOptions()
+    s = _command(sub, "search", "search the best 3D-UNet (Ray Tune + Optuna + ASHA, or Keras Tuner)",
+                 "Search a space of 3D-UNet configurations on one fold of a dataset. Writes OUT/NAME/: "
+                 "one folder per trial, results.csv, trials.json, best/ (the best model exported), "
+                 "report.html and TensorBoard logs with an HParams view of every trial.", cmd_search)
     s.add_argument("--data", default=None,
-                   help=f"dataset folder (default: a synthetic dataset in {DEFAULT_DATA}, written "
-                        f"if absent)")
-    s.add_argument("--cache", default=None,
-                   help="preprocessed cache (default: DATA/.unet3d-cache); must be on storage every "
-                        "node sees on a cluster")
-    s.add_argument("--space", default="demo",
+                   help=f"dataset folder (default: a synthetic dataset in {DEFAULT_DATA}, written if absent)")
+    s.add_argument("--cache", default=None, help="preprocessed cache (default: DATA/.unet3d-cache); on a "
+                                                 "cluster, storage every node sees")
+    s.add_argument("--space", default=spec.space,
                    help="search space: demo | brats | nvidia, or a YAML/JSON space file")
-    s.add_argument("--engine", choices=["ray", "keras-tuner"], default="ray", help="search engine")
-    s.add_argument("--num-samples", type=int, default=8,
+    s.add_argument("--engine", choices=ENGINES, default=spec.engine, help="search engine")
+    s.add_argument("--num-samples", type=int, default=spec.num_samples,
                    help="trials to run (Keras Tuner Bayesian: max trials)")
-    s.add_argument("--max-epochs", type=int, default=6,
-                   help="epochs of a trial that is never stopped (ASHA max_t in epochs)")
-    s.add_argument("--grace-period", type=int, default=1,
-                   help="ASHA: epochs (or seconds) before a trial can be stopped")
-    s.add_argument("--reduction-factor", type=int, default=2,
-                   help="ASHA / Hyperband reduction factor")
-    s.add_argument("--time-attr", choices=["epochs", "seconds"], default="epochs",
-                   help="ASHA's budget unit; 'seconds' lets faster configurations earn more epochs")
-    s.add_argument("--max-trial-seconds", type=float, default=600.0,
-                   help="ASHA max_t with --time-attr seconds")
-    s.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs reserved per trial")
-    s.add_argument("--gpus-per-trial", type=float, default=0.0,
-                   help="GPUs per trial; fractions share a GPU (memory growth is on)")
-    s.add_argument("--max-concurrent", type=int, default=2, help="trials running at once (0: no limit)")
-    s.add_argument("--workers-per-trial", type=int, default=1,
-                   help="Horovod workers per trial (Ray actors; one GPU each with --gpus-per-trial, "
-                        "else one CPU each)")
-    s.add_argument("--max-failures", type=int, default=1,
-                   help="retries of a failing trial, from its last checkpoint")
-    s.add_argument("--address", default=None,
-                   help="an existing Ray cluster ('auto' or host:port); default: a local Ray on "
-                        "127.0.0.1")
-    s.add_argument("--kt-algorithm", choices=["hyperband", "bayesian"], default="hyperband",
-                   help="Keras Tuner algorithm (with --engine keras-tuner)")
-    s.add_argument("--fold", type=int, default=0, help="validation fold")
-    s.add_argument("--folds", type=int, default=5, help="number of folds")
-    s.add_argument("--split-seed", type=int, default=0, help="seed of the fold split")
-    s.add_argument("--seed", type=int, default=0, help="seed of the sampler and of every trial")
-    s.add_argument("--out", default=str(DEFAULT_OUT), help="results root (Ray storage path)")
+    s.add_argument("--max-epochs", type=int, default=spec.max_epochs,
+                   help="epochs of a trial that is never stopped (ASHA's max_t in epochs)")
+    r = s.add_argument_group("Ray Tune engine")
+    r.add_argument("--grace-period", type=int, default=None,
+                   help=f"ASHA: epochs (or seconds) before a trial can be stopped "
+                        f"(default: {ray.grace_period})")
+    r.add_argument("--reduction-factor", type=int, default=None,
+                   help=f"ASHA / Hyperband reduction factor (default: {ray.reduction_factor})")
+    r.add_argument("--time-attr", choices=TIME_ATTRS, default=None,
+                   help=f"ASHA's budget unit; 'seconds' lets faster configurations earn more epochs "
+                        f"(default: {ray.time_attr})")
+    r.add_argument("--max-trial-seconds", type=float, default=None,
+                   help=f"ASHA's max_t with --time-attr seconds (default: {ray.max_trial_seconds:g})")
+    r.add_argument("--cpus-per-trial", type=float, default=None,
+                   help=f"CPUs reserved per trial (default: {ray.cpus_per_trial:g})")
+    r.add_argument("--gpus-per-trial", type=float, default=None,
+                   help=f"GPUs per trial; fractions share a GPU (default: {ray.gpus_per_trial:g})")
+    r.add_argument("--max-concurrent", type=int, default=None,
+                   help=f"trials running at once, 0: no limit (default: {ray.max_concurrent})")
+    r.add_argument("--max-failures", type=int, default=None,
+                   help=f"retries of a failing trial, from its last checkpoint (default: {ray.max_failures})")
+    r.add_argument("--address", default=None,
+                   help="an existing Ray cluster ('auto' or host:port) (default: a local Ray on 127.0.0.1)")
+    s.add_argument("--workers-per-trial", type=int, default=spec.workers_per_trial,
+                   help="Horovod workers per trial (Ray actors; one GPU each with --gpus-per-trial, else "
+                        "one CPU each)")
+    k = s.add_argument_group("Keras Tuner engine")
+    k.add_argument("--kt-algorithm", choices=ALGORITHMS, default=None,
+                   help="Keras Tuner algorithm (default: hyperband)")
+    s.add_argument("--fold", type=int, default=spec.fold, help="validation fold")
+    s.add_argument("--folds", type=int, default=spec.folds, help="number of folds")
+    s.add_argument("--split-seed", type=int, default=spec.split_seed, help="seed of the fold split")
+    s.add_argument("--seed", type=int, default=spec.seed, help="seed of the sampler and of every trial")
+    s.add_argument("--out", default=DEFAULT_OUT, help="results root (a folder or a storage URI)")
     s.add_argument("--name", default=None, help="experiment name (default: search-<time>)")
     s.add_argument("--resume", action="store_true",
-                   help="continue the interrupted experiment OUT/NAME, keeping finished trials")
-    s.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2], help="Ray Tune progress output")
-    s.set_defaults(func=cmd_search)
+                   help="continue the interrupted experiment OUT/NAME with its saved options, keeping "
+                        "finished trials")
+    s.add_argument("--verbose", type=int, default=spec.verbose, choices=[0, 1, 2],
+                   help="Ray Tune progress output")
 
-    s = sub.add_parser("retrain-best", help="train a search's best configuration longer and export it",
-                       description="Train the best configuration of a finished search from scratch "
-                                   "for longer: on every labelled case (--folds all, the default) "
-                                   "or one model per listed fold. Exports to "
-                                   "EXPERIMENT/retrained/{all,fold_K}/ like the search's best/.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+def _retrain_parser(sub) -> None:
+    s = _command(sub, "retrain-best", "train a search's best configuration longer and export it",
+                 "Train the best configuration of a finished search from scratch for longer: on every "
+                 "labelled case (--folds all, the default) or one model per listed fold. Exports to "
+                 "EXPERIMENT/retrained/{all,fold_K}/ like the search's best/.", cmd_retrain_best)
     s.add_argument("experiment", help="the search's experiment folder (OUT/NAME)")
     s.add_argument("--epochs", type=int, default=None,
                    help="epochs (default: twice the search's max epochs)")
     s.add_argument("--folds", nargs="+", default=None, metavar="K",
-                   help="'all' (one model on all cases) or fold numbers (one model per fold)")
+                   help="'all' (one model on all cases; the default) or fold numbers (one model per fold)")
     s.add_argument("--resume", action="store_true", help="continue interrupted retraining runs")
-    s.set_defaults(func=cmd_retrain_best)
 
-    s = sub.add_parser("report", help="write the HTML report of a finished or running search",
-                       description="Write one self-contained HTML page (plus PNG figures next to "
-                                   "it) about a search: results table, learning curves with ASHA's "
-                                   "stops, objective by trial, parallel coordinates, parameter "
-                                   "importances, Dice against throughput with the Pareto front, the "
-                                   "best configuration next to NVIDIA's, the exported model. Every "
-                                   "search writes EXPERIMENT/report.html at its end.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+def _report_parser(sub) -> None:
+    s = _command(sub, "report", "write the HTML report of a finished or running search",
+                 "Write one self-contained HTML page (plus PNG figures next to it) about a search: "
+                 "results table, learning curves with ASHA's stops, objective by trial, parallel "
+                 "coordinates, parameter importances, Dice against throughput with the Pareto front, the "
+                 "best configuration next to NVIDIA's, the exported model. Every search writes "
+                 "EXPERIMENT/report.html at its end.", cmd_report)
     s.add_argument("experiment", help="the search's experiment folder (OUT/NAME)")
     s.add_argument("--out", default=None, help="HTML file (default: EXPERIMENT/report.html)")
-    s.set_defaults(func=cmd_report)
 
-    s = sub.add_parser("predict", help="segment cases with one exported model or an ensemble",
-                       description="Segment every case of INPUT (one BraTS case folder, or a dataset "
-                                   "folder in any supported layout) with sliding-window inference. "
-                                   "Writes OUT/<case_id>.nii.gz on each input's own grid (shape, "
-                                   "affine and header of its images) with the layout's label values "
-                                   "(BraTS 0/1/2/4, MSD 0-3), and OUT/predict.json (models and "
-                                   "options). Several --model folders form an ensemble that "
-                                   "averages probabilities.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+def _predict_parser(sub) -> None:
+    s = _command(sub, "predict", "segment cases with one exported model or an ensemble",
+                 "Segment every case of INPUT (one BraTS case folder, or a dataset folder in any "
+                 "supported layout) with sliding-window inference. Writes OUT/<case_id>.nii.gz on each "
+                 "input's own grid (shape, affine and header of its images) with the layout's label "
+                 "values (BraTS 0/1/2/4, MSD 0-3), and OUT/predict.json (models and options). Several "
+                 "--model folders form an ensemble that averages probabilities.", cmd_predict)
     s.add_argument("--model", action="append", required=True, metavar="DIR",
-                   help="an export folder (EXPERIMENT/best, a train --out folder), a folder of "
-                        "exports (EXPERIMENT/retrained: every fold), or a search experiment (its "
-                        "--top-k best trials); repeat to ensemble")
+                   help="an export folder (EXPERIMENT/best, a train --out folder), a folder of exports "
+                        "(EXPERIMENT/retrained: every fold), or a search experiment (its --top-k best "
+                        "trials); repeat to ensemble")
     s.add_argument("--top-k", type=int, default=1,
                    help="with a search experiment as --model: ensemble its K best trials (ranks 2..K "
                         "are exported to EXPERIMENT/top/ on first use)")
@@ -605,26 +575,37 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--precision", choices=["auto", "fp32", "trained"], default="auto",
                    help="auto: the training precision on a GPU, float32 on a CPU")
     s.add_argument("--probabilities", action="store_true",
-                   help="also write OUT/<case_id>_probabilities.nii.gz (X, Y, Z, K; quantised to "
-                        "1/255): class probabilities, or WT/TC/ET ones if any model has a region head")
+                   help="also write OUT/<case_id>_probabilities.nii.gz (X, Y, Z, K; quantised to 1/255): "
+                        "class probabilities, or WT/TC/ET ones if any model has a region head")
     s.add_argument("--min-et-volume", type=float, default=0.0, metavar="MM3",
-                   help="post-processing: enhancing-tumour components smaller than this become "
-                        "necrotic core (0: off; 500 is a common BraTS choice)")
+                   help="post-processing: enhancing-tumour components smaller than this become necrotic "
+                        "core (0: off; 500 is a common BraTS choice)")
     s.add_argument("--largest-wt", action="store_true",
                    help="post-processing: keep only the largest connected whole-tumour component")
-    s.set_defaults(func=cmd_predict)
 
-    s = sub.add_parser("evaluate", help="score predictions against reference labels (Dice, HD95)",
-                       description="Score PRED/<case_id>.nii.gz against every labelled case of DATA: "
-                                   "BraTS region (WT, TC, ET) Dice and HD95 in mm on the original "
-                                   "grid. Writes a per-case CSV and <stem>_summary.json (mean, std, "
-                                   "median, quartiles) and prints the summary.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+def _evaluate_parser(sub) -> None:
+    s = _command(sub, "evaluate", "score predictions against reference labels (Dice, HD95)",
+                 "Score PRED/<case_id>.nii.gz against every labelled case of DATA: BraTS region (WT, "
+                 "TC, ET) Dice and HD95 in mm on the original grid. Writes a per-case CSV and "
+                 "<stem>_summary.json (mean, std, median, quartiles) and prints the summary.", cmd_evaluate)
     s.add_argument("--pred", required=True, help="folder of predictions")
     s.add_argument("--data", required=True, help="the dataset with the reference labels")
     s.add_argument("--out", default=None, help="per-case CSV (default: PRED/evaluation.csv)")
     s.add_argument("--jobs", type=int, default=None, help="worker processes (default: CPU count)")
-    s.set_defaults(func=cmd_evaluate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="run_search.py", formatter_class=_Help,
+        description="Automated search for the best 3D-UNet for brain-tumour MRI segmentation. With no "
+                    "command: write a synthetic BraTS-like dataset to data/synthetic (if absent) and "
+                    "search the demo space on it with Ray Tune + Optuna + ASHA on a local Ray instance "
+                    "(same as 'run_search.py search').")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for builder in (_synth_parser, _prepare_parser, _train_parser, _search_parser, _retrain_parser,
+                    _report_parser, _predict_parser, _evaluate_parser):
+        builder(sub)
     return p
 
 

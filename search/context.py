@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-from pathlib import Path
 from typing import Any
 
 from spaces.space import SearchSpace, space_from_dict
 from unet3d.config import RunConfig
-from unet3d.data.preprocess import CachedCase
+from unet3d.data.preprocess import CachedCase, open_cases
 
 
 @dataclasses.dataclass(frozen=True)
@@ -17,7 +15,7 @@ class SearchContext:
     """Plain data (it travels to Ray workers and is saved as ``<experiment>/search.json``).
 
     Attributes:
-        space: the search space as a dict (``SearchSpace.to_dict``).
+        space: the search space, parsed once per search (saved as ``SearchSpace.to_dict``).
         data: the dataset folder (as given by the user).
         cache: the preprocessed cache folder every trial reads (shared storage on a cluster).
         train_ids / val_ids: the fold's case IDs.
@@ -32,7 +30,7 @@ class SearchContext:
             bundle each, in the trial's placement group).
     """
 
-    space: dict[str, Any]
+    space: SearchSpace
     data: str
     cache: str
     train_ids: tuple[str, ...]
@@ -45,30 +43,25 @@ class SearchContext:
     experiment: str = ""
     workers_per_trial: int = 1
 
-    def search_space(self) -> SearchSpace:
-        return space_from_dict(self.space, source="search context")
-
     def run_config(self, sample: dict[str, Any]) -> RunConfig:
-        cfg = self.search_space().to_run_config(sample)
+        cfg = self.space.to_run_config(sample)
         return cfg.replace(
             train={"epochs": self.max_epochs, "seed": self.seed,
                    "warmup_epochs": min(cfg.train.warmup_epochs, self.max_epochs)},
             data={"fold": self.fold, "folds": self.folds, "split_seed": self.split_seed})
 
     def cases(self, ids: tuple[str, ...]) -> list[CachedCase]:
-        out = []
-        for cid in ids:
-            folder = Path(self.cache) / cid
-            out.append(CachedCase(folder, json.loads((folder / "meta.json").read_text())))
-        return out
+        return open_cases(self.cache, ids)
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["space"] = self.space.to_dict()
         d["train_ids"], d["val_ids"] = list(self.train_ids), list(self.val_ids)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SearchContext:
         d = dict(d)
+        d["space"] = space_from_dict(d["space"], source="search.json")
         d["train_ids"], d["val_ids"] = tuple(d["train_ids"]), tuple(d["val_ids"])
         return cls(**d)

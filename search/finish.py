@@ -9,15 +9,19 @@ from pathlib import Path
 from typing import Any
 
 from search.context import SearchContext
-from search.results import TrialRow, asha_savings, best_row, finite, write_results
+from search.results import TrialRow, asha_savings, best_row, ranked, write_results
+from search.spec import SearchSpec
 from unet3d.io_utils import atomic_write_json
 
 
-def save_context(ctx: SearchContext, experiment: Path, extra: dict[str, Any]) -> None:
-    atomic_write_json(experiment / "search.json", {"context": ctx.to_dict(), **extra})
+def save_search(spec: SearchSpec, ctx: SearchContext, experiment: Path) -> None:
+    """Writes ``search.json``: the whole specification (``SearchSpec``) and the context trials get."""
+    atomic_write_json(experiment / "search.json",
+                      {"spec": spec.to_dict(), "context": ctx.to_dict(), "engine": spec.engine})
 
 
 def load_context(experiment: Path) -> tuple[SearchContext, dict[str, Any]]:
+    """The trials' context saved in ``search.json``, and the rest of that file."""
     path = experiment / "search.json"
     try:
         d = json.loads(path.read_text())
@@ -27,11 +31,26 @@ def load_context(experiment: Path) -> tuple[SearchContext, dict[str, Any]]:
     return SearchContext.from_dict(d.pop("context")), d
 
 
+def load_search(experiment: Path) -> tuple[SearchSpec, SearchContext]:
+    """(SearchSpec, SearchContext) of a saved search. A search.json written before the spec was
+    saved whole gets the spec its context implies, with the engine's default options."""
+    ctx, rest = load_context(experiment)
+    source = str(experiment / "search.json")
+    if "spec" in rest:
+        return SearchSpec.from_dict(rest["spec"], source=source), ctx
+    spec = SearchSpec(data=ctx.data, cache=ctx.cache, space=ctx.space.name, engine=rest["engine"],
+                      max_epochs=ctx.max_epochs, name=experiment.name, seed=ctx.seed, fold=ctx.fold,
+                      folds=ctx.folds, split_seed=ctx.split_seed,
+                      workers_per_trial=ctx.workers_per_trial)
+    return spec, ctx
+
+
 def _export_row(row: TrialRow, ctx: SearchContext, experiment: Path, out: Path) -> Path:
     """Exports ``row``'s best checkpoint to ``out`` with full validation metrics (Dice and HD95 per
     case, computed on the exported weights)."""
     from search.storage import local_copy
-    from unet3d.export import export_model, model_from_run
+    from unet3d.checkpoint import model_from_run
+    from unet3d.export import export_model
     from unet3d.train import evaluate_cases, mean_scores
 
     staged = experiment / f".{out.name}_checkpoint"
@@ -82,14 +101,13 @@ def export_top(experiment: Path, k: int,
     if k < 1:
         raise ValueError(f"--top-k {k}: must be at least 1")
     ctx, _ = load_context(experiment)
-    ranked = sorted((r for r in load_rows(experiment) if finite(r.best_dice_mean) and r.checkpoint),
-                    key=lambda r: -r.best_dice_mean)
-    if len(ranked) < k:
-        raise ValueError(f"--top-k {k}: {experiment} has only {len(ranked)} trials with a checkpoint")
+    top = ranked(load_rows(experiment), exportable=True)
+    if len(top) < k:
+        raise ValueError(f"--top-k {k}: {experiment} has only {len(top)} trials with a checkpoint")
     if not (experiment / "best" / "model.keras").exists():
         raise FileNotFoundError(f"{experiment / 'best'}: no exported best model")
     out = [experiment / "best"]
-    for rank, row in enumerate(ranked[1:k], start=2):
+    for rank, row in enumerate(top[1:k], start=2):
         folder = experiment / "top" / f"rank{rank}_{row.trial_id}"
         if not (folder / "model.keras").exists():
             if log is not None:
@@ -100,11 +118,14 @@ def export_top(experiment: Path, k: int,
     return out
 
 
-def finish(rows: Sequence[TrialRow], ctx: SearchContext, experiment: Path, engine: str) -> dict[str, Any]:
+def finish(rows: Sequence[TrialRow], ctx: SearchContext, experiment: Path, engine: str, *,
+           export: bool = True) -> dict[str, Any]:
+    """Writes results.csv and trials.json and (``export``) exports the best trial; the summary."""
     summary: dict[str, Any] = {"engine": engine, "trials": len(rows),
                                "max_epochs": ctx.max_epochs,
+                               "trials_interrupted": sum(r.status == "interrupted" for r in rows),
                                **asha_savings(rows, ctx.max_epochs)}
-    exported = export_best(rows, ctx, experiment)
+    exported = export_best(rows, ctx, experiment) if export else None
     if exported is not None:
         best, path = exported
         summary.update(best_trial=best.trial_id, best_dice_mean=best.best_dice_mean,

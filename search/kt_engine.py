@@ -20,6 +20,9 @@ from typing import Any
 from search.context import SearchContext
 from search.objective import METRIC, MODE
 from search.results import TrialRow, row_from_history
+from search.spec import SearchError
+
+ALGORITHMS = ("hyperband", "bayesian")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +34,15 @@ class KerasTunerOptions:
     max_trials: int = 8            # Bayesian only
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise SearchError(f"--kt-algorithm {self.algorithm}: must be one of {', '.join(ALGORITHMS)}")
+        for flag, v, low in (("--reduction-factor", self.factor, 2),
+                             ("--hyperband-iterations", self.hyperband_iterations, 1),
+                             ("--num-samples", self.max_trials, 1), ("--max-epochs", self.max_epochs, 1)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise SearchError(f"{flag} {v}: must be an integer >= {low}")
+
 
 def _tuner(ctx: SearchContext, experiment: Path, opts: KerasTunerOptions, overwrite: bool,
            log: Callable[[str], None]):
@@ -38,7 +50,7 @@ def _tuner(ctx: SearchContext, experiment: Path, opts: KerasTunerOptions, overwr
 
     from spaces.translate import define_keras_tuner, nvidia_point
 
-    space = ctx.search_space()
+    space = ctx.space
     hp = kt.HyperParameters()
     define_keras_tuner(space, hp)
     objective = kt.Objective(METRIC, direction=MODE)
@@ -59,19 +71,18 @@ def _tuner(ctx: SearchContext, experiment: Path, opts: KerasTunerOptions, overwr
         oracle = klass(objective=objective, max_epochs=opts.max_epochs, factor=opts.factor,
                        hyperband_iterations=opts.hyperband_iterations, seed=opts.seed,
                        hyperparameters=hp)
-    elif opts.algorithm == "bayesian":
+    else:
         klass = type("NvidiaFirstBayesian", (NvidiaFirst, kt.oracles.BayesianOptimizationOracle), {})
         oracle = klass(objective=objective, max_trials=opts.max_trials, seed=opts.seed,
                        hyperparameters=hp)
-    else:
-        raise ValueError(f"keras-tuner algorithm {opts.algorithm!r} must be hyperband or bayesian")
 
     class UNetTuner(kt.engine.base_tuner.BaseTuner):
         def run_trial(self, trial, *args, **kwargs):
             import keras
 
             from search.tb import write_hparams
-            from unet3d.train import CHECKPOINT, Trainer
+            from unet3d.checkpoint import CHECKPOINT
+            from unet3d.train import Trainer
 
             values = trial.hyperparameters.values
             sample = {p.name: values[p.name] for p in space.params}
@@ -104,16 +115,23 @@ def run_dir_of(experiment: Path, trial_id: str) -> Path:
 
 
 def run(ctx: SearchContext, experiment: Path, opts: KerasTunerOptions, *, resume: bool = False,
-        log: Callable[[str], None] = print) -> list[TrialRow]:
+        log: Callable[[str], None] = print) -> tuple[list[TrialRow], bool]:
+    """Runs (or resumes) the search in ``experiment``: a row per trial, and whether Ctrl-C ended it
+    (the trial cut off is then "interrupted"; ``run(..., resume=True)`` continues it from its last
+    epoch checkpoint)."""
     tuner = _tuner(ctx, experiment, opts, overwrite=not resume, log=log)
-    tuner.search()
-    return rows(tuner, ctx, experiment, opts)
+    try:
+        tuner.search()
+    except KeyboardInterrupt:
+        return rows(tuner, ctx, experiment, opts, interrupted=True), True
+    return rows(tuner, ctx, experiment, opts), False
 
 
-def rows(tuner: Any, ctx: SearchContext, experiment: Path, opts: KerasTunerOptions) -> list[TrialRow]:
-    from unet3d.train import CHECKPOINT, read_checkpoint
+def rows(tuner: Any, ctx: SearchContext, experiment: Path, opts: KerasTunerOptions, *,
+         interrupted: bool = False) -> list[TrialRow]:
+    from unet3d.checkpoint import CHECKPOINT, read_checkpoint
 
-    names = [p.name for p in ctx.search_space().params]
+    names = [p.name for p in ctx.space.params]
     out = []
     for tid, trial in sorted(tuner.oracle.trials.items()):
         run_dir = run_dir_of(experiment, tid)
@@ -126,7 +144,8 @@ def rows(tuner: Any, ctx: SearchContext, experiment: Path, opts: KerasTunerOptio
         row = row_from_history(tid, {n: values.get(n) for n in names}, history, ctx.max_epochs,
                                error=error, wall_s=wall, node=socket.gethostname(),
                                checkpoint=str(run_dir) if history else "", run_dir=str(run_dir),
-                               index=int(tid) + 1 if tid.isdigit() else 0)
+                               index=int(tid) + 1 if tid.isdigit() else 0,
+                               interrupted=interrupted and trial.status == "RUNNING")
         # Keras Tuner scores a trial by its last epoch (the weights it keeps); report that as best.
         if history:
             last = [h for h in history if METRIC in h][-1]

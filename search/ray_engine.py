@@ -9,20 +9,31 @@ configurations can earn more epochs in the same budget).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from search.context import SearchContext
 from search.objective import METRIC, MODE
 from search.results import TrialRow, row_from_history
+from search.spec import SearchError
 from unet3d.errors import UserError
+
+TIME_ATTRS = ("epochs", "seconds")
 
 
 @dataclasses.dataclass(frozen=True)
 class RayOptions:
+    """How Ray Tune runs a search; every field is checked here, before anything starts.
+
+    The fields are the ``search`` command's flags of the same name (``grace_period`` is
+    ``--grace-period``), so each message names the flag.
+    """
+
     num_samples: int = 8
     max_epochs: int = 6
     grace_period: int = 1
@@ -37,6 +48,44 @@ class RayOptions:
     num_cpus: int | None = None        # local Ray only
     seed: int = 0
     verbose: int = 1
+
+    def __post_init__(self) -> None:
+        _at_least("num_samples", self.num_samples, 1)
+        _at_least("max_epochs", self.max_epochs, 1)
+        _at_least("grace_period", self.grace_period, 1)
+        _at_least("reduction_factor", self.reduction_factor, 2)
+        _at_least("max_concurrent", self.max_concurrent, 0, "0 means no limit")
+        _at_least("max_failures", self.max_failures, 0)
+        _at_least("verbose", self.verbose, 0)
+        if self.time_attr not in TIME_ATTRS:
+            raise SearchError(f"--time-attr {self.time_attr}: must be one of {', '.join(TIME_ATTRS)}")
+        budget = self.max_epochs if self.time_attr == "epochs" else self.max_trial_seconds
+        if self.grace_period > budget:
+            what = "--max-epochs" if self.time_attr == "epochs" else "--max-trial-seconds"
+            raise SearchError(f"--grace-period {self.grace_period}: must not exceed {what} {budget:g} "
+                              f"(ASHA could never stop a trial)")
+        if not _number(self.max_trial_seconds) or self.max_trial_seconds <= 0:
+            raise SearchError(f"--max-trial-seconds {self.max_trial_seconds:g}: must be > 0")
+        if not _number(self.cpus_per_trial) or self.cpus_per_trial <= 0:
+            raise SearchError(f"--cpus-per-trial {self.cpus_per_trial:g}: must be > 0 (a trial needs "
+                              f"a CPU share to run)")
+        if not _number(self.gpus_per_trial) or self.gpus_per_trial < 0:
+            raise SearchError(f"--gpus-per-trial {self.gpus_per_trial:g}: must be >= 0")
+        if self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
+            raise SearchError(f"--gpus-per-trial {self.gpus_per_trial:g}: above 1, a whole number of "
+                              f"GPUs")
+        if self.num_cpus is not None:
+            _at_least("num_cpus", self.num_cpus, 1)
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _at_least(name: str, value: Any, low: int, note: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise SearchError(f"--{name.replace('_', '-')} {value}: must be an integer >= {low}"
+                          + (f" ({note})" if note else ""))
 
 
 class ClusterError(UserError, RuntimeError):
@@ -80,8 +129,9 @@ def cluster_summary() -> str:
             f"{res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs")
 
 
-def connect(opts: RayOptions) -> None:
+def connect(opts: RayOptions) -> bool:
     """Connects to ``opts.address``, or starts a local Ray whose every service is on 127.0.0.1.
+    Returns True when it started a local Ray (the caller shuts it down), False otherwise.
 
     Ray 2.60 swaps 127.0.0.1 for the machine's external address and listens on all interfaces,
     unless its "no cluster" mode is on (the switch Ray uses on Windows/macOS, read when Ray is
@@ -95,7 +145,7 @@ def connect(opts: RayOptions) -> None:
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     common = dict(include_dashboard=False, log_to_driver=opts.verbose > 1,
                   configure_logging=True, logging_level="ERROR")
     if opts.address:
@@ -106,13 +156,17 @@ def connect(opts: RayOptions) -> None:
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ClusterError(f"--address {opts.address}: cannot join the Ray cluster ({msg})") \
                 from None
-        return
-    ray.init(num_cpus=opts.num_cpus or os.cpu_count(), _node_ip_address="127.0.0.1", **common)
+        return False
+    # address="local": always a new instance of our own, never a cluster that `ray start` (or
+    # RAY_ADDRESS) left on this machine; ray.init() alone would try to join that one.
+    ray.init(address="local", num_cpus=opts.num_cpus or os.cpu_count(),
+             _node_ip_address="127.0.0.1", **common)
     addresses = {n["NodeManagerAddress"] for n in ray.nodes()}
     if addresses != {"127.0.0.1"}:
         ray.shutdown()
         raise RuntimeError(f"local Ray started on {sorted(addresses)} instead of 127.0.0.1 (was Ray "
                            f"imported before the search set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0?)")
+    return True
 
 
 def trial_dirname(trial: Any) -> str:
@@ -132,7 +186,7 @@ def _trainable(ctx: SearchContext, opts: RayOptions):
 
     from search.trainable import train_trial
 
-    trainable = tune.with_parameters(train_trial, ctx=ctx.to_dict())
+    trainable = tune.with_parameters(train_trial, ctx=ctx)  # the parsed space travels along
     n = ctx.workers_per_trial
     if n <= 1:
         return tune.with_resources(trainable, {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
@@ -145,69 +199,140 @@ def _trainable(ctx: SearchContext, opts: RayOptions):
         [{"memory": 256 * 2**20}] + [dict(worker) for _ in range(n)], strategy="PACK"))
 
 
-def run(ctx: SearchContext, location: str, opts: RayOptions, *, resume: bool = False,
-        log: Callable[[str], None] = print) -> list[TrialRow]:
-    """Runs (or resumes) the search at ``location`` (an absolute path or a URI); a row per trial."""
-    # Ray's TensorBoardX logger would write a second HParams session per trial (at trial end only);
-    # the trials write their own, from the first epoch. CSV/JSON loggers are added explicitly below.
-    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
-    if not opts.address or _is_loopback(opts.address):
-        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before Ray loads: see connect
+def check_resources(opts: RayOptions, workers_per_trial: int, log: Callable[[str], None]) -> None:
+    """Fails, before anything is written, when a local Ray lacks the GPUs one trial asks for (Ray
+    would wait for them forever). A cluster may still grow (autoscaler): there it is a warning."""
+    import ray
+
+    need = opts.gpus_per_trial * (workers_per_trial if workers_per_trial > 1 else 1)
+    have = ray.cluster_resources().get("GPU", 0.0)
+    if need <= have:
+        return
+    what = f"--gpus-per-trial {opts.gpus_per_trial:g}"
+    if workers_per_trial > 1:
+        what += f" with --workers-per-trial {workers_per_trial}"
+    if not opts.address:
+        raise ClusterError(f"{what}: a trial needs {need:g} GPU(s) and this machine has {have:g}")
+    log(f"warning: {what}: a trial needs {need:g} GPU(s), the cluster has {have:g} now; trials wait "
+        f"until its autoscaler adds GPU nodes")
+
+
+def searcher(space: Any, opts: RayOptions) -> Any:
+    """Optuna's TPE (seeded) over the space, NVIDIA's point first, at most max_concurrent at once."""
     import optuna
-    from ray import tune
-    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
-    from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
     from spaces.translate import nvidia_point, to_optuna
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    alg = OptunaSearch(space=to_optuna(space), metric=METRIC, mode=MODE,
+                       points_to_evaluate=[nvidia_point(space)],
+                       sampler=optuna.samplers.TPESampler(seed=opts.seed))
+    return ConcurrencyLimiter(alg, max_concurrent=opts.max_concurrent) if opts.max_concurrent else alg
+
+
+def scheduler(opts: RayOptions) -> Any:
+    """ASHA on epochs (Ray's training_iteration: one report per epoch) or on wall-clock seconds."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    if opts.time_attr == "epochs":
+        return ASHAScheduler(time_attr="training_iteration", max_t=opts.max_epochs,
+                             grace_period=opts.grace_period, reduction_factor=opts.reduction_factor)
+    return ASHAScheduler(time_attr="time_total_s", max_t=opts.max_trial_seconds,
+                         grace_period=opts.grace_period, reduction_factor=opts.reduction_factor)
+
+
+@contextlib.contextmanager
+def _graceful_ctrl_c() -> Iterator[list[bool]]:
+    """Ctrl-C ends the run the way Ray Tune's own handler does (SIGUSR1, which Ray always listens
+    to: stop starting trials, save the experiment state, end the trials, return), and the caller
+    learns that it happened (Ray's handler tells nobody). A second Ctrl-C interrupts at once."""
+    import signal
+
+    seen: list[bool] = []
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if seen:
+            raise KeyboardInterrupt
+        seen.append(True)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def tune_config(space: Any, opts: RayOptions) -> Any:
+    """The searcher and ASHA, both maximising the objective."""
+    from ray import tune
+
+    return tune.TuneConfig(
+        metric=METRIC, mode=MODE, search_alg=searcher(space, opts), scheduler=scheduler(opts),
+        num_samples=opts.num_samples, max_concurrent_trials=opts.max_concurrent or None,
+        trial_dirname_creator=trial_dirname, trial_name_creator=trial_name)
+
+
+def run_config(location: str, opts: RayOptions) -> Any:
+    """Where trials go, retries, and the one checkpoint kept per trial: its best epoch's (by the
+    objective), which is what best/ exports."""
+    from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    from search.ray_callbacks import LiveTrials
+
+    storage, name = location.rstrip("/").rsplit("/", 1)
+    return tune.RunConfig(
+        name=name, storage_path=storage, verbose=opts.verbose,
+        callbacks=[CSVLoggerCallback(), JsonLoggerCallback(), LiveTrials(location)],
+        failure_config=tune.FailureConfig(max_failures=opts.max_failures),
+        checkpoint_config=tune.CheckpointConfig(
+            num_to_keep=1, checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE))
+
+
+def run(ctx: SearchContext, location: str, opts: RayOptions, *, resume: bool = False,
+        log: Callable[[str], None] = print) -> tuple[list[TrialRow], bool]:
+    """Runs (or resumes) the search at ``location`` (an absolute path or a URI).
+
+    Returns a row per trial and whether Ctrl-C ended the run: Ray Tune then saves its state first,
+    the trials cut off get status "interrupted", and ``run(..., resume=True)`` continues them.
+    """
+    # Ray's TensorBoardX logger would write a second HParams session per trial (at trial end only);
+    # the trials write their own, from the first epoch. CSV/JSON loggers are added explicitly.
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    from ray import tune
+
     connect(opts)
     if opts.address:
         log(f"joined the Ray cluster at {opts.address}: {cluster_summary()}")
-    trainable = _trainable(ctx, opts)
-    storage, name = location.rstrip("/").rsplit("/", 1)
     if resume:
-        tuner = tune.Tuner.restore(location, trainable=trainable, resume_unfinished=True,
-                                   resume_errored=True)
+        if not tune.Tuner.can_restore(location):
+            raise ClusterError(f"{location}: the search stopped before Ray Tune saved any state; "
+                               f"start it again under another name")
+        t = tune.Tuner.restore(location, trainable=_trainable(ctx, opts), resume_unfinished=True,
+                               resume_errored=True)
     else:
-        space = ctx.search_space()
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        searcher = OptunaSearch(space=to_optuna(space), metric=METRIC, mode=MODE,
-                                points_to_evaluate=[nvidia_point(space)],
-                                sampler=optuna.samplers.TPESampler(seed=opts.seed))
-        if opts.max_concurrent:
-            searcher = ConcurrencyLimiter(searcher, max_concurrent=opts.max_concurrent)
-        if opts.time_attr == "epochs":
-            scheduler = ASHAScheduler(time_attr="training_iteration", max_t=opts.max_epochs,
-                                      grace_period=opts.grace_period,
-                                      reduction_factor=opts.reduction_factor)
-        else:
-            scheduler = ASHAScheduler(time_attr="time_total_s", max_t=opts.max_trial_seconds,
-                                      grace_period=opts.grace_period,
-                                      reduction_factor=opts.reduction_factor)
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=searcher,
-                                        scheduler=scheduler, num_samples=opts.num_samples,
-                                        max_concurrent_trials=opts.max_concurrent or None,
-                                        trial_dirname_creator=trial_dirname,
-                                        trial_name_creator=trial_name),
-            run_config=tune.RunConfig(
-                name=name, storage_path=storage, verbose=opts.verbose,
-                callbacks=[CSVLoggerCallback(), JsonLoggerCallback()],
-                failure_config=tune.FailureConfig(max_failures=opts.max_failures),
-                checkpoint_config=tune.CheckpointConfig(
-                    num_to_keep=1, checkpoint_score_attribute=METRIC,
-                    checkpoint_score_order=MODE)),
-        )
-    grid = tuner.fit()
+        t = tune.Tuner(_trainable(ctx, opts), tune_config=tune_config(ctx.space, opts),
+                       run_config=run_config(location, opts))
+    with _graceful_ctrl_c() as interrupted:
+        grid = t.fit()
+    from search.ray_callbacks import cut_off_trials
+
+    cut_off = cut_off_trials(location) if interrupted else set()
     if ctx.workers_per_trial > 1:
         left = horovod_workers_alive()
         if left:
             log(f"warning: {left} Horovod worker process(es) still alive after the search")
     scheme = location.split("://", 1)[0] + "://" if "://" in location else ""
-    return rows_from_grid(grid, ctx.max_epochs, scheme)
+    rows = rows_from_grid(grid, ctx.max_epochs, scheme)
+    if interrupted:
+        for r in rows:
+            if r.trial_id in cut_off and r.status == "stopped":
+                r.status = "interrupted"
+    return rows, bool(interrupted)
 
 
 def horovod_workers_alive(wait_s: float = 10.0) -> int:
@@ -264,3 +389,4 @@ def rows_from_grid(grid: Any, max_epochs: int, scheme: str = "") -> list[TrialRo
             node=str(m.get("node_ip", "")), node_id=str(m.get("node_id", "")), checkpoint=best_ckpt,
             run_dir=scheme + result.path if scheme else str(result.path)))
     return rows
+

@@ -22,7 +22,7 @@ from typing import Any
 
 from search.finish import load_context
 from search.objective import METRIC
-from search.results import TrialRow, finite
+from search.results import TrialRow, best_row, finite, ranked
 
 FIGURES = ("learning_curves", "objective", "parallel", "importance", "pareto")
 
@@ -100,24 +100,36 @@ def importances(rows: list[TrialRow], space: Any) -> dict[str, float]:
 
 
 def _figures(rows: list[TrialRow], space: Any, max_epochs: int, out: Path, stem: str) -> dict[str, Path]:
+    """Draws every figure of FIGURES into ``out/<stem>_<name>.png``; returns {name: path}."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    ordered = sorted(rows, key=lambda r: r.index or 10**9)
+    draw = {"learning_curves": lambda ax: _learning_curves(ax, ordered, max_epochs),
+            "objective": lambda ax: _objective(ax, ordered),
+            "parallel": lambda ax: _parallel(ax, ordered, space),
+            "importance": lambda ax: _importance(ax, rows, space),
+            "pareto": lambda ax: _pareto_figure(ax, rows)}
+    sizes = {"learning_curves": (8, 4.5), "objective": (8, 3.8), "parallel": (9, 4.5),
+             "importance": (7, 3.5), "pareto": (7, 4.5)}
     paths: dict[str, Path] = {}
-
-    def save(fig, name: str) -> None:
+    for name in FIGURES:
+        fig, ax = plt.subplots(figsize=sizes[name])
+        draw[name](ax)
         p = out / f"{stem}_{name}.png"
         fig.tight_layout()
         fig.savefig(p, dpi=100)
         plt.close(fig)
         paths[name] = p
+    return paths
 
-    ordered = sorted(rows, key=lambda r: r.index or 10**9)
+
+def _learning_curves(ax: Any, ordered: list[TrialRow], max_epochs: int) -> None:
+    import matplotlib.pyplot as plt
+
     cmap = plt.get_cmap("tab10")
-
-    fig, ax = plt.subplots(figsize=(8, 4.5))
     for i, r in enumerate(ordered):
         pts = [(h["epoch"], h[METRIC]) for h in r.history if finite(h.get(METRIC))]
         if not pts:
@@ -125,22 +137,22 @@ def _figures(rows: list[TrialRow], space: Any, max_epochs: int, out: Path, stem:
         xs, ys = zip(*pts, strict=True)
         style = "--" if r.status == "error" else "-"
         ax.plot(xs, ys, style, color=cmap(i % 10), lw=1.5, label=f"{r.index}: {r.trial_id}")
-        marker = {"stopped": "x", "completed": "o", "error": "s"}.get(r.status, ".")
+        marker = {"stopped": "x", "completed": "o", "error": "s", "interrupted": "v"}.get(r.status, ".")
         ax.plot(xs[-1], ys[-1], marker, color=cmap(i % 10), ms=8, mew=2)
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation mean Dice (WT, TC, ET)")
     ax.set_xlim(0.5, max_epochs + 0.5)
-    ax.set_title("Learning curves (x = stopped by ASHA, o = completed, s = failed)")
+    ax.set_title("Learning curves (x = stopped by ASHA, o = completed, s = failed, v = interrupted)")
     ax.grid(alpha=0.3)
     if len(ordered) <= 12:
         ax.legend(fontsize=7, ncol=2)
-    save(fig, "learning_curves")
 
-    fig, ax = plt.subplots(figsize=(8, 3.8))
-    xs = [r.index for r in ordered if finite(r.best_dice_mean)]
-    ys = [r.best_dice_mean for r in ordered if finite(r.best_dice_mean)]
-    colours = ["C1" if r.status == "stopped" else "C0" for r in ordered if finite(r.best_dice_mean)]
-    ax.scatter(xs, ys, c=colours)
+
+def _objective(ax: Any, ordered: list[TrialRow]) -> None:
+    scored = [r for r in ordered if finite(r.best_dice_mean)]
+    xs = [r.index for r in scored]
+    ys = [r.best_dice_mean for r in scored]
+    ax.scatter(xs, ys, c=["C1" if r.status == "stopped" else "C0" for r in scored])
     best, run = [], -math.inf
     for y in ys:
         run = max(run, y)
@@ -151,9 +163,12 @@ def _figures(rows: list[TrialRow], space: Any, max_epochs: int, out: Path, stem:
     ax.set_title("Objective by trial (orange = stopped early)")
     ax.grid(alpha=0.3)
     ax.legend()
-    save(fig, "objective")
 
-    fig, ax = plt.subplots(figsize=(9, 4.5))
+
+def _parallel(ax: Any, ordered: list[TrialRow], space: Any) -> None:
+    import matplotlib
+    import matplotlib.pyplot as plt
+
     names = [p.name for p in space.params]
     scored = [r for r in ordered if finite(r.best_dice_mean)]
     if scored and names:
@@ -162,15 +177,15 @@ def _figures(rows: list[TrialRow], space: Any, max_epochs: int, out: Path, stem:
         for r in scored:
             ys = [_position(p, r.params.get(p.name)) for p in space.params]
             ax.plot(range(len(names)), ys, color=plt.get_cmap("viridis")(norm(r.best_dice_mean)), lw=1.5)
-        fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap="viridis"), ax=ax,
-                     label="best validation mean Dice")
+        ax.figure.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap="viridis"), ax=ax,
+                           label="best validation mean Dice")
     ax.set_xticks(range(len(names)), [n.split(".", 1)[-1] for n in names], rotation=20, fontsize=8)
     ax.set_yticks([0, 1], ["low / first", "high / last"])
     ax.set_title("Parameters of every trial (lines), coloured by Dice")
-    save(fig, "parallel")
 
+
+def _importance(ax: Any, rows: list[TrialRow], space: Any) -> None:
     imp = importances(rows, space)
-    fig, ax = plt.subplots(figsize=(7, 3.5))
     if imp:
         items = sorted(imp.items(), key=lambda kv: kv[1])
         ax.barh([k.split(".", 1)[-1] for k, _ in items], [v for _, v in items], color="C0")
@@ -179,9 +194,9 @@ def _figures(rows: list[TrialRow], space: Any, max_epochs: int, out: Path, stem:
         ax.text(0.5, 0.5, "needs at least 2 finished trials with different scores", ha="center")
         ax.set_axis_off()
     ax.set_title("Parameter importance for the objective")
-    save(fig, "importance")
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+
+def _pareto_figure(ax: Any, rows: list[TrialRow]) -> None:
     pts = [(r.throughput_vps, r.best_dice_mean, r) for r in rows
            if finite(r.throughput_vps) and finite(r.best_dice_mean)]
     if pts:
@@ -197,8 +212,6 @@ def _figures(rows: list[TrialRow], space: Any, max_epochs: int, out: Path, stem:
     ax.set_title("Accuracy against speed")
     ax.grid(alpha=0.3)
     ax.legend()
-    save(fig, "pareto")
-    return paths
 
 
 def _position(param: Any, value: Any) -> float:
@@ -237,86 +250,23 @@ img{max-width:100%;border:1px solid #ddd;margin:.5em 0}code{background:#f4f4f4;p
 def build_report(experiment: str | Path, out: str | Path | None = None) -> Report:
     """Writes the report of ``experiment`` to ``out`` (default ``<experiment>/report.html``) and its
     PNGs next to it, each under a temporary name first."""
-    from spaces.translate import nvidia_point
-
     experiment = Path(experiment)
     ctx, extra = load_context(experiment)
-    space = ctx.search_space()
     rows, summary, finished = _rows(experiment)
     out = Path(out) if out else experiment / "report.html"
     out.parent.mkdir(parents=True, exist_ok=True)
-    stem = out.stem
-    tmp = Path(tempfile.mkdtemp(prefix=f".{stem}.", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.stem}.", dir=out.parent))
     try:
-        figs = _figures(rows, space, ctx.max_epochs, tmp, stem)
-        best = max((r for r in rows if finite(r.best_dice_mean)), key=lambda r: r.best_dice_mean,
-                   default=None)
-        names = [p.name for p in space.params]
-        parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Search report: "
-                 f"{_e(experiment.name)}</title><link rel='icon' href='data:,'><style>{CSS}</style>"
-                 "</head><body>",
-                 f"<h1>Search report: {_e(experiment.name)}</h1>",
-                 f"<p>{len(rows)} trials ({'finished' if finished else 'running: partial results'}); "
-                 f"engine {_e(extra.get('engine', '?'))}; space <code>{_e(space.name)}</code>; "
-                 f"{len(ctx.train_ids)} training / {len(ctx.val_ids)} validation cases; up to "
-                 f"{ctx.max_epochs} epochs per trial.</p>"]
-        if summary:
-            parts.append(f"<p>{summary.get('trials_stopped_early', 0)} stopped early by ASHA; "
-                         f"{summary.get('trial_epochs_run', 0)} trial-epochs run of "
-                         f"{summary.get('trial_epochs_without_early_stopping', 0)} without early "
-                         f"stopping.</p>")
-        parts.append("<h2 id='results'>Results</h2><table id='results-table'><tr><th>#</th>"
-                     "<th class='l'>trial</th><th class='l'>status</th><th>epochs</th><th>Dice</th>"
-                     "<th>WT</th><th>TC</th><th>ET</th><th>vol/s</th><th>wall s</th>"
-                     "<th class='l'>node</th>" + "".join(f"<th>{_e(n.split('.', 1)[-1])}</th>" for n in names)
-                     + "</tr>")
-        for r in sorted(rows, key=lambda r: -r.best_dice_mean if finite(r.best_dice_mean) else 1):
-            cls = " class='best'" if best is not None and r.trial_id == best.trial_id else ""
-            node = r.node + (f" ({r.node_id[:8]})" if r.node_id else "")
-            status = r.status + (f": {r.error}" if r.error else "")
-            parts.append(f"<tr{cls}><td>{r.index}</td><td class='l'>{_e(r.trial_id)}</td>"
-                         f"<td class='l'>{_e(status)}</td><td>{r.epochs}</td>"
-                         f"<td>{_fmt(r.best_dice_mean)}</td><td>{_fmt(r.best_dice_WT)}</td>"
-                         f"<td>{_fmt(r.best_dice_TC)}</td><td>{_fmt(r.best_dice_ET)}</td>"
-                         f"<td>{_fmt(r.throughput_vps, 3)}</td><td>{_fmt(r.wall_s, 3)}</td>"
-                         f"<td class='l'>{_e(node)}</td>"
-                         + "".join(f"<td>{_fmt(r.params.get(n, ''))}</td>" for n in names) + "</tr>")
-        parts.append("</table>")
-        titles = {"learning_curves": "Learning curves", "objective": "Objective by trial",
-                  "parallel": "Parameters against Dice", "importance": "Parameter importance",
-                  "pareto": "Dice against throughput (Pareto front)"}
+        figs = _figures(rows, ctx.space, ctx.max_epochs, tmp, out.stem)
+        best = best_row(rows) or max((r for r in rows if finite(r.best_dice_mean)),
+                                     key=lambda r: r.best_dice_mean, default=None)
+        parts = [*_header(experiment, ctx, extra, rows, summary, finished),
+                 *_results_table(rows, ctx.space, best)]
         for key in FIGURES:
-            parts.append(f"<h2 id='{key}'>{titles[key]}</h2><img src='{figs[key].name}' "
-                         f"alt='{titles[key]}'>")
-        parts.append("<h2 id='best'>Best configuration and NVIDIA's</h2>")
-        if best is not None:
-            ref = nvidia_point(space)
-            parts.append("<table id='best-table'><tr><th class='l'>parameter</th><th>best trial "
-                         f"{_e(best.trial_id)}</th><th>NVIDIA (projected into the space)</th></tr>")
-            for n in names:
-                parts.append(f"<tr><td class='l'>{_e(n)}</td><td>{_fmt(best.params.get(n, ''))}</td>"
-                             f"<td>{_fmt(ref.get(n, ''))}</td></tr>")
-            parts.append("</table>")
-        else:
-            parts.append("<p class='muted'>No trial has a score yet.</p>")
-        parts.append("<h2 id='export'>Exported model</h2>")
-        exported = experiment / "best"
-        if (exported / "model.keras").exists():
-            metrics = json.loads((exported / "metrics.json").read_text())
-            final = metrics.get("final", {})
-            parts.append("<ul>" + "".join(f"<li><code>{_e((exported / f).resolve())}</code></li>" for f in
-                                          ("model.keras", "saved_model", "config.json", "metrics.json",
-                                           "MODEL_CARD.md") if (exported / f).exists()) + "</ul>")
-            if final:
-                hd = final.get("hd95_mean", float("nan"))
-                parts.append("<p>Validation of the exported weights: Dice WT "
-                             f"{final['dice_WT']:.4f}, TC {final['dice_TC']:.4f}, "
-                             f"ET {final['dice_ET']:.4f}, mean {final['dice_mean']:.4f}; "
-                             f"HD95 mean {hd:.2f} mm.</p>")
-        else:
-            parts.append("<p class='muted'>Not exported yet (the search is running or no trial "
-                         "finished an epoch).</p>")
-        parts.append("</body></html>\n")
+            parts.append(f"<h2 id='{key}'>{TITLES[key]}</h2><img src='{figs[key].name}' "
+                         f"alt='{TITLES[key]}'>")
+        parts += [*_best_section(best, ctx.space), *_export_section(experiment / "best"),
+                  "</body></html>\n"]
         (tmp / out.name).write_text("\n".join(parts))
         placed = []
         for p in figs.values():
@@ -326,3 +276,84 @@ def build_report(experiment: str | Path, out: str | Path | None = None) -> Repor
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return Report(html=out, figures=placed, trials=len(rows))
+
+
+TITLES = {"learning_curves": "Learning curves", "objective": "Objective by trial",
+          "parallel": "Parameters against Dice", "importance": "Parameter importance",
+          "pareto": "Dice against throughput (Pareto front)"}
+
+
+def _header(experiment: Path, ctx: Any, extra: dict[str, Any], rows: list[TrialRow],
+            summary: dict[str, Any], finished: bool) -> list[str]:
+    state = "finished" if finished else "running: partial results"
+    if summary.get("trials_interrupted"):
+        state = f"interrupted: {summary['trials_interrupted']} trial(s) cut off"
+    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Search report: "
+             f"{_e(experiment.name)}</title><link rel='icon' href='data:,'><style>{CSS}</style>"
+             "</head><body>",
+             f"<h1>Search report: {_e(experiment.name)}</h1>",
+             f"<p>{len(rows)} trials ({state}); engine {_e(extra.get('engine', '?'))}; space "
+             f"<code>{_e(ctx.space.name)}</code>; {len(ctx.train_ids)} training / {len(ctx.val_ids)} "
+             f"validation cases; up to {ctx.max_epochs} epochs per trial.</p>"]
+    if summary:
+        parts.append(f"<p>{summary.get('trials_stopped_early', 0)} stopped early by ASHA; "
+                     f"{summary.get('trial_epochs_run', 0)} trial-epochs run of "
+                     f"{summary.get('trial_epochs_without_early_stopping', 0)} without early "
+                     f"stopping.</p>")
+    return parts
+
+
+def _results_table(rows: list[TrialRow], space: Any, best: TrialRow | None) -> list[str]:
+    names = [p.name for p in space.params]
+    parts = ["<h2 id='results'>Results</h2><table id='results-table'><tr><th>#</th>"
+             "<th class='l'>trial</th><th class='l'>status</th><th>epochs</th><th>Dice</th>"
+             "<th>WT</th><th>TC</th><th>ET</th><th>vol/s</th><th>wall s</th>"
+             "<th class='l'>node</th>" + "".join(f"<th>{_e(n.split('.', 1)[-1])}</th>" for n in names)
+             + "</tr>"]
+    for r in ranked(rows):
+        cls = " class='best'" if best is not None and r.trial_id == best.trial_id else ""
+        node = r.node + (f" ({r.node_id[:8]})" if r.node_id else "")
+        status = r.status + (f": {r.error}" if r.error else "")
+        parts.append(f"<tr{cls}><td>{r.index}</td><td class='l'>{_e(r.trial_id)}</td>"
+                     f"<td class='l'>{_e(status)}</td><td>{r.epochs}</td>"
+                     f"<td>{_fmt(r.best_dice_mean)}</td><td>{_fmt(r.best_dice_WT)}</td>"
+                     f"<td>{_fmt(r.best_dice_TC)}</td><td>{_fmt(r.best_dice_ET)}</td>"
+                     f"<td>{_fmt(r.throughput_vps, 3)}</td><td>{_fmt(r.wall_s, 3)}</td>"
+                     f"<td class='l'>{_e(node)}</td>"
+                     + "".join(f"<td>{_fmt(r.params.get(n, ''))}</td>" for n in names) + "</tr>")
+    parts.append("</table>")
+    return parts
+
+
+def _best_section(best: TrialRow | None, space: Any) -> list[str]:
+    from spaces.translate import nvidia_point
+
+    parts = ["<h2 id='best'>Best configuration and NVIDIA's</h2>"]
+    if best is None:
+        return [*parts, "<p class='muted'>No trial has a score yet.</p>"]
+    ref = nvidia_point(space)
+    parts.append("<table id='best-table'><tr><th class='l'>parameter</th><th>best trial "
+                 f"{_e(best.trial_id)}</th><th>NVIDIA (projected into the space)</th></tr>")
+    for p in space.params:
+        parts.append(f"<tr><td class='l'>{_e(p.name)}</td><td>{_fmt(best.params.get(p.name, ''))}</td>"
+                     f"<td>{_fmt(ref.get(p.name, ''))}</td></tr>")
+    parts.append("</table>")
+    return parts
+
+
+def _export_section(exported: Path) -> list[str]:
+    parts = ["<h2 id='export'>Exported model</h2>"]
+    if not (exported / "model.keras").exists():
+        return [*parts, "<p class='muted'>Not exported yet (the search is running or no trial "
+                        "finished an epoch).</p>"]
+    final = json.loads((exported / "metrics.json").read_text()).get("final", {})
+    parts.append("<ul>" + "".join(f"<li><code>{_e((exported / f).resolve())}</code></li>" for f in
+                                  ("model.keras", "saved_model", "config.json", "metrics.json",
+                                   "MODEL_CARD.md") if (exported / f).exists()) + "</ul>")
+    if final:
+        hd = final.get("hd95_mean", float("nan"))
+        parts.append("<p>Validation of the exported weights: Dice WT "
+                     f"{final['dice_WT']:.4f}, TC {final['dice_TC']:.4f}, "
+                     f"ET {final['dice_ET']:.4f}, mean {final['dice_mean']:.4f}; "
+                     f"HD95 mean {hd:.2f} mm.</p>")
+    return parts

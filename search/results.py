@@ -24,7 +24,8 @@ class TrialRow:
 
     index: the order the searcher proposed the trial in (1 = first).
     status: "completed" (ran max epochs), "stopped" (ended early by the scheduler), "error" (failed
-        after its retries; ``error`` says why, e.g. a diverged loss).
+        after its retries; ``error`` says why, e.g. a diverged loss), "interrupted" (cut off by
+        Ctrl-C; a resumed search continues it).
     node / node_id: the address and Ray node ID of the node that ran the trial's last epoch.
     best_*: the validation scores at the trial's best epoch (by the objective).
     checkpoint: folder holding the best epoch's checkpoint.npz + config.json ("" if none).
@@ -54,12 +55,17 @@ class TrialRow:
 def row_from_history(trial_id: str, params: dict[str, Any], history: Sequence[dict[str, Any]],
                      max_epochs: int, *, error: str = "", wall_s: float = 0.0, node: str = "",
                      node_id: str = "", checkpoint: str = "", run_dir: str = "",
-                     index: int = 0) -> TrialRow:
+                     index: int = 0, interrupted: bool = False) -> TrialRow:
     """Builds a row from a trial's per-epoch records (the trainer's / Ray's reported metrics)."""
     scored = [h for h in history if finite(h.get(METRIC))]
     best = max(scored, key=lambda h: h[METRIC]) if scored else {}
     epochs = int(max((h.get("epoch", 0) for h in history), default=0))
-    status = "error" if error else ("completed" if epochs >= max_epochs else "stopped")
+    if error:
+        status = "error"
+    elif epochs >= max_epochs:
+        status = "completed"
+    else:
+        status = "interrupted" if interrupted else "stopped"
     tput = [h["throughput_vps"] for h in history[1:] or history if finite(h.get("throughput_vps"))]
     return TrialRow(
         trial_id=trial_id, params=dict(params), status=status, epochs=epochs,
@@ -78,15 +84,27 @@ def finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v)
 
 
+def ranked(rows: Sequence[TrialRow], *, exportable: bool = False) -> list[TrialRow]:
+    """Trials best first by their best epoch's objective (the one ranking of the project: the table,
+    the report, best/ and top-k). Unscored trials come last, in their original order.
+    ``exportable``: only trials with a score and a checkpoint (what can be exported)."""
+    if exportable:
+        rows = [r for r in rows if finite(r.best_dice_mean) and r.checkpoint]
+    # sorted() is stable, so ties keep the order the searcher proposed them in.
+    return sorted(rows, key=lambda r: -r.best_dice_mean if finite(r.best_dice_mean) else math.inf)
+
+
 def best_row(rows: Sequence[TrialRow]) -> TrialRow | None:
-    ok = [r for r in rows if finite(r.best_dice_mean) and r.checkpoint]
-    return max(ok, key=lambda r: r.best_dice_mean) if ok else None
+    """The trial best/ exports: the highest best score among trials with a checkpoint."""
+    top = ranked(rows, exportable=True)
+    return top[0] if top else None
 
 
 def asha_savings(rows: Sequence[TrialRow], max_epochs: int) -> dict[str, int]:
     """Trial-epochs actually run vs. running every (non-failed) trial to max_epochs."""
-    ran = sum(r.epochs for r in rows if r.status != "error")
-    full = max_epochs * sum(1 for r in rows if r.status != "error")
+    ended = [r for r in rows if r.status in ("completed", "stopped")]
+    ran = sum(r.epochs for r in ended)
+    full = max_epochs * len(ended)
     return {"trial_epochs_run": ran, "trial_epochs_without_early_stopping": full,
             "trial_epochs_saved": full - ran,
             "trials_stopped_early": sum(1 for r in rows if r.status == "stopped")}
@@ -117,7 +135,7 @@ def format_table(rows: Sequence[TrialRow]) -> str:
             f"{'vol/s':>6} " + (f"{'node':<8} " if multi_node else "")
             + " ".join(f"{s[:12]:>12}" for s in short))
     lines = [head, "-" * len(head)]
-    for r in sorted(rows, key=lambda r: -r.best_dice_mean if finite(r.best_dice_mean) else 1):
+    for r in ranked(rows):
         vals = []
         for p in param_names:
             v = r.params.get(p, "")

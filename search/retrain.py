@@ -14,6 +14,7 @@ from typing import Any
 from search.finish import load_context
 from unet3d.config import RunConfig
 from unet3d.data.split import kfold
+from unet3d.errors import OptionError
 
 
 def retrain_best(experiment: Path, *, epochs: int | None = None, folds: Sequence[int] | None = None,
@@ -21,12 +22,14 @@ def retrain_best(experiment: Path, *, epochs: int | None = None, folds: Sequence
     from unet3d.export import export_model
     from unet3d.train import Trainer
 
+    if epochs is not None and epochs < 1:  # checked before anything is read or written
+        raise OptionError(f"--epochs {epochs}: must be at least 1")
     ctx, _ = load_context(experiment)
     best_cfg_path = experiment / "best" / "config.json"
     if not best_cfg_path.exists():
         raise FileNotFoundError(f"{best_cfg_path}: not found; the search exported no best model")
     cfg = RunConfig.load(best_cfg_path)
-    n_epochs = epochs or 2 * cfg.train.epochs
+    n_epochs = epochs if epochs is not None else 2 * cfg.train.epochs
     cfg = cfg.replace(train={"epochs": n_epochs, "warmup_epochs": min(cfg.train.warmup_epochs, n_epochs)})
     all_ids = sorted(set(ctx.train_ids) | set(ctx.val_ids))
     jobs: list[tuple[str, list[str], list[str], RunConfig]] = []

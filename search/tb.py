@@ -29,18 +29,9 @@ def write_experiment(logdir: str | Path, space: Any) -> None:
     import tensorflow as tf
     from tensorboard.plugins.hparams import api as hp
 
-    from spaces.space import Choice, Float, Int
+    from spaces.translate import to_hparams
 
-    hparams = []
-    for p in space.params:
-        if isinstance(p, Choice):
-            vals = [v if isinstance(v, (bool, int, float, str)) else str(v) for v in p.values]
-            hparams.append(hp.HParam(p.name, hp.Discrete(vals)))
-        elif isinstance(p, Int):
-            hparams.append(hp.HParam(p.name, hp.IntInterval(p.low, p.high)))
-        elif isinstance(p, Float):
-            hparams.append(hp.HParam(p.name, hp.RealInterval(float(p.low), float(p.high))))
     writer = tf.summary.create_file_writer(str(logdir))
     with writer.as_default():
-        hp.hparams_config(hparams=hparams, metrics=[hp.Metric(m) for m in METRICS])
+        hp.hparams_config(hparams=to_hparams(space), metrics=[hp.Metric(m) for m in METRICS])
     writer.close()

@@ -31,13 +31,14 @@ def _limit_threads(cpus: float) -> None:
         pass  # the runtime is already up in this worker (a reused actor): keep its setting
 
 
-def train_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
-    """Ray Tune function trainable. ``config``: the sampled parameters; ``ctx``: SearchContext dict."""
+def train_trial(config: dict[str, Any], ctx: SearchContext) -> None:
+    """Ray Tune function trainable. ``config``: the sampled parameters; ``ctx``: what every trial
+    shares (data, split, the parsed space)."""
     from ray import tune
 
     import unet3d  # noqa: F401  (runtime defaults before TensorFlow loads)
 
-    context = SearchContext.from_dict(ctx)
+    context = ctx
     tctx = tune.get_context()
     resources = tctx.get_trial_resources().required_resources if tctx.get_trial_resources() else {}
     _limit_threads(resources.get("CPU", os.cpu_count() or 1))
@@ -45,7 +46,8 @@ def train_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     import keras
 
     from search.tb import write_hparams
-    from unet3d.train import CHECKPOINT, Trainer
+    from unet3d.checkpoint import CHECKPOINT
+    from unet3d.train import Trainer
 
     cfg = context.run_config(config)
     trial_dir = Path(tctx.get_trial_dir())
@@ -97,7 +99,8 @@ def _train_with_horovod(context: SearchContext, cfg: Any, run_dir: Path, resume:
     from horovod.ray import RayExecutor
     from ray.util.queue import Empty, Queue
 
-    from unet3d.train import CHECKPOINT, train_worker
+    from unet3d.checkpoint import CHECKPOINT
+    from unet3d.train import train_worker
 
     queue = Queue(actor_options={"num_cpus": 0})
 

@@ -4,9 +4,10 @@ A parameter's name is the dotted RunConfig field it sets ("model.depth", "train.
 Two derived names exist: "data.crop" takes a single edge length and sets a cubic crop, and
 "data.augment" in [0, 1] scales every augmentation strength at once (0 = none, 1 = strong). A space also
 carries ``base`` (the preset its unsearched fields come from) and ``fixed`` (field overrides applied
-to every trial). Turning a sample into a RunConfig enforces one cross-field rule the sampler cannot
-know: the crop is rounded up to a multiple of 2**(depth-1), deep-supervision heads are capped by the
-depth, and the region loss switches the model to the region head, so every sample is trainable.
+to every trial). Turning a sample into a RunConfig applies the cross-field repairs the sampler cannot
+know (``RunConfig.repaired_from_dict``: the crop is rounded up to a multiple of 2**(depth-1),
+deep-supervision heads are capped by the depth, the region loss switches the model to the region
+head, the warm-up fits in the epochs), so every sample is trainable.
 
 Files: a user space is YAML or JSON, parsed as data (yaml.safe_load, no code):
     base: cpu-small
@@ -223,7 +224,7 @@ class SearchSpace:
         return set(sample) == set(self.names) and all(p.contains(sample[p.name]) for p in self.params)
 
     def to_run_config(self, sample: Mapping[str, Any]) -> RunConfig:
-        """The RunConfig for one sample (unknown names raise; crop rounded to the depth's multiple)."""
+        """The RunConfig for one sample (unknown names raise; then ``RunConfig.repaired_from_dict``)."""
         unknown = set(sample) - set(self.names)
         if unknown:
             raise SpaceError(f"space {self.name}: sample has unknown parameter(s) {sorted(unknown)}")
@@ -244,18 +245,7 @@ class SearchSpace:
         d = base.to_dict()
         for k, fields in over.items():
             d[k].update(fields)
-        depth = d["model"]["depth"]
-        f = 2 ** (depth - 1)
-        d["data"]["crop"] = [max(f, int(math.ceil(c / f)) * f) for c in d["data"]["crop"]]
-        if d["model"].get("deep_supervision"):
-            d["model"]["deep_supervision_heads"] = min(d["model"]["deep_supervision_heads"],
-                                                       max(1, depth - 2))
-            if depth < 3:
-                d["model"]["deep_supervision"] = False
-        d["model"]["head"] = "regions" if d["train"]["loss"] == "region" else "softmax"
-        if d["train"]["warmup_epochs"] > d["train"]["epochs"]:
-            d["train"]["warmup_epochs"] = d["train"]["epochs"]
-        return RunConfig.from_dict(d, source=f"space {self.name}")
+        return RunConfig.repaired_from_dict(d, source=f"space {self.name}")
 
     def to_dict(self) -> dict[str, Any]:
         params: dict[str, Any] = {}

@@ -3,6 +3,7 @@
 - Optuna distributions (for Ray Tune's ``OptunaSearch(space=...)``), and NVIDIA's configuration as
   a point inside the space (offered to the searcher as the first point to evaluate).
 - Keras Tuner ``HyperParameters``.
+- TensorBoard HParams (the dashboard's parameter columns).
 """
 
 from __future__ import annotations
@@ -54,4 +55,20 @@ def define_keras_tuner(space: SearchSpace, hp: Any) -> dict[str, Any]:
     return sample
 
 
-__all__ = ["to_optuna", "nvidia_point", "define_keras_tuner", "Choice"]
+def to_hparams(space: SearchSpace) -> list[Any]:
+    """TensorBoard ``HParam`` declarations: a domain per parameter (values TensorBoard can show)."""
+    from tensorboard.plugins.hparams import api as hp
+
+    out = []
+    for p in space.params:
+        if isinstance(p, Choice):
+            vals = [v if isinstance(v, (bool, int, float, str)) else str(v) for v in p.values]
+            out.append(hp.HParam(p.name, hp.Discrete(vals)))
+        elif isinstance(p, Int):
+            out.append(hp.HParam(p.name, hp.IntInterval(p.low, p.high)))
+        else:
+            out.append(hp.HParam(p.name, hp.RealInterval(float(p.low), float(p.high))))
+    return out
+
+
+__all__ = ["to_optuna", "nvidia_point", "define_keras_tuner", "to_hparams"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from unet3d import _runtime  # noqa: F401  (sets TensorFlow's fast CPU path before TF loads)
+from unet3d import runtime  # noqa: F401  (sets TensorFlow's fast CPU path before TF loads)
 
 __all__ = ["__version__"]
 __version__ = "0.1.0"

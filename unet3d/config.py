@@ -2,8 +2,10 @@
 
 Three dataclasses, one per concern, and :class:`RunConfig` that holds them together and checks the
 rules that span them (the crop must be divisible by the model's total downsampling, a region loss
-needs a region head). Every class round-trips through plain JSON so that a run (and later every
-search trial) saves exactly the configuration it trained.
+needs a region head). The repairs that make a sampled or overridden config obey those rules live
+here too (:meth:`RunConfig.with_epochs`, :meth:`RunConfig.repaired_from_dict`). Every class
+round-trips through plain JSON so that a run (and later every search trial) saves exactly the
+configuration it trained.
 
 Terminology: ``depth`` is the number of resolution levels; the network downsamples ``depth - 1``
 times. NVIDIA's reference has 6 levels (filters 32, 64, 128, 256, 320, 320).
@@ -326,6 +328,59 @@ class RunConfig:
                 raise ConfigError(f"unknown section {name!r}")
             d[name].update(fields)
         return RunConfig.from_dict(d)
+
+    def with_epochs(self, epochs: int) -> RunConfig:
+        """A copy that trains ``epochs`` epochs, its warm-up clamped to fit in them.
+
+        Raises:
+            ConfigError: ``epochs`` is not a valid epoch count.
+        """
+        d = self.to_dict()
+        d["train"]["epochs"] = epochs
+        return RunConfig.repaired_from_dict(d)
+
+    @classmethod
+    def repaired_from_dict(cls, d: dict[str, Any], *, source: str = "config") -> RunConfig:
+        """Like :meth:`from_dict`, after repairing the fields a sampler or override cannot know
+        depend on each other (``d`` is not changed):
+
+        - ``train.warmup_epochs`` is clamped to ``train.epochs``;
+        - every ``data.crop`` edge is rounded up to a multiple of 2**(model.depth-1);
+        - ``model.deep_supervision_heads`` is capped at depth-2, and deep supervision is turned
+          off below depth 3;
+        - ``model.head`` follows ``train.loss`` ("region" -> "regions", else "softmax").
+
+        A valid config is its own repair. Values of the wrong type are left for validation.
+
+        Raises:
+            ConfigError: the repaired dict is still not a valid config.
+        """
+        return cls.from_dict(_repaired(d), source=source)
+
+
+def _repaired(d: Any) -> Any:
+    """A copy of a RunConfig dict with the rules of :meth:`RunConfig.repaired_from_dict` applied."""
+    if not isinstance(d, dict) or not all(isinstance(d.get(k, {}), dict)
+                                          for k in ("model", "train", "data")):
+        return d  # not a config's shape: from_dict names the problem
+    out = {**d, **{k: dict(d.get(k, {})) for k in ("model", "train", "data")}}
+    model, train, data = out["model"], out["train"], out["data"]
+    try:
+        depth = model.get("depth", ModelConfig.depth)
+        f = 2 ** (depth - 1)
+        data["crop"] = [max(f, int(math.ceil(c / f)) * f) for c in data.get("crop", DataConfig.crop)]
+        if model.get("deep_supervision"):
+            heads = model.get("deep_supervision_heads", ModelConfig.deep_supervision_heads)
+            model["deep_supervision_heads"] = min(heads, max(1, depth - 2))
+            if depth < 3:
+                model["deep_supervision"] = False
+        model["head"] = "regions" if train.get("loss", TrainConfig.loss) == "region" else "softmax"
+        epochs = train.get("epochs", TrainConfig.epochs)
+        if train.get("warmup_epochs", TrainConfig.warmup_epochs) > epochs:
+            train["warmup_epochs"] = epochs
+    except TypeError:
+        pass  # a value of the wrong type: validation reports it with its field name
+    return out
 
 
 PRESETS: dict[str, RunConfig] = {

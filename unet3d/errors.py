@@ -10,3 +10,8 @@ from __future__ import annotations
 
 class UserError(Exception):
     """A mistake in the user's input; ``str(e)`` is the whole message, one line."""
+
+
+class OptionError(UserError, ValueError):
+    """An argument (a command-line option) out of its range: a count, a size, a seed; the message
+    names the option and the rule, e.g. ``--cases 0: must be at least 1``."""

@@ -20,6 +20,7 @@ import numpy as np
 
 from unet3d.data.discover import Case, DataError
 from unet3d.data.preprocess import read_label, spacing_of
+from unet3d.errors import OptionError
 from unet3d.io_utils import atomic_write_json, atomic_write_text
 from unet3d.metrics import region_scores
 from unet3d.regions import REGIONS, lut
@@ -78,10 +79,15 @@ def evaluate_folder(pred_dir: str | Path, cases: Sequence[Case], *, jobs: int | 
         One row per case in ``cases`` order: ``case_id`` and every name in :data:`METRICS`.
 
     Raises:
-        DataError: ``pred_dir`` is missing, labelled cases have no prediction (all are named), or a
-            prediction is unreadable / off the reference's grid.
+        DataError: ``pred_dir`` is missing (or a file), labelled cases have no prediction (all are
+            named), or a prediction is unreadable / off the reference's grid.
+        OptionError: ``jobs`` < 1 (named as ``--jobs``).
     """
+    if jobs is not None and jobs < 1:
+        raise OptionError(f"--jobs {jobs}: must be at least 1")
     pred_dir = Path(pred_dir)
+    if pred_dir.exists() and not pred_dir.is_dir():
+        raise DataError(f"{pred_dir}: is a file, not a prediction folder")
     if not pred_dir.is_dir():
         raise DataError(f"{pred_dir}: prediction folder does not exist")
     labelled = [c for c in cases if c.label is not None]

@@ -20,23 +20,10 @@ from typing import Any
 
 import keras
 
+from unet3d.checkpoint import load_model, save_model
 from unet3d.config import RunConfig
 from unet3d.io_utils import atomic_write_json
-from unet3d.model import build_unet3d, inference_model
-from unet3d.train import CHECKPOINT, load_model, read_checkpoint, set_weights_checked
-
-
-def model_from_run(run_dir: str | Path) -> tuple[keras.Model, RunConfig, dict[str, Any]]:
-    """Rebuilds the model of a run folder from its config.json and checkpoint.npz.
-
-    Returns (inference model, config, the checkpoint's run state).
-    """
-    run_dir = Path(run_dir)
-    cfg = RunConfig.load(run_dir / "config.json")
-    model = build_unet3d(cfg.model)
-    weights, _, state = read_checkpoint(run_dir / CHECKPOINT)
-    set_weights_checked(model, weights, run_dir / CHECKPOINT)
-    return inference_model(model), cfg, state
+from unet3d.model import inference_model
 
 
 def _model_card(cfg: RunConfig, metrics: dict[str, Any], params: int, source: str) -> str:
@@ -84,7 +71,7 @@ def export_model(model: keras.Model, cfg: RunConfig, metrics: dict[str, Any], ou
     model = inference_model(model)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        model.save(tmp / "model.keras")
+        save_model(model, tmp / "model.keras")
         model.export(str(tmp / "saved_model"), format="tf_saved_model", verbose=False)
         cfg.save(tmp / "config.json")
         atomic_write_json(tmp / "metrics.json", metrics)

@@ -26,6 +26,7 @@ import numpy as np
 from unet3d.io_utils import atomic_path
 from unet3d.postprocess import PostProcess
 from unet3d.regions import REGIONS, class_probs_to_region_probs, classes_to_labels
+from unet3d.runtime import gpu_available, resolve_policy, resolve_xla
 
 if TYPE_CHECKING:
     import keras
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
 
 PredictFn = Callable[[np.ndarray], np.ndarray]
 ProgressFn = Callable[[int], None]
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "trained")
 
 
 def gaussian_weights(patch: Sequence[int], sigma_scale: float = 1 / 8) -> np.ndarray:
@@ -206,20 +206,6 @@ class KerasMember:
                                       batch_size=batch_size, tta=tta, progress=step)
 
 
-def resolve_policy(precision: str, cfg: RunConfig, gpu: bool) -> str:
-    """The Keras dtype policy to predict with.
-
-    "auto" uses the training precision on a GPU and float32 on a CPU (float16 convolutions have no
-    fast CPU kernels); "trained" always uses the training precision; "fp32" always float32.
-    """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision={precision!r} must be one of {', '.join(PRECISIONS)}")
-    trained = "float32" if cfg.train.precision == "fp32" else cfg.train.precision
-    if precision == "fp32" or (precision == "auto" and not gpu):
-        return "float32"
-    return trained
-
-
 def load_member(folder: str | Path, *, precision: str = "auto") -> KerasMember:
     """An export folder (``model.keras`` + ``config.json``) as an ensemble member.
 
@@ -233,9 +219,9 @@ def load_member(folder: str | Path, *, precision: str = "auto") -> KerasMember:
     """
     import keras
 
+    from unet3d.checkpoint import load_model
     from unet3d.config import RunConfig
     from unet3d.model import build_unet3d
-    from unet3d.train import gpu_available, load_model, resolve_xla
 
     folder = Path(folder)
     for need in ("model.keras", "config.json"):

@@ -1,6 +1,7 @@
 """Atomic file writes: write to a temporary name in the same folder, then rename over the target.
 
 A reader (or a resumed run) therefore sees either the old file or the whole new one, never half.
+And the checks a command runs before it writes anything: can this output folder / file be written?
 """
 
 from __future__ import annotations
@@ -12,6 +13,53 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from unet3d.errors import UserError
+
+
+class PathError(UserError, ValueError):
+    """An output path that cannot be written; the message names the option (or file) and the path."""
+
+
+def _check_ancestor(path: Path, what: str, start: Path) -> None:
+    """The nearest existing one of ``start`` and its ancestors must be a writable folder."""
+    p = start
+    while not p.exists() and p != p.parent:
+        if p.is_symlink():
+            raise PathError(f"{what} {path}: {p} is a broken symbolic link")
+        p = p.parent
+    where = "" if p == path else f"{p} "
+    if not p.is_dir():
+        raise PathError(f"{what} {path}: {where}is a file, not a folder")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise PathError(f"{what} {path}: {where or 'the folder '}is not writable")
+
+
+def check_writable_dir(path: str | Path, what: str) -> Path:
+    """Checks, creating nothing, that ``path`` is or can become a folder this process writes into.
+
+    Call it before a command writes anything. ``what`` names the path for the user (the option,
+    e.g. ``"--out"``). Returns ``Path(path)``.
+
+    Raises:
+        PathError: "<what> <path>: <reason>": the path, or a folder above it, is a file; or the
+            nearest existing folder is not writable.
+    """
+    path = Path(path)
+    _check_ancestor(path, what, path)
+    return path
+
+
+def check_writable_file(path: str | Path, what: str) -> Path:
+    """Checks, creating nothing, that the file ``path`` can be written (atomically, beside itself).
+
+    Like :func:`check_writable_dir` for the file's folder; ``path`` itself must not be a folder.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise PathError(f"{what} {path}: is a folder, not a file")
+    _check_ancestor(path, what, path.parent)
+    return path
 
 
 @contextlib.contextmanager

@@ -7,14 +7,14 @@ validates whole volumes by sliding window every ``val_every`` epochs, writes Ten
 epoch (losses, region Dice, learning rate, volumes/s) and a checkpoint after every epoch, and ends
 with ``<out>/model.keras``, ``config.json`` and ``metrics.json``.
 
-Checkpoints are one ``.npz`` file (model weights, optimizer variables and the run state) replaced
-atomically each epoch, so a killed run resumes from the last finished epoch with ``resume=True``.
+Checkpoints are one ``.npz`` file (model weights, optimizer variables and the run state; see
+unet3d.checkpoint) replaced atomically each epoch, so a killed run resumes from the last finished
+epoch with ``resume=True``.
 Nothing here prints: progress goes to the optional ``log`` callable.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,40 +25,24 @@ import numpy as np
 import tensorflow as tf
 
 # (unet3d/__init__.py, which always runs before this module, has set TensorFlow's CPU defaults.)
+from unet3d.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, save_model
 from unet3d.config import RunConfig
 from unet3d.data.pipeline import train_dataset
-from unet3d.data.preprocess import CachedCase
+from unet3d.data.preprocess import CachedCase, open_cases
 from unet3d.distributed import Workers
 from unet3d.errors import UserError
 from unet3d.inference import keras_predict_fn, probabilities_to_classes, sliding_window_predict
-from unet3d.io_utils import atomic_path, atomic_write_json
+from unet3d.io_utils import atomic_write_json
 from unet3d.losses import deep_supervision_weights, get_loss
 from unet3d.metrics import region_scores, summarize
 from unet3d.model import build_unet3d, inference_model
+from unet3d.runtime import configure_devices, dtype_policy, resolve_xla
 
-CHECKPOINT = "checkpoint.npz"
 Log = Callable[[str], None]
 
 
 class TrainError(UserError, RuntimeError):
     """A run cannot start or continue (e.g. an existing checkpoint without resume)."""
-
-
-def gpu_available() -> bool:
-    return bool(tf.config.list_physical_devices("GPU"))
-
-
-def configure_devices() -> None:
-    """Lets every visible GPU grow its memory on demand (fractional GPUs share a card)."""
-    for gpu in tf.config.list_physical_devices("GPU"):
-        try:
-            tf.config.experimental.set_memory_growth(gpu, True)
-        except RuntimeError:
-            pass  # already initialised by an earlier run in this process
-
-
-def resolve_xla(mode: str) -> bool:
-    return gpu_available() if mode == "auto" else mode == "on"
 
 
 def make_optimizer(cfg: RunConfig) -> keras.optimizers.Optimizer:
@@ -107,48 +91,6 @@ def evaluate_cases(model: keras.Model, cases: Sequence[CachedCase], cfg: RunConf
 def mean_scores(per_case: Sequence[dict[str, Any]]) -> dict[str, float]:
     keys = [k for k in per_case[0] if k != "case_id"]
     return {k: float(np.mean([c[k] for c in per_case])) for k in keys}
-
-
-def _save_checkpoint(path: Path, model: keras.Model, state: dict[str, Any]) -> None:
-    arrays = {f"w{i}": np.asarray(v) for i, v in enumerate(model.get_weights())}
-    arrays.update({f"o{i}": np.asarray(v) for i, v in enumerate(model.optimizer.variables)})
-    arrays["state"] = np.array(json.dumps(state))
-    with atomic_path(path, suffix=".npz") as tmp:
-        np.savez(tmp, **arrays)
-
-
-def read_checkpoint(path: Path) -> tuple[list[np.ndarray], list[np.ndarray], dict[str, Any]]:
-    """(model weights, optimizer variables, run state) from a checkpoint file."""
-    try:
-        with np.load(path) as z:
-            n_w = sum(1 for k in z.files if k.startswith("w"))
-            n_o = sum(1 for k in z.files if k.startswith("o"))
-            weights = [z[f"w{i}"] for i in range(n_w)]
-            opt = [z[f"o{i}"] for i in range(n_o)]
-            state = json.loads(str(z["state"]))
-    except (OSError, ValueError, KeyError) as e:
-        raise TrainError(f"{path}: not a readable checkpoint ({e})") from None
-    return weights, opt, state
-
-
-def set_weights_checked(model: keras.Model, weights: list[np.ndarray], source: Path) -> None:
-    try:
-        model.set_weights(weights)
-    except ValueError as e:
-        raise TrainError(f"{source}: checkpoint does not fit this model ({e})") from None
-
-
-def _load_checkpoint(path: Path, model: keras.Model) -> dict[str, Any]:
-    weights, opt, state = read_checkpoint(path)
-    set_weights_checked(model, weights, path)
-    model.optimizer.build(model.trainable_variables)
-    variables = model.optimizer.variables
-    if len(variables) != len(opt):
-        raise TrainError(f"{path}: checkpoint has {len(opt)} optimizer variables, "
-                         f"the optimizer has {len(variables)}")
-    for v, value in zip(variables, opt, strict=True):
-        v.assign(value)
-    return state
 
 
 class _EpochEnd(keras.callbacks.Callback):
@@ -231,15 +173,14 @@ class Trainer:
         if self.is_chief:
             cfg.save(self.out / "config.json")
         configure_devices()
-        policy = "float32" if cfg.train.precision == "fp32" else cfg.train.precision
         previous = keras.config.dtype_policy()
-        keras.config.set_dtype_policy(policy)
+        keras.config.set_dtype_policy(dtype_policy(cfg.train.precision))
         try:
             keras.utils.set_random_seed(cfg.train.seed)
             self.model = build_unet3d(cfg.model)
             compile_model(self.model, cfg)
             if self.resume and self.checkpoint_path.exists():
-                state = _load_checkpoint(self.checkpoint_path, self.model)
+                state = load_checkpoint(self.checkpoint_path, self.model)
                 self.start_epoch = int(state["epoch"])
                 self.history = list(state["history"])
                 self.log(f"resumed from {self.checkpoint_path} after epoch {self.start_epoch}")
@@ -291,8 +232,8 @@ class Trainer:
                         tf.summary.scalar(k, v)
             self._writer.flush()
         if self.is_chief:
-            _save_checkpoint(self.checkpoint_path, self.model,
-                             {"epoch": epoch + 1, "history": self.history})
+            save_checkpoint(self.checkpoint_path, self.model,
+                            {"epoch": epoch + 1, "history": self.history})
         if not self.is_chief:
             return
         msg = (f"epoch {epoch + 1}/{t.epochs} loss {record['loss']:.4f} "
@@ -389,29 +330,6 @@ class Trainer:
         return metrics
 
 
-def save_model(model: keras.Model, path: Path) -> None:
-    """Saves an uncompiled copy (built-in layers only: loads with safe_mode, no custom objects)."""
-    with atomic_path(path, suffix=".keras") as tmp:
-        model.save(tmp, include_optimizer=False)
-
-
-def load_model(path: str | Path) -> keras.Model:
-    """Loads a saved model with Keras safe mode (no arbitrary code from the file).
-
-    Raises:
-        ValueError: naming the file, if it is not a readable .keras archive.
-    """
-    import zipfile
-
-    if not zipfile.is_zipfile(path):
-        raise ValueError(f"{path}: not a .keras model archive (missing, truncated or corrupt)")
-    try:
-        return keras.saving.load_model(path, compile=False, safe_mode=True)
-    except (OSError, KeyError, zipfile.BadZipFile, ValueError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ValueError(f"{path}: cannot load the .keras model ({msg})") from None
-
-
 def train_worker(config: dict[str, Any], cache: str, train_ids: Sequence[str],
                  val_ids: Sequence[str], out: str, resume: bool = False,
                  scale_lr: bool = False,
@@ -427,13 +345,9 @@ def train_worker(config: dict[str, Any], cache: str, train_ids: Sequence[str],
 
     workers = distributed.init()
     cfg = RunConfig.from_dict(config)
-
-    def cases(ids: Sequence[str]) -> list[CachedCase]:
-        return [CachedCase(Path(cache) / i, json.loads((Path(cache) / i / "meta.json").read_text()))
-                for i in ids]
-
     log = (lambda m: print(m, flush=True)) if workers.is_chief and log_epochs else None
-    trainer = Trainer(cfg, cases(train_ids), cases(val_ids), out, resume=resume, log=log,
+    trainer = Trainer(cfg, open_cases(cache, train_ids), open_cases(cache, val_ids), out,
+                      resume=resume, log=log,
                       workers=workers, scale_lr=scale_lr, epoch_hook=epoch_hook)
     metrics = trainer.fit()
     return metrics if workers.is_chief else None

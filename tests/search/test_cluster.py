@@ -243,3 +243,18 @@ def test_a_killed_driver_resumes_on_the_cluster_keeping_finished_trials(cluster)
     assert len(rows) == 4 and all(t["status"] == "completed" and t["epochs"] == 3 for t in rows)
     for path, data in finished.items():  # finished before the kill: untouched since
         assert path.read_bytes() == data, path
+
+
+def test_a_local_search_never_joins_a_cluster_started_on_the_machine(cluster, tmp_path):
+    """With a `ray start` cluster up and RAY_ADDRESS naming it (as `ray start` tells users to set),
+    a search without --address starts its own local Ray on 127.0.0.1 and runs there."""
+    c = cluster
+    r = run_cli("search", "--data", str(c["root"] / "data"), "--cache", str(c["root"] / "cache"),
+                "--space", str(c["root"] / "tiny.yaml"), "--out", str(tmp_path), "--name", "local",
+                "--verbose", "0", "--folds", "4", "--num-samples", "1", "--max-epochs", "1",
+                env={"RAY_ADDRESS": c["address"]}, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "joined the Ray cluster" not in r.stdout
+    rows = json.loads((tmp_path / "local" / "trials.json").read_text())["trials"]
+    assert len(rows) == 1 and rows[0]["status"] == "completed" and rows[0]["node"] == "127.0.0.1"
+    assert rows[0]["node_id"] not in _node_ids(c)

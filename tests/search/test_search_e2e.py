@@ -182,7 +182,8 @@ def test_the_trainable_reports_every_epoch_with_a_checkpoint(ray_search):
 def test_exported_best_model_predicts_exactly_like_its_checkpoint(ray_search):
     import tensorflow as tf
 
-    from unet3d.export import load_export, model_from_run
+    from unet3d.checkpoint import model_from_run
+    from unet3d.export import load_export
 
     exp = ray_search["exp"]
     summary = ray_search["trials"]["summary"]
@@ -342,9 +343,11 @@ def test_results_can_go_to_a_storage_uri(tiny, tmp_path):
         assert (remote / name).exists(), name
     assert len(list(remote.glob("trial_*/checkpoint_*/checkpoint.npz"))) == 2
     assert not (remote / ".best_checkpoint").exists()
-    r = run_cli("search", "--out", uri, "--name", "exp", "--engine", "keras-tuner", "--space",
-                str(tiny["space"]), "--data", str(tiny["data"]), timeout=120)
+    r = run_cli("search", "--out", uri, "--name", "exp", "--space", str(tiny["space"]), "--data",
+                str(tiny["data"]), timeout=120)
     assert r.returncode == 2 and "--resume" in r.stderr.strip().splitlines()[-1]
+    r = run_cli("search", "--out", uri, "--name", "new", "--engine", "keras-tuner", timeout=120)
+    assert r.returncode == 2 and "keras-tuner engine needs a local" in r.stderr.strip().splitlines()[-1]
 
 
 def test_a_malformed_space_file_gives_a_one_line_error(tiny, tmp_path):
@@ -366,7 +369,8 @@ def test_keras_tuner_engine_end_to_end(tiny, tmp_path, algorithm):
     assert trials["summary"]["engine"] == "keras-tuner" and len(trials["trials"]) >= 2
     for t in trials["trials"]:
         assert t["epochs"] >= 1 and np.isfinite(t["best_dice_mean"])
-    from unet3d.export import load_export, model_from_run
+    from unet3d.checkpoint import model_from_run
+    from unet3d.export import load_export
 
     model, cfg, metrics = load_export(exp / "best")
     best = next(t for t in trials["trials"] if t["trial_id"] == trials["summary"]["best_trial"])
@@ -399,8 +403,9 @@ def _finished_trials(exp: Path, epochs: int = 3) -> list[Path]:
 
 @pytest.mark.parametrize("engine", ["ray", "keras-tuner"])
 def test_a_killed_search_resumes_without_losing_finished_trials(tiny, tmp_path, engine):
+    ray_only = ["--max-concurrent", "1", "--grace-period", "3"] if engine == "ray" else []
     args = _search_args(tiny, tmp_path, "exp", "--engine", engine, "--num-samples", "4",
-                        "--max-epochs", "3", "--max-concurrent", "1", "--grace-period", "3")
+                        "--max-epochs", "3", *ray_only)
     proc = subprocess.Popen([sys.executable, str(ROOT / "run_search.py"), *args], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -444,3 +449,42 @@ def test_the_default_run_searches_with_asha_stopping_trials_early(tmp_path):
     assert (exp / "best" / "model.keras").exists()
     assert "stopped early" in r.stdout and "tensorboard --logdir" in r.stdout
     print(r.stdout[-2500:])
+
+
+@pytest.mark.parametrize("engine", ["ray", "keras-tuner"])
+def test_ctrl_c_reports_interrupted_trials_and_how_to_resume(tiny, tmp_path, engine):
+    """Ctrl-C (SIGINT to the terminal's process group) after the first epoch: the cut-off trials
+    are "interrupted" (not "stopped", ASHA's word), the search says how to resume, exits 130, and
+    --resume finishes it."""
+    ray_only = ["--max-concurrent", "1", "--grace-period", "3"] if engine == "ray" else []
+    args = _search_args(tiny, tmp_path, "exp", "--engine", engine, "--num-samples", "3",
+                        "--max-epochs", "3", *ray_only)
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run_search.py"), *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    exp = tmp_path / "exp"
+    deadline = time.monotonic() + 600
+    try:
+        while time.monotonic() < deadline and not _finished_trials(exp, epochs=1):
+            assert proc.poll() is None, "the search ended before Ctrl-C"
+            time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=60)
+    assert proc.returncode == 130, out[-3000:] + err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    assert (f"resume with: python run_search.py search --resume --out {tmp_path} --name exp"
+            in out), out[-3000:]
+    trials = json.loads((exp / "trials.json").read_text())["trials"]
+    assert any(t["status"] == "interrupted" for t in trials), trials
+    assert not any(t["status"] == "stopped" for t in trials), trials
+    assert not (exp / "best").exists()
+
+    r = run_cli("search", "--out", str(tmp_path), "--name", "exp", "--resume", timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    trials = json.loads((exp / "trials.json").read_text())["trials"]
+    assert all(t["status"] in ("completed", "stopped") for t in trials), trials
+    assert (exp / "best" / "model.keras").exists()

@@ -109,3 +109,44 @@ def test_replace_overrides_and_revalidates():
     assert cfg.train.epochs == 3 and cfg.model == preset("cpu-small").model
     with pytest.raises(ConfigError):
         preset("cpu-small").replace(model={"depth": 9})
+
+
+def test_with_epochs_clamps_the_warm_up():
+    cfg = preset("cpu-small").replace(train={"warmup_epochs": 3})
+    assert (cfg.with_epochs(2).train.epochs, cfg.with_epochs(2).train.warmup_epochs) == (2, 2)
+    assert cfg.with_epochs(10).train.warmup_epochs == 3
+    with pytest.raises(ConfigError, match="train.epochs=0 must be >= 1"):
+        cfg.with_epochs(0)
+
+
+@pytest.mark.parametrize("model, train, crop, want", [
+    ({"depth": 4}, {}, [20, 33, 8], {"crop": (24, 40, 8)}),
+    ({"depth": 6}, {}, [20, 33, 8], {"crop": (32, 64, 32)}),
+    ({"depth": 3, "deep_supervision": True, "deep_supervision_heads": 3}, {}, [16] * 3,
+     {"deep_supervision": True, "heads": 1}),
+    ({"depth": 2, "deep_supervision": True}, {}, [16] * 3, {"deep_supervision": False}),
+    ({"head": "softmax"}, {"loss": "region"}, [16] * 3, {"head": "regions"}),
+    ({"head": "regions"}, {"loss": "dice"}, [16] * 3, {"head": "softmax"}),
+    ({}, {"epochs": 2, "warmup_epochs": 5}, [16] * 3, {"warmup": 2}),
+])
+def test_repaired_from_dict_applies_each_rule(model, train, crop, want):
+    d = {"model": model, "train": train, "data": {"crop": crop}}
+    before = json.dumps(d)
+    cfg = RunConfig.repaired_from_dict(d, source="s")
+    assert json.dumps(d) == before  # the input is not changed
+    got = {"crop": cfg.data.crop, "deep_supervision": cfg.model.deep_supervision,
+           "heads": cfg.model.deep_supervision_heads, "head": cfg.model.head,
+           "warmup": cfg.train.warmup_epochs}
+    assert {k: got[k] for k in want} == want
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_a_valid_config_is_its_own_repair(name):
+    assert RunConfig.repaired_from_dict(preset(name).to_dict()) == preset(name)
+
+
+def test_repair_leaves_mistyped_values_to_validation():
+    with pytest.raises(ConfigError, match=r"s: model.depth='4' must be a number"):
+        RunConfig.repaired_from_dict({"model": {"depth": "4"}}, source="s")
+    with pytest.raises(ConfigError, match="s: top level must be an object"):
+        RunConfig.repaired_from_dict([], source="s")  # type: ignore[arg-type]

@@ -23,11 +23,11 @@ from unet3d.evaluation import evaluate_case
 from unet3d.inference import (
     Predictor,
     load_member,
-    resolve_policy,
     write_prediction,
 )
 from unet3d.postprocess import PostProcess, keep_largest_wt, remove_small_et
 from unet3d.regions import BRATS_TO_CLASS, MSD_TO_CLASS, classes_to_regions
+from unet3d.runtime import resolve_policy
 
 BRATS_VALUES = {0, 1, 2, 4}
 
@@ -254,8 +254,8 @@ def _export(folder: Path, cfg: RunConfig, seed: int = 0) -> Path:
     """An export folder (model.keras + config.json) of an untrained model."""
     import keras
 
+    from unet3d.checkpoint import save_model
     from unet3d.model import build_unet3d, inference_model
-    from unet3d.train import save_model
 
     keras.utils.set_random_seed(seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -286,7 +286,7 @@ def test_resolve_policy():
 
 
 def test_a_loaded_member_predicts_like_the_saved_model_in_any_precision(tmp_path, seed):
-    from unet3d.train import load_model
+    from unet3d.checkpoint import load_model
 
     folder = _export(tmp_path / "m", _small(deep_supervision=True, precision="mixed_bfloat16"))
     saved = load_model(folder / "model.keras")

@@ -33,9 +33,10 @@ def test_cli_train_learns_far_above_an_untrained_model(synth16, tmp_path):
     assert set(final) >= {"dice_WT", "dice_TC", "dice_ET", "dice_mean", "hd95_WT", "hd95_mean"}
 
     # The same architecture, untrained, on the same validation cases.
+    from unet3d.checkpoint import load_model
     from unet3d.data.preprocess import CachedCase
     from unet3d.model import build_unet3d
-    from unet3d.train import evaluate_cases, load_model, mean_scores
+    from unet3d.train import evaluate_cases, mean_scores
 
     val = [CachedCase(tmp_path / "cache" / cid,
                       json.loads((tmp_path / "cache" / cid / "meta.json").read_text()))
@@ -107,9 +108,10 @@ def test_killed_training_resumes_from_its_checkpoint(synth16, tmp_path):
 
 
 def test_checkpoint_restores_weights_and_optimizer_state(synth16, tmp_path, seed):
+    from unet3d.checkpoint import CHECKPOINT
     from unet3d.data.discover import discover
     from unet3d.data.preprocess import prepare
-    from unet3d.train import CHECKPOINT, Trainer
+    from unet3d.train import Trainer
 
     entries = prepare(discover(synth16).cases[:3], tmp_path / "cache")
     cfg = RunConfig(model=ModelConfig(depth=3, base_filters=4),
@@ -164,9 +166,10 @@ def test_mixed_precision_runs_a_step_with_loss_scaling(precision, synth16, tmp_p
 
 
 def test_a_diverged_loss_stops_training_and_keeps_the_last_good_checkpoint(synth16, tmp_path, seed):
+    from unet3d.checkpoint import CHECKPOINT, read_checkpoint
     from unet3d.data.discover import discover
     from unet3d.data.preprocess import prepare
-    from unet3d.train import CHECKPOINT, Trainer, TrainError, read_checkpoint
+    from unet3d.train import Trainer, TrainError
 
     cases = prepare(discover(synth16).cases[:3], tmp_path / "cache")
     cfg = RunConfig(model=ModelConfig(depth=2, base_filters=4, max_filters=8, norm="batch"),
@@ -184,3 +187,46 @@ def test_a_diverged_loss_stops_training_and_keeps_the_last_good_checkpoint(synth
         trainer.fit()
     weights, _, state = read_checkpoint(tmp_path / "run" / CHECKPOINT)
     assert state["epoch"] == 1 and all(np.isfinite(w).all() for w in weights)
+
+
+def test_two_epochs_equal_one_epoch_plus_one_resumed(synth16, tmp_path, seed):
+    """A resumed run neither repeats nor skips an epoch, a training crop or an optimizer step.
+
+    fp32 on one CPU thread pool with deterministic tf.data: the two runs do the same arithmetic on
+    the same crops, so the weights agree to float32 round-off (atol 1e-6 on weights of size ~0.1-1;
+    a repeated or skipped step of Adam at lr 2e-4 moves weights by ~1e-4, far above that).
+    """
+    from unet3d.data.discover import discover
+    from unet3d.data.preprocess import prepare
+    from unet3d.train import Trainer
+
+    entries = prepare(discover(synth16).cases[:2], tmp_path / "cache")
+    cfg = RunConfig(model=ModelConfig(depth=2, base_filters=4, max_filters=8),
+                    train=TrainConfig(epochs=2, steps_per_epoch=2, batch_size=2, warmup_epochs=1,
+                                      xla="off", precision="fp32"),
+                    data=DataConfig(crop=(16, 16, 16)))
+    straight = Trainer(cfg, entries, [], tmp_path / "straight")
+    m_straight = straight.fit()
+
+    # The same 2-epoch run killed after epoch 1 (the hook runs once the checkpoint is written; a
+    # fresh run with epochs=1 would be another configuration, refused on resume), then resumed.
+    class Killed(Exception):
+        pass
+
+    def kill_after_first(epoch, _record):
+        if epoch == 1:
+            raise Killed
+
+    first = Trainer(cfg, entries, [], tmp_path / "resumed", epoch_hook=kill_after_first)
+    with pytest.raises(Killed):
+        first.fit()
+    resumed = Trainer(cfg, entries, [], tmp_path / "resumed", resume=True)
+    m_resumed = resumed.fit()
+
+    assert [h["epoch"] for h in m_resumed["history"]] == [1, 2]
+    for key in ("loss", "learning_rate"):
+        np.testing.assert_allclose([h[key] for h in m_resumed["history"]],
+                                   [h[key] for h in m_straight["history"]], rtol=1e-5, atol=1e-7)
+    assert int(resumed.model.optimizer.iterations) == int(straight.model.optimizer.iterations) == 4
+    for a, b in zip(straight.model.get_weights(), resumed.model.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)

@@ -139,9 +139,12 @@ def discover(root: str | Path) -> Dataset:
     """Finds every case under ``root`` in one of the supported layouts.
 
     Raises:
-        DataError: the folder does not exist, holds no case, or a case lacks a modality.
+        DataError: the folder does not exist (or is a file), holds no case, or a case lacks a
+            modality.
     """
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise DataError(f"{root}: is a file, not a dataset folder")
     if not root.is_dir():
         raise DataError(f"{root}: data folder does not exist")
     if (root / "dataset.json").exists() and (root / "imagesTr").is_dir():
@@ -170,9 +173,13 @@ def discover_input(path: str | Path) -> tuple[Case, ...]:
     it) or a dataset folder in any supported layout (labelled and unlabelled cases alike).
 
     Raises:
-        DataError: the folder does not exist, holds no case, or a case lacks a modality.
+        DataError: the folder does not exist (or is a file: a single NIfTI is not a case), holds no
+            case, or a case lacks a modality.
     """
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise DataError(f"{path}: is a file, not a case folder (its <id>_t1.nii.gz ... <id>_flair"
+                        f".nii.gz files) or a dataset folder")
     if not path.is_dir():
         raise DataError(f"{path}: input folder does not exist")
     if not (path / "dataset.json").exists():

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -276,9 +276,10 @@ def prepare_case(case: Case, cache: Path) -> tuple[CachedCase, bool]:
     hit = _valid_entry(folder, case)
     if hit is not None:
         return hit, True
-    folder.mkdir(parents=True, exist_ok=True)
     (folder / "meta.json").unlink(missing_ok=True)  # the entry is incomplete until meta.json is back
+    # Read and check before creating anything: a bad case adds no folder (nor the cache folder).
     image, classes, meta = preprocess_loaded(load_case(case))
+    folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / "image.npy", suffix=".npy") as tmp:
         np.save(tmp, image)
     if classes is not None:
@@ -298,13 +299,42 @@ def prepare_case(case: Case, cache: Path) -> tuple[CachedCase, bool]:
 
 def prepare(cases: Iterable[Case], cache: str | Path,
             progress: Callable[[Case, bool], None] | None = None) -> list[CachedCase]:
-    """Preprocesses every case into ``cache`` (reusing valid entries), in the given order."""
+    """Preprocesses every case into ``cache`` (reusing valid entries), in the given order.
+
+    ``cache`` is created with its first entry, so a dataset whose first case is bad leaves none
+    behind. Entries written before a later case fails are complete and reused by the next run.
+
+    Raises:
+        DataError: naming the first case and file that cannot be read or breaks a rule.
+    """
     cache = Path(cache)
-    cache.mkdir(parents=True, exist_ok=True)
     out = []
     for case in cases:
         entry, reused = prepare_case(case, cache)
         out.append(entry)
         if progress is not None:
             progress(case, reused)
+    return out
+
+
+def open_cases(cache: str | Path, ids: Sequence[str]) -> list[CachedCase]:
+    """The cached cases with these IDs, in the given order (arrays stay on disk until read).
+
+    Raises:
+        DataError: naming the path, when a case folder or its meta.json is missing or unreadable.
+    """
+    out = []
+    for cid in ids:
+        folder = Path(cache) / cid
+        if not folder.is_dir():
+            raise DataError(f"{folder}: case {cid} is not in the cache (prepare the dataset first)")
+        try:
+            meta = json.loads((folder / "meta.json").read_text())
+        except FileNotFoundError:
+            raise DataError(f"{folder / 'meta.json'}: not found; the cache entry of case {cid} "
+                            f"is incomplete (prepare the dataset again)") from None
+        except (OSError, json.JSONDecodeError) as e:
+            msg = str(e).splitlines()[0]
+            raise DataError(f"{folder / 'meta.json'}: unreadable ({msg})") from None
+        out.append(CachedCase(folder, meta))
     return out

@@ -9,6 +9,7 @@ and noise, so a model has to learn from several channels. Deterministic for a gi
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +18,18 @@ import numpy as np
 from scipy import ndimage
 
 from unet3d.data.discover import MODALITIES
+from unet3d.errors import OptionError
 from unet3d.io_utils import atomic_path
+
+# The smallest volume side that keeps every case a brain with a nested tumour. Measured over
+# seeds: below 8 voxels some cases have no brain or no tumour at all (1^3 is all zero, which
+# `prepare` rejects); from 8 to 13 some have edema without a core (5% of cases at 8, 1 in 6500
+# at 12); at 14 and 16 none of 5000 seeds did. 16 also suits the model's downsampling.
+MIN_SIZE = 16
+
+
+def _int_at_least(v: object, low: int) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= low
 
 # Mean intensity per tissue: background, WM, GM, CSF, edema, enhancing, necrosis.
 _TISSUES = ("bg", "wm", "gm", "csf", "edema", "et", "ncr")
@@ -108,12 +120,19 @@ def write_synthetic_dataset(out: str | Path, n_cases: int, shape: tuple[int, int
 
     Each file is written to a temporary name and renamed, so an interrupted run leaves no partial
     file; an existing complete case folder is kept as it is.
+
+    Raises:
+        OptionError: naming the ``synth`` flag, before anything is written: ``n_cases`` < 1, a
+            ``shape`` that is not three sizes >= :data:`MIN_SIZE`, or ``seed`` < 0.
     """
     out = Path(out)
-    if n_cases < 1:
-        raise ValueError(f"n_cases={n_cases} must be >= 1")
-    if len(shape) != 3 or any(s < 16 for s in shape):
-        raise ValueError(f"shape={tuple(shape)} must be three sizes >= 16")
+    if not _int_at_least(n_cases, 1):
+        raise OptionError(f"--cases {n_cases}: the number of cases must be at least 1")
+    if len(shape) != 3 or not all(_int_at_least(s, MIN_SIZE) for s in shape):
+        raise OptionError(f"--shape {' '.join(map(str, shape))}: must be three sizes >= {MIN_SIZE} "
+                          f"voxels (smaller volumes lose the tumour's sub-regions)")
+    if not _int_at_least(seed, 0):
+        raise OptionError(f"--seed {seed}: must be an integer >= 0")
     affine = np.diag([*map(float, spacing), 1.0])
     folders = []
     for i in range(n_cases):

@@ -109,6 +109,18 @@ def test_reorientation_to_ras_and_exact_round_trip(tmp_path, orientation):
     np.testing.assert_array_equal(back.argmax(-1), lut(BRATS_TO_CLASS)[label])
 
 
+def test_spacing_is_the_length_of_each_affine_column():
+    # An oblique affine: voxel sizes (1, 2, 3) mm along the array axes, rotated 30 degrees about z.
+    # Its rows have other lengths than its columns, so reading rows would give wrong mm for HD95.
+    c, s = np.cos(np.pi / 6), np.sin(np.pi / 6)
+    rot = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+    affine = np.eye(4)
+    affine[:3, :3] = rot @ np.diag([1.0, 2.0, 3.0])
+    assert preprocess.spacing_of(affine) == pytest.approx((1.0, 2.0, 3.0))
+    permuted = np.array([[0, 0, 2.5, 0], [-1.5, 0, 0, 0], [0, 4.0, 0, 0], [0, 0, 0, 1]])
+    assert preprocess.spacing_of(permuted) == pytest.approx((1.5, 4.0, 2.5))
+
+
 def test_restore_rejects_a_wrong_meta():
     meta = {"ras_shape": [4, 4, 4], "bbox_lo": [0, 0, 0], "bbox_hi": [4, 4, 4],
             "orientation": [[0, 1], [1, 1], [2, 1]], "original_shape": [4, 4, 5]}

@@ -1,0 +1,259 @@
+"""The library entry point of a search: ``Search(...).run()``, as a notebook or a script uses it.
+
+    from search import Search
+    result = Search(data="BraTS2021", space="demo", num_samples=8, max_epochs=6,
+                    out="results", name="demo", grace_period=1).run()
+    result.best.score, result.best.config, result.experiment
+
+``Search`` owns the whole pipeline (like MONAI's AutoRunner): it validates the whole specification
+before anything is written (options, space, data, split, output folder, cluster, GPUs), prepares the
+preprocessed cache, splits the cases, runs the engine (Ray Tune + Optuna + ASHA, or Keras Tuner),
+exports the best trial to ``EXPERIMENT/best``, writes results and the HTML report, and returns a
+:class:`SearchResult`. The specification, engine options included, is saved in
+``EXPERIMENT/search.json``, so ``Search.restore(EXPERIMENT).run()`` (the CLI's ``--resume``) and
+``retrain-best`` need no option repeated.
+
+The experiment folder (``out/name``): ``search.json``, one ``trial_<id>/`` per trial (its ``run/``
+with TensorBoard logs and checkpoint), ``results.csv``, ``trials.json``, ``best/``, ``report.html``.
+Library code does not print: progress lines go to the optional ``log`` callable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from search.context import SearchContext
+from search.results import TrialRow
+from search.spec import DEFAULT_DATA, DEFAULT_OUT, SearchError, SearchSpec
+from search.storage import Experiment
+from unet3d.config import RunConfig
+
+Log = Callable[[str], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class BestTrial:
+    """The winning trial: its RunConfig (as exported), objective score, parameters, export folder."""
+
+    trial_id: str
+    score: float
+    params: dict[str, Any]
+    config: RunConfig
+    export: Path | None
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchResult:
+    """What a finished (or interrupted) search returns.
+
+    experiment: the local experiment folder (a staging copy for a storage URI; ``location`` is the URI).
+    trials: one row per trial (status completed | stopped | error | interrupted).
+    best: the best trial, None if no trial finished an epoch or the search was interrupted.
+    summary: the summary written to trials.json (trials, trial-epochs run and saved, best).
+    """
+
+    experiment: Path
+    location: str
+    trials: list[TrialRow]
+    best: BestTrial | None
+    summary: dict[str, Any]
+    report: Path | None
+    seconds: float
+    interrupted: bool = False
+
+
+class Search:
+    """A whole search; see the module docstring. Constructing one validates the options' values
+    (a :class:`SearchError` names the bad option); :meth:`run` checks the data, space, folder and
+    cluster before it writes anything."""
+
+    def __init__(self, *, data: str | Path | None = None, space: str | Path = "demo",
+                 engine: str = "ray", num_samples: int = 8, max_epochs: int = 6,
+                 out: str | Path = DEFAULT_OUT, name: str | None = None, seed: int = 0,
+                 fold: int = 0, folds: int = 5, split_seed: int = 0,
+                 cache: str | Path | None = None, workers_per_trial: int = 1, verbose: int = 1,
+                 log: Log | None = None, **engine_options: Any) -> None:
+        self.spec = SearchSpec(
+            data=str(data or ""), cache=str(cache or ""), space=str(space), engine=engine,
+            num_samples=num_samples, max_epochs=max_epochs, out=str(out),
+            name=name or time.strftime("search-%Y%m%d-%H%M%S"), seed=seed, fold=fold, folds=folds,
+            split_seed=split_seed, workers_per_trial=workers_per_trial, verbose=verbose,
+            engine_options={k: v for k, v in engine_options.items() if v is not None})
+        engine_settings(self.spec)  # the engine's own options, checked now
+        self.log: Log = log or (lambda _msg: None)
+        self._resume, self._own_ray = False, False
+        self._context: SearchContext | None = None
+
+    @classmethod
+    def restore(cls, experiment: str | Path, *, log: Log | None = None,
+                address: str | None = None) -> Search:
+        """The search saved in ``experiment`` (a folder or a storage URI), to be continued with
+        :meth:`run`: finished trials are kept, cut-off ones resume from their last checkpoint.
+        ``address``: the Ray cluster to continue on, when it is not the saved one any more."""
+        from search.finish import load_search
+
+        exp = str(experiment).rstrip("/")
+        out, _, name = exp.rpartition("/")
+        where = Experiment(out or ".", name)
+        if not where.exists():
+            raise SearchError(f"{where.location}: no search to resume (search.json missing)")
+        where.fetch_context()
+        spec, ctx = load_search(where.local)
+        self = cls.__new__(cls)
+        options = {**spec.engine_options, **({"address": address} if address else {})}
+        self.spec = dataclasses.replace(spec, out=out or ".", name=name, engine_options=options)
+        self.log = log or (lambda _msg: None)
+        self._resume, self._context, self._own_ray = True, ctx, False
+        return self
+
+    @property
+    def experiment(self) -> Experiment:
+        return Experiment(self.spec.out, self.spec.name)
+
+    def run(self) -> SearchResult:
+        """Validates, prepares, runs the engine, exports and reports; see the module docstring."""
+        from search.finish import finish
+
+        exp = self.experiment
+        try:
+            ctx = self._context if self._resume else self._start(exp)
+            t0 = time.perf_counter()
+            rows, interrupted = self._run_engine(ctx, exp)
+        finally:
+            if self._own_ray:  # a local Ray this search started ends with it
+                import ray
+
+                ray.shutdown()
+                self._own_ray = False
+        summary = finish(rows, ctx, exp.local, self.spec.engine, export=not interrupted)
+        report = None
+        if rows:
+            from search.report import build_report
+
+            report = build_report(exp.local).html
+        exp.upload()
+        return SearchResult(experiment=exp.local, location=exp.location, trials=rows,
+                            best=_best(summary), summary=summary, report=report,
+                            seconds=time.perf_counter() - t0, interrupted=interrupted)
+
+    # The stages of a new search, in order; nothing is written before _create.
+
+    def _start(self, exp: Experiment) -> SearchContext:
+        cases = self._check(exp)
+        ctx = self._prepare(cases, exp)
+        self._create(exp, ctx)
+        return ctx
+
+    def _check(self, exp: Experiment) -> Any:
+        """Everything that can be wrong, before anything is written; returns the discovered data."""
+        from spaces.presets import get_space
+        from unet3d.data.discover import discover
+        from unet3d.io_utils import check_writable_dir
+
+        spec = self.spec
+        if exp.exists() or (not exp.remote and exp.local.exists() and any(exp.local.iterdir())):
+            raise SearchError(f"{exp.location}: experiment folder exists; resume it "
+                              f"(--resume / Search.restore) or choose another --name")
+        if not exp.remote:
+            check_writable_dir(Path(spec.out), "--out")
+        self._space = get_space(spec.space)
+        if spec.workers_per_trial > 1:
+            from unet3d import distributed
+
+            if not distributed.horovod_available():
+                raise SearchError(f"--workers-per-trial {spec.workers_per_trial}: "
+                                  f"{distributed.INSTALL_HINT}")
+        dataset = None  # the demo dataset is written later, when the request has been checked
+        if spec.data or (DEFAULT_DATA.is_dir() and any(DEFAULT_DATA.iterdir())):
+            dataset = discover(spec.data_folder)
+            labelled = len(dataset.labelled)
+            if labelled < spec.folds:
+                raise SearchError(f"{spec.data_folder}: {labelled} labelled cases, fewer than "
+                                  f"--folds {spec.folds}")
+        check_writable_dir(spec.cache_folder, "--cache")
+        if spec.engine == "ray":
+            from search import ray_engine
+
+            opts = engine_settings(spec)
+            self._own_ray = ray_engine.connect(opts)
+            ray_engine.check_resources(opts, spec.workers_per_trial, self.log)
+        return dataset
+
+    def _prepare(self, dataset: Any, exp: Experiment) -> SearchContext:
+        """The demo dataset if needed, the preprocessed cache, and the fold's case IDs."""
+        from unet3d.data.discover import discover
+        from unet3d.data.preprocess import prepare
+        from unet3d.data.split import kfold
+
+        spec = self.spec
+        if dataset is None:
+            from unet3d.data.synthetic import write_synthetic_dataset
+
+            self.log(f"writing the demo dataset (16 synthetic 64^3 cases) to {DEFAULT_DATA}")
+            write_synthetic_dataset(DEFAULT_DATA, 16, (64, 64, 64), seed=0)
+            dataset = discover(DEFAULT_DATA)
+        reused: list[bool] = []
+        entries = prepare(dataset.cases, spec.cache_folder, lambda _case, r: reused.append(r))
+        self.log(f"{dataset.layout} layout: {len(entries)} cases ({len(dataset.labelled)} labelled) "
+                 f"-> {spec.cache_folder} ({reused.count(False)} preprocessed, {sum(reused)} reused)")
+        labelled = [e.case_id for e in entries if e.meta["labelled"]]
+        train_ids, val_ids = kfold(labelled, spec.folds, spec.fold, spec.split_seed)
+        return SearchContext(space=self._space, data=str(spec.data_folder),
+                             cache=str(spec.cache_folder), train_ids=tuple(train_ids),
+                             val_ids=tuple(val_ids), max_epochs=spec.max_epochs, seed=spec.seed,
+                             fold=spec.fold, folds=spec.folds, split_seed=spec.split_seed,
+                             experiment="" if exp.remote else str(exp.local),
+                             workers_per_trial=spec.workers_per_trial)
+
+    def _create(self, exp: Experiment, ctx: SearchContext) -> None:
+        from search.finish import save_search
+        from search.tb import write_experiment
+
+        exp.local.mkdir(parents=True, exist_ok=True)
+        save_search(self.spec, ctx, exp.local)
+        write_experiment(exp.local, ctx.space)
+        self.log(f"searching space {ctx.space.name!r} ({len(ctx.space.params)} parameters) with "
+                 f"{self.spec.engine}: {len(ctx.train_ids)} train / {len(ctx.val_ids)} validation "
+                 f"cases -> {exp.location}")
+
+    def _run_engine(self, ctx: SearchContext, exp: Experiment) -> tuple[list[TrialRow], bool]:
+        opts = engine_settings(self.spec)
+        if self._resume:
+            self.log(f"resuming {self.spec.engine} search {exp.location}")
+        if self.spec.engine == "ray":
+            from search import ray_engine
+
+            self._own_ray = ray_engine.connect(opts) or self._own_ray
+            return ray_engine.run(ctx, exp.location, opts, resume=self._resume, log=self.log)
+        from search import kt_engine
+
+        return kt_engine.run(ctx, exp.local, opts, resume=self._resume, log=self.log)
+
+
+def engine_settings(spec: SearchSpec) -> Any:
+    """The engine's validated options (RayOptions or KerasTunerOptions) of a specification."""
+    if spec.engine == "ray":
+        from search.ray_engine import RayOptions
+
+        return RayOptions(num_samples=spec.num_samples, max_epochs=spec.max_epochs, seed=spec.seed,
+                          verbose=spec.verbose, **spec.engine_options)
+    from search.kt_engine import KerasTunerOptions
+
+    opts = dict(spec.engine_options)
+    if "reduction_factor" in opts:
+        opts["factor"] = opts.pop("reduction_factor")
+    return KerasTunerOptions(max_trials=spec.num_samples, max_epochs=spec.max_epochs, seed=spec.seed,
+                             **opts)
+
+
+def _best(summary: dict[str, Any]) -> BestTrial | None:
+    if "best_trial" not in summary:
+        return None
+    export = Path(summary["export"])
+    return BestTrial(trial_id=summary["best_trial"], score=summary["best_dice_mean"],
+                     params=summary["best_params"], config=RunConfig.load(export / "config.json"),
+                     export=export)

@@ -1,0 +1,108 @@
+"""A search's specification as data: what ``Search`` runs and ``search.json`` keeps whole.
+
+Checked when built (each message names the option as the CLI spells it); the engines' own options
+are checked by the engine's options class (``RayOptions``, ``KerasTunerOptions``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any
+
+from search.storage import is_uri
+from unet3d.errors import UserError
+
+ENGINES = ("ray", "keras-tuner")
+DEFAULT_DATA = Path("data/synthetic")  # the demo dataset, written on first use
+DEFAULT_OUT = "results"
+# Engine options a user may pass (besides the common ones); each engine validates their values.
+RAY_OPTIONS = ("grace_period", "reduction_factor", "time_attr", "max_trial_seconds", "cpus_per_trial",
+               "gpus_per_trial", "max_concurrent", "max_failures", "address", "num_cpus")
+KERAS_TUNER_OPTIONS = ("algorithm", "reduction_factor", "hyperband_iterations")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+class SearchError(UserError, ValueError):
+    """A search specification that cannot run; the message names the option."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SearchSpec:
+    """Everything a search was asked to do (saved whole in ``search.json``).
+
+    Attributes:
+        data: dataset folder; "" = the synthetic demo dataset in ``data/synthetic`` (written if absent).
+        cache: preprocessed cache; "" = ``DATA/.unet3d-cache`` (shared storage on a cluster).
+        space: a named space (demo | brats | nvidia) or a YAML/JSON space file.
+        engine: "ray" (Ray Tune + Optuna + ASHA) or "keras-tuner".
+        num_samples: trials (Keras Tuner Bayesian: max trials).
+        max_epochs: epochs of a trial that is never stopped.
+        out: results root (a folder or a storage URI); name: the experiment's folder in it.
+        seed: seeds the sampler and every trial's training.
+        fold / folds / split_seed: the validation fold of the split by case ID.
+        workers_per_trial: Horovod workers per trial (Ray engine).
+        verbose: Ray Tune's progress output (0-2).
+        engine_options: the engine's own options (RAY_OPTIONS / KERAS_TUNER_OPTIONS by name).
+    """
+
+    data: str = ""
+    cache: str = ""
+    space: str = "demo"
+    engine: str = "ray"
+    num_samples: int = 8
+    max_epochs: int = 6
+    out: str = DEFAULT_OUT
+    name: str = ""
+    seed: int = 0
+    fold: int = 0
+    folds: int = 5
+    split_seed: int = 0
+    workers_per_trial: int = 1
+    verbose: int = 1
+    engine_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise SearchError(f"--engine {self.engine}: must be one of {', '.join(ENGINES)}")
+        for name, low in (("num_samples", 1), ("max_epochs", 1), ("folds", 2), ("seed", 0),
+                          ("split_seed", 0), ("workers_per_trial", 1), ("fold", 0), ("verbose", 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise SearchError(f"--{name.replace('_', '-')} {v}: must be an integer >= {low}")
+        if self.fold >= self.folds:
+            raise SearchError(f"--fold {self.fold}: must be in 0..{self.folds - 1} "
+                              f"(--folds {self.folds})")
+        if not _NAME.fullmatch(self.name) or self.name in (".", ".."):
+            raise SearchError(f"--name {self.name!r}: must be a plain folder name (letters, digits, "
+                              f"'.', '_', '-'; no '/'), created inside --out")
+        allowed = RAY_OPTIONS if self.engine == "ray" else KERAS_TUNER_OPTIONS
+        unknown = sorted(set(self.engine_options) - set(allowed))
+        if unknown:
+            raise SearchError(f"{', '.join(unknown)}: not an option of the {self.engine} engine "
+                              f"(it takes {', '.join(allowed)})")
+        if self.workers_per_trial > 1 and self.engine != "ray":
+            raise SearchError("--workers-per-trial needs --engine ray")
+        if self.engine == "keras-tuner" and is_uri(self.out):
+            raise SearchError(f"--out {self.out}: the keras-tuner engine needs a local or shared folder")
+
+    @property
+    def data_folder(self) -> Path:
+        return Path(self.data) if self.data else DEFAULT_DATA
+
+    @property
+    def cache_folder(self) -> Path:
+        return (Path(self.cache) if self.cache else self.data_folder / ".unet3d-cache").resolve()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, source: str) -> SearchSpec:
+        known = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(d, dict) or set(d) - known:
+            raise SearchError(f"{source}: 'spec' must be an object with fields {', '.join(sorted(known))}")
+        return cls(**d)
+
+

@@ -1,0 +1,128 @@
+"""The library entry point (``from search import Search``) and what the engines are told.
+
+Fast: every option that cannot work is refused when the Search is built (one line naming the flag),
+and the engines are told to maximise the objective and to keep each trial's best checkpoint.
+Slow: a small search through ``Search(...).run()`` without the CLI, and ``Search.restore``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from search import Search, SearchError
+from search.objective import METRIC
+
+
+@pytest.mark.parametrize("options,flag", [
+    ({"max_epochs": 0}, "--max-epochs 0"),
+    ({"num_samples": 0}, "--num-samples 0"),
+    ({"grace_period": 7, "max_epochs": 6}, "--grace-period 7"),
+    ({"grace_period": 0}, "--grace-period 0"),
+    ({"reduction_factor": 1}, "--reduction-factor 1"),
+    ({"max_concurrent": -1}, "--max-concurrent -1"),
+    ({"cpus_per_trial": 0}, "--cpus-per-trial 0"),
+    ({"gpus_per_trial": -1}, "--gpus-per-trial -1"),
+    ({"fold": 7, "folds": 5}, "--fold 7"),
+    ({"folds": 1}, "--folds 1"),
+    ({"name": "../../x"}, "--name '../../x'"),
+    ({"name": "a/b"}, "--name 'a/b'"),
+    ({"engine": "tpe"}, "--engine tpe"),
+    ({"time_attr": "steps"}, "--time-attr steps"),
+    ({"engine": "keras-tuner", "grace_period": 2}, "grace_period: not an option of the keras-tuner"),
+    ({"engine": "keras-tuner", "algorithm": "random"}, "--kt-algorithm random"),
+    ({"engine": "keras-tuner", "workers_per_trial": 2}, "--workers-per-trial needs --engine ray"),
+])
+def test_an_option_that_cannot_work_is_refused_when_the_search_is_built(options, flag, tmp_path):
+    with pytest.raises(SearchError) as e:
+        Search(out=tmp_path, name=options.pop("name", "x"), **options)
+    msg = str(e.value)
+    assert msg.startswith(flag) and "\n" not in msg, msg
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_ray_engine_maximises_the_objective_and_keeps_each_trials_best_checkpoint():
+    from search.ray_engine import RayOptions, run_config, scheduler, searcher, tune_config
+    from spaces.presets import get_space
+
+    opts = RayOptions(max_concurrent=2)
+    alg = searcher(get_space("demo"), opts)
+    assert (alg.metric, alg.mode) == (METRIC, "max")
+    assert (alg.searcher.metric, alg.searcher.mode) == (METRIC, "max")
+    tc = tune_config(get_space("demo"), opts)
+    assert (tc.metric, tc.mode) == (METRIC, "max")
+    assert scheduler(opts)._time_attr == "training_iteration"
+    ck = run_config("/tmp/unused/exp", opts).checkpoint_config
+    assert (ck.checkpoint_score_attribute, ck.checkpoint_score_order, ck.num_to_keep) == \
+        (METRIC, "max", 1)
+
+
+def test_optunas_study_under_ray_prefers_the_higher_dice():
+    """The searcher, told two finished trials' scores, ranks the higher one best (a direction bug
+    would rank the lower)."""
+    from search.ray_engine import RayOptions, searcher
+    from spaces.presets import get_space
+
+    alg = searcher(get_space("demo"), RayOptions(max_concurrent=0, num_samples=4))
+    for trial_id, score in (("a", 0.2), ("b", 0.9)):
+        alg.suggest(trial_id)
+        alg.on_trial_complete(trial_id, {METRIC: score, "training_iteration": 1})
+    study = alg._ot_study  # Ray keeps the Optuna study here; its best trial is the question
+    assert study.best_value == pytest.approx(0.9)
+
+
+def test_keras_tuner_maximises_the_objective(tmp_path):
+    from search.context import SearchContext
+    from search.kt_engine import KerasTunerOptions, _tuner
+    from spaces.presets import get_space
+
+    ctx = SearchContext(space=get_space("demo"), data="", cache="", train_ids=(), val_ids=(),
+                        max_epochs=2)
+    for algorithm in ("hyperband", "bayesian"):
+        tuner = _tuner(ctx, tmp_path / algorithm, KerasTunerOptions(algorithm=algorithm),
+                       overwrite=True, log=lambda m: None)
+        assert tuner.oracle.objective.name == METRIC
+        assert tuner.oracle.objective.direction == "max"
+
+
+@pytest.mark.slow
+def test_a_search_through_the_python_api_returns_the_best_and_restores(tmp_path):
+    from tiny_space import SPACE
+
+    from unet3d.config import RunConfig
+    from unet3d.data.synthetic import write_synthetic_dataset
+
+    write_synthetic_dataset(tmp_path / "data", 8, (32, 32, 32), seed=3)
+    (tmp_path / "tiny.yaml").write_text(SPACE)
+    lines: list[str] = []
+    search = Search(data=tmp_path / "data", space=tmp_path / "tiny.yaml", num_samples=2,
+                    max_epochs=2, out=tmp_path / "results", name="api", folds=4, verbose=0,
+                    log=lines.append, grace_period=1, max_concurrent=1)
+    result = search.run()
+
+    assert result.experiment == (tmp_path / "results" / "api").resolve()
+    assert not result.interrupted and len(result.trials) == 2
+    best = max(result.trials, key=lambda r: r.best_dice_mean)
+    assert result.best is not None and result.best.trial_id == best.trial_id
+    assert result.best.score == pytest.approx(best.best_dice_mean)
+    assert isinstance(result.best.config, RunConfig)
+    assert result.best.export == result.experiment / "best"
+    assert RunConfig.load(result.best.export / "config.json") == result.best.config
+    assert (result.best.export / "model.keras").exists() and result.report.exists()
+    metrics = json.loads((result.best.export / "metrics.json").read_text())
+    assert metrics["epoch"] == best.best_epoch  # best/ holds the best epoch, not the last
+    assert any("searching space 'tiny'" in ln for ln in lines)
+    # search.json holds the whole specification, engine options included.
+    saved = json.loads((result.experiment / "search.json").read_text())["spec"]
+    assert saved["engine_options"] == {"grace_period": 1, "max_concurrent": 1}
+    assert saved["num_samples"] == 2 and saved["space"] == str(tmp_path / "tiny.yaml")
+
+    # Restoring a finished search changes nothing: the same trials, best and checkpoints.
+    before = {r.trial_id: Path(r.checkpoint, "checkpoint.npz").read_bytes() for r in result.trials}
+    again = Search.restore(result.experiment).run()
+    assert {r.trial_id for r in again.trials} == set(before)
+    assert again.best.trial_id == result.best.trial_id
+    for r in again.trials:
+        assert Path(r.checkpoint, "checkpoint.npz").read_bytes() == before[r.trial_id]

@@ -1,0 +1,366 @@
+"""Architecture rules, checked on the source text alone (``ast``; nothing of the project is imported).
+
+The rules (the project's layering: ``unet3d`` knows nothing of search; short functions):
+
+1. No import cycle among the project's modules. Imports inside functions count: a cycle broken only by
+   moving an import into a function still couples the two modules.
+2. Imports point one way: ``run_search -> search -> spaces -> unet3d``, never back.
+3. ``unet3d.inference`` reaches no ``unet3d.train`` code, directly or through other project modules
+   (the trainer imports the predictor, never the reverse).
+4. No function or method (nested ones included) is longer than ``MAX_FUNCTION_LINES`` lines.
+
+Every ``import`` and ``from ... import`` anywhere in a file is an edge (module level, inside functions,
+under ``if TYPE_CHECKING:``), and so is ``importlib.import_module("literal")`` / ``__import__("literal")``.
+``from pkg import name`` points to ``pkg.name`` when that is a module of the tree, else to ``pkg``;
+relative imports are resolved against the importing module's package.
+
+``ROOT`` comes from this file's place, so a copy of the tree with this file in its ``tests/`` checks the
+copy. Each test lists every offender in its failure message.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Layers, lowest first: a module may import from its own layer or a lower one only.
+LAYERS: tuple[str, ...] = ("unet3d", "spaces", "search", "run_search")
+PACKAGES: tuple[str, ...] = ("unet3d", "spaces", "search")
+TOP_MODULES: tuple[str, ...] = ("run_search",)
+MAX_FUNCTION_LINES = 80
+
+PREDICTOR = "unet3d.inference"
+TRAINER = "unet3d.train"
+
+
+@dataclass(frozen=True)
+class Edge:
+    """One import statement of the tree: ``source`` imports ``target`` at ``path:line``."""
+
+    source: str
+    target: str
+    path: str
+    line: int
+
+    def where(self) -> str:
+        return f"{self.path}:{self.line}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading the tree
+
+
+def _module_files(root: Path) -> dict[str, Path]:
+    """Maps each project module's dotted name to its file (``pkg/__init__.py`` is ``pkg``)."""
+    modules: dict[str, Path] = {}
+    for package in PACKAGES:
+        base = root / package
+        if not base.is_dir():
+            continue
+        for path in sorted(base.rglob("*.py")):
+            rel = path.relative_to(root)
+            if "__pycache__" in rel.parts or any(p.startswith(".") for p in rel.parts):
+                continue
+            parts = list(rel.with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            modules[".".join(parts)] = path
+    for name in TOP_MODULES:
+        path = root / f"{name}.py"
+        if path.is_file():
+            modules[name] = path
+    return modules
+
+
+def _is_package(module: str, modules: dict[str, Path]) -> bool:
+    return modules[module].name == "__init__.py"
+
+
+def _resolve_base(module: str, level: int, name: str | None, modules: dict[str, Path]) -> str | None:
+    """The absolute dotted name a (possibly relative) ``from`` clause names, or None if out of range."""
+    if level == 0:
+        return name
+    package = module if _is_package(module, modules) else module.rpartition(".")[0]
+    parts = package.split(".") if package else []
+    if level - 1 >= len(parts):  # beyond the top-level package: an ImportError at run time
+        return None
+    parts = parts[: len(parts) - (level - 1)]
+    if name:
+        parts.append(name)
+    return ".".join(parts) or None
+
+
+def _owning_module(dotted: str, modules: dict[str, Path]) -> str | None:
+    """The longest prefix of ``dotted`` that is a project module (``a.b.c`` -> ``a.b`` if no ``a.b.c``)."""
+    parts = dotted.split(".")
+    for end in range(len(parts), 0, -1):
+        candidate = ".".join(parts[:end])
+        if candidate in modules:
+            return candidate
+    return None
+
+
+def _targets(node: ast.AST, module: str, modules: dict[str, Path]) -> list[str]:
+    """The project modules one AST node imports (empty for other nodes and third-party imports)."""
+    names: list[str] = []
+    if isinstance(node, ast.Import):
+        names = [alias.name for alias in node.names]
+    elif isinstance(node, ast.ImportFrom):
+        base = _resolve_base(module, node.level, node.module, modules)
+        if base is None:
+            return []
+        for alias in node.names:
+            sub = f"{base}.{alias.name}"
+            names.append(sub if alias.name != "*" and sub in modules else base)
+    elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+        func = node.func
+        called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+        if called in ("import_module", "__import__") and isinstance(node.args[0].value, str):
+            names = [node.args[0].value]
+    owners = (_owning_module(name, modules) for name in names)
+    return [owner for owner in owners if owner is not None]
+
+
+@dataclass(frozen=True)
+class Tree:
+    """What the rules look at: modules, import edges, parse errors and ASTs."""
+
+    modules: dict[str, Path]
+    edges: tuple[Edge, ...]
+    syntax_errors: tuple[str, ...]
+    trees: dict[str, ast.Module]
+
+    def rel(self, module: str) -> str:
+        return self.modules[module].relative_to(ROOT).as_posix()
+
+
+@functools.lru_cache(maxsize=1)
+def _scan() -> Tree:
+    modules = _module_files(ROOT)
+    edges: list[Edge] = []
+    errors: list[str] = []
+    trees: dict[str, ast.Module] = {}
+    for module, path in modules.items():
+        rel = path.relative_to(ROOT).as_posix()
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"), filename=rel)
+        except SyntaxError as err:
+            errors.append(f"{rel}:{err.lineno}: {err.msg}")
+            continue
+        trees[module] = tree
+        for node in ast.walk(tree):
+            for target in _targets(node, module, modules):
+                if target != module:
+                    edges.append(Edge(module, target, rel, node.lineno))
+    unique = sorted(set(edges), key=lambda e: (e.path, e.line, e.target))  # one per name imported
+    return Tree(modules, tuple(unique), tuple(errors), trees)
+
+
+def _tree() -> Tree:
+    tree = _scan()
+    assert not tree.syntax_errors, "cannot parse:\n  " + "\n  ".join(tree.syntax_errors)
+    return tree
+
+
+def _graph(edges: tuple[Edge, ...]) -> dict[str, dict[str, Edge]]:
+    """source -> target -> the first import statement making that edge."""
+    graph: dict[str, dict[str, Edge]] = {}
+    for edge in edges:
+        graph.setdefault(edge.source, {}).setdefault(edge.target, edge)
+    return graph
+
+
+def _layer(module: str) -> int:
+    return LAYERS.index(module.split(".")[0])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Cycles
+
+
+def _strongly_connected(graph: dict[str, dict[str, Edge]], nodes: list[str]) -> list[list[str]]:
+    """Tarjan's strongly connected components (iterative), each sorted, only those of 2+ modules."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[list[str]] = []
+    counter = 0
+    for start in nodes:
+        if start in index:
+            continue
+        work = [(start, iter(sorted(graph.get(start, {}))))]
+        index[start] = low[start] = counter
+        counter += 1
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is None:
+                work.pop()
+                if work:
+                    low[work[-1][0]] = min(low[work[-1][0]], low[node])
+                if low[node] == index[node]:
+                    component = []
+                    while True:
+                        member = stack.pop()
+                        on_stack.discard(member)
+                        component.append(member)
+                        if member == node:
+                            break
+                    if len(component) > 1:
+                        components.append(sorted(component))
+            elif child not in index:
+                index[child] = low[child] = counter
+                counter += 1
+                stack.append(child)
+                on_stack.add(child)
+                work.append((child, iter(sorted(graph.get(child, {})))))
+            elif child in on_stack:
+                low[node] = min(low[node], index[child])
+    return sorted(components)
+
+
+def _shortest_path(graph: dict[str, dict[str, Edge]], start: str, goals: set[str],
+                   allowed: set[str] | None = None) -> list[Edge] | None:
+    """Breadth-first: the fewest import edges from ``start`` to any of ``goals`` (within ``allowed``)."""
+    previous: dict[str, Edge | None] = {start: None}
+    frontier = [start]
+    while frontier:
+        following: list[str] = []
+        for node in frontier:
+            for target, edge in sorted(graph.get(node, {}).items()):
+                if allowed is not None and target not in allowed:
+                    continue
+                if target in goals:
+                    path = [edge]
+                    while (back := previous[path[0].source]) is not None:
+                        path.insert(0, back)
+                    return path
+                if target not in previous:
+                    previous[target] = edge
+                    following.append(target)
+        frontier = following
+    return None
+
+
+def _chain(path: list[Edge]) -> str:
+    """``a -> b -> a`` followed by where each import is."""
+    names = " -> ".join([path[0].source, *(edge.target for edge in path)])
+    steps = "".join(f"\n      {e.source} imports {e.target} at {e.where()}" for e in path)
+    return names + steps
+
+
+def test_no_import_cycles():
+    tree = _tree()
+    graph = _graph(tree.edges)
+    components = _strongly_connected(graph, sorted(tree.modules))
+    reports = []
+    for component in components:
+        members = set(component)
+        cycle = _shortest_path(graph, component[0], {component[0]}, allowed=members)
+        reports.append(f"  cycle among {', '.join(component)}:\n    {_chain(cycle)}")
+    if reports:
+        pytest.fail(
+            "import cycles (imports inside functions count; break them by moving the shared code to the "
+            "lower module, not by hiding the import):\n" + "\n".join(reports), pytrace=False)
+
+
+def test_imports_point_one_way():
+    tree = _tree()
+    back = [edge for edge in tree.edges if _layer(edge.target) > _layer(edge.source)]
+    lines = [f"  {e.where()}: {e.source} imports {e.target}" for e in back]
+    if back:
+        pytest.fail(
+            f"imports against the layering {' <- '.join(LAYERS)} "
+            f"(allowed: {' -> '.join(reversed(LAYERS))}):\n" + "\n".join(lines), pytrace=False)
+
+
+def test_inference_reaches_no_train_code():
+    tree = _tree()
+    graph = _graph(tree.edges)
+    predictors = [m for m in tree.modules if m == PREDICTOR or m.startswith(PREDICTOR + ".")]
+    trainers = {m for m in tree.modules if m == TRAINER or m.startswith(TRAINER + ".")}
+    assert predictors, f"{PREDICTOR} not found under {ROOT}"
+    reports = []
+    for predictor in sorted(predictors):
+        path = _shortest_path(graph, predictor, trainers)
+        if path is not None:
+            reports.append("  " + _chain(path))
+    if reports:
+        pytest.fail(
+            f"{PREDICTOR} must not import {TRAINER}, directly or through other modules (the trainer "
+            "imports the predictor, never the reverse; move shared helpers below both):\n"
+            + "\n".join(reports), pytrace=False)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Function length
+
+
+def _long_functions(tree: Tree) -> list[tuple[str, int, str, int]]:
+    """(path, line, qualified name, length) of every def longer than MAX_FUNCTION_LINES."""
+    found = []
+
+    def visit(node: ast.AST, prefix: str, rel: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                visit(child, prefix, rel)
+                continue
+            name = prefix + child.name
+            if not isinstance(child, ast.ClassDef):
+                length = child.end_lineno - child.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    found.append((rel, child.lineno, name, length))
+            visit(child, name + ".", rel)
+
+    for module in sorted(tree.trees):
+        visit(tree.trees[module], "", tree.rel(module))
+    return sorted(found)
+
+
+def test_functions_are_short():
+    offenders = _long_functions(_tree())
+    lines = [f"  {path}:{line} {name}: {length} lines" for path, line, name, length in offenders]
+    if offenders:
+        pytest.fail(
+            f"functions longer than {MAX_FUNCTION_LINES} lines (def line to last line; split them into "
+            "named steps):\n" + "\n".join(lines), pytrace=False)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The scanner itself: guards against the rules passing on an empty or misread tree.
+
+
+def test_scanner_sees_the_tree():
+    tree = _tree()
+    for name in (*PACKAGES, *TOP_MODULES):
+        assert name in tree.modules, f"{name} not found under {ROOT}; ROOT or the layout is wrong"
+    assert PREDICTOR in tree.modules, f"{PREDICTOR} not found under {ROOT}"
+    modules = {"pkg": Path("pkg/__init__.py"), "pkg.sub": Path("pkg/sub/__init__.py"),
+               "pkg.sub.leaf": Path("pkg/sub/leaf.py"), "pkg.other": Path("pkg/other.py")}
+    cases = {
+        "from pkg.sub import leaf": ["pkg.sub.leaf"],
+        "from pkg.sub import function": ["pkg.sub"],
+        "import pkg.sub.leaf as x": ["pkg.sub.leaf"],
+        "from . import leaf": ["pkg.sub.leaf"],
+        "from . import name": ["pkg.sub"],
+        "from .. import other": ["pkg.other"],
+        "from ..other import thing": ["pkg.other"],
+        "from .leaf import *": ["pkg.sub.leaf"],
+        "from ... import other": [],
+        "importlib.import_module('pkg.other')": ["pkg.other"],
+        "import numpy": [],
+    }
+    for source, expected in cases.items():
+        node = ast.parse(source).body[0]
+        node = node.value if isinstance(node, ast.Expr) else node
+        got = _targets(node, "pkg.sub.leaf", modules)
+        assert got == expected, f"{source!r} from pkg.sub.leaf resolved to {got}, expected {expected}"

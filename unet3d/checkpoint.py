@@ -1,0 +1,119 @@
+"""Model and checkpoint I/O: the one place models, checkpoints and cached cases are read and written.
+
+Two kinds of file:
+  ``model.keras``      the network alone (architecture + weights, no loss or optimizer), written by
+                       :func:`save_model`, so ``keras.saving.load_model(path, safe_mode=True)``
+                       loads it with no custom objects and no code from the file.
+  ``checkpoint.npz``   model weights, optimizer variables and the run state (JSON), replaced
+                       atomically after every epoch so a killed run resumes from the last one.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from unet3d.config import RunConfig
+from unet3d.errors import UserError
+from unet3d.io_utils import atomic_path
+from unet3d.model import build_unet3d, inference_model
+
+CHECKPOINT = "checkpoint.npz"
+
+
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint cannot be read or does not fit the model; the message names the file."""
+
+
+def save_model(model: keras.Model, path: str | Path) -> None:
+    """Saves the network alone (architecture and weights, no compile state) atomically.
+
+    A compiled model's file would name our loss functions, and Keras safe mode refuses to load a
+    file that names functions it does not know; a fresh functional view over the same layers is
+    uncompiled and shares the weights, and the caller's model keeps its own state.
+    """
+    bare = keras.Model(model.input, model.output, name=model.name)
+    with atomic_path(Path(path), suffix=".keras") as tmp:
+        bare.save(tmp)
+
+
+def load_model(path: str | Path) -> keras.Model:
+    """Loads a saved model with Keras safe mode (no arbitrary code from the file), uncompiled.
+
+    Raises:
+        ValueError: naming the file, if it is not a readable .keras archive.
+    """
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path}: not a .keras model archive (missing, truncated or corrupt)")
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except (OSError, KeyError, zipfile.BadZipFile, ValueError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"{path}: cannot load the .keras model ({msg})") from None
+
+
+def save_checkpoint(path: Path, model: keras.Model, state: dict[str, Any]) -> None:
+    """Writes weights, optimizer variables and ``state`` (JSON-able) to ``path`` atomically."""
+    arrays = {f"w{i}": np.asarray(v) for i, v in enumerate(model.get_weights())}
+    arrays.update({f"o{i}": np.asarray(v) for i, v in enumerate(model.optimizer.variables)})
+    arrays["state"] = np.array(json.dumps(state))
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez(tmp, **arrays)
+
+
+def read_checkpoint(path: Path) -> tuple[list[np.ndarray], list[np.ndarray], dict[str, Any]]:
+    """(model weights, optimizer variables, run state) from a checkpoint file.
+
+    Raises:
+        CheckpointError: the file is missing or not a checkpoint.
+    """
+    try:
+        with np.load(path) as z:
+            n_w = sum(1 for k in z.files if k.startswith("w"))
+            n_o = sum(1 for k in z.files if k.startswith("o"))
+            weights = [z[f"w{i}"] for i in range(n_w)]
+            opt = [z[f"o{i}"] for i in range(n_o)]
+            state = json.loads(str(z["state"]))
+    except (OSError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({e})") from None
+    return weights, opt, state
+
+
+def set_weights_checked(model: keras.Model, weights: list[np.ndarray], source: Path) -> None:
+    """``model.set_weights`` that names ``source`` when the weights do not fit."""
+    try:
+        model.set_weights(weights)
+    except ValueError as e:
+        raise CheckpointError(f"{source}: checkpoint does not fit this model ({e})") from None
+
+
+def load_checkpoint(path: Path, model: keras.Model) -> dict[str, Any]:
+    """Restores weights and optimizer variables into a compiled ``model``; returns the run state."""
+    weights, opt, state = read_checkpoint(path)
+    set_weights_checked(model, weights, path)
+    model.optimizer.build(model.trainable_variables)
+    variables = model.optimizer.variables
+    if len(variables) != len(opt):
+        raise CheckpointError(f"{path}: checkpoint has {len(opt)} optimizer variables, "
+                              f"the optimizer has {len(variables)}")
+    for v, value in zip(variables, opt, strict=True):
+        v.assign(value)
+    return state
+
+
+def model_from_run(run_dir: str | Path) -> tuple[keras.Model, RunConfig, dict[str, Any]]:
+    """Rebuilds the model of a run folder from its config.json and checkpoint.npz.
+
+    Returns (inference model, config, the checkpoint's run state).
+    """
+    run_dir = Path(run_dir)
+    cfg = RunConfig.load(run_dir / "config.json")
+    model = build_unet3d(cfg.model)
+    weights, _, state = read_checkpoint(run_dir / CHECKPOINT)
+    set_weights_checked(model, weights, run_dir / CHECKPOINT)
+    return inference_model(model), cfg, state
