@@ -44,12 +44,12 @@ def _load_config(args: argparse.Namespace):
 
     cfg = RunConfig.load(args.config) if args.config else preset(args.preset)
     d, given = cfg.to_dict(), []
-    for section, field in (("train", "epochs"), ("train", "steps_per_epoch"), ("train", "seed"),
-                           ("data", "fold"), ("data", "folds"), ("train", "precision"), ("train", "xla")):
-        value = getattr(args, field)  # each flag is named after its field
+    for dest, path in TRAIN_OVERRIDES.items():
+        value = getattr(args, dest)
         if value is not None:
+            section, field = path.split(".")
             d[section][field] = value
-            given.append(f"--{field.replace('_', '-')} {value}")
+            given.append(f"--{dest.replace('_', '-')} {value}")
     if not given:
         return cfg
     if args.folds is not None and args.fold is None:
@@ -393,7 +393,8 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+        if "default" in text or action.default is None or action.default is False \
+                or action.default == argparse.SUPPRESS:
             return text
         return super()._get_help_string(action)
 

@@ -5,8 +5,9 @@ The lent GPU machine has JAX but no TensorFlow, so the same model (built from ke
 runs with KERAS_BACKEND=jax: NVIDIA's 3D-UNet (6 levels, 32..320 filters, instance norm, 3x3x3 head,
 31,196,196 parameters) at 128^3, batch 2, mixed precision (bf16 by default, fp16 with loss scaling
 as an option), Dice + CE, Adam, XLA-compiled train step. Prints volumes/s and the fraction of the
-GPU's bf16 peak, taking ~2.9 TFLOP per 128^3 volume per training step (FACTS.md) and measuring the
-peak in the same run with a large bf16 matrix product.
+GPU's bf16 peak, taking ~2.9 TFLOP per 128^3 volume per training step (NVIDIA's 3D-UNet: forward
+~0.97 TFLOP, x 3 with the backward pass) and measuring the peak in the same run with a large bf16
+matrix product.
 
   KERAS_BACKEND=jax python benchmarks/bench_gpu.py [--batch 2] [--precision mixed_bfloat16] [--steps 20]
 

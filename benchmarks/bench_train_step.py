@@ -4,7 +4,7 @@
 Each (config, setting) runs in its own process, because TensorFlow reads TF_ENABLE_ONEDNN_OPTS once
 at import. Settings compared in the same run:
   ours      the project's defaults (oneDNN on, XLA auto = off on CPU)
-  tf-plain  TensorFlow's own default on this CPU (oneDNN off): the speed trap in FACTS.md
+  tf-plain  TensorFlow's own default on this CPU (oneDNN off): the speed trap recorded in BENCHMARKS.md
   xla       ours + XLA jit_compile (slower on CPU, shown so the default is justified)
 A step is one optimizer step (forward, Dice+CE loss, backward, Adam) on a random batch, timed after
 warm-up; the table prints the median over repeats.

@@ -44,11 +44,9 @@ class SearchContext:
     workers_per_trial: int = 1
 
     def run_config(self, sample: dict[str, Any]) -> RunConfig:
-        cfg = self.space.to_run_config(sample)
-        return cfg.replace(
-            train={"epochs": self.max_epochs, "seed": self.seed,
-                   "warmup_epochs": min(cfg.train.warmup_epochs, self.max_epochs)},
-            data={"fold": self.fold, "folds": self.folds, "split_seed": self.split_seed})
+        cfg = self.space.to_run_config(sample).with_epochs(self.max_epochs)
+        return cfg.replace(train={"seed": self.seed},
+                           data={"fold": self.fold, "folds": self.folds, "split_seed": self.split_seed})
 
     def cases(self, ids: tuple[str, ...]) -> list[CachedCase]:
         return open_cases(self.cache, ids)

@@ -57,14 +57,20 @@ def _tuner(ctx: SearchContext, experiment: Path, opts: KerasTunerOptions, overwr
     first = nvidia_point(space)
 
     class NvidiaFirst:
-        """Proposes NVIDIA's point before any random one (skipped once it has been tried, so a
-        resumed search does not repeat it). Every oracle draws its random points here."""
+        """The first new configuration the oracle proposes is NVIDIA's point, through the oracle's
+        public hook (``populate_space``): a proposal that starts a configuration (not a Hyperband
+        round continuing an earlier trial, which carries ``tuner/trial_id``) gets NVIDIA's values
+        until a trial has them, so a resumed search does not repeat it."""
 
-        def _random_values(self):
-            values = {**self.hyperparameters.values, **first}
-            if not self._duplicate(values):
-                return values
-            return super()._random_values()
+        def populate_space(self, trial_id):
+            proposal = super().populate_space(trial_id)
+            values = proposal.get("values")
+            if proposal.get("status") != "RUNNING" or not values or "tuner/trial_id" in values:
+                return proposal
+            tried = [t.hyperparameters.values for t in self.trials.values()]
+            if any(all(v.get(k) == x for k, x in first.items()) for v in tried):
+                return proposal
+            return {**proposal, "values": {**values, **first}}
 
     if opts.algorithm == "hyperband":
         klass = type("NvidiaFirstHyperband", (NvidiaFirst, kt.oracles.HyperbandOracle), {})
@@ -86,10 +92,8 @@ def _tuner(ctx: SearchContext, experiment: Path, opts: KerasTunerOptions, overwr
 
             values = trial.hyperparameters.values
             sample = {p.name: values[p.name] for p in space.params}
-            cfg = ctx.run_config(sample)
             epochs = int(values.get("tuner/epochs", opts.max_epochs))
-            cfg = cfg.replace(train={"epochs": epochs,
-                                     "warmup_epochs": min(cfg.train.warmup_epochs, epochs)})
+            cfg = ctx.run_config(sample).with_epochs(epochs)
             run_dir = run_dir_of(experiment, trial.trial_id)
             resume = (run_dir / CHECKPOINT).exists()
             if not resume:

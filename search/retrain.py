@@ -30,7 +30,7 @@ def retrain_best(experiment: Path, *, epochs: int | None = None, folds: Sequence
         raise FileNotFoundError(f"{best_cfg_path}: not found; the search exported no best model")
     cfg = RunConfig.load(best_cfg_path)
     n_epochs = epochs if epochs is not None else 2 * cfg.train.epochs
-    cfg = cfg.replace(train={"epochs": n_epochs, "warmup_epochs": min(cfg.train.warmup_epochs, n_epochs)})
+    cfg = cfg.with_epochs(n_epochs)
     all_ids = sorted(set(ctx.train_ids) | set(ctx.val_ids))
     jobs: list[tuple[str, list[str], list[str], RunConfig]] = []
     if folds is None:

@@ -1,1 +1,2 @@
-"""Search spaces as data, one translator per engine (the search issue fills this in)."""
+"""Search spaces as data (Int / Float / Choice over RunConfig fields, presets, YAML/JSON files) and
+their translation to each engine's own space (Optuna, Keras Tuner, TensorBoard HParams)."""

@@ -7,8 +7,8 @@ keep identical weights. Without Horovod's XLA ops (dropped from our build, see
 scripts/install_horovod.sh) the allreduce must stay outside any jit-compiled function: the forward
 and backward pass is compiled (XLA when asked), the allreduce and the update are not.
 
-Only rank 0 (the chief) writes checkpoints, TensorBoard and exports; validation metrics computed on
-each rank's share of the validation cases are averaged across ranks.
+Only rank 0 (the chief) writes checkpoints, TensorBoard and exports; each rank scores its share of
+the validation cases and every rank gathers all per-case scores, so all report the same means.
 """
 
 from __future__ import annotations
@@ -84,17 +84,6 @@ def average(tensors: Sequence[Any]) -> list[Any]:
     import horovod.tensorflow as hvd
 
     return hvd.grouped_allreduce(list(tensors), op=hvd.Average)
-
-
-def average_scalars(values: dict[str, float]) -> dict[str, float]:
-    """Averages a dict of floats across ranks (same keys on every rank)."""
-    import tensorflow as tf
-
-    keys = sorted(values)
-    if not keys:
-        return {}
-    out = average([tf.constant([float(values[k]) for k in keys], tf.float64)])[0].numpy()
-    return {k: float(v) for k, v in zip(keys, out, strict=True)}
 
 
 def shard(items: Sequence[Any], workers: Workers) -> list[Any]:

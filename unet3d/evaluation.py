@@ -27,7 +27,6 @@ from unet3d.regions import REGIONS, lut
 
 METRICS: tuple[str, ...] = tuple([f"dice_{r}" for r in (*REGIONS, "mean")]
                                  + [f"hd95_{r}" for r in (*REGIONS, "mean")])
-STATISTICS: tuple[str, ...] = ("mean", "std", "median", "q25", "q75")
 
 
 def prediction_path(pred_dir: Path, case_id: str) -> Path | None:

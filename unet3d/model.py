@@ -19,7 +19,7 @@ from unet3d.config import ModelConfig
 _INIT = "glorot_uniform"
 
 
-def _norm(cfg: ModelConfig, filters: int, name: str) -> layers.Layer | None:
+def _norm(cfg: ModelConfig, name: str) -> layers.Layer | None:
     if cfg.norm == "instance":
         return layers.GroupNormalization(groups=-1, epsilon=1e-6, name=name)
     if cfg.norm == "group":
@@ -36,7 +36,7 @@ def _act(cfg: ModelConfig, name: str) -> layers.Layer:
 
 
 def _conv_block(x, cfg: ModelConfig, filters: int, strides: int, name: str):
-    norm = _norm(cfg, filters, f"{name}_norm")
+    norm = _norm(cfg, f"{name}_norm")
     x = layers.Conv3D(filters, 3, strides=strides, padding="same", use_bias=norm is None,
                       kernel_initializer=_INIT, name=f"{name}_conv")(x)
     if norm is not None:

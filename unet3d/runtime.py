@@ -2,10 +2,10 @@
 
 Importing this module sets process-wide defaults that must be in place before TensorFlow loads
 (``unet3d/__init__.py`` imports it first, so every entry point gets them). TensorFlow 2.21 leaves
-its oneDNN kernels off on AMD CPUs, and 3D convolutions then run about 25x slower (FACTS.md:
-2.36 s vs 0.096 s per small training step): turning it on is the single biggest speed setting on
-CPU. TF's C++ INFO logs are muted the same way. A user's explicit TF_ENABLE_ONEDNN_OPTS or
-TF_CPP_MIN_LOG_LEVEL wins. For that reason TensorFlow is imported inside functions, never here.
+its oneDNN kernels off on AMD CPUs, and 3D convolutions then run 5-7.5x slower (BENCHMARKS.md,
+"CPU training step"): turning it on is the single biggest speed setting on CPU. TF's C++ INFO
+logs are muted the same way. A user's explicit TF_ENABLE_ONEDNN_OPTS or TF_CPP_MIN_LOG_LEVEL wins.
+For that reason TensorFlow is imported inside functions, never here.
 """
 
 from __future__ import annotations

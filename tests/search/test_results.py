@@ -89,3 +89,18 @@ def test_asha_savings_counts_epochs_of_non_failed_trials():
             row_from_history("c", {}, RISE_FALL[:1], 5, error="boom")]
     assert asha_savings(rows, 5) == {"trial_epochs_run": 7, "trial_epochs_without_early_stopping": 10,
                                      "trial_epochs_saved": 3, "trials_stopped_early": 1}
+
+
+def test_ranked_orders_by_best_score_and_keeps_ties_and_unscored_in_proposal_order():
+    from search.results import ranked
+
+    steady = [_epoch(1, 0.50, 0.6, 0.5, 0.4), _epoch(2, 0.70, 0.8, 0.7, 0.6)]
+    tie = [_epoch(1, 0.70, 0.7, 0.7, 0.7)]
+    rows = [TrialRow(trial_id="u1", params={}, status="error", epochs=0),
+            row_from_history("b", {}, steady, 5, checkpoint="ck/b"),
+            row_from_history("t", {}, tie, 5),  # same best as b, proposed after it
+            TrialRow(trial_id="u2", params={}, status="error", epochs=0, checkpoint="ck/u2"),
+            row_from_history("a", {}, RISE_FALL, 5, checkpoint="ck/a")]
+    assert [r.trial_id for r in ranked(rows)] == ["a", "b", "t", "u1", "u2"]
+    assert [r.trial_id for r in ranked(rows, exportable=True)] == ["a", "b"]
+    assert [r.trial_id for r in rows] == ["u1", "b", "t", "u2", "a"]  # the input is not reordered

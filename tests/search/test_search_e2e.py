@@ -437,7 +437,7 @@ def test_a_killed_search_resumes_without_losing_finished_trials(tiny, tmp_path, 
 
 
 def test_the_default_run_searches_with_asha_stopping_trials_early(tmp_path):
-    """`python run_search.py` with no arguments: what `make search` runs (the issue's acceptance)."""
+    """`python run_search.py` with no arguments: what `make search` runs."""
     r = run_cli(timeout=1200, cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     exp = next((tmp_path / "results").iterdir())

@@ -63,3 +63,22 @@ def test_gpus_this_machine_lacks_are_one_line_not_an_endless_wait(synth16, tmp_p
                 cwd=tmp_path, timeout=300)
     _one_line_error(r, "--gpus-per-trial 2: a trial needs 2 GPU(s) and this machine has 0")
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.slow
+def test_resuming_a_search_that_stopped_before_ray_saved_state_is_one_line(tmp_path):
+    """An experiment folder with search.json but no Ray Tune state (the search died while starting)
+    cannot be resumed: one line that says so (it used to crash in pyarrow)."""
+    from search.context import SearchContext
+    from search.finish import save_search
+    from search.spec import SearchSpec
+    from spaces.presets import get_space
+
+    exp = tmp_path / "out" / "e"
+    exp.mkdir(parents=True)
+    ctx = SearchContext(space=get_space("demo"), data="d", cache="c", train_ids=("a",),
+                        val_ids=("b",), max_epochs=2, experiment=str(exp))
+    save_search(SearchSpec(name="e", out=str(tmp_path / "out"), max_epochs=2), ctx, exp)
+    r = run_cli("search", "--resume", "--out", str(tmp_path / "out"), "--name", "e", timeout=300)
+    _one_line_error(r, f"{exp}: the search stopped before Ray Tune saved any state")
+    assert sorted(p.name for p in exp.iterdir()) == ["search.json"]

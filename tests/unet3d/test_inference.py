@@ -168,3 +168,21 @@ def test_blending_of_a_position_dependent_model_matches_brute_force():
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
     # the blend really mixes windows: z = 6 is index 6 of the first window, 2 of the second
     assert 2 < out[6, 0, 0, 0] < 6
+
+
+def test_count_windows_is_the_number_of_windows_run_and_reported():
+    from unet3d.inference import count_windows
+
+    image = np.zeros((37, 29, 10, 1), np.float32)  # padded to 16 along the last axis: 1 window
+    calls, done = [], []
+
+    def predict(x):
+        calls.append(x.shape[0])
+        return np.zeros((*x.shape[:4], 2), np.float32)
+
+    sliding_window_predict(predict, image, (16, 16, 16), 2, overlap=0.5, batch_size=5, tta=2,
+                           progress=done.append)
+    # starts: 37 -> [0, 7, 14, 21] (4), 29 -> [0, 6, 13] (3), 10 -> [0] (1)
+    assert count_windows(image.shape[:3], (16, 16, 16), 0.5) == 12
+    assert sum(calls) == 12 * 2 and sum(done) == 12  # every window once per flip; progress per window
+    assert count_windows((64, 64, 64), (32, 32, 32), 0.75) == 5 ** 3

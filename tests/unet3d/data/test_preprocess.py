@@ -121,6 +121,12 @@ def test_spacing_is_the_length_of_each_affine_column():
     assert preprocess.spacing_of(permuted) == pytest.approx((1.5, 4.0, 2.5))
 
 
+def test_label_lookup_maps_brats_values_and_marks_unmapped_ones():
+    table = lut(BRATS_TO_CLASS)
+    assert table[[0, 1, 2, 4]].tolist() == [0, 1, 2, 3]
+    assert table[3] == 255 and table[255] == 255  # never silently background
+
+
 def test_restore_rejects_a_wrong_meta():
     meta = {"ras_shape": [4, 4, 4], "bbox_lo": [0, 0, 0], "bbox_hi": [4, 4, 4],
             "orientation": [[0, 1], [1, 1], [2, 1]], "original_shape": [4, 4, 5]}
