@@ -20,6 +20,7 @@ Library code does not print: progress lines go to the optional ``log`` callable.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable
@@ -119,16 +120,17 @@ class Search:
         from search.finish import finish
 
         exp = self.experiment
-        try:
-            ctx = self._context if self._resume else self._start(exp)
-            t0 = time.perf_counter()
-            rows, interrupted = self._run_engine(ctx, exp)
-        finally:
-            if self._own_ray:  # a local Ray this search started ends with it
-                import ray
+        with self._engine_environment():
+            try:
+                ctx = self._context if self._resume else self._start(exp)
+                t0 = time.perf_counter()
+                rows, interrupted = self._run_engine(ctx, exp)
+            finally:
+                if self._own_ray:  # a local Ray this search started ends with it
+                    import ray
 
-                ray.shutdown()
-                self._own_ray = False
+                    ray.shutdown()
+                    self._own_ray = False
         summary = finish(rows, ctx, exp.local, self.spec.engine, export=not interrupted)
         report = None
         if rows:
@@ -139,6 +141,13 @@ class Search:
         return SearchResult(experiment=exp.local, location=exp.location, trials=rows,
                             best=_best(summary), summary=summary, report=report,
                             seconds=time.perf_counter() - t0, interrupted=interrupted)
+
+    def _engine_environment(self) -> contextlib.AbstractContextManager:
+        if self.spec.engine != "ray":
+            return contextlib.nullcontext()
+        from search import ray_engine
+
+        return ray_engine.environment(engine_settings(self.spec))
 
     # The stages of a new search, in order; nothing is written before _create.
 

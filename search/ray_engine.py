@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from search.spec import SearchError
 from unet3d.errors import UserError
 
 TIME_ATTRS = ("epochs", "seconds")
+_NO_CLUSTER = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # Ray's no-cluster mode when "0" (see connect)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +131,36 @@ def cluster_summary() -> str:
             f"{res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs")
 
 
+@contextlib.contextmanager
+def environment(opts: RayOptions) -> Iterator[None]:
+    """Ray's switches for one search, undone afterwards: a search run from a notebook or a test must
+    not leave them to later Ray users of the process or to its child processes.
+
+    A local search (or one joining a loopback cluster) needs Ray's no-cluster mode (see
+    :func:`connect`). Ray reads that switch once, when it is first imported; when Ray was imported
+    before the search (a notebook's own ``import ray``), its module constant is set as well.
+    """
+    saved = {k: os.environ.get(k) for k in (_NO_CLUSTER, "TUNE_DISABLE_SIGINT_HANDLER",
+                                            "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS")}
+    constants = sys.modules.get("ray._private.ray_constants")
+    was = getattr(constants, "ENABLE_RAY_CLUSTER", None)
+    local = not opts.address or _is_loopback(opts.address)
+    if local:
+        os.environ[_NO_CLUSTER] = "0"
+        if constants is not None:
+            constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        if local and constants is not None:
+            constants.ENABLE_RAY_CLUSTER = was
+
+
 def connect(opts: RayOptions) -> bool:
     """Connects to ``opts.address``, or starts a local Ray whose every service is on 127.0.0.1.
     Returns True when it started a local Ray (the caller shuts it down), False otherwise.
@@ -141,7 +173,7 @@ def connect(opts: RayOptions) -> bool:
     one, where nothing listens.
     """
     if not opts.address or _is_loopback(opts.address):
-        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        os.environ[_NO_CLUSTER] = "0"
     import ray
 
     if ray.is_initialized():

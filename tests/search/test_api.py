@@ -89,6 +89,9 @@ def test_keras_tuner_maximises_the_objective(tmp_path):
 
 @pytest.mark.slow
 def test_a_search_through_the_python_api_returns_the_best_and_restores(tmp_path):
+    import os
+
+    import ray  # noqa: F401  (a notebook may have imported Ray before it runs a search)
     from tiny_space import SPACE
 
     from unet3d.config import RunConfig
@@ -96,6 +99,9 @@ def test_a_search_through_the_python_api_returns_the_best_and_restores(tmp_path)
 
     write_synthetic_dataset(tmp_path / "data", 8, (32, 32, 32), seed=3)
     (tmp_path / "tiny.yaml").write_text(SPACE)
+    switches = ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "TUNE_DISABLE_SIGINT_HANDLER",
+                "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS")
+    environ = {k: os.environ.get(k) for k in switches}
     lines: list[str] = []
     search = Search(data=tmp_path / "data", space=tmp_path / "tiny.yaml", num_samples=2,
                     max_epochs=2, out=tmp_path / "results", name="api", folds=4, verbose=0,
@@ -114,6 +120,10 @@ def test_a_search_through_the_python_api_returns_the_best_and_restores(tmp_path)
     metrics = json.loads((result.best.export / "metrics.json").read_text())
     assert metrics["epoch"] == best.best_epoch  # best/ holds the best epoch, not the last
     assert any("searching space 'tiny'" in ln for ln in lines)
+    # The search's Ray switches are undone: later Ray users of this process (and the processes it
+    # starts, e.g. `ray start`) see the environment as it was.
+    assert {k: os.environ.get(k) for k in switches} == environ
+    assert not ray.is_initialized()
     # search.json holds the whole specification, engine options included.
     saved = json.loads((result.experiment / "search.json").read_text())["spec"]
     assert saved["engine_options"] == {"grace_period": 1, "max_concurrent": 1}
