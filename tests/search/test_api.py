@@ -136,3 +136,40 @@ def test_a_search_through_the_python_api_returns_the_best_and_restores(tmp_path)
     assert again.best.trial_id == result.best.trial_id
     for r in again.trials:
         assert Path(r.checkpoint, "checkpoint.npz").read_bytes() == before[r.trial_id]
+
+
+@pytest.mark.slow
+def test_an_interrupted_search_resumes_with_search_restore(tmp_path):
+    """Ctrl-C (SIGINT) during the first trial of an in-process search: run() returns with the trial
+    "interrupted" and nothing exported; Search.restore(folder).run() finishes the same search."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from tiny_space import SPACE
+
+    from unet3d.data.synthetic import write_synthetic_dataset
+
+    write_synthetic_dataset(tmp_path / "data", 8, (32, 32, 32), seed=4)
+    (tmp_path / "tiny.yaml").write_text(SPACE.replace("steps_per_epoch: 3", "steps_per_epoch: 6"))
+    exp = tmp_path / "results" / "cut"
+
+    def ctrl_c_after_the_first_epoch() -> None:
+        deadline = time.monotonic() + 600
+        while not list(exp.glob("trial_*/run/checkpoint.npz")) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=ctrl_c_after_the_first_epoch, daemon=True).start()
+    first = Search(data=tmp_path / "data", space=tmp_path / "tiny.yaml", num_samples=2,
+                   max_epochs=3, out=tmp_path / "results", name="cut", folds=4, verbose=0,
+                   max_concurrent=1, grace_period=3).run()
+    assert first.interrupted and first.best is None and not (exp / "best").exists()
+    assert [r.status for r in first.trials] == ["interrupted"]
+
+    done = Search.restore(exp).run()
+    assert not done.interrupted and len(done.trials) == 2
+    assert {r.status for r in done.trials} == {"completed"}
+    assert first.trials[0].trial_id in {r.trial_id for r in done.trials}
+    assert done.best is not None and (exp / "best" / "model.keras").exists()
