@@ -10,10 +10,12 @@ NVIDIA's configuration (projected into the space) is the first point the oracle 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +47,7 @@ class KerasTunerOptions:
 
 
 def _tuner(ctx: SearchContext, experiment: Path, opts: KerasTunerOptions, overwrite: bool,
-           log: Callable[[str], None]):
+           log: Callable[[str], None], ctrl_c: list[bool] | None = None):
     import keras_tuner as kt
 
     from spaces.translate import define_keras_tuner, nvidia_point
@@ -102,8 +104,10 @@ def _tuner(ctx: SearchContext, experiment: Path, opts: KerasTunerOptions, overwr
                 + (" (resuming)" if resume else ""))
             keras.backend.clear_session()
             t0 = time.perf_counter()
+            _stop_if(ctrl_c)
             metrics = Trainer(cfg, ctx.cases(ctx.train_ids), ctx.cases(ctx.val_ids), run_dir,
-                              resume=resume, log=lambda m: log(f"  {trial.trial_id} {m}")).fit()
+                              resume=resume, log=lambda m: log(f"  {trial.trial_id} {m}"),
+                              epoch_hook=lambda _epoch, _record: _stop_if(ctrl_c)).fit()
             (run_dir / "wall_s").write_text(f"{time.perf_counter() - t0:.3f}\n")
             last = [h for h in metrics["history"] if METRIC in h][-1]
             # The exported weights are the last epoch's: score the trial by that epoch, honestly.
@@ -123,12 +127,38 @@ def run(ctx: SearchContext, experiment: Path, opts: KerasTunerOptions, *, resume
     """Runs (or resumes) the search in ``experiment``: a row per trial, and whether Ctrl-C ended it
     (the trial cut off is then "interrupted"; ``run(..., resume=True)`` continues it from its last
     epoch checkpoint)."""
-    tuner = _tuner(ctx, experiment, opts, overwrite=not resume, log=log)
-    try:
-        tuner.search()
-    except KeyboardInterrupt:
-        return rows(tuner, ctx, experiment, opts, interrupted=True), True
+    ctrl_c: list[bool] = []
+    tuner = _tuner(ctx, experiment, opts, overwrite=not resume, log=log, ctrl_c=ctrl_c)
+    with _recording_ctrl_c(ctrl_c, log):
+        try:
+            tuner.search()
+        except KeyboardInterrupt:
+            return rows(tuner, ctx, experiment, opts, interrupted=True), True
     return rows(tuner, ctx, experiment, opts), False
+
+
+@contextlib.contextmanager
+def _recording_ctrl_c(ctrl_c: list[bool], log: Callable[[str], None]) -> Iterator[None]:
+    """The first Ctrl-C is recorded and the trial stops at its next epoch end (its checkpoint
+    written), by a KeyboardInterrupt raised there; a second one interrupts at once. Raising from the
+    handler itself is not safe: Python drops an exception raised while a finalizer runs (a weakref
+    callback, ``__del__``), and TensorFlow runs many, so the Ctrl-C would be lost."""
+    def on_sigint(signum: int, frame: Any) -> None:
+        if ctrl_c:
+            raise KeyboardInterrupt
+        ctrl_c.append(True)
+        log("Ctrl-C: stopping at the end of this epoch (Ctrl-C again stops at once)")
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _stop_if(ctrl_c: list[bool] | None) -> None:
+    if ctrl_c:
+        raise KeyboardInterrupt
 
 
 def rows(tuner: Any, ctx: SearchContext, experiment: Path, opts: KerasTunerOptions, *,
@@ -144,12 +174,12 @@ def rows(tuner: Any, ctx: SearchContext, experiment: Path, opts: KerasTunerOptio
             history = read_checkpoint(run_dir / CHECKPOINT)[2]["history"]
         values = trial.hyperparameters.values
         wall = float((run_dir / "wall_s").read_text()) if (run_dir / "wall_s").exists() else 0.0
-        error = "" if history else f"no epoch finished (trial status {trial.status})"
+        cut_off = interrupted and trial.status == "RUNNING"
+        error = "" if history or cut_off else f"no epoch finished (trial status {trial.status})"
         row = row_from_history(tid, {n: values.get(n) for n in names}, history, ctx.max_epochs,
                                error=error, wall_s=wall, node=socket.gethostname(),
                                checkpoint=str(run_dir) if history else "", run_dir=str(run_dir),
-                               index=int(tid) + 1 if tid.isdigit() else 0,
-                               interrupted=interrupted and trial.status == "RUNNING")
+                               index=int(tid) + 1 if tid.isdigit() else 0, interrupted=cut_off)
         # Keras Tuner scores a trial by its last epoch (the weights it keeps); report that as best.
         if history:
             last = [h for h in history if METRIC in h][-1]

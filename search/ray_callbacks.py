@@ -1,10 +1,11 @@
 """A Ray Tune callback of the search (imported only once Ray is set up: it imports ray.tune).
 
-Ray ends every running trial when a run is interrupted without telling callbacks (a scheduler's
-stop or a failure does tell them), so the trials started and not ended when an interrupted run
-returns are the ones Ctrl-C cut off. The record is module state keyed by the experiment, not the
-callback's own: a resumed Tuner calls its own unpickled copy of the callback, which then records
-into the same place.
+When a run is interrupted, Ray ends every trial on its way out (running ones become TERMINATED,
+like trials a scheduler stopped) and tells no callback. So the callback keeps each trial's status
+as of the end of every step of the tuning loop: after an interrupted run, the trials whose last
+seen status was not TERMINATED or ERROR (running, paused, or pending and never started) are the ones
+Ctrl-C cut off. The record is module state keyed by the experiment, not the callback's own: a
+resumed Tuner calls its own unpickled copy of the callback, which records into the same place.
 """
 
 from __future__ import annotations
@@ -13,25 +14,20 @@ from typing import Any
 
 from ray import tune
 
-_LIVE: dict[str, set[str]] = {}
+_STATUS: dict[str, dict[str, str]] = {}
+_ENDED = ("TERMINATED", "ERROR")
 
 
-class LiveTrials(tune.Callback):
-    """Records the trials of experiment ``key`` that started and have not ended."""
+class TrialStatuses(tune.Callback):
+    """Records the status of every trial of experiment ``key`` after each tuning step."""
 
     def __init__(self, key: str) -> None:
         self.key = key
 
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        _LIVE.setdefault(self.key, set()).add(trial.trial_id)
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        _LIVE.setdefault(self.key, set()).discard(trial.trial_id)
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        _LIVE.setdefault(self.key, set()).discard(trial.trial_id)
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        _STATUS[self.key] = {t.trial_id: str(t.status) for t in trials}
 
 
 def cut_off_trials(key: str) -> set[str]:
-    """The trials of ``key`` still running when its run returned (and forgets them)."""
-    return _LIVE.pop(key, set())
+    """The trials of ``key`` that had not ended when its run stopped (and forgets the record)."""
+    return {tid for tid, status in _STATUS.pop(key, {}).items() if status not in _ENDED}

@@ -314,12 +314,12 @@ def run_config(location: str, opts: RayOptions) -> Any:
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-    from search.ray_callbacks import LiveTrials
+    from search.ray_callbacks import TrialStatuses
 
     storage, name = location.rstrip("/").rsplit("/", 1)
     return tune.RunConfig(
         name=name, storage_path=storage, verbose=opts.verbose,
-        callbacks=[CSVLoggerCallback(), JsonLoggerCallback(), LiveTrials(location)],
+        callbacks=[CSVLoggerCallback(), JsonLoggerCallback(), TrialStatuses(location)],
         failure_config=tune.FailureConfig(max_failures=opts.max_failures),
         checkpoint_config=tune.CheckpointConfig(
             num_to_keep=1, checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE))

@@ -15,6 +15,7 @@ from search.finish import load_context
 from unet3d.config import RunConfig
 from unet3d.data.split import kfold
 from unet3d.errors import OptionError
+from unet3d.io_utils import check_writable_dir
 
 
 def retrain_best(experiment: Path, *, epochs: int | None = None, folds: Sequence[int] | None = None,
@@ -25,6 +26,7 @@ def retrain_best(experiment: Path, *, epochs: int | None = None, folds: Sequence
     if epochs is not None and epochs < 1:  # checked before anything is read or written
         raise OptionError(f"--epochs {epochs}: must be at least 1")
     ctx, _ = load_context(experiment)
+    check_writable_dir(experiment / "retrained", "retrain-best")
     best_cfg_path = experiment / "best" / "config.json"
     if not best_cfg_path.exists():
         raise FileNotFoundError(f"{best_cfg_path}: not found; the search exported no best model")

@@ -480,7 +480,8 @@ def test_ctrl_c_reports_interrupted_trials_and_how_to_resume(tiny, tmp_path, eng
             in out), out[-3000:]
     trials = json.loads((exp / "trials.json").read_text())["trials"]
     assert any(t["status"] == "interrupted" for t in trials), trials
-    assert not any(t["status"] == "stopped" for t in trials), trials
+    if engine == "ray":  # grace period = max epochs: ASHA stops nothing, so no trial is "stopped"
+        assert not any(t["status"] == "stopped" for t in trials), trials
     assert not (exp / "best").exists()
 
     r = run_cli("search", "--out", str(tmp_path), "--name", "exp", "--resume", timeout=900)

@@ -31,8 +31,9 @@ MIN_SIZE = 16
 def _int_at_least(v: object, low: int) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= low
 
-# Mean intensity per tissue: background, WM, GM, CSF, edema, enhancing, necrosis.
-_TISSUES = ("bg", "wm", "gm", "csf", "edema", "et", "ncr")
+
+# Mean intensity per tissue, indexed by the tissue map's values: 0 background, 1 WM, 2 GM, 3 CSF,
+# 4 edema, 5 enhancing, 6 necrosis.
 _CONTRAST = {
     "t1":    (0.0, 0.90, 0.70, 0.30, 0.60, 0.65, 0.35),
     "t1ce":  (0.0, 0.90, 0.70, 0.30, 0.60, 1.60, 0.30),
