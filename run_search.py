@@ -161,13 +161,16 @@ def cmd_search(args: argparse.Namespace) -> int:
         search = Search.restore(f"{args.out.rstrip('/')}/{args.name}", log=_print,
                                 address=args.address)
     else:
-        engine_flags = RAY_FLAGS if args.engine == "ray" else KERAS_TUNER_FLAGS
-        given = {k: v for k, v in vars(args).items() if v is not None}
-        other = sorted(k for k in RAY_FLAGS + KERAS_TUNER_FLAGS
-                       if k in given and k not in engine_flags)
+        from search.spec import ENGINE_OPTIONS
+
+        # The engine options given as flags; one of another engine is named as the user typed it.
+        given = {ENGINE_OPTION.get(k, k): (k, v) for k, v in vars(args).items() if v is not None}
+        known = {o for opts in ENGINE_OPTIONS.values() for o in opts}
+        mine = set(ENGINE_OPTIONS[args.engine])
+        other = sorted(flag for o, (flag, _) in given.items() if o in known - mine)
         if other:
             raise_user(f"--{other[0].replace('_', '-')}: not an option of --engine {args.engine}")
-        options = {ENGINE_OPTION.get(k, k): given[k] for k in engine_flags if k in given}
+        options = {o: v for o, (_, v) in given.items() if o in mine}
         search = Search(data=args.data, cache=args.cache, space=args.space, engine=args.engine,
                         num_samples=args.num_samples, max_epochs=args.max_epochs, out=args.out,
                         name=args.name, seed=args.seed, fold=args.fold, folds=args.folds,
@@ -461,11 +464,9 @@ def _train_parser(sub) -> None:
                    help="multiply the learning rate by the number of workers")
 
 
-# search flags that are one engine's options (dest names); the rest are common to both engines.
-RAY_FLAGS = ("grace_period", "reduction_factor", "time_attr", "max_trial_seconds", "cpus_per_trial",
-             "gpus_per_trial", "max_concurrent", "max_failures", "address")
-KERAS_TUNER_FLAGS = ("kt_algorithm", "reduction_factor")
-ENGINE_OPTION = {"kt_algorithm": "algorithm"}  # flag dest -> engine option name, where they differ
+# search flags named otherwise than the engine option they set (flag dest -> option); the engines'
+# options themselves are listed once, in search/spec.py.
+ENGINE_OPTION = {"kt_algorithm": "algorithm"}
 
 
 def _search_parser(sub) -> None:

@@ -258,8 +258,8 @@ def build_report(experiment: str | Path, out: str | Path | None = None) -> Repor
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.stem}.", dir=out.parent))
     try:
         figs = _figures(rows, ctx.space, ctx.max_epochs, tmp, out.stem)
-        best = best_row(rows) or max((r for r in rows if finite(r.best_dice_mean)),
-                                     key=lambda r: r.best_dice_mean, default=None)
+        # The exported trial; while none is exportable yet, the best scored one.
+        best = best_row(rows) or next((r for r in ranked(rows) if finite(r.best_dice_mean)), None)
         parts = [*_header(experiment, ctx, extra, rows, summary, finished),
                  *_results_table(rows, ctx.space, best)]
         for key in FIGURES:

@@ -21,6 +21,7 @@ DEFAULT_OUT = "results"
 RAY_OPTIONS = ("grace_period", "reduction_factor", "time_attr", "max_trial_seconds", "cpus_per_trial",
                "gpus_per_trial", "max_concurrent", "max_failures", "address", "num_cpus")
 KERAS_TUNER_OPTIONS = ("algorithm", "reduction_factor", "hyperband_iterations")
+ENGINE_OPTIONS = {"ray": RAY_OPTIONS, "keras-tuner": KERAS_TUNER_OPTIONS}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -77,7 +78,7 @@ class SearchSpec:
         if not _NAME.fullmatch(self.name) or self.name in (".", ".."):
             raise SearchError(f"--name {self.name!r}: must be a plain folder name (letters, digits, "
                               f"'.', '_', '-'; no '/'), created inside --out")
-        allowed = RAY_OPTIONS if self.engine == "ray" else KERAS_TUNER_OPTIONS
+        allowed = ENGINE_OPTIONS[self.engine]
         unknown = sorted(set(self.engine_options) - set(allowed))
         if unknown:
             raise SearchError(f"{', '.join(unknown)}: not an option of the {self.engine} engine "
