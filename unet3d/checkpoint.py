@@ -1,4 +1,4 @@
-"""Model and checkpoint I/O: the one place models, checkpoints and cached cases are read and written.
+"""Model and checkpoint I/O: the one place models and checkpoints are read and written.
 
 Two kinds of file:
   ``model.keras``      the network alone (architecture + weights, no loss or optimizer), written by
