@@ -11,7 +11,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 HVD := $(VENV)/.horovod
 
-.PHONY: setup search test bench clean chromium
+PANOPTICA := .venv-panoptica
+
+.PHONY: setup search test bench clean chromium panoptica
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -34,11 +36,16 @@ chromium:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }
 
-test: setup chromium
+# panoptica (the library the official BraTS evaluation is built on) is the lesion-wise scores' test
+# oracle, in a venv of its own: it pins numpy<2.3, pandas<3 and rich<14, older than the project's.
+panoptica:
+	PANOPTICA_VENV=$(PANOPTICA) bash scripts/panoptica_env.sh
+
+test: setup chromium panoptica
 	$(BIN)/python -m pytest -ra
 
 bench: setup
 	$(BIN)/python benchmarks/bench_train_step.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(PANOPTICA) .pytest_cache

@@ -59,11 +59,14 @@ def _load_config(args: argparse.Namespace):
     return RunConfig.repaired_from_dict(d, source=" ".join(given))
 
 
-def _prepare(data: Path, cache: Path, verbose: bool = True):
+def _prepare(data: Path, cache: Path, labels: str | None = None, verbose: bool = True):
+    from unet3d import labels as labels_mod
     from unet3d.data.discover import discover
-    from unet3d.data.preprocess import prepare
+    from unet3d.data.preprocess import dataset_channels, dataset_scheme, prepare
     from unet3d.io_utils import check_writable_dir
 
+    if labels is not None:
+        labels_mod.resolve(labels)  # a bad --labels is named before anything is read or written
     ds = discover(data)
     check_writable_dir(cache, "--cache")
     counts = {"new": 0, "reused": 0}
@@ -81,7 +84,12 @@ def _prepare(data: Path, cache: Path, verbose: bool = True):
             print()
         _print(f"{ds.layout} layout: {n} cases ({len(ds.labelled)} labelled) -> {cache} "
                f"({counts['new']} preprocessed, {counts['reused']} reused)")
-    return ds, entries
+    scheme = dataset_scheme(ds, entries, labels)
+    channels = dataset_channels(entries)
+    if verbose:
+        _print(f"labels: {scheme.describe()} ({'--labels' if labels else 'detected'}; "
+               f"tumour mean over {', '.join(scheme.tumour)})")
+    return ds, entries, scheme, channels
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -91,16 +99,16 @@ def cmd_synth(args: argparse.Namespace) -> int:
     check_writable_dir(args.out, "--out")
     t0 = time.perf_counter()
     write_synthetic_dataset(args.out, args.cases, tuple(args.shape), seed=args.seed,
-                            progress=_tty_progress("synth", args.cases))
+                            layout=args.layout, progress=_tty_progress("synth", args.cases))
     if sys.stdout.isatty():
         print()
-    _print(f"wrote {args.cases} synthetic cases ({'x'.join(map(str, args.shape))}) to {args.out} "
-           f"in {time.perf_counter() - t0:.1f} s")
+    _print(f"wrote {args.cases} synthetic cases ({'x'.join(map(str, args.shape))}, {args.layout} "
+           f"layout) to {args.out} in {time.perf_counter() - t0:.1f} s")
     return 0
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    _prepare(Path(args.data), _cache_dir(args))
+    _prepare(Path(args.data), _cache_dir(args), args.labels)
     return 0
 
 
@@ -112,7 +120,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise_user(f"--workers {args.workers}: must be at least 1")
     out = check_writable_dir(args.out, "--out")  # and _prepare checks --cache: before either is made
-    _, entries = _prepare(Path(args.data), _cache_dir(args))
+    _, entries, scheme, channels = _prepare(Path(args.data), _cache_dir(args), args.labels)
+    cfg = cfg.with_labels(scheme, channels)
     labelled = [e for e in entries if e.meta["labelled"]]
     if len(labelled) < cfg.data.folds:
         raise_user(f"{args.data}: {len(labelled)} labelled cases, fewer than data.folds="
@@ -145,11 +154,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     _print(f"trained in {time.perf_counter() - t0:.0f} s; {metrics['parameters']:,} parameters")
     if "final" in metrics:
         f = metrics["final"]
-        _print(f"validation ({len(val_ids)} cases): Dice WT {f['dice_WT']:.3f} TC {f['dice_TC']:.3f} "
-               f"ET {f['dice_ET']:.3f} mean {f['dice_mean']:.3f} | HD95 mean {f['hd95_mean']:.2f} mm")
+        _print(f"validation ({len(val_ids)} cases): Dice {_regions_line(f, scheme)} | HD95 mean "
+               f"{f['hd95_mean']:.2f} mm")
     _print(f"model: {out / 'model.keras'}\nconfig: {out / 'config.json'}\nmetrics: "
            f"{out / 'metrics.json'}\ntensorboard --logdir {out / 'tensorboard'} --host 127.0.0.1")
     return 0
+
+
+def _regions_line(scores: dict, scheme) -> str:
+    """'WT 0.912 TC 0.874 ET 0.801 RC 0.650 mean 0.862' (the mean over the tumour regions)."""
+    parts = [f"{r} {scores[f'dice_{r}']:.3f}" for r in scheme.regions if f"dice_{r}" in scores]
+    return " ".join(parts + [f"mean {scores['dice_mean']:.3f}"])
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -175,7 +190,8 @@ def cmd_search(args: argparse.Namespace) -> int:
                         num_samples=args.num_samples, max_epochs=args.max_epochs, out=args.out,
                         name=args.name, seed=args.seed, fold=args.fold, folds=args.folds,
                         split_seed=args.split_seed, workers_per_trial=args.workers_per_trial,
-                        verbose=args.verbose, log=_print, **options)
+                        verbose=args.verbose, objective=args.objective, labels=args.labels,
+                        log=_print, **options)
     result = search.run()
     _print_search(result, search.spec)
     if result.interrupted:
@@ -200,7 +216,10 @@ def _print_search(result, spec) -> None:
         _print(f"interrupted: {s['trials_interrupted']} trial(s) cut off; resume with: python "
                f"run_search.py search --resume --out {spec.out} --name {spec.name}")
     elif result.best is not None:
-        _print(f"best trial {result.best.trial_id}: validation mean Dice {result.best.score:.4f}")
+        from search.objective import describe
+
+        what = describe(result.summary.get("objective", "dice"), result.best.config.scheme.tumour)
+        _print(f"best trial {result.best.trial_id}: {what} {result.best.score:.4f}")
         for k, v in result.best.params.items():
             _print(f"  {k} = {v}")
         _print(f"exported: {where}/best" if remote else f"exported: {result.best.export}")
@@ -245,9 +264,10 @@ def cmd_retrain_best(args: argparse.Namespace) -> int:
         m = json.loads((out / "metrics.json").read_text())
         line = f"exported: {out}"
         if "final" in m:
-            f = m["final"]
-            line += (f" (validation Dice WT {f['dice_WT']:.3f} TC {f['dice_TC']:.3f} "
-                     f"ET {f['dice_ET']:.3f} mean {f['dice_mean']:.3f})")
+            from unet3d.config import RunConfig
+
+            scheme = RunConfig.load(out / "config.json").scheme
+            line += f" (validation Dice {_regions_line(m['final'], scheme)})"
         _print(line)
     return 0
 
@@ -350,21 +370,33 @@ def _unlabelled(case):
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from unet3d import labels as labels_mod
     from unet3d.data.discover import discover
-    from unet3d.evaluation import evaluate_folder, format_summary, summary, write_evaluation
+    from unet3d.evaluation import (
+        evaluate_folder,
+        evaluation_scheme,
+        format_summary,
+        summary,
+        write_evaluation,
+    )
     from unet3d.io_utils import check_writable_dir, check_writable_file
 
     if args.out:
         out = check_writable_file(args.out, "--out")
     else:  # the default --out is PRED/evaluation.csv
         out = check_writable_dir(args.pred, "--pred") / "evaluation.csv"
+    if args.labels is not None:
+        labels_mod.resolve(args.labels)
     ds = discover(args.data)
+    scheme = evaluation_scheme(ds, args.labels)
+    _print(f"labels: {scheme.describe()} ({'--labels' if args.labels else 'detected'})")
     n = sum(1 for c in ds.cases if c.label is not None)
     with tqdm(total=n, unit="case", disable=None) as bar:
-        rows = evaluate_folder(args.pred, ds.cases, jobs=args.jobs, progress=lambda r: bar.update(1))
-    csv_path, summary_path = write_evaluation(rows, out)
+        rows = evaluate_folder(args.pred, ds.cases, scheme, jobs=args.jobs,
+                               progress=lambda r: bar.update(1))
+    csv_path, summary_path = write_evaluation(rows, out, scheme)
     _print(f"{len(rows)} case(s) of {ds.root} scored against {args.pred}")
-    _print(format_summary(summary(rows)))
+    _print(format_summary(summary(rows, scheme), scheme))
     _print(f"per case: {csv_path}")
     _print(f"summary: {summary_path}")
     return 0
@@ -408,18 +440,37 @@ def _command(sub, name: str, help: str, description: str, func) -> argparse.Argu
     return s
 
 
+DATA_HELP = ("dataset folder: BraTS 2023-2026 (BraTS-GLI-00000-000/ case folders, any task: GLI, "
+             "SSA, MEN, MET, PED, GoAT, MEN-RT; or the challenge's ...TrainingData/ folder above "
+             "them), BraTS 2021 (BraTS2021_00000/), 2019/2020 (HGG/, LGG/, BraTS20_Training_001/) or "
+             "MSD Task01_BrainTumour (dataset.json, imagesTr/)")
+
+
+def _labels_arg(q: argparse.ArgumentParser) -> None:
+    from unet3d.labels import BUILTIN
+
+    q.add_argument("--labels", default=None, metavar="NAME|FILE",
+                   help=f"label scheme: {', '.join(BUILTIN)}, or a YAML file of your own (default: "
+                        f"detected from the layout, the BraTS task and the label values)")
+
+
 def _data_args(q: argparse.ArgumentParser) -> None:
-    q.add_argument("--data", required=True,
-                   help="dataset folder: BraTS 2019/2020 (HGG/, LGG/), BraTS 2021 (case folders) or "
-                        "MSD Task01_BrainTumour (dataset.json, imagesTr/)")
+    q.add_argument("--data", required=True, help=DATA_HELP)
     q.add_argument("--cache", default=None,
                    help="preprocessed cache folder (default: DATA/.unet3d-cache)")
+    _labels_arg(q)
 
 
 def _synth_parser(sub) -> None:
-    s = _command(sub, "synth", "write a synthetic BraTS 2021-layout NIfTI dataset",
-                 "Write N synthetic BraTS-like cases (t1, t1ce, t2, flair, seg as .nii.gz, labels "
-                 "0/1/2/4) in the BraTS 2021 folder layout. Existing complete cases are kept.", cmd_synth)
+    from unet3d.data.synthetic import LAYOUTS
+
+    s = _command(sub, "synth", "write a synthetic BraTS-like NIfTI dataset in a release's layout",
+                 "Write N synthetic BraTS-like cases as .nii.gz in the folder layout and label values "
+                 "of a release: brats2021 (t1, t1ce, t2, flair, seg 0/1/2/4), brats2023 (t1n, t1c, t2w, "
+                 "t2f, seg 0-3, cases with two lesions), brats2024 (GLI post-treatment, + 4 resection "
+                 "cavity), brats2024-ped, brats-men-rt (t1c, gtv) or msd (Task01). Existing complete "
+                 "cases are kept.", cmd_synth)
+    s.add_argument("--layout", default="brats2021", choices=LAYOUTS, help="release layout to write")
     s.add_argument("--out", required=True, help="dataset folder to write")
     s.add_argument("--cases", type=int, default=16, help="number of cases")
     s.add_argument("--shape", type=int, nargs=3, default=[64, 64, 64], metavar=("D", "H", "W"),
@@ -471,6 +522,7 @@ ENGINE_OPTION = {"kt_algorithm": "algorithm"}
 
 def _search_parser(sub) -> None:
     from search.kt_engine import ALGORITHMS
+    from search.objective import OBJECTIVES
     from search.ray_engine import TIME_ATTRS, RayOptions
     from search.spec import DEFAULT_DATA, DEFAULT_OUT, ENGINES, SearchSpec
 
@@ -480,9 +532,15 @@ def _search_parser(sub) -> None:
                  "one folder per trial, results.csv, trials.json, best/ (the best model exported), "
                  "report.html and TensorBoard logs with an HParams view of every trial.", cmd_search)
     s.add_argument("--data", default=None,
-                   help=f"dataset folder (default: a synthetic dataset in {DEFAULT_DATA}, written if absent)")
+                   help=f"{DATA_HELP} (default: a synthetic dataset in {DEFAULT_DATA}, written if "
+                        f"absent)")
     s.add_argument("--cache", default=None, help="preprocessed cache (default: DATA/.unet3d-cache); on a "
                                                  "cluster, storage every node sees")
+    _labels_arg(s)
+    s.add_argument("--objective", choices=list(OBJECTIVES), default=spec.objective,
+                   help="what ranks trials, stops them early and picks best/: dice (mean whole-image "
+                        "Dice of the tumour regions) or lesionwise (mean lesion-wise Dice, as BraTS "
+                        "2023+ ranks; slower validation)")
     s.add_argument("--space", default=spec.space,
                    help="search space: demo | brats | nvidia, or a YAML/JSON space file")
     s.add_argument("--engine", choices=ENGINES, default=spec.engine, help="search engine")
@@ -558,8 +616,9 @@ def _predict_parser(sub) -> None:
     s = _command(sub, "predict", "segment cases with one exported model or an ensemble",
                  "Segment every case of INPUT (one BraTS case folder, or a dataset folder in any "
                  "supported layout) with sliding-window inference. Writes OUT/<case_id>.nii.gz on each "
-                 "input's own grid (shape, affine and header of its images) with the layout's label "
-                 "values (BraTS 0/1/2/4, MSD 0-3), and OUT/predict.json (models and options). Several "
+                 "input's own grid (shape, affine and header of its images) with the label values of "
+                 "the model's label scheme (BraTS 2019-21 0/1/2/4, 2023+ 0-3, 2024 GLI 0-4, MSD 0-3), "
+                 "and OUT/predict.json (models and options). Several "
                  "--model folders form an ensemble that averages probabilities.", cmd_predict)
     s.add_argument("--model", action="append", required=True, metavar="DIR",
                    help="an export folder (EXPERIMENT/best, a train --out folder), a folder of exports "
@@ -578,7 +637,8 @@ def _predict_parser(sub) -> None:
                    help="auto: the training precision on a GPU, float32 on a CPU")
     s.add_argument("--probabilities", action="store_true",
                    help="also write OUT/<case_id>_probabilities.nii.gz (X, Y, Z, K; quantised to 1/255): "
-                        "class probabilities, or WT/TC/ET ones if any model has a region head")
+                        "class probabilities, or region ones (e.g. WT/TC/ET) if any model has a region "
+                        "head")
     s.add_argument("--min-et-volume", type=float, default=0.0, metavar="MM3",
                    help="post-processing: enhancing-tumour components smaller than this become necrotic "
                         "core (0: off; 500 is a common BraTS choice)")
@@ -587,12 +647,17 @@ def _predict_parser(sub) -> None:
 
 
 def _evaluate_parser(sub) -> None:
-    s = _command(sub, "evaluate", "score predictions against reference labels (Dice, HD95)",
-                 "Score PRED/<case_id>.nii.gz against every labelled case of DATA: BraTS region (WT, "
-                 "TC, ET) Dice and HD95 in mm on the original grid. Writes a per-case CSV and "
-                 "<stem>_summary.json (mean, std, median, quartiles) and prints the summary.", cmd_evaluate)
+    s = _command(sub, "evaluate", "score predictions as the BraTS challenge does (Dice, HD95, NSD, "
+                 "lesion-wise)",
+                 "Score PRED/<case_id>.nii.gz against every labelled case of DATA, per region of the "
+                 "label scheme (WT, TC, ET, RC, ...) on the original grid: whole-image Dice, HD95 (mm) "
+                 "and normalized surface distance, and the lesion-wise scores of the BraTS 2023+ "
+                 "evaluation (lesions as connected components matched one-to-one; TP/FP/FN lesions, "
+                 "F1, lesion-wise Dice and HD95). Writes a per-case CSV and <stem>_summary.json (mean, "
+                 "std, median, quartiles) and prints the summary.", cmd_evaluate)
     s.add_argument("--pred", required=True, help="folder of predictions")
     s.add_argument("--data", required=True, help="the dataset with the reference labels")
+    _labels_arg(s)
     s.add_argument("--out", default=None, help="per-case CSV (default: PRED/evaluation.csv)")
     s.add_argument("--jobs", type=int, default=None, help="worker processes (default: CPU count)")
 

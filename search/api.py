@@ -77,12 +77,14 @@ class Search:
                  out: str | Path = DEFAULT_OUT, name: str | None = None, seed: int = 0,
                  fold: int = 0, folds: int = 5, split_seed: int = 0,
                  cache: str | Path | None = None, workers_per_trial: int = 1, verbose: int = 1,
+                 objective: str = "dice", labels: str | Path | None = None,
                  log: Log | None = None, **engine_options: Any) -> None:
         self.spec = SearchSpec(
             data=str(data or ""), cache=str(cache or ""), space=str(space), engine=engine,
             num_samples=num_samples, max_epochs=max_epochs, out=str(out),
             name=name or time.strftime("search-%Y%m%d-%H%M%S"), seed=seed, fold=fold, folds=folds,
             split_seed=split_seed, workers_per_trial=workers_per_trial, verbose=verbose,
+            objective=objective, labels=str(labels or ""),
             engine_options={k: v for k, v in engine_options.items() if v is not None})
         engine_settings(self.spec)  # the engine's own options, checked now
         self.log: Log = log or (lambda _msg: None)
@@ -194,8 +196,9 @@ class Search:
 
     def _prepare(self, dataset: Any, exp: Experiment) -> SearchContext:
         """The demo dataset if needed, the preprocessed cache, and the fold's case IDs."""
+        from unet3d import labels as labels_mod
         from unet3d.data.discover import discover
-        from unet3d.data.preprocess import prepare
+        from unet3d.data.preprocess import dataset_channels, dataset_scheme, prepare
         from unet3d.data.split import kfold
 
         spec = self.spec
@@ -209,6 +212,10 @@ class Search:
         entries = prepare(dataset.cases, spec.cache_folder, lambda _case, r: reused.append(r))
         self.log(f"{dataset.layout} layout: {len(entries)} cases ({len(dataset.labelled)} labelled) "
                  f"-> {spec.cache_folder} ({reused.count(False)} preprocessed, {sum(reused)} reused)")
+        scheme = dataset_scheme(dataset, entries, spec.labels or None)
+        channels = dataset_channels(entries)
+        self.log(f"labels: {scheme.describe()} ({'--labels' if spec.labels else 'detected'}); "
+                 f"objective: {spec.objective}")
         labelled = [e.case_id for e in entries if e.meta["labelled"]]
         train_ids, val_ids = kfold(labelled, spec.folds, spec.fold, spec.split_seed)
         return SearchContext(space=self._space, data=str(spec.data_folder),
@@ -216,7 +223,8 @@ class Search:
                              val_ids=tuple(val_ids), max_epochs=spec.max_epochs, seed=spec.seed,
                              fold=spec.fold, folds=spec.folds, split_seed=spec.split_seed,
                              experiment="" if exp.remote else str(exp.local),
-                             workers_per_trial=spec.workers_per_trial)
+                             workers_per_trial=spec.workers_per_trial, objective=spec.objective,
+                             labels=labels_mod.to_config(scheme), in_channels=channels)
 
     def _create(self, exp: Experiment, ctx: SearchContext) -> None:
         from search.finish import save_search
@@ -224,7 +232,7 @@ class Search:
 
         exp.local.mkdir(parents=True, exist_ok=True)
         save_search(self.spec, ctx, exp.local)
-        write_experiment(exp.local, ctx.space)
+        write_experiment(exp.local, ctx.space, scheme=ctx.scheme, objective=ctx.objective)
         self.log(f"searching space {ctx.space.name!r} ({len(ctx.space.params)} parameters) with "
                  f"{self.spec.engine}: {len(ctx.train_ids)} train / {len(ctx.val_ids)} validation "
                  f"cases -> {exp.location}")
@@ -263,6 +271,7 @@ def _best(summary: dict[str, Any]) -> BestTrial | None:
     if "best_trial" not in summary:
         return None
     export = Path(summary["export"])
-    return BestTrial(trial_id=summary["best_trial"], score=summary["best_dice_mean"],
+    return BestTrial(trial_id=summary["best_trial"],
+                     score=summary.get("best_score", summary["best_dice_mean"]),
                      params=summary["best_params"], config=RunConfig.load(export / "config.json"),
                      export=export)

@@ -1,13 +1,17 @@
-"""What every trial needs besides its sampled parameters: where the data is and how it is split."""
+"""What every trial needs besides its sampled parameters: where the data is and how it is split,
+the label scheme it trains and is scored with, and the objective that ranks it."""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
 
+from search.objective import metric_of
 from spaces.space import SearchSpace, space_from_dict
+from unet3d import labels as labels_mod
 from unet3d.config import RunConfig
 from unet3d.data.preprocess import CachedCase, open_cases
+from unet3d.labels import LabelScheme
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +32,13 @@ class SearchContext:
             (trials then write to Ray's trial folder, which Ray uploads).
         workers_per_trial: Horovod workers each trial trains with (Ray actors, one CPU or GPU
             bundle each, in the trial's placement group).
+        objective: "dice" | "lesionwise" (``search.objective``): every trial trains with it as
+            ``train.objective`` and reports its metric (:attr:`metric`), which the engine ranks by.
+        labels: the dataset's label scheme as a config records it (a built-in name, or a user
+            scheme whole: ``unet3d.labels.to_config``); every trial's ``data.labels`` (its model is
+            sized to it). None (a search.json written before schemes): the space's own scheme.
+        in_channels: the modalities every case has (4; 1 for BraTS MEN-RT's T1c alone): every
+            trial's ``model.in_channels``.
     """
 
     space: SearchSpace
@@ -42,10 +53,33 @@ class SearchContext:
     split_seed: int = 0
     experiment: str = ""
     workers_per_trial: int = 1
+    objective: str = "dice"
+    labels: str | dict[str, Any] | None = None
+    in_channels: int = 4
+
+    def __post_init__(self) -> None:
+        metric_of(self.objective)  # raises ValueError naming --objective
+
+    @property
+    def metric(self) -> str:
+        """The per-epoch metric the engines rank, stop and checkpoint by."""
+        return metric_of(self.objective)
+
+    @property
+    def scheme(self) -> LabelScheme:
+        """The label scheme trials train with (its regions are the results' region columns)."""
+        if self.labels is None:
+            return self.space.base_config().scheme
+        return labels_mod.resolve(self.labels)
 
     def run_config(self, sample: dict[str, Any]) -> RunConfig:
-        cfg = self.space.to_run_config(sample).with_epochs(self.max_epochs)
-        return cfg.replace(train={"seed": self.seed},
+        """The trial's RunConfig: the space's config for ``sample``, for this search's label scheme,
+        epochs, seed, split and objective (these override whatever the space fixes)."""
+        cfg = self.space.to_run_config(sample)
+        if self.labels is not None:
+            cfg = cfg.with_labels(self.scheme, self.in_channels)
+        cfg = cfg.with_epochs(self.max_epochs)
+        return cfg.replace(train={"seed": self.seed, "objective": self.objective},
                            data={"fold": self.fold, "folds": self.folds, "split_seed": self.split_seed})
 
     def cases(self, ids: tuple[str, ...]) -> list[CachedCase]:

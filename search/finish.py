@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from search.context import SearchContext
+from search.objective import WORDS
 from search.results import TrialRow, asha_savings, best_row, ranked, write_results
 from search.spec import SearchSpec
 from unet3d.io_utils import atomic_write_json
@@ -41,7 +42,7 @@ def load_search(experiment: Path) -> tuple[SearchSpec, SearchContext]:
     spec = SearchSpec(data=ctx.data, cache=ctx.cache, space=ctx.space.name, engine=rest["engine"],
                       max_epochs=ctx.max_epochs, name=experiment.name, seed=ctx.seed, fold=ctx.fold,
                       folds=ctx.folds, split_seed=ctx.split_seed,
-                      workers_per_trial=ctx.workers_per_trial)
+                      workers_per_trial=ctx.workers_per_trial, objective=ctx.objective)
     return spec, ctx
 
 
@@ -78,13 +79,13 @@ def export_best(rows: Sequence[TrialRow], ctx: SearchContext,
 
 
 def load_rows(experiment: Path) -> list[TrialRow]:
-    """The trial rows a finished search wrote to ``trials.json``."""
+    """The trial rows a finished search wrote to ``trials.json`` (an older file's too)."""
     path = experiment / "trials.json"
     try:
         trials = json.loads(path.read_text())["trials"]
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: not found; has the search {experiment} finished?") from None
-    return [TrialRow(**t) for t in trials]
+    return [TrialRow.from_dict(t) for t in trials]
 
 
 def export_top(experiment: Path, k: int,
@@ -111,8 +112,8 @@ def export_top(experiment: Path, k: int,
         folder = experiment / "top" / f"rank{rank}_{row.trial_id}"
         if not (folder / "model.keras").exists():
             if log is not None:
-                log(f"exporting trial {row.trial_id} (rank {rank}, validation Dice "
-                    f"{row.best_dice_mean:.4f}) -> {folder}")
+                log(f"exporting trial {row.trial_id} (rank {rank}, validation "
+                    f"{WORDS[row.objective]} {row.best_score:.4f}) -> {folder}")
             _export_row(row, ctx, experiment, folder)
         out.append(folder)
     return out
@@ -120,15 +121,16 @@ def export_top(experiment: Path, k: int,
 
 def finish(rows: Sequence[TrialRow], ctx: SearchContext, experiment: Path, engine: str, *,
            export: bool = True) -> dict[str, Any]:
-    """Writes results.csv and trials.json and (``export``) exports the best trial; the summary."""
-    summary: dict[str, Any] = {"engine": engine, "trials": len(rows),
+    """Writes results.csv and trials.json and (``export``) exports the best trial; the summary
+    (``best_score``: the best trial's objective, ``objective`` which one; ``best_dice_mean`` too)."""
+    summary: dict[str, Any] = {"engine": engine, "objective": ctx.objective, "trials": len(rows),
                                "max_epochs": ctx.max_epochs,
                                "trials_interrupted": sum(r.status == "interrupted" for r in rows),
                                **asha_savings(rows, ctx.max_epochs)}
     exported = export_best(rows, ctx, experiment) if export else None
     if exported is not None:
         best, path = exported
-        summary.update(best_trial=best.trial_id, best_dice_mean=best.best_dice_mean,
-                       best_params=best.params, export=str(path))
+        summary.update(best_trial=best.trial_id, best_score=best.best_score,
+                       best_dice_mean=best.best_dice_mean, best_params=best.params, export=str(path))
     write_results(rows, experiment, summary)
     return summary

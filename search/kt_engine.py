@@ -5,7 +5,9 @@ optimisation. Trials run one after another in this process; each trains with the
 Ray trial, into ``<experiment>/trial_<id>/run``. Keras Tuner's own state lives in
 ``<experiment>/keras_tuner/``, so an interrupted search is continued by constructing the tuner again
 with ``overwrite=False``; a trial that was cut off resumes from its last epoch checkpoint.
-NVIDIA's configuration (projected into the space) is the first point the oracle proposes.
+NVIDIA's configuration (projected into the space) is the first point the oracle proposes. The
+oracle maximises the search objective's metric (``ctx.metric``: ``val_dice_mean`` or
+``val_lesionwise_dice_mean``), and rows report every region of the context's label scheme.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from search.context import SearchContext
-from search.objective import METRIC, MODE
+from search.objective import MODE
 from search.results import TrialRow, row_from_history
 from search.spec import SearchError
 
@@ -55,7 +57,8 @@ def _tuner(ctx: SearchContext, experiment: Path, opts: KerasTunerOptions, overwr
     space = ctx.space
     hp = kt.HyperParameters()
     define_keras_tuner(space, hp)
-    objective = kt.Objective(METRIC, direction=MODE)
+    metric = ctx.metric  # the search objective's (search.objective)
+    objective = kt.Objective(metric, direction=MODE)
     first = nvidia_point(space)
 
     class NvidiaFirst:
@@ -109,9 +112,12 @@ def _tuner(ctx: SearchContext, experiment: Path, opts: KerasTunerOptions, overwr
                               resume=resume, log=lambda m: log(f"  {trial.trial_id} {m}"),
                               epoch_hook=lambda _epoch, _record: _stop_if(ctrl_c)).fit()
             (run_dir / "wall_s").write_text(f"{time.perf_counter() - t0:.3f}\n")
-            last = [h for h in metrics["history"] if METRIC in h][-1]
+            scored = [h for h in metrics["history"] if metric in h]
+            if not scored:
+                raise RuntimeError(f"trial {trial.trial_id}: no epoch reported {metric} (the "
+                                   f"objective {ctx.objective!r} of this search)")
             # The exported weights are the last epoch's: score the trial by that epoch, honestly.
-            return {METRIC: float(last[METRIC])}
+            return {metric: float(scored[-1][metric])}
 
     # Keras Tuner's overwrite deletes its whole project folder: keep it a subfolder of ours.
     return UNetTuner(oracle=oracle, directory=str(experiment), project_name="keras_tuner",
@@ -176,16 +182,10 @@ def rows(tuner: Any, ctx: SearchContext, experiment: Path, opts: KerasTunerOptio
         wall = float((run_dir / "wall_s").read_text()) if (run_dir / "wall_s").exists() else 0.0
         cut_off = interrupted and trial.status == "RUNNING"
         error = "" if history or cut_off else f"no epoch finished (trial status {trial.status})"
-        row = row_from_history(tid, {n: values.get(n) for n in names}, history, ctx.max_epochs,
-                               error=error, wall_s=wall, node=socket.gethostname(),
-                               checkpoint=str(run_dir) if history else "", run_dir=str(run_dir),
-                               index=int(tid) + 1 if tid.isdigit() else 0, interrupted=cut_off)
-        # Keras Tuner scores a trial by its last epoch (the weights it keeps); report that as best.
-        if history:
-            last = [h for h in history if METRIC in h][-1]
-            row.best_epoch = int(last["epoch"])
-            row.best_dice_mean = float(last[METRIC])
-            row.best_dice_WT, row.best_dice_TC, row.best_dice_ET = (
-                float(last["val_dice_WT"]), float(last["val_dice_TC"]), float(last["val_dice_ET"]))
-        out.append(row)
+        # Keras Tuner scores a trial by its last epoch (the weights it keeps): that is its best.
+        out.append(row_from_history(
+            tid, {n: values.get(n) for n in names}, history, ctx.max_epochs, error=error,
+            wall_s=wall, node=socket.gethostname(), checkpoint=str(run_dir) if history else "",
+            run_dir=str(run_dir), index=int(tid) + 1 if tid.isdigit() else 0, interrupted=cut_off,
+            objective=ctx.objective, regions=ctx.scheme.region_names, best_is_last=True))
     return out

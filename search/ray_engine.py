@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from search.context import SearchContext
-from search.objective import METRIC, MODE
+from search.objective import DEFAULT, METRIC, MODE, metric_of
 from search.results import TrialRow, row_from_history
 from search.spec import SearchError
 from unet3d.errors import UserError
@@ -249,8 +249,9 @@ def check_resources(opts: RayOptions, workers_per_trial: int, log: Callable[[str
         f"until its autoscaler adds GPU nodes")
 
 
-def searcher(space: Any, opts: RayOptions) -> Any:
-    """Optuna's TPE (seeded) over the space, NVIDIA's point first, at most max_concurrent at once."""
+def searcher(space: Any, opts: RayOptions, metric: str = METRIC) -> Any:
+    """Optuna's TPE (seeded) over the space, NVIDIA's point first, at most max_concurrent at once,
+    maximising ``metric`` (the search objective's, ``search.objective``)."""
     import optuna
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
@@ -258,7 +259,7 @@ def searcher(space: Any, opts: RayOptions) -> Any:
     from spaces.translate import nvidia_point, to_optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    alg = OptunaSearch(space=to_optuna(space), metric=METRIC, mode=MODE,
+    alg = OptunaSearch(space=to_optuna(space), metric=metric, mode=MODE,
                        points_to_evaluate=[nvidia_point(space)],
                        sampler=optuna.samplers.TPESampler(seed=opts.seed))
     return ConcurrencyLimiter(alg, max_concurrent=opts.max_concurrent) if opts.max_concurrent else alg
@@ -298,19 +299,21 @@ def _graceful_ctrl_c() -> Iterator[list[bool]]:
         signal.signal(signal.SIGINT, previous)
 
 
-def tune_config(space: Any, opts: RayOptions) -> Any:
-    """The searcher and ASHA, both maximising the objective."""
+def tune_config(space: Any, opts: RayOptions, metric: str = METRIC) -> Any:
+    """The searcher and ASHA, both maximising the objective's ``metric`` (given here, late: ASHA
+    gets it from the TuneConfig)."""
     from ray import tune
 
     return tune.TuneConfig(
-        metric=METRIC, mode=MODE, search_alg=searcher(space, opts), scheduler=scheduler(opts),
+        metric=metric, mode=MODE, search_alg=searcher(space, opts, metric),
+        scheduler=scheduler(opts),
         num_samples=opts.num_samples, max_concurrent_trials=opts.max_concurrent or None,
         trial_dirname_creator=trial_dirname, trial_name_creator=trial_name)
 
 
-def run_config(location: str, opts: RayOptions) -> Any:
+def run_config(location: str, opts: RayOptions, metric: str = METRIC) -> Any:
     """Where trials go, retries, and the one checkpoint kept per trial: its best epoch's (by the
-    objective), which is what best/ exports."""
+    objective's ``metric``), which is what best/ exports."""
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
@@ -322,7 +325,7 @@ def run_config(location: str, opts: RayOptions) -> Any:
         callbacks=[CSVLoggerCallback(), JsonLoggerCallback(), TrialStatuses(location)],
         failure_config=tune.FailureConfig(max_failures=opts.max_failures),
         checkpoint_config=tune.CheckpointConfig(
-            num_to_keep=1, checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE))
+            num_to_keep=1, checkpoint_score_attribute=metric, checkpoint_score_order=MODE))
 
 
 def run(ctx: SearchContext, location: str, opts: RayOptions, *, resume: bool = False,
@@ -347,8 +350,8 @@ def run(ctx: SearchContext, location: str, opts: RayOptions, *, resume: bool = F
         t = tune.Tuner.restore(location, trainable=_trainable(ctx, opts), resume_unfinished=True,
                                resume_errored=True)
     else:
-        t = tune.Tuner(_trainable(ctx, opts), tune_config=tune_config(ctx.space, opts),
-                       run_config=run_config(location, opts))
+        t = tune.Tuner(_trainable(ctx, opts), tune_config=tune_config(ctx.space, opts, ctx.metric),
+                       run_config=run_config(location, opts, ctx.metric))
     with _graceful_ctrl_c() as interrupted:
         grid = t.fit()
     from search.ray_callbacks import cut_off_trials
@@ -359,7 +362,8 @@ def run(ctx: SearchContext, location: str, opts: RayOptions, *, resume: bool = F
         if left:
             log(f"warning: {left} Horovod worker process(es) still alive after the search")
     scheme = location.split("://", 1)[0] + "://" if "://" in location else ""
-    rows = rows_from_grid(grid, ctx.max_epochs, scheme)
+    rows = rows_from_grid(grid, ctx.max_epochs, scheme, objective=ctx.objective,
+                          regions=ctx.scheme.region_names)
     if interrupted:
         for r in rows:
             if r.trial_id in cut_off and r.status == "stopped":
@@ -388,8 +392,12 @@ def horovod_workers_alive(wait_s: float = 10.0) -> int:
         time.sleep(0.5)
 
 
-def rows_from_grid(grid: Any, max_epochs: int, scheme: str = "") -> list[TrialRow]:
-    """Rows from Ray's ResultGrid; checkpoint paths get ``scheme`` back for remote storage."""
+def rows_from_grid(grid: Any, max_epochs: int, scheme: str = "", *, objective: str = DEFAULT,
+                   regions: tuple[str, ...] = ()) -> list[TrialRow]:
+    """Rows from Ray's ResultGrid, ranked by ``objective``, their region scores in the order of
+    ``regions`` (the label scheme's); checkpoint paths get ``scheme`` (a URI scheme, ``s3://``)
+    back for remote storage."""
+    metric = metric_of(objective)
     rows = []
     for result in grid:
         df = result.metrics_dataframe
@@ -403,7 +411,7 @@ def rows_from_grid(grid: Any, max_epochs: int, scheme: str = "") -> list[TrialRo
         params = {k: v for k, v in (result.config or {}).items()}
         best_ckpt = ""
         try:
-            ck = result.get_best_checkpoint(METRIC, MODE)
+            ck = result.get_best_checkpoint(metric, MODE)
         except Exception:  # noqa: BLE001  (no scored checkpoint)
             ck = None
         if ck is None:
@@ -416,7 +424,7 @@ def rows_from_grid(grid: Any, max_epochs: int, scheme: str = "") -> list[TrialRo
             error = str(result.error).strip().splitlines()[-1][:300] if str(result.error) else \
                 type(result.error).__name__
         rows.append(row_from_history(
-            trial_id, params, history, max_epochs, error=error,
+            trial_id, params, history, max_epochs, objective=objective, regions=regions, error=error,
             index=int(m.get("trial_index", 0)), wall_s=float(m.get("time_total_s", 0.0)),
             node=str(m.get("node_ip", "")), node_id=str(m.get("node_id", "")), checkpoint=best_ckpt,
             run_dir=scheme + result.path if scheme else str(result.path)))

@@ -2,11 +2,15 @@
 figures next to it, built from what a search writes (trials.json or, while it runs, the trial
 folders' progress, search.json, best/).
 
-Sections: the results table; learning curves (validation mean Dice per epoch, ASHA's stops marked);
-the objective against trial order with the best-so-far line; parallel coordinates of the parameters
-coloured by Dice; parameter importances (Optuna's fANOVA evaluator over the finished trials); Dice
-against training throughput with the Pareto front; the best configuration next to NVIDIA's; the
-exported model's files.
+Sections: the results table (the objective, then the Dice of every region of the label scheme,
+lesion-wise columns too when the objective is lesion-wise; a region outside the tumour mean, such as
+BraTS 2024's RC, is a column and the text says it is not in the mean); learning curves (the
+objective per epoch, ASHA's stops marked); the objective against trial order with the best-so-far
+line; parallel coordinates of the parameters coloured by the objective; parameter importances
+(Optuna's fANOVA evaluator over the finished trials); the objective against training throughput
+with the Pareto front; the best configuration next to NVIDIA's; the exported model's files and
+validation scores. "The objective" is the search's (``search.objective``): the validation mean
+Dice, or mean lesion-wise Dice, of the scheme's tumour regions.
 """
 
 from __future__ import annotations
@@ -16,13 +20,14 @@ import json
 import math
 import shutil
 import tempfile
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from search.finish import load_context
-from search.objective import METRIC
-from search.results import TrialRow, best_row, finite, ranked
+from search.objective import DEFAULT, HEADERS, describe
+from search.results import TrialRow, best_row, finite, in_order, lesionwise_regions_of, ranked, regions_of
 
 FIGURES = ("learning_curves", "objective", "parallel", "importance", "pareto")
 
@@ -40,7 +45,7 @@ def _rows(experiment: Path) -> tuple[list[TrialRow], dict[str, Any], bool]:
     path = experiment / "trials.json"
     if path.exists():
         d = json.loads(path.read_text())
-        return [TrialRow(**t) for t in d["trials"]], d.get("summary", {}), True
+        return [TrialRow.from_dict(t) for t in d["trials"]], d.get("summary", {}), True
     from search.results import row_from_history
 
     ctx, _ = load_context(experiment)
@@ -59,6 +64,8 @@ def _rows(experiment: Path) -> tuple[list[TrialRow], dict[str, Any], bool]:
                 history.append({k: v for k, v in rec.items() if k != "config"})
         if history:
             rows.append(row_from_history(trial.name.split("_", 1)[1], params, history, ctx.max_epochs,
+                                         objective=ctx.objective,
+                                         regions=ctx.scheme.region_names,
                                          index=int(history[-1].get("trial_index", 0)),
                                          node=str(history[-1].get("node_ip", "")),
                                          node_id=str(history[-1].get("node_id", ""))))
@@ -84,34 +91,39 @@ def importances(rows: list[TrialRow], space: Any) -> dict[str, float]:
     from spaces.translate import to_optuna
 
     dists = to_optuna(space)
-    scored = [r for r in rows if finite(r.best_dice_mean)]
-    if len(scored) < 2 or len({r.best_dice_mean for r in scored}) < 2:
+    scored = [r for r in rows if finite(r.best_score)]
+    if len(scored) < 2 or len({r.best_score for r in scored}) < 2:
         return {}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize")
     for r in scored:
         params = {k: v for k, v in r.params.items() if k in dists}
         study.add_trial(optuna.trial.create_trial(params=params, distributions={k: dists[k] for k in params},
-                                                  value=r.best_dice_mean))
+                                                  value=r.best_score))
     try:
         return dict(get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0)))
     except (RuntimeError, ValueError):
         return {}
 
 
-def _figures(rows: list[TrialRow], space: Any, max_epochs: int, out: Path, stem: str) -> dict[str, Path]:
-    """Draws every figure of FIGURES into ``out/<stem>_<name>.png``; returns {name: path}."""
+def _figures(rows: list[TrialRow], ctx: Any, out: Path, stem: str) -> dict[str, Path]:
+    """Draws every figure of FIGURES into ``out/<stem>_<name>.png``; returns {name: path}.
+    ``ctx``: the search's context (space, epochs, objective, label scheme)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    space = ctx.space
+    # "validation mean Dice of WT, TC, ET", on lines short enough for a y axis
+    what = "\n".join(textwrap.wrap(describe(ctx.objective, ctx.scheme.tumour), 36))
     ordered = sorted(rows, key=lambda r: r.index or 10**9)
-    draw = {"learning_curves": lambda ax: _learning_curves(ax, ordered, max_epochs),
-            "objective": lambda ax: _objective(ax, ordered),
-            "parallel": lambda ax: _parallel(ax, ordered, space),
+    draw = {"learning_curves": lambda ax: _learning_curves(ax, ordered, ctx.max_epochs, ctx.metric,
+                                                           what),
+            "objective": lambda ax: _objective(ax, ordered, what),
+            "parallel": lambda ax: _parallel(ax, ordered, space, what),
             "importance": lambda ax: _importance(ax, rows, space),
-            "pareto": lambda ax: _pareto_figure(ax, rows)}
+            "pareto": lambda ax: _pareto_figure(ax, rows, what)}
     sizes = {"learning_curves": (8, 4.5), "objective": (8, 3.8), "parallel": (9, 4.5),
              "importance": (7, 3.5), "pareto": (7, 4.5)}
     paths: dict[str, Path] = {}
@@ -126,12 +138,13 @@ def _figures(rows: list[TrialRow], space: Any, max_epochs: int, out: Path, stem:
     return paths
 
 
-def _learning_curves(ax: Any, ordered: list[TrialRow], max_epochs: int) -> None:
+def _learning_curves(ax: Any, ordered: list[TrialRow], max_epochs: int, metric: str,
+                     what: str) -> None:
     import matplotlib.pyplot as plt
 
     cmap = plt.get_cmap("tab10")
     for i, r in enumerate(ordered):
-        pts = [(h["epoch"], h[METRIC]) for h in r.history if finite(h.get(METRIC))]
+        pts = [(h["epoch"], h[metric]) for h in r.history if finite(h.get(metric))]
         if not pts:
             continue
         xs, ys = zip(*pts, strict=True)
@@ -140,7 +153,7 @@ def _learning_curves(ax: Any, ordered: list[TrialRow], max_epochs: int) -> None:
         marker = {"stopped": "x", "completed": "o", "error": "s", "interrupted": "v"}.get(r.status, ".")
         ax.plot(xs[-1], ys[-1], marker, color=cmap(i % 10), ms=8, mew=2)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("validation mean Dice (WT, TC, ET)")
+    ax.set_ylabel(what)
     ax.set_xlim(0.5, max_epochs + 0.5)
     ax.set_title("Learning curves (x = stopped by ASHA, o = completed, s = failed, v = interrupted)")
     ax.grid(alpha=0.3)
@@ -148,10 +161,10 @@ def _learning_curves(ax: Any, ordered: list[TrialRow], max_epochs: int) -> None:
         ax.legend(fontsize=7, ncol=2)
 
 
-def _objective(ax: Any, ordered: list[TrialRow]) -> None:
-    scored = [r for r in ordered if finite(r.best_dice_mean)]
+def _objective(ax: Any, ordered: list[TrialRow], what: str) -> None:
+    scored = [r for r in ordered if finite(r.best_score)]
     xs = [r.index for r in scored]
-    ys = [r.best_dice_mean for r in scored]
+    ys = [r.best_score for r in scored]
     ax.scatter(xs, ys, c=["C1" if r.status == "stopped" else "C0" for r in scored])
     best, run = [], -math.inf
     for y in ys:
@@ -159,29 +172,29 @@ def _objective(ax: Any, ordered: list[TrialRow]) -> None:
         best.append(run)
     ax.step(xs, best, where="post", color="C2", label="best so far")
     ax.set_xlabel("trial (order proposed)")
-    ax.set_ylabel("best validation mean Dice")
+    ax.set_ylabel(f"best {what}")
     ax.set_title("Objective by trial (orange = stopped early)")
     ax.grid(alpha=0.3)
     ax.legend()
 
 
-def _parallel(ax: Any, ordered: list[TrialRow], space: Any) -> None:
+def _parallel(ax: Any, ordered: list[TrialRow], space: Any, what: str) -> None:
     import matplotlib
     import matplotlib.pyplot as plt
 
     names = [p.name for p in space.params]
-    scored = [r for r in ordered if finite(r.best_dice_mean)]
+    scored = [r for r in ordered if finite(r.best_score)]
     if scored and names:
-        lo, hi = min(r.best_dice_mean for r in scored), max(r.best_dice_mean for r in scored)
+        lo, hi = min(r.best_score for r in scored), max(r.best_score for r in scored)
         norm = matplotlib.colors.Normalize(vmin=lo, vmax=hi if hi > lo else lo + 1e-6)
         for r in scored:
             ys = [_position(p, r.params.get(p.name)) for p in space.params]
-            ax.plot(range(len(names)), ys, color=plt.get_cmap("viridis")(norm(r.best_dice_mean)), lw=1.5)
+            ax.plot(range(len(names)), ys, color=plt.get_cmap("viridis")(norm(r.best_score)), lw=1.5)
         ax.figure.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap="viridis"), ax=ax,
-                           label="best validation mean Dice")
+                           label=f"best {what}")
     ax.set_xticks(range(len(names)), [n.split(".", 1)[-1] for n in names], rotation=20, fontsize=8)
     ax.set_yticks([0, 1], ["low / first", "high / last"])
-    ax.set_title("Parameters of every trial (lines), coloured by Dice")
+    ax.set_title("Parameters of every trial (lines), coloured by the objective")
 
 
 def _importance(ax: Any, rows: list[TrialRow], space: Any) -> None:
@@ -196,9 +209,9 @@ def _importance(ax: Any, rows: list[TrialRow], space: Any) -> None:
     ax.set_title("Parameter importance for the objective")
 
 
-def _pareto_figure(ax: Any, rows: list[TrialRow]) -> None:
-    pts = [(r.throughput_vps, r.best_dice_mean, r) for r in rows
-           if finite(r.throughput_vps) and finite(r.best_dice_mean)]
+def _pareto_figure(ax: Any, rows: list[TrialRow], what: str) -> None:
+    pts = [(r.throughput_vps, r.best_score, r) for r in rows
+           if finite(r.throughput_vps) and finite(r.best_score)]
     if pts:
         ax.scatter([p[0] for p in pts], [p[1] for p in pts], color="C0", label="trial")
         front = _pareto([(p[0], p[1]) for p in pts])
@@ -208,7 +221,7 @@ def _pareto_figure(ax: Any, rows: list[TrialRow]) -> None:
             ax.annotate(pts[i][2].trial_id[:8], (pts[i][0], pts[i][1]), fontsize=7,
                         xytext=(4, 4), textcoords="offset points")
     ax.set_xlabel("training throughput (volumes/s)")
-    ax.set_ylabel("best validation mean Dice")
+    ax.set_ylabel(f"best {what}")
     ax.set_title("Accuracy against speed")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -257,15 +270,15 @@ def build_report(experiment: str | Path, out: str | Path | None = None) -> Repor
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.stem}.", dir=out.parent))
     try:
-        figs = _figures(rows, ctx.space, ctx.max_epochs, tmp, out.stem)
+        figs = _figures(rows, ctx, tmp, out.stem)
         # The exported trial; while none is exportable yet, the best scored one.
-        best = best_row(rows) or next((r for r in ranked(rows) if finite(r.best_dice_mean)), None)
+        best = best_row(rows) or next((r for r in ranked(rows) if finite(r.best_score)), None)
         parts = [*_header(experiment, ctx, extra, rows, summary, finished),
-                 *_results_table(rows, ctx.space, best)]
+                 *_results_table(rows, ctx, best)]
         for key in FIGURES:
             parts.append(f"<h2 id='{key}'>{TITLES[key]}</h2><img src='{figs[key].name}' "
                          f"alt='{TITLES[key]}'>")
-        parts += [*_best_section(best, ctx.space), *_export_section(experiment / "best"),
+        parts += [*_best_section(best, ctx.space), *_export_section(experiment / "best", ctx),
                   "</body></html>\n"]
         (tmp / out.name).write_text("\n".join(parts))
         placed = []
@@ -279,8 +292,8 @@ def build_report(experiment: str | Path, out: str | Path | None = None) -> Repor
 
 
 TITLES = {"learning_curves": "Learning curves", "objective": "Objective by trial",
-          "parallel": "Parameters against Dice", "importance": "Parameter importance",
-          "pareto": "Dice against throughput (Pareto front)"}
+          "parallel": "Parameters against the objective", "importance": "Parameter importance",
+          "pareto": "Objective against throughput (Pareto front)"}
 
 
 def _header(experiment: Path, ctx: Any, extra: dict[str, Any], rows: list[TrialRow],
@@ -294,7 +307,10 @@ def _header(experiment: Path, ctx: Any, extra: dict[str, Any], rows: list[TrialR
              f"<h1>Search report: {_e(experiment.name)}</h1>",
              f"<p>{len(rows)} trials ({state}); engine {_e(extra.get('engine', '?'))}; space "
              f"<code>{_e(ctx.space.name)}</code>; {len(ctx.train_ids)} training / {len(ctx.val_ids)} "
-             f"validation cases; up to {ctx.max_epochs} epochs per trial.</p>"]
+             f"validation cases; up to {ctx.max_epochs} epochs per trial.</p>",
+             f"<p id='objective-line'>Objective (ranks, stops and exports trials): the "
+             f"{_e(describe(ctx.objective, ctx.scheme.tumour))} (<code>{_e(ctx.metric)}</code>); "
+             f"label scheme <code>{_e(ctx.scheme.name)}</code>.{_outside_note(ctx, rows)}</p>"]
     if summary:
         parts.append(f"<p>{summary.get('trials_stopped_early', 0)} stopped early by ASHA; "
                      f"{summary.get('trial_epochs_run', 0)} trial-epochs run of "
@@ -303,25 +319,63 @@ def _header(experiment: Path, ctx: Any, extra: dict[str, Any], rows: list[TrialR
     return parts
 
 
-def _results_table(rows: list[TrialRow], space: Any, best: TrialRow | None) -> list[str]:
-    names = [p.name for p in space.params]
+def _regions(ctx: Any, rows: list[TrialRow]) -> list[str]:
+    """The region columns: those the trials reported, else the scheme's (in its order)."""
+    return regions_of(rows, ctx.scheme.region_names) or list(ctx.scheme.regions)
+
+
+def _outside_note(ctx: Any, rows: list[TrialRow] | None = None,
+                  regions: list[str] | None = None) -> str:
+    """' RC is shown but not in the mean.' for the regions outside the scheme's tumour mean."""
+    shown = regions if regions is not None else _regions(ctx, rows or [])
+    outside = [r for r in shown if r not in ctx.scheme.tumour]
+    if not outside:
+        return ""
+    verb = "is" if len(outside) == 1 else "are"
+    return f" {_e(', '.join(outside))} {verb} shown but not in the mean."
+
+
+def _results_table(rows: list[TrialRow], ctx: Any, best: TrialRow | None) -> list[str]:
+    """Trials best first: the objective's column, the mean Dice (when the objective is another),
+    the Dice of each region, the lesion-wise Dice of each region (lesion-wise objective), then
+    throughput, time, node and the parameters; a note says what the columns mean."""
+    names = [p.name for p in ctx.space.params]
+    regions = _regions(ctx, rows)
+    lw_regions = lesionwise_regions_of(rows, ctx.scheme.region_names)
+    lesionwise = ctx.objective != DEFAULT
+    if lesionwise and not lw_regions:
+        lw_regions = list(regions)
+    cols: list[tuple[str, Any]] = [(HEADERS[ctx.objective], lambda r: r.best_score)]
+    if lesionwise:
+        cols.append(("Dice", lambda r: r.best_dice_mean))
+    cols += [(g, lambda r, g=g: r.best_regions.get(g, math.nan)) for g in regions]
+    if lesionwise:
+        cols += [(f"LW {g}", lambda r, g=g: r.best_lesionwise_regions.get(g, math.nan))
+                 for g in lw_regions]
     parts = ["<h2 id='results'>Results</h2><table id='results-table'><tr><th>#</th>"
-             "<th class='l'>trial</th><th class='l'>status</th><th>epochs</th><th>Dice</th>"
-             "<th>WT</th><th>TC</th><th>ET</th><th>vol/s</th><th>wall s</th>"
-             "<th class='l'>node</th>" + "".join(f"<th>{_e(n.split('.', 1)[-1])}</th>" for n in names)
-             + "</tr>"]
+             "<th class='l'>trial</th><th class='l'>status</th><th>epochs</th>"
+             + "".join(f"<th>{_e(c)}</th>" for c, _ in cols)
+             + "<th>vol/s</th><th>wall s</th><th class='l'>node</th>"
+             + "".join(f"<th>{_e(n.split('.', 1)[-1])}</th>" for n in names) + "</tr>"]
     for r in ranked(rows):
         cls = " class='best'" if best is not None and r.trial_id == best.trial_id else ""
         node = r.node + (f" ({r.node_id[:8]})" if r.node_id else "")
         status = r.status + (f": {r.error}" if r.error else "")
         parts.append(f"<tr{cls}><td>{r.index}</td><td class='l'>{_e(r.trial_id)}</td>"
                      f"<td class='l'>{_e(status)}</td><td>{r.epochs}</td>"
-                     f"<td>{_fmt(r.best_dice_mean)}</td><td>{_fmt(r.best_dice_WT)}</td>"
-                     f"<td>{_fmt(r.best_dice_TC)}</td><td>{_fmt(r.best_dice_ET)}</td>"
-                     f"<td>{_fmt(r.throughput_vps, 3)}</td><td>{_fmt(r.wall_s, 3)}</td>"
+                     + "".join(f"<td>{_fmt(get(r))}</td>" for _, get in cols)
+                     + f"<td>{_fmt(r.throughput_vps, 3)}</td><td>{_fmt(r.wall_s, 3)}</td>"
                      f"<td class='l'>{_e(node)}</td>"
                      + "".join(f"<td>{_fmt(r.params.get(n, ''))}</td>" for n in names) + "</tr>")
     parts.append("</table>")
+    tumour = ", ".join(ctx.scheme.tumour)
+    note = (f"{_e(cols[0][0])}: the {_e(describe(ctx.objective, ctx.scheme.tumour))} at the "
+            f"trial's best epoch, which ranks the trials")
+    if lesionwise:
+        note += (f"; Dice: the mean whole-image Dice of {_e(tumour)}; LW: lesion-wise Dice of "
+                 f"the region")
+    parts.append(f"<p class='muted' id='results-note'>{note}; {_e(', '.join(regions))}: the "
+                 f"region's Dice at that epoch.{_outside_note(ctx, regions=regions)}</p>")
     return parts
 
 
@@ -341,7 +395,7 @@ def _best_section(best: TrialRow | None, space: Any) -> list[str]:
     return parts
 
 
-def _export_section(exported: Path) -> list[str]:
+def _export_section(exported: Path, ctx: Any) -> list[str]:
     parts = ["<h2 id='export'>Exported model</h2>"]
     if not (exported / "model.keras").exists():
         return [*parts, "<p class='muted'>Not exported yet (the search is running or no trial "
@@ -351,9 +405,36 @@ def _export_section(exported: Path) -> list[str]:
                                   ("model.keras", "saved_model", "config.json", "metrics.json",
                                    "MODEL_CARD.md") if (exported / f).exists()) + "</ul>")
     if final:
-        hd = final.get("hd95_mean", float("nan"))
-        parts.append("<p>Validation of the exported weights: Dice WT "
-                     f"{final['dice_WT']:.4f}, TC {final['dice_TC']:.4f}, "
-                     f"ET {final['dice_ET']:.4f}, mean {final['dice_mean']:.4f}; "
-                     f"HD95 mean {hd:.2f} mm.</p>")
+        parts.append(f"<p id='export-validation'>{_validation_line(final, ctx)}</p>")
     return parts
+
+
+def _validation_line(final: dict[str, Any], ctx: Any) -> str:
+    """'Validation of the exported weights: Dice WT 0.9000, TC 0.8000, ET 0.7000, RC 0.5000, mean
+    0.8000; HD95 mean 4.20 mm. The means are over WT, TC, ET; RC is shown but not in the mean.'
+    The regions are the keys present (``dice_<R>``); a lesion-wise sentence when they were scored
+    so (``lesionwise_dice_<R>``, ``lesionwise_dice_mean``)."""
+    def scores(prefix: str, mean_key: str) -> tuple[list[str], str]:
+        regions = in_order([k[len(prefix):] for k in final if k.startswith(prefix) and k != mean_key],
+                           ctx.scheme.region_names)
+        values = [f"{_e(g)} {_num(final[prefix + g])}" for g in regions]
+        if mean_key in final:
+            values.append(f"mean {_num(final[mean_key])}")
+        return regions, ", ".join(values)
+
+    regions, dice = scores("dice_", "dice_mean")
+    text = f"Validation of the exported weights: Dice {dice}"
+    if "hd95_mean" in final:
+        text += f"; HD95 mean {_num(final['hd95_mean'], 2)} mm"
+    text += "."
+    lw_regions, lesionwise = scores("lesionwise_dice_", "lesionwise_dice_mean")
+    if lesionwise:
+        text += f" Lesion-wise Dice {lesionwise}."
+    shown = list(dict.fromkeys(regions + lw_regions))
+    inside = [g for g in ctx.scheme.tumour if g in shown] or list(ctx.scheme.tumour)
+    return (f"{text} The means are over {_e(', '.join(inside))};"
+            f"{_outside_note(ctx, regions=shown) or ' every region is in them.'}")
+
+
+def _num(v: Any, digits: int = 4) -> str:
+    return f"{float(v):.{digits}f}" if finite(v) else "-"

@@ -10,12 +10,15 @@ import csv
 import io
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from search.objective import METRIC
+from search.objective import DEFAULT, HEADERS, metric_of
 from unet3d.io_utils import atomic_write_json, atomic_write_text
+
+_DICE, _LESIONWISE = "val_dice_", "val_lesionwise_dice_"  # + region name, or "mean" for _DICE
+_LESIONWISE_MEAN = "val_lesionwise_dice_mean"
 
 
 @dataclass
@@ -27,7 +30,13 @@ class TrialRow:
         after its retries; ``error`` says why, e.g. a diverged loss), "interrupted" (cut off by
         Ctrl-C; a resumed search continues it).
     node / node_id: the address and Ray node ID of the node that ran the trial's last epoch.
-    best_*: the validation scores at the trial's best epoch (by the objective).
+    objective: what ranks the trial ("dice" | "lesionwise", ``search.objective``).
+    best_*: the validation scores at the trial's best epoch (by the objective): ``best_score`` the
+        objective's metric, ``best_dice_mean`` the mean Dice of the scheme's tumour regions,
+        ``best_regions`` region -> Dice of every region of the scheme in its order (a region
+        outside the mean, e.g. RC, too); ``best_lesionwise_*`` likewise, when the trial reported
+        lesion-wise scores (NaN / empty otherwise).
+    last_score: the objective at the last scored epoch.
     checkpoint: folder holding the best epoch's checkpoint.npz + config.json ("" if none).
     """
 
@@ -36,11 +45,13 @@ class TrialRow:
     status: str
     epochs: int
     best_epoch: int = 0
+    objective: str = DEFAULT
+    best_score: float = float("nan")
     best_dice_mean: float = float("nan")
-    best_dice_WT: float = float("nan")
-    best_dice_TC: float = float("nan")
-    best_dice_ET: float = float("nan")
-    last_dice_mean: float = float("nan")
+    best_regions: dict[str, float] = field(default_factory=dict)
+    best_lesionwise_mean: float = float("nan")
+    best_lesionwise_regions: dict[str, float] = field(default_factory=dict)
+    last_score: float = float("nan")
     throughput_vps: float = float("nan")
     wall_s: float = 0.0
     node: str = ""
@@ -51,14 +62,73 @@ class TrialRow:
     index: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON form (``trials.json``); :meth:`from_dict` reads it back. ``regions`` keeps
+        the regions' order: trials.json is written with sorted keys."""
+        return {**asdict(self), "regions": list(self.best_regions)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrialRow:
+        """A row from :meth:`to_dict`, or from a trials.json written before label schemes (fixed
+        ``best_dice_WT/TC/ET`` and ``last_dice_mean``, ranked by ``best_dice_mean``)."""
+        d = dict(d)
+        order = d.pop("regions", [])
+        for key in ("best_regions", "best_lesionwise_regions"):
+            if isinstance(d.get(key), dict):
+                d[key] = {r: d[key][r] for r in in_order(d[key], order)}
+        old = {r: d.pop(f"best_dice_{r}") for r in ("WT", "TC", "ET") if f"best_dice_{r}" in d}
+        if "best_regions" not in d and old:
+            d["best_regions"] = old
+        if "last_dice_mean" in d:
+            d.setdefault("last_score", d.pop("last_dice_mean"))
+        if "best_score" not in d:  # an old row: its objective was the mean Dice
+            d["best_score"] = d.get("best_dice_mean", math.nan)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def region_names(history: Sequence[dict[str, Any]], prefix: str = _DICE,
+                 order: Sequence[str] = ()) -> list[str]:
+    """The regions a trial reported (``val_dice_<R>`` keys, "mean" aside): those of ``order`` (the
+    label scheme's regions) in that order, then any others in first-seen order (the trainer's
+    order; Ray's result.json and trials.json sort their keys, so the scheme's order is the one to
+    trust when it is known)."""
+    names: dict[str, None] = {}
+    for h in history:
+        for k in h:
+            if k.startswith(prefix) and k != prefix + "mean":
+                names.setdefault(k[len(prefix):], None)
+    return in_order(names, order)
+
+
+def in_order(names: Any, order: Sequence[str]) -> list[str]:
+    """``names`` with those in ``order`` (a label scheme's regions) first, in that order, then the
+    rest as they come (JSON files written with sorted keys lose the scheme's order)."""
+    return [r for r in order if r in names] + [r for r in names if r not in order]
+
+
+def _nan(v: Any) -> float:
+    return float(v) if finite(v) else math.nan
+
 
 def row_from_history(trial_id: str, params: dict[str, Any], history: Sequence[dict[str, Any]],
-                     max_epochs: int, *, error: str = "", wall_s: float = 0.0, node: str = "",
-                     node_id: str = "", checkpoint: str = "", run_dir: str = "",
-                     index: int = 0, interrupted: bool = False) -> TrialRow:
-    """Builds a row from a trial's per-epoch records (the trainer's / Ray's reported metrics)."""
-    scored = [h for h in history if finite(h.get(METRIC))]
-    best = max(scored, key=lambda h: h[METRIC]) if scored else {}
+                     max_epochs: int, *, objective: str = DEFAULT, error: str = "",
+                     wall_s: float = 0.0, node: str = "", node_id: str = "", checkpoint: str = "",
+                     run_dir: str = "", index: int = 0, interrupted: bool = False,
+                     best_is_last: bool = False, regions: Sequence[str] = ()) -> TrialRow:
+    """Builds a row from a trial's per-epoch records (the trainer's / Ray's reported metrics).
+
+    The best epoch is the one with the highest ``objective`` metric (``best_is_last``: the last
+    validated epoch, for an engine that keeps and scores a trial's last weights, as Keras Tuner
+    does; a non-finite score there leaves the trial unscored). ``regions``: the label scheme's
+    regions, the order of ``best_regions`` (see :func:`region_names`).
+    """
+    metric = metric_of(objective)
+    scored = [h for h in history if finite(h.get(metric))]
+    if best_is_last:
+        best = next((h for h in reversed(history) if metric in h), {})
+    else:
+        best = max(scored, key=lambda h: h[metric]) if scored else {}
     epochs = int(max((h.get("epoch", 0) for h in history), default=0))
     if error:
         status = "error"
@@ -67,14 +137,17 @@ def row_from_history(trial_id: str, params: dict[str, Any], history: Sequence[di
     else:
         status = "interrupted" if interrupted else "stopped"
     tput = [h["throughput_vps"] for h in history[1:] or history if finite(h.get("throughput_vps"))]
+    dice_names = region_names(history, order=regions) if best else []
+    lesionwise_names = region_names(history, _LESIONWISE, regions) if best else []
     return TrialRow(
         trial_id=trial_id, params=dict(params), status=status, epochs=epochs,
-        best_epoch=int(best.get("epoch", 0)),
-        best_dice_mean=float(best.get(METRIC, math.nan)),
-        best_dice_WT=float(best.get("val_dice_WT", math.nan)),
-        best_dice_TC=float(best.get("val_dice_TC", math.nan)),
-        best_dice_ET=float(best.get("val_dice_ET", math.nan)),
-        last_dice_mean=float(scored[-1][METRIC]) if scored else math.nan,
+        best_epoch=int(best.get("epoch", 0)), objective=objective,
+        best_score=_nan(best.get(metric)),
+        best_dice_mean=_nan(best.get(_DICE + "mean")),
+        best_regions={r: _nan(best.get(_DICE + r)) for r in dice_names},
+        best_lesionwise_mean=_nan(best.get(_LESIONWISE_MEAN)),
+        best_lesionwise_regions={r: _nan(best.get(_LESIONWISE + r)) for r in lesionwise_names},
+        last_score=float(scored[-1][metric]) if scored else math.nan,
         throughput_vps=float(sorted(tput)[len(tput) // 2]) if tput else math.nan,
         wall_s=wall_s, node=node, node_id=node_id, error=error, checkpoint=checkpoint, run_dir=run_dir,
         index=index, history=[dict(h) for h in history])
@@ -85,19 +158,35 @@ def finite(v: Any) -> bool:
 
 
 def ranked(rows: Sequence[TrialRow], *, exportable: bool = False) -> list[TrialRow]:
-    """Trials best first by their best epoch's objective (the one ranking of the project: the table,
-    the report, best/ and top-k). Unscored trials come last, in their original order.
-    ``exportable``: only trials with a score and a checkpoint (what can be exported)."""
+    """Trials best first by their best epoch's objective, ``best_score`` (the one ranking of the
+    project: the table, the report, best/ and top-k). Unscored trials come last, in their original
+    order. ``exportable``: only trials with a score and a checkpoint (what can be exported)."""
     if exportable:
-        rows = [r for r in rows if finite(r.best_dice_mean) and r.checkpoint]
+        rows = [r for r in rows if finite(r.best_score) and r.checkpoint]
     # sorted() is stable, so ties keep the order the searcher proposed them in.
-    return sorted(rows, key=lambda r: -r.best_dice_mean if finite(r.best_dice_mean) else math.inf)
+    return sorted(rows, key=lambda r: -r.best_score if finite(r.best_score) else math.inf)
 
 
 def best_row(rows: Sequence[TrialRow]) -> TrialRow | None:
     """The trial best/ exports: the highest best score among trials with a checkpoint."""
     top = ranked(rows, exportable=True)
     return top[0] if top else None
+
+
+def regions_of(rows: Sequence[TrialRow], order: Sequence[str] = ()) -> list[str]:
+    """Every region the rows have scores for: those of ``order`` (the label scheme's regions) in
+    that order, then the rest in the order the trials reported them."""
+    return in_order(dict.fromkeys(r for row in rows for r in row.best_regions), order)
+
+
+def lesionwise_regions_of(rows: Sequence[TrialRow], order: Sequence[str] = ()) -> list[str]:
+    """Every region the rows have lesion-wise scores for (empty unless trials reported them)."""
+    return in_order(dict.fromkeys(r for row in rows for r in row.best_lesionwise_regions), order)
+
+
+def objective_of(rows: Sequence[TrialRow]) -> str:
+    """The objective the rows were ranked by (a search has one; "dice" for no rows)."""
+    return rows[0].objective if rows else DEFAULT
 
 
 def asha_savings(rows: Sequence[TrialRow], max_epochs: int) -> dict[str, int]:
@@ -111,28 +200,48 @@ def asha_savings(rows: Sequence[TrialRow], max_epochs: int) -> dict[str, int]:
 
 
 def write_results(rows: Sequence[TrialRow], experiment: Path, summary: dict[str, Any]) -> None:
+    """``results.csv`` (columns below, then one per parameter) and ``trials.json`` (the summary and
+    every row whole, :meth:`TrialRow.to_dict`)."""
     param_names = sorted({k for r in rows for k in r.params})
-    cols = ["trial_id", "index", "status", "epochs", "best_epoch", "best_dice_mean", "best_dice_WT",
-            "best_dice_TC", "best_dice_ET", "throughput_vps", "wall_s", "node", "node_id", "error"]
+    regions, lesionwise = regions_of(rows), lesionwise_regions_of(rows)
+    has_lw = bool(lesionwise) or any(finite(r.best_lesionwise_mean) for r in rows)
+    scores = (["best_score", "best_dice_mean"] + [f"best_dice_{g}" for g in regions]
+              + (["best_lesionwise_mean"] if has_lw else [])
+              + [f"best_lesionwise_dice_{g}" for g in lesionwise])
+    cols = (["trial_id", "index", "status", "epochs", "best_epoch"] + scores
+            + ["throughput_vps", "wall_s", "node", "node_id", "error"])
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(cols + param_names)
     for r in rows:
         d = asdict(r)
+        d.update({f"best_dice_{g}": r.best_regions.get(g, math.nan) for g in regions})
+        d.update({f"best_lesionwise_dice_{g}": r.best_lesionwise_regions.get(g, math.nan)
+                  for g in lesionwise})
         w.writerow([d[c] for c in cols] + [r.params.get(p, "") for p in param_names])
     atomic_write_text(experiment / "results.csv", buf.getvalue())
     atomic_write_json(experiment / "trials.json",
-                      {"summary": summary, "trials": [asdict(r) for r in rows]})
+                      {"summary": summary, "trials": [r.to_dict() for r in rows]})
 
 
 def format_table(rows: Sequence[TrialRow]) -> str:
-    """A fixed-width table: one line per trial, parameters abbreviated to their field names; a node
-    column when trials ran on several nodes; the reason of each failed trial below."""
+    """A fixed-width table, best first: the objective (headed "Dice" or "LW Dice"; with the mean
+    Dice beside it when the objective is lesion-wise), one Dice column per region of the label
+    scheme (a region outside the mean, e.g. RC, too), throughput and the parameters (abbreviated to
+    their field names); a node column when trials ran on several nodes; the reason of each failed
+    trial below."""
     param_names = sorted({k for r in rows for k in r.params})
     short = [p.split(".", 1)[1] for p in param_names]
     multi_node = len({r.node_id for r in rows if r.node_id}) > 1
-    head = (f"{'trial':<10} {'status':<9} {'ep':>3} {'Dice':>6} {'WT':>6} {'TC':>6} {'ET':>6} "
-            f"{'vol/s':>6} " + (f"{'node':<8} " if multi_node else "")
+    objective = objective_of(rows)
+    scores: list[tuple[str, Any]] = [(HEADERS.get(objective, objective), lambda r: r.best_score)]
+    if objective != DEFAULT:
+        scores.append((HEADERS[DEFAULT], lambda r: r.best_dice_mean))
+    scores += [(g, lambda r, g=g: r.best_regions.get(g, math.nan)) for g in regions_of(rows)]
+    widths = [max(6, len(name)) for name, _ in scores]
+    head = (f"{'trial':<10} {'status':<9} {'ep':>3} "
+            + "".join(f"{name:>{w}} " for (name, _), w in zip(scores, widths, strict=True))
+            + f"{'vol/s':>6} " + (f"{'node':<8} " if multi_node else "")
             + " ".join(f"{s[:12]:>12}" for s in short))
     lines = [head, "-" * len(head)]
     for r in ranked(rows):
@@ -141,9 +250,9 @@ def format_table(rows: Sequence[TrialRow]) -> str:
             v = r.params.get(p, "")
             vals.append(f"{v:>12.3g}" if isinstance(v, float) else f"{str(v)[:12]:>12}")
         node = f"{r.node_id[:8]:<8} " if multi_node else ""
-        lines.append(f"{r.trial_id[:10]:<10} {r.status:<9} {r.epochs:>3} {r.best_dice_mean:>6.3f} "
-                     f"{r.best_dice_WT:>6.3f} {r.best_dice_TC:>6.3f} {r.best_dice_ET:>6.3f} "
-                     f"{r.throughput_vps:>6.1f} {node}" + " ".join(vals))
+        lines.append(f"{r.trial_id[:10]:<10} {r.status:<9} {r.epochs:>3} "
+                     + "".join(f"{get(r):>{w}.3f} " for (_, get), w in zip(scores, widths, strict=True))
+                     + f"{r.throughput_vps:>6.1f} {node}" + " ".join(vals))
     for r in rows:
         if r.status == "error":
             lines.append(f"trial {r.trial_id} failed: {r.error}")

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from search.objective import OBJECTIVES
 from search.storage import is_uri
 from unet3d.errors import UserError
 
@@ -45,6 +46,11 @@ class SearchSpec:
         fold / folds / split_seed: the validation fold of the split by case ID.
         workers_per_trial: Horovod workers per trial (Ray engine).
         verbose: Ray Tune's progress output (0-2).
+        objective: what ranks trials, stops them early and picks best/ (``search.objective``):
+            "dice" (``val_dice_mean``) or "lesionwise" (``val_lesionwise_dice_mean``); every trial
+            trains with it as ``train.objective``.
+        labels: the label scheme (``--labels``: a built-in name or a YAML file); "" = detected
+            from the data.
         engine_options: the engine's own options (RAY_OPTIONS / KERAS_TUNER_OPTIONS by name).
     """
 
@@ -62,6 +68,8 @@ class SearchSpec:
     split_seed: int = 0
     workers_per_trial: int = 1
     verbose: int = 1
+    objective: str = "dice"
+    labels: str = ""
     engine_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -72,6 +80,14 @@ class SearchSpec:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise SearchError(f"--{name.replace('_', '-')} {v}: must be an integer >= {low}")
+        if not isinstance(self.objective, str) or self.objective not in OBJECTIVES:
+            raise SearchError(f"--objective {self.objective}: must be one of {', '.join(OBJECTIVES)}")
+        if not isinstance(self.labels, str):
+            raise SearchError(f"--labels {self.labels!r}: must be a scheme name or a YAML file")
+        if self.labels:
+            from unet3d.labels import resolve
+
+            resolve(self.labels)  # an unknown name or a malformed file: one line naming it
         if self.fold >= self.folds:
             raise SearchError(f"--fold {self.fold}: must be in 0..{self.folds - 1} "
                               f"(--folds {self.folds})")

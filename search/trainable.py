@@ -1,9 +1,13 @@
 """The Ray Tune function trainable: one trial trains one sampled configuration.
 
-Per epoch it reports the validation region Dice (the objective, ``val_dice_mean``, and WT/TC/ET),
-the loss, the learning rate, throughput in volumes/s, the node it runs on, and a checkpoint (the
-trainer's ``checkpoint.npz`` with the trial's ``config.json``). A trial that Ray restores (after a
-failure or a resumed search) continues from its last reported checkpoint.
+Per epoch it reports the trainer's record: the validation Dice of every region of the label scheme
+(``val_dice_<R>``) and their tumour mean (``val_dice_mean``), the lesion-wise scores when the
+objective is lesion-wise (``val_lesionwise_dice_mean``, ...), the loss, the learning rate, throughput in
+volumes/s, the node it runs on, and a checkpoint (the trainer's ``checkpoint.npz`` with the trial's
+``config.json``). The engine ranks and stops by the search objective's metric (``ctx.metric``);
+the trial's config carries the objective (``train.objective``) and the scheme (``data.labels``)
+from the context, so the trainer reports that metric. A trial that Ray restores (after a failure
+or a resumed search) continues from its last reported checkpoint.
 """
 
 from __future__ import annotations

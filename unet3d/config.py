@@ -14,12 +14,15 @@ times. NVIDIA's reference has 6 levels (filters 32, 64, 128, 256, 320, 320).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from pathlib import Path
 from typing import Any
 
+from unet3d import labels as labels_mod
 from unet3d.errors import UserError
+from unet3d.labels import LabelError, LabelScheme
 
 NORMS = ("instance", "batch", "group", "none")
 ACTIVATIONS = ("leaky_relu", "relu", "elu", "gelu", "swish")
@@ -28,6 +31,7 @@ HEADS = ("softmax", "regions")
 LOSSES = ("dice", "dice_ce", "region")
 PRECISIONS = ("fp32", "mixed_float16", "mixed_bfloat16")
 XLA_MODES = ("on", "off", "auto")
+OBJECTIVES = ("dice", "lesionwise")
 
 
 class ConfigError(UserError, ValueError):
@@ -69,8 +73,9 @@ class ModelConfig:
         deep_supervision_heads: how many auxiliary heads (1 .. depth-2).
         dropout: spatial dropout rate between the two convolutions of each decoder block.
         in_channels: input modalities (4 for BraTS).
-        n_classes: softmax classes including background (4 for BraTS).
-        head: "softmax" (n_classes channels) or "regions" (3 sigmoid channels WT, TC, ET).
+        n_classes: softmax classes including background (the label scheme's, 4 for BraTS WT/TC/ET).
+        n_regions: sigmoid channels of a region head: one per region of the label scheme.
+        head: "softmax" (n_classes channels) or "regions" (n_regions sigmoid channels, e.g. WT, TC, ET).
         output_kernel: kernel size of the output convolution (NVIDIA: 3).
         group_norm_groups: groups for norm="group" (must divide every level's filters).
     """
@@ -86,6 +91,7 @@ class ModelConfig:
     dropout: float = 0.0
     in_channels: int = 4
     n_classes: int = 4
+    n_regions: int = 3
     head: str = "softmax"
     output_kernel: int = 3
     group_norm_groups: int = 8
@@ -108,6 +114,7 @@ class ModelConfig:
         _check_range("model.dropout", self.dropout, 0.0, 0.9)
         _check_range("model.in_channels", self.in_channels, 1, 64, integer=True)
         _check_range("model.n_classes", self.n_classes, 2, 64, integer=True)
+        _check_range("model.n_regions", self.n_regions, 1, 64, integer=True)
         if self.output_kernel not in (1, 3):
             raise ConfigError(f"model.output_kernel={self.output_kernel!r} must be 1 or 3")
         if self.norm == "group":
@@ -130,7 +137,7 @@ class ModelConfig:
 
     @property
     def out_channels(self) -> int:
-        return 3 if self.head == "regions" else self.n_classes
+        return self.n_regions if self.head == "regions" else self.n_classes
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -145,13 +152,17 @@ class TrainConfig:
         warmup_epochs: linear warm-up length; then cosine decay to ``min_lr_ratio * learning_rate``.
         min_lr_ratio: final learning rate as a fraction of the peak.
         weight_decay: decoupled weight decay (AdamW) when > 0.
-        loss: "dice" | "dice_ce" | "region" (sigmoid WT/TC/ET; needs model.head="regions").
+        loss: "dice" | "dice_ce" | "region" (a sigmoid per region of the label scheme; needs
+            model.head="regions").
         precision: "fp32" | "mixed_float16" (dynamic loss scaling) | "mixed_bfloat16".
         xla: "on" | "off" | "auto" (on for GPU, off for CPU, where XLA is slower).
         seed: seeds weights, crops and augmentation.
         val_every: validate every N epochs (and always after the last).
         val_overlap: sliding-window overlap for validation, in [0, 1).
         val_batch_size: windows per forward pass in validation.
+        objective: the validation score that picks the best epoch: "dice" (mean whole-image Dice
+            of the scheme's tumour regions, ``val_dice_mean``) or "lesionwise" (mean lesion-wise
+            Dice, ``val_lesionwise_dice_mean``, as the BraTS 2023+ ranking; slower to compute).
     """
 
     epochs: int = 20
@@ -168,6 +179,7 @@ class TrainConfig:
     val_every: int = 1
     val_overlap: float = 0.5
     val_batch_size: int = 2
+    objective: str = "dice"
 
     def __post_init__(self) -> None:
         _check_range("train.epochs", self.epochs, 1, 100000, integer=True)
@@ -184,6 +196,7 @@ class TrainConfig:
         _check_range("train.val_every", self.val_every, 1, 100000, integer=True)
         _check_range("train.val_overlap", self.val_overlap, 0.0, 0.95)
         _check_range("train.val_batch_size", self.val_batch_size, 1, 1024, integer=True)
+        _check_choice("train.objective", self.objective, OBJECTIVES)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -201,6 +214,8 @@ class DataConfig:
         intensity_shift: additive jitter, drawn from [-s, s] per channel (data are z-scored).
         noise_std: upper bound of the Gaussian noise standard deviation.
         max_val_cases: cap on validation cases evaluated per epoch (0 = all).
+        labels: the label scheme (:mod:`unet3d.labels`): a built-in name, or a user scheme whole
+            (its plain dict), so that a saved config knows its label values and regions.
     """
 
     crop: tuple[int, int, int] = (64, 64, 64)
@@ -213,6 +228,7 @@ class DataConfig:
     intensity_shift: float = 0.1
     noise_std: float = 0.05
     max_val_cases: int = 0
+    labels: str | dict[str, Any] = "brats-legacy"
 
     def __post_init__(self) -> None:
         crop = tuple(self.crop) if isinstance(self.crop, (list, tuple)) else self.crop
@@ -229,6 +245,17 @@ class DataConfig:
         _check_range("data.intensity_shift", self.intensity_shift, 0.0, 5.0)
         _check_range("data.noise_std", self.noise_std, 0.0, 5.0)
         _check_range("data.max_val_cases", self.max_val_cases, 0, 10**6, integer=True)
+        if not isinstance(self.labels, (str, dict)):
+            raise ConfigError(f"data.labels={self.labels!r} must be a scheme name or a scheme")
+        try:
+            self.scheme  # noqa: B018  (parse now: a bad scheme fails here, naming the field)
+        except LabelError as e:
+            raise ConfigError(f"data.labels: {e}") from None
+
+    @functools.cached_property
+    def scheme(self) -> LabelScheme:
+        """The label scheme ``labels`` names (resolved once)."""
+        return labels_mod.resolve(self.labels)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -246,10 +273,35 @@ class RunConfig:
             raise ConfigError(
                 f"data.crop={list(self.data.crop)} must be divisible by 2**(model.depth-1)={f} "
                 f"in every axis")
+        scheme = self.data.scheme
+        if (self.model.n_classes, self.model.n_regions) != (scheme.n_classes, len(scheme.regions)):
+            raise ConfigError(
+                f"model.n_classes={self.model.n_classes} and model.n_regions={self.model.n_regions} "
+                f"must be the label scheme's {scheme.n_classes} classes (with background) and "
+                f"{len(scheme.regions)} regions (data.labels={scheme.name})")
+        if self.train.loss == "region" and not scheme.region_head:
+            raise ConfigError(
+                f"train.loss='region' needs regions that nest; those of data.labels={scheme.name} "
+                f"({', '.join(scheme.regions)}) do not: use dice or dice_ce")
         if (self.train.loss == "region") != (self.model.head == "regions"):
             raise ConfigError(
                 f"train.loss={self.train.loss!r} needs model.head="
                 f"{'regions' if self.train.loss == 'region' else 'softmax'!r}, got {self.model.head!r}")
+
+    @property
+    def scheme(self) -> LabelScheme:
+        """The label scheme this run trains and scores with."""
+        return self.data.scheme
+
+    def with_labels(self, scheme: LabelScheme, in_channels: int | None = None) -> RunConfig:
+        """A copy for data of ``scheme`` (and ``in_channels`` modalities, if given): records it and
+        sizes the model's outputs to it (classes, regions); a region loss falls back to dice_ce when
+        the scheme's regions do not nest."""
+        d = self.to_dict()
+        d["data"]["labels"] = labels_mod.to_config(scheme)
+        if in_channels is not None:
+            d["model"]["in_channels"] = in_channels
+        return RunConfig.repaired_from_dict(d)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -348,7 +400,9 @@ class RunConfig:
         - every ``data.crop`` edge is rounded up to a multiple of 2**(model.depth-1);
         - ``model.deep_supervision_heads`` is capped at depth-2, and deep supervision is turned
           off below depth 3;
-        - ``model.head`` follows ``train.loss`` ("region" -> "regions", else "softmax").
+        - ``model.head`` follows ``train.loss`` ("region" -> "regions", else "softmax");
+        - ``model.n_classes`` and ``model.n_regions`` follow the label scheme (``data.labels``), and
+          a region loss becomes dice_ce for a scheme whose regions do not nest.
 
         A valid config is its own repair. Values of the wrong type are left for validation.
 
@@ -374,6 +428,7 @@ def _repaired(d: Any) -> Any:
             model["deep_supervision_heads"] = min(heads, max(1, depth - 2))
             if depth < 3:
                 model["deep_supervision"] = False
+        _repair_labels(model, train, data)
         model["head"] = "regions" if train.get("loss", TrainConfig.loss) == "region" else "softmax"
         epochs = train.get("epochs", TrainConfig.epochs)
         if train.get("warmup_epochs", TrainConfig.warmup_epochs) > epochs:
@@ -381,6 +436,16 @@ def _repaired(d: Any) -> Any:
     except TypeError:
         pass  # a value of the wrong type: validation reports it with its field name
     return out
+
+
+def _repair_labels(model: dict[str, Any], train: dict[str, Any], data: dict[str, Any]) -> None:
+    try:
+        scheme = labels_mod.resolve(data.get("labels", DataConfig.labels))
+    except (LabelError, TypeError):
+        return  # validation names the bad scheme
+    model["n_classes"], model["n_regions"] = scheme.n_classes, len(scheme.regions)
+    if train.get("loss") == "region" and not scheme.region_head:
+        train["loss"] = "dice_ce"
 
 
 PRESETS: dict[str, RunConfig] = {

@@ -1,9 +1,12 @@
-"""Score a folder of predicted segmentations against a dataset's reference labels.
+"""Score a folder of predicted segmentations against a dataset's reference labels, as BraTS does.
 
-Predictions are ``<pred_dir>/<case_id>.nii.gz`` (or ``.nii``) in the dataset's label values, on the
-reference label's grid (same shape and affine). Scores are BraTS region Dice and HD95 (mm, with the
-voxel spacing of the reference's affine) per case, from :mod:`unet3d.metrics`, computed on the
+Predictions are ``<pred_dir>/<case_id>.nii.gz`` (or ``.nii``) with the label scheme's values, on the
+reference label's grid (same shape and affine). Per case and per region of the scheme (WT, TC, ET,
+RC, ... or a user scheme's): whole-image Dice, HD95 (mm, with the voxel spacing of the reference's
+affine), normalized surface distance, and the lesion-wise scores of the BraTS 2023+ evaluation
+(TP/FP/FN lesions, F1, lesion-wise Dice and HD95), from :mod:`unet3d.metrics`, computed on the
 original grid: nothing is resampled or reoriented, so what is scored is exactly what was written.
+Means are over the scheme's tumour regions (a resection cavity is shown, not averaged in).
 """
 
 from __future__ import annotations
@@ -18,15 +21,36 @@ from typing import Any
 
 import numpy as np
 
-from unet3d.data.discover import Case, DataError
+from unet3d import labels as labels_mod
+from unet3d.data.discover import Case, DataError, Dataset
 from unet3d.data.preprocess import read_label, spacing_of
 from unet3d.errors import OptionError
 from unet3d.io_utils import atomic_write_json, atomic_write_text
-from unet3d.metrics import region_scores
-from unet3d.regions import REGIONS, lut
+from unet3d.labels import LabelScheme
+from unet3d.metrics import LESION_COUNTS, REGION_METRICS, region_scores
 
-METRICS: tuple[str, ...] = tuple([f"dice_{r}" for r in (*REGIONS, "mean")]
-                                 + [f"hd95_{r}" for r in (*REGIONS, "mean")])
+
+def metric_names(scheme: LabelScheme) -> tuple[str, ...]:
+    """The CSV's score columns: for each metric, one per region then the mean over tumour regions
+    (counts have no mean)."""
+    out = []
+    for m in REGION_METRICS:
+        out += [f"{m}_{r}" for r in scheme.regions]
+        if m not in LESION_COUNTS:  # per region only: a mean of counts means little
+            out.append(f"{m}_mean")
+    return tuple(out)
+
+
+def evaluation_scheme(dataset: Dataset, labels: str | Path | None = None) -> LabelScheme:
+    """The scheme to score ``dataset`` with: ``labels`` if given, else detected (the label values
+    are read only where the layout leaves the release open: BraTS GLI 2023 or 2024)."""
+    if labels is not None:
+        return labels_mod.resolve(labels)
+    values: set[int] = set()
+    if dataset.layout == "brats2023" and (getattr(dataset, "task", None) or "").upper() == "GLI":
+        for c in dataset.labelled:
+            values |= set(np.unique(read_label(c.label, c.case_id)[0]).tolist())
+    return labels_mod.detect(dataset.layout, getattr(dataset, "task", None), values)
 
 
 def prediction_path(pred_dir: Path, case_id: str) -> Path | None:
@@ -38,44 +62,47 @@ def prediction_path(pred_dir: Path, case_id: str) -> Path | None:
     return None
 
 
-def evaluate_case(pred_path: Path, case: Case) -> dict[str, Any]:
-    """Region Dice and HD95 of one prediction file against ``case``'s reference label.
+def evaluate_case(pred_path: Path, case: Case, scheme: LabelScheme) -> dict[str, Any]:
+    """Every score of :data:`unet3d.metrics.REGION_METRICS` per region of ``scheme``, of one
+    prediction file against ``case``'s reference label.
 
     Raises:
-        DataError: naming the file: unreadable, bad label values, or not on the reference's grid.
+        DataError: naming the file: unreadable, label values outside the scheme, or not on the
+            reference's grid.
     """
     if case.label is None:
         raise DataError(f"case {case.case_id}: has no reference label to evaluate against")
-    ref, ref_affine = read_label(case.label, case.case_id, case.label_map, case.layout)
-    pred, pred_affine = read_label(pred_path, case.case_id, case.label_map, case.layout,
-                                   what="prediction")
+    ref, ref_affine = read_label(case.label, case.case_id, scheme)
+    pred, pred_affine = read_label(pred_path, case.case_id, scheme, what="prediction")
     if pred.shape != ref.shape:
         raise DataError(f"case {case.case_id}: {pred_path}: prediction shape {pred.shape} differs "
                         f"from the reference label's {ref.shape} ({case.label})")
     if not np.allclose(pred_affine, ref_affine, atol=1e-3):
         raise DataError(f"case {case.case_id}: {pred_path}: prediction affine differs from the "
                         f"reference label's ({case.label}); was it resampled or reoriented?")
-    table = lut(case.label_map)
-    scores = region_scores(table[pred], table[ref], spacing=spacing_of(ref_affine))
+    scores = region_scores(scheme.to_classes(pred), scheme.to_classes(ref), scheme,
+                           spacing=spacing_of(ref_affine), lesionwise=True, surface=True)
     return {"case_id": case.case_id, **scores}
 
 
-def _evaluate_one(args: tuple[Path, Case]) -> dict[str, Any]:
+def _evaluate_one(args: tuple[Path, Case, LabelScheme]) -> dict[str, Any]:
     return evaluate_case(*args)
 
 
-def evaluate_folder(pred_dir: str | Path, cases: Sequence[Case], *, jobs: int | None = None,
+def evaluate_folder(pred_dir: str | Path, cases: Sequence[Case], scheme: LabelScheme, *,
+                    jobs: int | None = None,
                     progress: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Scores every labelled case of ``cases`` that has a prediction in ``pred_dir``.
 
     Args:
         pred_dir: folder of ``<case_id>.nii.gz`` predictions.
         cases: the dataset's cases; unlabelled ones are skipped.
+        scheme: the label scheme of references and predictions.
         jobs: worker processes (default: one per CPU; 1 runs in this process).
         progress: called with each case's row as it finishes.
 
     Returns:
-        One row per case in ``cases`` order: ``case_id`` and every name in :data:`METRICS`.
+        One row per case in ``cases`` order: ``case_id`` and every name of :func:`metric_names`.
 
     Raises:
         DataError: ``pred_dir`` is missing (or a file), labelled cases have no prediction (all are
@@ -98,7 +125,7 @@ def evaluate_folder(pred_dir: str | Path, cases: Sequence[Case], *, jobs: int | 
         if p is None:
             missing.append(c.case_id)
         else:
-            work.append((p, c))
+            work.append((p, c, scheme))
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise DataError(f"{pred_dir}: no prediction <case_id>.nii.gz for {len(missing)} of "
@@ -119,40 +146,56 @@ def evaluate_folder(pred_dir: str | Path, cases: Sequence[Case], *, jobs: int | 
     return rows
 
 
-def summary(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """For every metric: mean, std, median, 25th and 75th percentile over cases."""
+def summary(rows: Sequence[dict[str, Any]], scheme: LabelScheme) -> dict[str, dict[str, float]]:
+    """For every metric: mean, std, median, 25th and 75th percentile over cases (lesion counts:
+    also their sum over cases)."""
     out: dict[str, dict[str, float]] = {}
-    for m in METRICS:
+    for m in metric_names(scheme):
         v = np.array([r[m] for r in rows], dtype=np.float64)
         out[m] = {"mean": float(v.mean()), "std": float(v.std()), "median": float(np.median(v)),
                   "q25": float(np.percentile(v, 25)), "q75": float(np.percentile(v, 75))}
+        if m.rsplit("_", 1)[0] in LESION_COUNTS:
+            out[m]["sum"] = float(v.sum())
     return out
 
 
-def write_evaluation(rows: Sequence[dict[str, Any]], out_csv: str | Path) -> tuple[Path, Path]:
-    """Writes the per-case CSV and ``<stem>_summary.json`` beside it (each atomically).
+def write_evaluation(rows: Sequence[dict[str, Any]], out_csv: str | Path,
+                     scheme: LabelScheme) -> tuple[Path, Path]:
+    """Writes the per-case CSV (``case_id`` first, then :func:`metric_names`) and
+    ``<stem>_summary.json`` beside it (each atomically).
 
     Returns (csv path, summary path).
     """
     out_csv = Path(out_csv)
+    names = metric_names(scheme)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["case_id", *METRICS])
+    w.writerow(["case_id", *names])
     for r in rows:
-        w.writerow([r["case_id"], *[repr(float(r[m])) for m in METRICS]])
+        w.writerow([r["case_id"], *[repr(float(r[m])) for m in names]])
     atomic_write_text(out_csv, buf.getvalue())
     summary_path = out_csv.with_name(f"{out_csv.stem}_summary.json")
-    atomic_write_json(summary_path, {"cases": len(rows), "metrics": summary(rows)})
+    atomic_write_json(summary_path, {"cases": len(rows), "labels": scheme.to_dict(),
+                                     "tumour_mean_over": list(scheme.tumour),
+                                     "metrics": summary(rows, scheme)})
     return out_csv, summary_path
 
 
-def format_summary(stats: dict[str, dict[str, float]]) -> str:
-    """A fixed-width table: regions as rows, Dice and HD95 mean/median/std as columns."""
-    head = (f"{'region':<6} {'Dice mean':>9} {'median':>7} {'std':>6}   "
-            f"{'HD95 mean':>9} {'median':>7} {'std':>6}")
+def format_summary(stats: dict[str, dict[str, float]], scheme: LabelScheme) -> str:
+    """A fixed-width table, regions as rows (the mean over tumour regions last): means of Dice,
+    HD95, NSD, lesion-wise Dice and HD95, and the lesion counts summed over cases."""
+    head = (f"{'region':<7} {'Dice':>6} {'HD95':>7} {'NSD':>6}   {'LW Dice':>7} {'LW HD95':>7} "
+            f"{'F1':>5} {'TP':>5} {'FP':>5} {'FN':>5}")
     lines = [head, "-" * len(head)]
-    for r in (*REGIONS, "mean"):
-        d, h = stats[f"dice_{r}"], stats[f"hd95_{r}"]
-        lines.append(f"{r:<6} {d['mean']:>9.4f} {d['median']:>7.4f} {d['std']:>6.4f}   "
-                     f"{h['mean']:>9.2f} {h['median']:>7.2f} {h['std']:>6.2f}")
-    return "\n".join(lines)
+    for r in (*scheme.regions, "mean"):
+        def mean(m: str, r: str = r) -> float:
+            return stats[f"{m}_{r}"]["mean"]
+
+        row = (f"{r:<7} {mean('dice'):>6.4f} {mean('hd95'):>7.2f} {mean('nsd'):>6.4f}   "
+               f"{mean('lesionwise_dice'):>7.4f} {mean('lesionwise_hd95'):>7.2f} "
+               f"{mean('lesion_f1'):>5.3f}")
+        if r != "mean":
+            row += "".join(f" {int(stats[f'lesion_{k}_{r}']['sum']):>5d}" for k in ("tp", "fp", "fn"))
+        lines.append(row)
+    note = [f"mean: over {', '.join(scheme.tumour)}"] if set(scheme.tumour) != set(scheme.regions) else []
+    return "\n".join(lines + note)

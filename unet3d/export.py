@@ -27,7 +27,7 @@ from unet3d.model import inference_model
 
 
 def _model_card(cfg: RunConfig, metrics: dict[str, Any], params: int, source: str) -> str:
-    m = cfg.model
+    m, scheme = cfg.model, cfg.scheme
     lines = [
         "# 3D-UNet for brain-tumour segmentation",
         "",
@@ -38,19 +38,22 @@ def _model_card(cfg: RunConfig, metrics: dict[str, Any], params: int, source: st
         f"- normalization {m.norm}, activation {m.activation}, upsampling {m.upsampling}, "
         f"deep supervision {'on' if m.deep_supervision else 'off'}, dropout {m.dropout}",
         f"- head: {m.head} ({m.out_channels} channels); input: {m.in_channels} channels "
-        f"(t1, t1ce, t2, flair, each z-scored over the brain), channels-last N x D x H x W x C, "
+        f"(modalities in t1, t1ce, t2, flair order, each z-scored over the brain), channels-last "
+        f"N x D x H x W x C, "
         f"D/H/W multiples of {m.downsample_factor}",
         f"- trained on {list(cfg.data.crop)} crops, batch {cfg.train.batch_size}, loss "
         f"{cfg.train.loss}, learning rate {cfg.train.learning_rate:g}, precision "
         f"{cfg.train.precision}",
         "",
-        "## Validation (BraTS regions: WT = labels 1,2,4; TC = 1,4; ET = 4)",
+        f"- labels: {scheme.describe()}; predictions are written with these label values",
+        "",
+        f"## Validation (mean = {', '.join(scheme.tumour)})",
     ]
     final = metrics.get("final") or {}
     if final:
         lines.append("| region | Dice | HD95 (mm) |")
         lines.append("|---|---|---|")
-        for r in ("WT", "TC", "ET", "mean"):
+        for r in (*scheme.regions, "mean"):
             d = final.get(f"dice_{r}")
             h = final.get(f"hd95_{r}")
             lines.append(f"| {r} | {d:.4f} | {h:.2f} |" if h is not None else f"| {r} | {d:.4f} | - |")
@@ -58,7 +61,8 @@ def _model_card(cfg: RunConfig, metrics: dict[str, Any], params: int, source: st
         lines.append("No validation metrics (trained on every case).")
     lines += ["", "## Files",
               "- `model.keras`: `keras.saving.load_model('model.keras', safe_mode=True)`",
-              "- `saved_model/`: TensorFlow SavedModel, signature `serve` (float32 N x D x H x W x 4)",
+              "- `saved_model/`: TensorFlow SavedModel, signature `serve` (float32 N x D x H x W x "
+              f"{m.in_channels})",
               "- `config.json`: the exact training configuration; `metrics.json`: full metrics", ""]
     return "\n".join(lines)
 

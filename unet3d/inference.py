@@ -7,8 +7,9 @@ test-time augmentation averages over flips of the input.
 
 A :class:`Predictor` takes a case as read from disk, preprocesses it exactly as training did
 (canonical orientation, brain crop, z-score), averages the probabilities of one or more models,
-post-processes the class map, and puts it back on the case's original grid as the layout's label
-values (BraTS 0/1/2/4, MSD 0-3); :func:`write_prediction` saves it with the input's affine and header.
+post-processes the class map, and puts it back on the case's original grid with the label scheme's
+values (BraTS 2019-21 0/1/2/4, 2023+ 0-3, 2024 GLI 0-4, ...); :func:`write_prediction` saves it
+with the input's affine and header.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ import nibabel as nib
 import numpy as np
 
 from unet3d.io_utils import atomic_path
+from unet3d.labels import DEFAULT, LabelScheme
 from unet3d.postprocess import PostProcess
-from unet3d.regions import REGIONS, class_probs_to_region_probs, classes_to_labels
 from unet3d.runtime import gpu_available, resolve_policy, resolve_xla
 
 if TYPE_CHECKING:
@@ -155,21 +156,24 @@ def keras_predict_fn(model) -> PredictFn:
     return predict
 
 
-def probabilities_to_classes(probs: np.ndarray, head: str) -> np.ndarray:
-    """(…, K) probabilities -> (…) uint8 training classes (softmax argmax, or nested regions > 0.5)."""
+def probabilities_to_classes(probs: np.ndarray, head: str,
+                             scheme: LabelScheme = DEFAULT) -> np.ndarray:
+    """(…, K) probabilities -> (…) uint8 training classes: the softmax argmax, or for a region head
+    (…, R) each region > 0.5, decoded by ``scheme`` (the smallest region holding a voxel wins)."""
     if head == "regions":
-        from unet3d.regions import regions_to_classes
-
-        return regions_to_classes(probs > 0.5)
+        return scheme.regions_to_classes(probs > 0.5)
     return np.argmax(probs, axis=-1).astype(np.uint8)
 
 
 class Member(Protocol):
     """One model of an ensemble: whole-volume probabilities on the preprocessed (canonical, cropped)
-    grid. ``head`` is "softmax" (K class channels) or "regions" (WT, TC, ET sigmoid channels)."""
+    grid. ``head`` is "softmax" (K class channels) or "regions" (one sigmoid channel per region of
+    ``scheme``); ``in_channels`` the modalities it reads."""
 
     head: str
     name: str
+    scheme: LabelScheme
+    in_channels: int
 
     def windows(self, shape: Sequence[int], overlap: float, tta: int) -> int: ...
 
@@ -191,6 +195,14 @@ class KerasMember:
         return self.cfg.model.head
 
     @property
+    def scheme(self) -> LabelScheme:
+        return self.cfg.scheme
+
+    @property
+    def in_channels(self) -> int:
+        return self.cfg.model.in_channels
+
+    @property
     def patch(self) -> tuple[int, int, int]:
         return self.cfg.data.crop
 
@@ -199,7 +211,7 @@ class KerasMember:
 
     def probabilities(self, image: np.ndarray, *, overlap: float, tta: int, batch_size: int,
                       progress: ProgressFn | None = None) -> np.ndarray:
-        """(D, H, W, out_channels) float32 probabilities of a (D, H, W, 4) preprocessed image."""
+        """(D, H, W, out_channels) float32 probabilities of a (D, H, W, C) preprocessed image."""
         step = None if progress is None else (lambda n: progress(n * tta))
         return sliding_window_predict(keras_predict_fn(self.model), image, self.patch,
                                       self.cfg.model.out_channels, overlap=overlap,
@@ -253,7 +265,7 @@ def load_member(folder: str | Path, *, precision: str = "auto") -> KerasMember:
 class Prediction:
     """A case's prediction on its original grid.
 
-    labels: (X, Y, Z) uint8 in the layout's label values; probabilities: (X, Y, Z, K) float32 or None;
+    labels: (X, Y, Z) uint8 in the label scheme's values; probabilities: (X, Y, Z, K) float32 or None;
     channels: the name of each probability channel; affine/header: the input's.
     """
 
@@ -271,8 +283,9 @@ class Predictor:
     """Predicts cases with an ensemble (probabilities averaged over members).
 
     Softmax members alone are averaged over classes and the class map is the argmax; as soon as one
-    member has a region head, every member's probabilities are taken as WT/TC/ET probabilities (a
+    member has a region head, every member's probabilities are taken as region probabilities (a
     softmax member's are summed over each region's classes), averaged, and thresholded at 0.5.
+    Every member must share one label scheme (its values are written) and input modalities.
     """
 
     def __init__(self, members: Sequence[Member], *, overlap: float = 0.5, tta: int = 1,
@@ -288,10 +301,18 @@ class Predictor:
         self.postprocess = postprocess or PostProcess()
         self.keep_probabilities = keep_probabilities
         self.regions = any(m.head == "regions" for m in self.members)
+        self.scheme = self.members[0].scheme
+        for m in self.members[1:]:
+            if m.scheme != self.scheme or m.in_channels != self.members[0].in_channels:
+                raise ValueError(f"ensemble members differ: {m.name} has labels {m.scheme.name} and "
+                                 f"{m.in_channels} input channels, {self.members[0].name} "
+                                 f"{self.scheme.name} and {self.members[0].in_channels}")
 
     @property
     def channels(self) -> tuple[str, ...]:
-        return REGIONS if self.regions else ("background", "NCR/NET", "ED", "ET")
+        if self.regions:
+            return self.scheme.region_names
+        return ("background", *(self.scheme.labels[v] for v in self.scheme.values[1:]))
 
     def windows(self, shape: Sequence[int]) -> int:
         """Model evaluations (windows x flips, summed over members) for a preprocessed shape."""
@@ -304,7 +325,7 @@ class Predictor:
             p = m.probabilities(image, overlap=self.overlap, tta=self.tta,
                                 batch_size=self.batch_size, progress=progress)
             if self.regions and m.head != "regions":
-                p = class_probs_to_region_probs(p)
+                p = self.scheme.class_probs_to_region_probs(p)
             if acc is None:
                 acc = p
             else:
@@ -313,7 +334,7 @@ class Predictor:
         return acc
 
     def classes(self, probs: np.ndarray) -> np.ndarray:
-        return probabilities_to_classes(probs, "regions" if self.regions else "softmax")
+        return probabilities_to_classes(probs, "regions" if self.regions else "softmax", self.scheme)
 
     def predict(self, loaded: LoadedCase, progress: ProgressFn | None = None,
                 on_preprocessed: Callable[[tuple[int, ...]], None] | None = None) -> Prediction:
@@ -325,14 +346,20 @@ class Predictor:
         from unet3d.data.preprocess import preprocess_loaded, restore_to_original
 
         t0 = time.perf_counter()
+        from unet3d.data.discover import DataError
+
         image, _, meta = preprocess_loaded(dataclasses.replace(loaded, label=None))
+        if image.shape[-1] != self.members[0].in_channels:
+            raise DataError(f"case {loaded.case.case_id}: has {image.shape[-1]} modalities "
+                            f"({', '.join(loaded.case.modalities)}); the model reads "
+                            f"{self.members[0].in_channels}")
         if on_preprocessed is not None:
             on_preprocessed(tuple(image.shape[:3]))
         probs = self.probabilities(image, progress)
         classes = self.classes(probs)
         if self.postprocess.active:
-            classes = self.postprocess(classes, meta["spacing"])
-        labels = classes_to_labels(restore_to_original(classes, meta), loaded.case.label_map)
+            classes = self.postprocess(classes, meta["spacing"], self.scheme)
+        labels = self.scheme.to_labels(restore_to_original(classes, meta))
         full = None
         if self.keep_probabilities:
             full = restore_to_original(probs, meta, fill=0)

@@ -1,17 +1,18 @@
 """Segmentation losses (keras.ops only, so they run on TensorFlow and JAX).
 
 Shapes: ``y_true`` is an integer class map (N, D, H, W) or (N, D, H, W, 1) with training classes
-0..K-1; ``y_pred`` is (N, D, H, W, K) softmax probabilities, or (N, D, H, W, 3) sigmoid WT/TC/ET
-probabilities for the region loss.
+0..K-1; ``y_pred`` is (N, D, H, W, K) softmax probabilities, or (N, D, H, W, R) sigmoid
+probabilities of the label scheme's R regions (e.g. WT, TC, ET) for the region loss.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Mapping, Sequence
 
 from keras import ops
 
-from unet3d.regions import REGION_CLASSES, REGIONS
+from unet3d.labels import DEFAULT, LabelScheme
 
 SMOOTH = 1e-5
 _SPATIAL = (1, 2, 3)
@@ -53,21 +54,24 @@ def dice_ce_loss(y_true, y_pred):
     return dice_loss(y_true, y_pred) + cross_entropy(y_true, y_pred)
 
 
-def region_targets(y_true):
-    """Class map (N, D, H, W[, 1]) -> float (N, D, H, W, 3) WT/TC/ET targets."""
+def region_targets(y_true, region_classes: Mapping[str, Sequence[int]] = DEFAULT.region_classes):
+    """Class map (N, D, H, W[, 1]) -> float (N, D, H, W, R) targets, one per region (region name
+    -> the training classes it unites, in order; default BraTS WT, TC, ET)."""
     y = _class_map(y_true)
     masks = []
-    for r in REGIONS:
+    for classes in region_classes.values():
         m = ops.zeros_like(y, dtype="bool")
-        for c in REGION_CLASSES[r]:
+        for c in classes:
             m = ops.logical_or(m, ops.equal(y, c))
         masks.append(ops.cast(m, "float32"))
     return ops.stack(masks, axis=-1)
 
 
-def region_loss(y_true, y_pred):
-    """Region training (WT, TC, ET as overlapping sigmoid channels): soft Dice + binary CE."""
-    target = region_targets(y_true)
+def region_loss(y_true, y_pred,
+                region_classes: Mapping[str, Sequence[int]] = DEFAULT.region_classes):
+    """Region training (the scheme's regions, e.g. WT, TC, ET, as overlapping sigmoid channels):
+    soft Dice + binary CE."""
+    target = region_targets(y_true, region_classes)
     probs = ops.clip(ops.cast(y_pred, "float32"), 1e-7, 1.0 - 1e-7)
     dice = 1.0 - ops.mean(soft_dice_per_channel(target, probs))
     bce = -ops.mean(target * ops.log(probs) + (1.0 - target) * ops.log(1.0 - probs))
@@ -77,10 +81,14 @@ def region_loss(y_true, y_pred):
 LOSSES: dict[str, Callable] = {"dice": dice_loss, "dice_ce": dice_ce_loss, "region": region_loss}
 
 
-def get_loss(name: str) -> Callable:
-    """The loss function for ``TrainConfig.loss``."""
+def get_loss(name: str, scheme: LabelScheme = DEFAULT) -> Callable:
+    """The loss function for ``TrainConfig.loss``; the region loss uses ``scheme``'s regions."""
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; known: {', '.join(LOSSES)}")
+    if name == "region":
+        loss = functools.partial(region_loss, region_classes=scheme.region_classes)
+        loss.__name__ = "region_loss"  # Keras names the loss metric after it
+        return loss
     return LOSSES[name]
 
 

@@ -8,7 +8,10 @@
 - Largest whole-tumour component: every tumour voxel outside the largest 26-connected whole-tumour
   component becomes background (a glioma is one lesion; distant specks are false positives).
 
-Both run on training classes (0 background, 1 NCR/NET, 2 ED, 3 ET) of shape (D, H, W).
+Both run on training classes of shape (D, H, W); the label scheme says which class is enhancing
+tumour, which one it becomes (the core: NCR/NETC), and which classes are tumour (a resection cavity
+is not: the largest-component rule leaves it alone). A scheme without an enhancing label (MEN-RT's
+GTV) has no ET step.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from unet3d.labels import DEFAULT, LabelScheme
+
 _CONNECTIVITY = ndimage.generate_binary_structure(3, 3)  # 26-connected
-_NCR, _ET = 1, 3
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,19 +47,23 @@ class PostProcess:
     def active(self) -> bool:
         return self.min_et_volume > 0 or self.largest_wt
 
-    def __call__(self, classes: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
-        """Applies the enabled steps to a (D, H, W) class map with voxel ``spacing`` in mm."""
+    def __call__(self, classes: np.ndarray, spacing: Sequence[float],
+                 scheme: LabelScheme = DEFAULT) -> np.ndarray:
+        """Applies the enabled steps to a (D, H, W) class map of ``scheme`` with voxel ``spacing``
+        in mm."""
         out = classes
         if self.largest_wt:
-            out = keep_largest_wt(out)
-        if self.min_et_volume > 0:
-            out = remove_small_et(out, spacing, self.min_et_volume)
+            out = keep_largest_wt(out, scheme)
+        if self.min_et_volume > 0 and scheme.enhancing is not None:
+            out = remove_small_et(out, spacing, self.min_et_volume, scheme)
         return out
 
 
-def remove_small_et(classes: np.ndarray, spacing: Sequence[float], min_volume: float) -> np.ndarray:
-    """A copy of ``classes`` with each ET component smaller than ``min_volume`` mm^3 made NCR/NET."""
-    et = classes == _ET
+def remove_small_et(classes: np.ndarray, spacing: Sequence[float], min_volume: float,
+                    scheme: LabelScheme = DEFAULT) -> np.ndarray:
+    """A copy of ``classes`` with each enhancing component smaller than ``min_volume`` mm^3 made the
+    scheme's core class (NCR/NETC)."""
+    et = classes == scheme.enhancing_class
     if not et.any():
         return classes.copy()
     comps, n = ndimage.label(et, structure=_CONNECTIVITY)
@@ -63,13 +71,14 @@ def remove_small_et(classes: np.ndarray, spacing: Sequence[float], min_volume: f
     small = sizes < min_volume
     small[0] = False
     out = classes.copy()
-    out[small[comps]] = _NCR
+    out[small[comps]] = scheme.core_class
     return out
 
 
-def keep_largest_wt(classes: np.ndarray) -> np.ndarray:
-    """A copy of ``classes`` with tumour voxels outside the largest whole-tumour component cleared."""
-    wt = classes > 0
+def keep_largest_wt(classes: np.ndarray, scheme: LabelScheme = DEFAULT) -> np.ndarray:
+    """A copy of ``classes`` with tumour voxels outside the largest whole-tumour component cleared
+    (the scheme's tumour classes; others, e.g. a resection cavity, are kept)."""
+    wt = np.isin(classes, scheme.tumour_classes)
     comps, n = ndimage.label(wt, structure=_CONNECTIVITY)
     if n <= 1:
         return classes.copy()

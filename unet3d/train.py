@@ -62,7 +62,7 @@ def make_optimizer(cfg: RunConfig) -> keras.optimizers.Optimizer:
 
 
 def compile_model(model: keras.Model, cfg: RunConfig) -> None:
-    loss = get_loss(cfg.train.loss)
+    loss = get_loss(cfg.train.loss, cfg.scheme)
     n = len(model.outputs)
     model.compile(
         optimizer=make_optimizer(cfg),
@@ -74,16 +74,20 @@ def compile_model(model: keras.Model, cfg: RunConfig) -> None:
 
 def evaluate_cases(model: keras.Model, cases: Sequence[CachedCase], cfg: RunConfig, *,
                    hd95: bool = False) -> list[dict[str, Any]]:
-    """Sliding-window prediction of whole cached volumes and BraTS region scores per case."""
+    """Sliding-window prediction of whole cached volumes and the scheme's region scores per case
+    (lesion-wise ones too when the objective is lesion-wise)."""
     predict = keras_predict_fn(inference_model(model))
+    scheme = cfg.scheme
     out = []
     for case in cases:
         probs = sliding_window_predict(predict, np.asarray(case.image()), cfg.data.crop,
                                        cfg.model.out_channels, overlap=cfg.train.val_overlap,
                                        batch_size=cfg.train.val_batch_size)
-        pred = probabilities_to_classes(probs, cfg.model.head)
-        scores = region_scores(pred, np.asarray(case.label()),
-                               spacing=case.meta["spacing"] if hd95 else None)
+        pred = probabilities_to_classes(probs, cfg.model.head, scheme)
+        lesionwise = cfg.train.objective == "lesionwise"
+        scores = region_scores(pred, case.classes(scheme), scheme,
+                               spacing=case.meta["spacing"] if hd95 or lesionwise else None,
+                               lesionwise=lesionwise)
         out.append({"case_id": case.case_id, **scores})
     return out
 
@@ -239,8 +243,10 @@ class Trainer:
         msg = (f"epoch {epoch + 1}/{t.epochs} loss {record['loss']:.4f} "
                f"lr {record['learning_rate']:.2e} {record['throughput_vps']:.1f} vol/s")
         if "val_dice_mean" in record:
-            msg += (f" | val Dice WT {record['val_dice_WT']:.3f} TC {record['val_dice_TC']:.3f} "
-                    f"ET {record['val_dice_ET']:.3f} mean {record['val_dice_mean']:.3f}")
+            regions = " ".join(f"{r} {record[f'val_dice_{r}']:.3f}" for r in cfg.scheme.regions)
+            msg += f" | val Dice {regions} mean {record['val_dice_mean']:.3f}"
+            if "val_lesionwise_dice_mean" in record:
+                msg += f" | lesion-wise mean {record['val_lesionwise_dice_mean']:.3f}"
         self.log(msg)
         if self.epoch_hook is not None and self.is_chief:
             self.epoch_hook(epoch + 1, record)
@@ -269,7 +275,7 @@ class Trainer:
         opt = model.optimizer
         opt.build(model.trainable_variables)
         broadcast_variables(model.variables + list(opt.variables))
-        loss_fn = get_loss(cfg.train.loss)
+        loss_fn = get_loss(cfg.train.loss, cfg.scheme)
         n_out = len(model.outputs)
         weights = deep_supervision_weights(n_out)
         variables = model.trainable_variables

@@ -8,11 +8,12 @@ from conftest import run_cli
 
 @pytest.mark.parametrize("cmd, must", [
     ([], ["synth", "prepare", "train", "search", "retrain-best"]),
-    (["synth"], ["--out", "--cases", "--shape"]),
-    (["prepare"], ["--data", "--cache", "BraTS 2019/2020", "MSD"]),
+    (["synth"], ["--out", "--cases", "--shape", "--layout", "brats2023", "brats-men-rt"]),
+    (["prepare"], ["--data", "--cache", "--labels", "BraTS 2023-2026", "2019/2020", "MSD"]),
     (["train"], ["--data", "--preset", "--config", "--epochs", "--fold", "--out", "--resume",
                  "--precision", "--xla", "nvidia", "--workers", "--scale-lr"]),
-    (["search"], ["--data", "--space", "--engine", "--num-samples", "--max-epochs", "--grace-period",
+    (["search"], ["--data", "--labels", "--objective", "--space", "--engine", "--num-samples",
+                  "--max-epochs", "--grace-period",
                   "--reduction-factor", "--time-attr", "--cpus-per-trial", "--gpus-per-trial",
                   "--max-concurrent", "--max-failures", "--address", "--out", "--name", "--seed",
                   "--resume", "--workers-per-trial", "--kt-algorithm"]),

@@ -20,6 +20,9 @@ from scipy.spatial import cKDTree
 
 from unet3d.data.discover import MODALITIES, DataError, discover
 from unet3d.evaluation import evaluate_folder
+from unet3d.labels import BUILTIN
+
+LEGACY = BUILTIN["brats-legacy"]
 
 SPACING = (0.9, 1.3, 2.1)
 REGION_VALUES = {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}
@@ -156,8 +159,8 @@ def test_evaluate_matches_an_independent_reference_with_anisotropic_spacing(data
 
 def test_evaluate_in_process_with_one_job_gives_the_same_rows(dataset):
     data, pred, _ = dataset
-    a = evaluate_folder(pred, discover(data).cases, jobs=1)
-    b = evaluate_folder(pred, discover(data).cases, jobs=2)
+    a = evaluate_folder(pred, discover(data).cases, LEGACY, jobs=1)
+    b = evaluate_folder(pred, discover(data).cases, LEGACY, jobs=2)
     assert a == b
 
 
@@ -201,4 +204,4 @@ def test_evaluate_bad_predictions_give_one_line_errors(dataset, tmp_path):
     for folder in (missing, shape, grid, bad_values, trunc):
         assert not (folder / "evaluation.csv").exists()
     with pytest.raises(DataError, match="does not exist"):
-        evaluate_folder(tmp_path / "nope", discover(data).cases)
+        evaluate_folder(tmp_path / "nope", discover(data).cases, LEGACY)

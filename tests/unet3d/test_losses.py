@@ -159,9 +159,23 @@ def test_label_shape_with_or_without_channel_axis(name):
 def test_get_loss_known_and_unknown():
     assert get_loss("dice") is dice_loss
     assert get_loss("dice_ce") is dice_ce_loss
-    assert get_loss("region") is region_loss
+    y = np.array([3, 0], dtype=np.int32).reshape(1, 1, 1, 2)
+    p = np.full((1, 1, 1, 2, 3), 0.4, np.float32)
+    assert _f(get_loss("region")(y, p)) == pytest.approx(_f(region_loss(y, p)), abs=1e-7)
     with pytest.raises(ValueError, match="unknown loss"):
         get_loss("focal")
+
+
+def test_region_loss_follows_the_scheme_regions():
+    """BraTS 2024 GLI: a fourth sigmoid channel for RC (class 4), in no tumour region."""
+    from unet3d.labels import BUILTIN
+
+    y = np.array([0, 1, 2, 3, 4], dtype=np.int32).reshape(1, 1, 1, 5)
+    t = np.asarray(region_targets(y, BUILTIN["brats-2024-gli"].region_classes)).reshape(5, 4)
+    np.testing.assert_array_equal(t, [[0, 0, 0, 0], [1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 0],
+                                      [0, 0, 0, 1]])
+    fn = get_loss("region", BUILTIN["brats-2024-gli"])
+    assert _f(fn(y, t.reshape(1, 1, 1, 5, 4))) == pytest.approx(0.0, abs=1e-5)  # perfect -> 0
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5])

@@ -259,3 +259,20 @@ def test_summarize_mean_median_std():
 
 def test_summarize_empty():
     assert summarize([]) == {}
+
+
+def test_region_scores_follow_the_scheme_and_keep_rc_out_of_the_mean():
+    from unet3d.labels import BUILTIN
+
+    scheme = BUILTIN["brats-2024-gli"]
+    ref = np.zeros((20, 20, 20), np.uint8)
+    ref[2:8, 2:8, 2:8] = 3        # ET (class 3)
+    ref[12:15, 12:15, 12:15] = 4  # RC (class 4), missed by the prediction
+    pred = ref.copy()
+    pred[12:15, 12:15, 12:15] = 0
+    s = region_scores(pred, ref, scheme, (1.0, 1.0, 1.0), lesionwise=True, surface=True)
+    assert s["dice_RC"] == 0.0 and s["lesion_fn_RC"] == 1 and s["lesionwise_hd95_RC"] == 373.0
+    assert s["dice_mean"] == 1.0 and s["lesionwise_dice_mean"] == 1.0  # mean over WT, TC, ET only
+    assert s["nsd_mean"] == 1.0 and "lesion_tp_mean" not in s
+    men = region_scores((ref > 0).astype(np.uint8), (ref == 3).astype(np.uint8), BUILTIN["brats-men-rt"])
+    assert set(men) == {"dice_GTV", "dice_mean"} and men["dice_mean"] == men["dice_GTV"]

@@ -25,8 +25,10 @@ from unet3d.inference import (
     load_member,
     write_prediction,
 )
+from unet3d.labels import BUILTIN
 from unet3d.postprocess import PostProcess, keep_largest_wt, remove_small_et
-from unet3d.regions import BRATS_TO_CLASS, MSD_TO_CLASS, classes_to_regions
+
+LEGACY = BUILTIN["brats-legacy"]
 from unet3d.runtime import resolve_policy
 
 BRATS_VALUES = {0, 1, 2, 4}
@@ -72,11 +74,14 @@ def _reoriented_copy(src_root: Path, dst_root: Path, kind: str, spacing=(1.0, 1.
 
 
 class Oracle:
-    """A perfect model: the ground truth as preprocessing presents it (one-hot classes, or WT/TC/ET
-    masks for a region head)."""
+    """A perfect model: the ground truth as preprocessing presents it (one-hot classes of the
+    scheme, or its region masks for a region head), from the cached file label values."""
 
-    def __init__(self, classes: np.ndarray, head: str = "softmax") -> None:
-        self.classes, self.head, self.name = classes, head, "oracle"
+    in_channels = 4
+
+    def __init__(self, values: np.ndarray, head: str = "softmax", scheme=LEGACY) -> None:
+        self.classes, self.head, self.name = scheme.to_classes(values), head, "oracle"
+        self.scheme = scheme
 
     def windows(self, shape, overlap, tta):
         return 1
@@ -84,8 +89,8 @@ class Oracle:
     def probabilities(self, image, *, overlap, tta, batch_size, progress=None):
         assert image.shape[:3] == self.classes.shape
         if self.head == "regions":
-            return classes_to_regions(self.classes).astype(np.float32)
-        return np.eye(4, dtype=np.float32)[self.classes]
+            return self.scheme.classes_to_regions(self.classes).astype(np.float32)
+        return np.eye(self.scheme.n_classes, dtype=np.float32)[self.classes]
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +124,7 @@ def test_a_perfect_model_lands_exactly_on_the_input_grid_and_scores_dice_1(
         values = np.asarray(written.dataobj)
         assert set(np.unique(values).tolist()) <= BRATS_VALUES
         np.testing.assert_array_equal(values, np.asarray(ref.dataobj))
-        scores = evaluate_case(out / f"{case.case_id}.nii.gz", case)
+        scores = evaluate_case(out / f"{case.case_id}.nii.gz", case, LEGACY)
         assert scores["dice_mean"] == 1.0 and scores["hd95_mean"] == 0.0
 
     # ... and the evaluate command agrees.
@@ -147,11 +152,11 @@ def test_msd_predictions_use_msd_label_values(tmp_path):
     nib.save(nib.Nifti1Image(np.ascontiguousarray(flip(msd)), m), str(root / "labelsTr" / "x.nii.gz"))
     (msd_case,) = discover(root).cases
     loaded = load_case(msd_case)
-    _, classes, _ = preprocess_loaded(loaded)
-    pred = Predictor([Oracle(classes)]).predict(loaded)
+    _, values, _ = preprocess_loaded(loaded)
+    pred = Predictor([Oracle(values, scheme=BUILTIN["msd"])]).predict(loaded)
     assert pred.labels.shape == msd.shape
     np.testing.assert_array_equal(pred.labels, flip(msd))
-    assert set(np.unique(pred.labels).tolist()) <= set(MSD_TO_CLASS)
+    assert set(np.unique(pred.labels).tolist()) <= {0, 1, 2, 3}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,6 +164,8 @@ def test_msd_predictions_use_msd_label_values(tmp_path):
 
 
 class Constant:
+    scheme, in_channels = LEGACY, 4
+
     def __init__(self, probs: np.ndarray, head: str) -> None:
         self.probs, self.head, self.name = probs.astype(np.float32), head, "const"
 
@@ -176,7 +183,7 @@ def test_an_ensemble_averages_probabilities():
     p = Predictor([a, b])
     np.testing.assert_allclose(p.probabilities(image)[0, 0, 0], [0.3, 0.1, 0.35, 0.25], atol=1e-7)
     assert p.classes(p.probabilities(image))[0, 0, 0] == 2  # neither member alone says ED
-    assert p.channels == ("background", "NCR/NET", "ED", "ET")
+    assert p.channels == ("background", "NCR", "ED", "ET")
 
 
 def test_a_mixed_ensemble_averages_region_probabilities():
@@ -199,8 +206,8 @@ def test_small_et_components_become_necrosis_by_volume_in_mm3():
     assert out[12, 2, 2] == 2 and c[15, 15, 15] == 3  # input untouched
     assert (remove_small_et(c, (1, 1, 1), 1000) == 3).sum() == 0  # every ET component is small
     # Whole tumour and tumour core are unchanged: only ET loses voxels.
-    for before, after in zip(np.moveaxis(classes_to_regions(c), -1, 0)[:2],
-                             np.moveaxis(classes_to_regions(out), -1, 0)[:2], strict=True):
+    for before, after in zip(np.moveaxis(LEGACY.classes_to_regions(c), -1, 0)[:2],
+                             np.moveaxis(LEGACY.classes_to_regions(out), -1, 0)[:2], strict=True):
         np.testing.assert_array_equal(before, after)
 
 
@@ -368,7 +375,7 @@ def test_cli_predict_and_evaluate_on_a_reoriented_dataset(trained, synth16, tmp_
     r = run_cli("evaluate", "--pred", str(out), "--data", str(data), "--out",
                 str(tmp_path / "eval" / "scores.csv"), timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "WT" in r.stdout and "HD95 mean" in r.stdout
+    assert "WT" in r.stdout and "LW HD95" in r.stdout
     rows = list(csv.DictReader((tmp_path / "eval" / "scores.csv").open()))
     assert [row["case_id"] for row in rows] == ids
     assert np.mean([float(row["dice_WT"]) for row in rows]) > 0.5  # a trained model, not noise
@@ -464,8 +471,6 @@ def test_a_full_size_case_predicts_with_the_nvidia_architecture_within_memory(tm
 
 
 def test_class_label_round_trip_helpers():
-    from unet3d.regions import classes_to_labels
-
     classes = np.arange(4, dtype=np.uint8)
-    assert classes_to_labels(classes, BRATS_TO_CLASS).tolist() == [0, 1, 2, 4]
-    assert classes_to_labels(classes, MSD_TO_CLASS).tolist() == [0, 2, 1, 3]
+    assert LEGACY.to_labels(classes).tolist() == [0, 1, 2, 4]
+    assert BUILTIN["msd"].to_labels(classes).tolist() == [0, 1, 2, 3]

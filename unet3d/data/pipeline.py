@@ -23,11 +23,12 @@ from unet3d.data.preprocess import CachedCase
 class CropSampler:
     """Draws (image crop, label crop) pairs from cached cases.
 
-    Shapes: image (D, H, W, C) float32, label (D, H, W) uint8, (D, H, W) = ``crop``.
+    Shapes: image (D, H, W, C) float32, label (D, H, W) uint8 training classes (the cache holds file
+    label values; ``lut`` maps them, see LabelScheme.lut), (D, H, W) = ``crop``.
     """
 
     def __init__(self, entries: Sequence[CachedCase], crop: tuple[int, int, int],
-                 foreground_ratio: float, seed: int) -> None:
+                 foreground_ratio: float, seed: int, lut: np.ndarray | None = None) -> None:
         if not entries:
             raise ValueError("CropSampler: no training cases")
         missing = [e.case_id for e in entries if not e.meta["labelled"]]
@@ -39,6 +40,7 @@ class CropSampler:
         self.crop = np.array(crop)
         self.ratio = foreground_ratio
         self.seed = seed
+        self.lut = lut if lut is not None else np.arange(256, dtype=np.uint8)
         self.channels = self.images[0].shape[-1]
 
     def sample(self, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -64,7 +66,7 @@ class CropSampler:
         s = tuple(slice(a, b) for a, b in zip(src_lo, src_hi, strict=True))
         d = tuple(slice(a, b) for a, b in zip(dst_lo, dst_hi, strict=True))
         img[d] = image[s]
-        lab[d] = label[s]
+        lab[d] = self.lut[label[s]]
         return img, lab
 
 
@@ -110,7 +112,7 @@ def train_dataset(entries: Sequence[CachedCase], cfg: DataConfig, batch_size: in
     Yields:
         (image (B, D, H, W, C) float32, label (B, D, H, W) uint8, or a tuple of n_outputs labels).
     """
-    sampler = CropSampler(entries, cfg.crop, cfg.foreground_ratio, seed)
+    sampler = CropSampler(entries, cfg.crop, cfg.foreground_ratio, seed, lut=cfg.scheme.lut())
     crop = tuple(cfg.crop)
     rank, workers = shard
 

@@ -1,16 +1,20 @@
 """Load, validate and preprocess a case once into an on-disk cache; put predictions back on the grid.
 
 Per case: read every NIfTI (nibabel) and check it (readable, 3-D or MSD 4-D, same shape and affine
-across the case's files, finite voxels, label values from the layout's set); reorient to canonical
-RAS; crop to the brain's bounding box (voxels where any modality is non-zero); z-score each modality
-over the brain; map labels to the contiguous training classes. What is needed to undo the crop and
-the reorientation is kept in the case's ``meta.json``.
+across the case's files, finite voxels, integer label values); reorient to canonical RAS; crop to the
+brain's bounding box (voxels where any modality is non-zero); z-score each modality over the brain.
+Labels are cached as the file's own values: what they mean is the label scheme's business
+(:mod:`unet3d.labels`), applied when crops are drawn and cases scored, so one cache serves any
+scheme, and the values each case holds (recorded in its ``meta.json``) let the scheme be detected
+and checked without reading the files again (:func:`dataset_scheme`). What is needed to undo the
+crop and the reorientation is kept in the case's ``meta.json`` too.
 
-Cache layout: ``<cache>/<case_id>/{image.npy (D,H,W,4) float32, label.npy (D,H,W) uint8,
-fg.npy (K,3) int32 tumour voxel coordinates, meta.json}``. Arrays are plain .npy so training reads
-them memory-mapped. ``meta.json`` is written last and removed first, so it marks a complete entry; it
-records the source files' sizes and mtimes and this module's version, and a re-run reuses an entry
-whose record still matches.
+Cache layout: ``<cache>/<case_id>/{image.npy (D,H,W,C) float32, label.npy (D,H,W) uint8 file label
+values, fg.npy (K,3) int32 tumour voxel coordinates, meta.json}`` and ``<cache>/labels.json`` (the
+scheme the dataset was last used with). Arrays are plain .npy so training reads them memory-mapped.
+``meta.json`` is written last and removed first, so it marks a complete entry; it records the source
+files' sizes and mtimes and this module's version, and a re-run reuses an entry whose record still
+matches.
 """
 
 from __future__ import annotations
@@ -26,11 +30,12 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from unet3d.data.discover import MODALITIES, Case, DataError
+from unet3d import labels as labels_mod
+from unet3d.data.discover import Case, DataError, Dataset
 from unet3d.io_utils import atomic_path, atomic_write_json
-from unet3d.regions import lut
+from unet3d.labels import LabelScheme
 
-PREPROCESS_VERSION = 1
+PREPROCESS_VERSION = 2  # 2: labels cached as file values (1 cached BraTS training classes)
 _RAS = nib.orientations.axcodes2ornt(("R", "A", "S"))
 _MAX_FG_COORDS = 20000
 
@@ -39,7 +44,8 @@ _MAX_FG_COORDS = 20000
 class LoadedCase:
     """A case as read from disk, in its original voxel order.
 
-    image: (X, Y, Z, 4) float32 in MODALITIES order; label: (X, Y, Z) uint8 raw file values or None.
+    image: (X, Y, Z, C) float32, the case's modalities in MODALITIES order; label: (X, Y, Z) uint8
+    raw file values or None.
     """
 
     case: Case
@@ -68,7 +74,7 @@ def spacing_of(affine: np.ndarray) -> tuple[float, float, float]:
     return tuple(float(s) for s in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0)))
 
 
-def read_label(path: Path, case_id: str, label_map: dict[int, int], layout: str,
+def read_label(path: Path, case_id: str, scheme: LabelScheme | None = None,
                what: str = "label") -> tuple[np.ndarray, np.ndarray]:
     """Reads a segmentation (a reference label or a prediction) and checks its values.
 
@@ -76,8 +82,8 @@ def read_label(path: Path, case_id: str, label_map: dict[int, int], layout: str,
         (X, Y, Z) uint8 file label values and the file's affine.
 
     Raises:
-        DataError: naming the case and file: unreadable/truncated, not 3-D, non-integer values, or
-            values outside ``label_map`` (the layout's label set).
+        DataError: naming the case and file: unreadable/truncated, not 3-D, non-integer values or
+            values outside 0-255, or (given ``scheme``) values outside the scheme.
     """
     raw, affine, _ = _read(path, case_id)
     if raw.ndim == 4 and raw.shape[3] == 1:
@@ -87,10 +93,14 @@ def read_label(path: Path, case_id: str, label_map: dict[int, int], layout: str,
     if not np.all(np.isfinite(raw)) or not np.all(np.equal(np.mod(raw, 1), 0)):
         raise DataError(f"case {case_id}: {path}: {what} has non-integer values")
     values = set(np.unique(raw).astype(np.int64).tolist())
-    allowed = set(label_map)
-    if not values <= allowed:
-        raise DataError(f"case {case_id}: {path}: {what} values {sorted(values - allowed)} are "
-                        f"not allowed in the {layout} layout (allowed: {sorted(allowed)})")
+    if min(values) < 0 or max(values) > 255:
+        raise DataError(f"case {case_id}: {path}: {what} values must lie in 0-255, got "
+                        f"{min(values)}..{max(values)}")
+    if scheme is not None:
+        try:
+            labels_mod.check_values(scheme, values, f"case {case_id}: {path}: {what}")
+        except labels_mod.LabelError as e:
+            raise DataError(str(e)) from None
     return raw.astype(np.uint8), np.asarray(affine, float)
 
 
@@ -99,7 +109,7 @@ def load_case(case: Case) -> LoadedCase:
 
     Raises:
         DataError: naming the case and the file: unreadable/truncated, wrong dimensionality, shape or
-            affine mismatch, NaN/inf voxels, or label values outside the layout's set.
+            affine mismatch, NaN/inf voxels, or non-integer label values.
     """
     cid = case.case_id
     channels: list[np.ndarray] = []
@@ -107,14 +117,15 @@ def load_case(case: Case) -> LoadedCase:
     ref_file = None
     if case.image4d is not None:
         data, affine, header = _read(case.image4d, cid)
-        if data.ndim != 4 or data.shape[3] != len(MODALITIES):
+        if data.ndim != 4 or data.shape[3] != len(case.channel_order):
             raise DataError(f"case {cid}: {case.image4d}: expected a 4-D image with "
-                            f"{len(MODALITIES)} modalities in the last axis, got shape {data.shape}")
+                            f"{len(case.channel_order)} modalities in the last axis, got shape "
+                            f"{data.shape}")
         by_name = {name: data[..., i] for i, name in enumerate(case.channel_order)}
-        channels = [by_name[m] for m in MODALITIES]
+        channels = [by_name[m] for m in case.modalities]
         ref_shape, ref_affine, ref_file = data.shape[:3], affine, case.image4d
     else:
-        for m in MODALITIES:
+        for m in case.modalities:
             path = case.images[m]
             data, affine, hdr = _read(path, cid)
             if data.ndim == 4 and data.shape[3] == 1:
@@ -130,7 +141,7 @@ def load_case(case: Case) -> LoadedCase:
                 raise DataError(f"case {cid}: {path}: affine differs from {ref_file.name}'s "
                                 f"(the modalities are not co-registered)")
             channels.append(data)
-    for m, ch in zip(MODALITIES, channels, strict=True):
+    for m, ch in zip(case.modalities, channels, strict=True):
         if not np.all(np.isfinite(ch)):
             where = case.image4d or case.images[m]
             raise DataError(f"case {cid}: {where}: modality {m} has NaN or infinite voxels")
@@ -138,7 +149,7 @@ def load_case(case: Case) -> LoadedCase:
 
     label = None
     if case.label is not None:
-        raw, affine = read_label(case.label, cid, case.label_map, case.layout)
+        raw, affine = read_label(case.label, cid)
         if raw.shape != tuple(ref_shape):
             raise DataError(f"case {cid}: {case.label}: label shape {raw.shape} differs from the "
                             f"image shape {tuple(ref_shape)}")
@@ -155,10 +166,10 @@ def _bbox(mask: np.ndarray) -> tuple[list[int], list[int]]:
 
 
 def preprocess_loaded(lc: LoadedCase) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
-    """Canonical reorientation, brain crop, z-score, label mapping.
+    """Canonical reorientation, brain crop, z-score.
 
     Returns:
-        image (D, H, W, 4) float32, label (D, H, W) uint8 training classes or None, and the meta
+        image (D, H, W, C) float32, label (D, H, W) uint8 file label values or None, and the meta
         dict needed to map a (D, H, W) prediction back with :func:`restore_to_original`.
     """
     cid = lc.case.case_id
@@ -189,12 +200,15 @@ def preprocess_loaded(lc: LoadedCase) -> tuple[np.ndarray, np.ndarray | None, di
         ch = (image[..., c] - mean) / (std if std > 1e-8 else 1.0)
         ch[~brain] = 0.0
         image[..., c] = ch
-    classes = None
-    if label is not None:
-        classes = lut(lc.case.label_map)[label[sl]]
+    classes = None if label is None else np.ascontiguousarray(label[sl], dtype=np.uint8)
     meta = {
         "case_id": cid,
         "layout": lc.case.layout,
+        "task": getattr(lc.case, "task", None),
+        "modalities": list(lc.case.modalities),
+        "label_file": str(lc.case.label) if lc.case.label is not None else None,
+        "label_values": (sorted(int(v) for v in np.unique(lc.label))
+                         if lc.label is not None else []),
         "original_shape": [int(s) for s in shape],
         "original_affine": lc.affine.tolist(),
         "orientation": ornt.tolist(),
@@ -255,6 +269,11 @@ class CachedCase:
 
     def foreground(self) -> np.ndarray:
         return np.load(self.folder / "fg.npy")
+
+    def classes(self, scheme: LabelScheme) -> np.ndarray | None:
+        """(D, H, W) uint8 training classes of ``scheme`` (read whole), or None if unlabelled."""
+        label = self.label(mmap=False)
+        return None if label is None else scheme.to_classes(label)
 
 
 def _valid_entry(folder: Path, case: Case) -> CachedCase | None:
@@ -338,3 +357,46 @@ def open_cases(cache: str | Path, ids: Sequence[str]) -> list[CachedCase]:
             raise DataError(f"{folder / 'meta.json'}: unreadable ({msg})") from None
         out.append(CachedCase(folder, meta))
     return out
+
+
+def dataset_scheme(dataset: Dataset, entries: Sequence[CachedCase],
+                   labels: str | Path | LabelScheme | None = None) -> LabelScheme:
+    """The label scheme of a prepared dataset, checked against every labelled case.
+
+    ``labels`` (a built-in name, a YAML file or a scheme) overrides detection; without it the
+    scheme follows from the layout, the BraTS task and the label values the cases hold (see
+    :func:`unet3d.labels.detect`). The scheme is recorded in ``<cache>/labels.json``.
+
+    Raises:
+        LabelError: an unknown or malformed ``labels``.
+        DataError: a case whose label values lie outside the scheme (naming its label file).
+    """
+    scheme = (labels_mod.resolve(labels) if labels is not None else
+              labels_mod.detect(dataset.layout, getattr(dataset, "task", None),
+                                {v for e in entries for v in e.meta.get("label_values", [])}))
+    for e in entries:
+        if e.meta.get("labelled"):
+            try:
+                labels_mod.check_values(scheme, e.meta["label_values"],
+                                        f"case {e.case_id}: {e.meta['label_file']}")
+            except labels_mod.LabelError as err:
+                raise DataError(str(err)) from None
+    if entries:
+        atomic_write_json(entries[0].folder.parent / "labels.json", scheme.to_dict())
+    return scheme
+
+
+def dataset_channels(entries: Sequence[CachedCase]) -> int:
+    """The number of modalities every prepared case has (the model's input channels).
+
+    Raises:
+        DataError: cases with different modalities (naming one of each).
+    """
+    seen: dict[tuple[str, ...], str] = {}
+    for e in entries:
+        seen.setdefault(tuple(e.meta.get("modalities", ("t1", "t1ce", "t2", "flair"))), e.case_id)
+    if len(seen) > 1:
+        (a, ca), (b, cb) = list(seen.items())[:2]
+        raise DataError(f"case {ca} has modalities {', '.join(a)} but case {cb} has {', '.join(b)}; "
+                        f"a dataset's cases must share them")
+    return len(next(iter(seen))) if seen else 4

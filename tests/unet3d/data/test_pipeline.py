@@ -108,7 +108,8 @@ def test_label_follows_the_image_through_every_flip(tmp_path, flip_prob, jitter)
 
     entries = [_coded_case(tmp_path / "a", seed=0), _coded_case(tmp_path / "b", (16, 30, 18), seed=1)]
     off = {} if jitter else {"intensity_scale": 0, "intensity_shift": 0, "noise_std": 0}
-    cfg = DataConfig(crop=(16, 16, 16), flip_prob=flip_prob, **off)
+    # labels 0-3 as files of a 2023 scheme hold them (classes = values)
+    cfg = DataConfig(crop=(16, 16, 16), flip_prob=flip_prob, labels="brats-2023", **off)
     raw = train_dataset(entries, cfg, batch_size=4, seed=7, augment=False)
     aug = train_dataset(entries, cfg, batch_size=4, seed=7)
     flipped = 0
@@ -164,3 +165,31 @@ def test_intensity_jitter_stays_in_its_range_and_spans_it(entries, kind):
     dev = np.array(per_channel) - centre
     assert len(dev) > 20 and np.all(np.abs(dev) <= s + 1e-5)
     assert dev.min() < -s / 3 and dev.max() > s / 3  # both directions, not a fixed offset
+
+
+@pytest.mark.parametrize(("labels", "values", "classes"), [
+    ("brats-legacy", [0, 1, 2, 4], [0, 1, 2, 3]),
+    ("brats-2024-gli", [0, 1, 2, 3, 4], [0, 1, 2, 3, 4]),
+    ("brats-men-rt", [0, 1], [0, 1]),
+])
+def test_crops_carry_the_schemes_training_classes(tmp_path, labels, values, classes):
+    """The cache keeps file values; a crop's label is the scheme's class of each (e.g. ET 4 -> 3)."""
+    import json
+
+    from unet3d.data.pipeline import train_dataset
+    from unet3d.data.preprocess import CachedCase
+
+    shape = (16, 16, 16)
+    raw = np.asarray(values, np.uint8)[np.random.default_rng(0).integers(0, len(values), shape)]
+    folder = tmp_path / "c"
+    folder.mkdir()
+    np.save(folder / "image.npy", np.zeros((*shape, 1), np.float32))
+    np.save(folder / "label.npy", raw)
+    np.save(folder / "fg.npy", np.argwhere(raw > 0).astype(np.int32))
+    meta = {"case_id": "c", "labelled": True, "shape": list(shape)}
+    (folder / "meta.json").write_text(json.dumps(meta))
+    cfg = DataConfig(crop=shape, flip_prob=0.0, labels=labels)
+    (_, y), = train_dataset([CachedCase(folder, meta)], cfg, batch_size=1, seed=0,
+                            augment=False).take(1)
+    expected = np.asarray(classes, np.uint8)[np.searchsorted(values, raw)]
+    np.testing.assert_array_equal(y.numpy()[0], expected)

@@ -20,7 +20,9 @@ from unet3d.data.preprocess import (
     preprocess_loaded,
     restore_to_original,
 )
-from unet3d.regions import BRATS_TO_CLASS, lut
+from unet3d.labels import BUILTIN
+
+LEGACY = BUILTIN["brats-legacy"]
 
 CACHE_FILES = {"image.npy", "label.npy", "fg.npy", "meta.json"}
 IDS = ["BraTS2021_00000", "BraTS2021_00001", "BraTS2021_00002"]
@@ -91,8 +93,11 @@ def test_reorientation_to_ras_and_exact_round_trip(tmp_path, orientation):
     nz = np.argwhere(ras_brain)
     assert lo == nz.min(axis=0).tolist() and hi == (nz.max(axis=0) + 1).tolist()
 
-    classes = entry.label(mmap=False)
-    np.testing.assert_array_equal(classes, lut(BRATS_TO_CLASS)[to_ras(label)][sl])
+    # the cache keeps the file's label values; the scheme maps them to training classes
+    np.testing.assert_array_equal(entry.label(mmap=False), to_ras(label)[sl])
+    classes = entry.classes(LEGACY)
+    np.testing.assert_array_equal(classes, LEGACY.to_classes(to_ras(label))[sl])
+    assert meta["label_values"] == sorted(np.unique(label).tolist())
     image = entry.image(mmap=False)
     for c, m in enumerate(MODALITIES):
         expected = _zscore(to_ras(images[m]).astype(np.float64), ras_brain)[sl]
@@ -101,12 +106,12 @@ def test_reorientation_to_ras_and_exact_round_trip(tmp_path, orientation):
     # Round trip: back on the original grid, in the original voxel order, exactly.
     restored = restore_to_original(classes, meta)
     assert restored.shape == shape and restored.dtype == classes.dtype
-    np.testing.assert_array_equal(restored, lut(BRATS_TO_CLASS)[label])
+    np.testing.assert_array_equal(restored, LEGACY.to_classes(label))
     # Trailing axes (e.g. per-class probabilities) go back the same way.
     probs = np.stack([classes == k for k in range(4)], axis=-1).astype(np.float32)
     back = restore_to_original(probs, meta)
     assert back.shape == (*shape, 4)
-    np.testing.assert_array_equal(back.argmax(-1), lut(BRATS_TO_CLASS)[label])
+    np.testing.assert_array_equal(back.argmax(-1), LEGACY.to_classes(label))
 
 
 def test_spacing_is_the_length_of_each_affine_column():
@@ -122,7 +127,7 @@ def test_spacing_is_the_length_of_each_affine_column():
 
 
 def test_label_lookup_maps_brats_values_and_marks_unmapped_ones():
-    table = lut(BRATS_TO_CLASS)
+    table = LEGACY.lut()
     assert table[[0, 1, 2, 4]].tolist() == [0, 1, 2, 3]
     assert table[3] == 255 and table[255] == 255  # never silently background
 
@@ -160,12 +165,11 @@ def test_crop_never_cuts_tumour_outside_the_intensity_mask(tmp_path):
     label[1, 6, 6] = 2  # a labelled voxel where every modality is zero (e.g. stripped with the skull)
     label[8, 14, 9] = 1
     nii.write_brats_case(tmp_path / "d", "c", images=images, label=label)
-    _, classes, meta = preprocess_loaded(load_case(discover(tmp_path / "d").cases[0]))
+    _, values, meta = preprocess_loaded(load_case(discover(tmp_path / "d").cases[0]))
     assert meta["bbox_lo"] == [1, 4, 4] and meta["bbox_hi"] == [12, 15, 12]
-    for value, cls in BRATS_TO_CLASS.items():
-        if value:
-            assert (classes == cls).sum() == (label == value).sum()
-    np.testing.assert_array_equal(restore_to_original(classes, meta), lut(BRATS_TO_CLASS)[label])
+    for value in (1, 2, 4):
+        assert (values == value).sum() == (label == value).sum()
+    np.testing.assert_array_equal(restore_to_original(values, meta), label)
 
 
 def test_zscore_per_modality_over_the_brain(tmp_path):

@@ -17,9 +17,17 @@ CID = "BraTS2021_00001"
 
 
 def _check(root: Path) -> None:
-    """What `prepare` does to each case short of writing: discover, load and preprocess."""
-    for case in discover(root).cases:
+    """What `prepare` checks: discover, load and preprocess each case (short of writing), then the
+    label values every case holds against the dataset's label scheme."""
+    import tempfile
+
+    from unet3d.data.preprocess import dataset_scheme, prepare
+
+    ds = discover(root)
+    for case in ds.cases:
         preprocess_loaded(load_case(case))
+    with tempfile.TemporaryDirectory() as cache:
+        dataset_scheme(ds, prepare(ds.cases, cache))
 
 
 def _truncate(path: Path) -> None:
@@ -108,7 +116,7 @@ def _label_value_3(root):
     lab = nii.brats_label()
     lab[8, 8, 8] = 3
     nii.write_nii(p, lab)
-    return p, r"label values \[3\] are not allowed"
+    return p, r"label values \[3\] are not in the brats-legacy scheme"
 
 
 def _label_non_integer(root):
@@ -180,7 +188,7 @@ def _msd_label_value_4(root):
     lab = nii.msd_label()
     lab[8, 8, 8] = 4  # a BraTS value: not in the MSD set 0-3
     nii.write_nii(p, lab)
-    return p, r"label values \[4\] are not allowed in the msd layout"
+    return p, r"label values \[4\] are not in the msd scheme"
 
 
 def _msd_3d_image(root):
