@@ -60,36 +60,34 @@ def _load_config(args: argparse.Namespace):
 
 
 def _prepare(data: Path, cache: Path, labels: str | None = None, verbose: bool = True):
+    """discover -> prepare (+ label scheme, input channels), printing what was found."""
     from unet3d import labels as labels_mod
     from unet3d.data.discover import discover
-    from unet3d.data.preprocess import dataset_channels, dataset_scheme, prepare
+    from unet3d.data.preprocess import prepare_dataset
     from unet3d.io_utils import check_writable_dir
 
     if labels is not None:
         labels_mod.resolve(labels)  # a bad --labels is named before anything is read or written
     ds = discover(data)
     check_writable_dir(cache, "--cache")
-    counts = {"new": 0, "reused": 0}
     n = len(ds.cases)
+    done = [0]
 
     def progress(case, reused: bool) -> None:
-        counts["reused" if reused else "new"] += 1
-        done = counts["new"] + counts["reused"]
+        done[0] += 1
         if verbose and sys.stdout.isatty():
-            print(f"\rpreprocess {done}/{n} {case.case_id:<24}", end="", flush=True)
+            print(f"\rpreprocess {done[0]}/{n} {case.case_id:<24}", end="", flush=True)
 
-    entries = prepare(ds.cases, cache, progress)
+    prep = prepare_dataset(ds, cache, labels, progress)
     if verbose:
         if sys.stdout.isatty():
             print()
-        _print(f"{ds.layout} layout: {n} cases ({len(ds.labelled)} labelled) -> {cache} "
-               f"({counts['new']} preprocessed, {counts['reused']} reused)")
-    scheme = dataset_scheme(ds, entries, labels)
-    channels = dataset_channels(entries)
-    if verbose:
-        _print(f"labels: {scheme.describe()} ({'--labels' if labels else 'detected'}; "
-               f"tumour mean over {', '.join(scheme.tumour)})")
-    return ds, entries, scheme, channels
+        where = f" (found in {ds.root})" if ds.root.resolve() != Path(data).resolve() else ""
+        _print(f"{ds.layout} layout{where}: {n} cases ({len(ds.labelled)} labelled) -> {cache} "
+               f"({n - prep.reused} preprocessed, {prep.reused} reused)")
+        _print(f"labels: {prep.scheme.describe()} ({'--labels' if labels else 'detected'}; "
+               f"tumour mean over {', '.join(prep.scheme.tumour)})")
+    return prep
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -120,8 +118,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise_user(f"--workers {args.workers}: must be at least 1")
     out = check_writable_dir(args.out, "--out")  # and _prepare checks --cache: before either is made
-    _, entries, scheme, channels = _prepare(Path(args.data), _cache_dir(args), args.labels)
-    cfg = cfg.with_labels(scheme, channels)
+    prep = _prepare(Path(args.data), _cache_dir(args), args.labels)
+    entries, scheme = prep.entries, prep.scheme
+    repaired = cfg.with_labels(scheme, prep.channels)
+    if repaired.train.loss != cfg.train.loss:
+        _print(f"train.loss {cfg.train.loss} -> {repaired.train.loss}: the regions of {scheme.name} "
+               f"do not nest, so a region head cannot be decoded")
+    cfg = repaired
     labelled = [e for e in entries if e.meta["labelled"]]
     if len(labelled) < cfg.data.folds:
         raise_user(f"{args.data}: {len(labelled)} labelled cases, fewer than data.folds="
@@ -332,6 +335,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     post = PostProcess(min_et_volume=args.min_et_volume, largest_wt=args.largest_wt)
     predictor = Predictor(members, overlap=args.overlap, tta=args.tta, batch_size=args.batch_size,
                           postprocess=post, keep_probabilities=args.probabilities)
+    if post.min_et_volume > 0 and predictor.scheme.enhancing is None:
+        raise_user(f"--min-et-volume {args.min_et_volume}: the models' labels "
+                   f"({predictor.scheme.name}) have no enhancing tumour")
+    want = members[0].in_channels
+    for case in cases:  # checked before anything is written
+        if len(case.modalities) != want:
+            raise_user(f"case {case.case_id}: has {len(case.modalities)} modalities "
+                       f"({', '.join(case.modalities)}); the model reads {want}")
     out.mkdir(parents=True, exist_ok=True)
     for m in members:
         _print(f"model {m.name}: {m.cfg.model.depth} levels, filters {list(m.cfg.model.filters)}, "

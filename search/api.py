@@ -87,6 +87,10 @@ class Search:
             objective=objective, labels=str(labels or ""),
             engine_options={k: v for k, v in engine_options.items() if v is not None})
         engine_settings(self.spec)  # the engine's own options, checked now
+        if self.spec.labels:  # (not on restore: the context holds the scheme, the file may be gone)
+            from unet3d.labels import resolve
+
+            resolve(self.spec.labels)
         self.log: Log = log or (lambda _msg: None)
         self._resume, self._own_ray = False, False
         self._context: SearchContext | None = None
@@ -198,7 +202,7 @@ class Search:
         """The demo dataset if needed, the preprocessed cache, and the fold's case IDs."""
         from unet3d import labels as labels_mod
         from unet3d.data.discover import discover
-        from unet3d.data.preprocess import dataset_channels, dataset_scheme, prepare
+        from unet3d.data.preprocess import prepare_dataset
         from unet3d.data.split import kfold
 
         spec = self.spec
@@ -208,14 +212,14 @@ class Search:
             self.log(f"writing the demo dataset (16 synthetic 64^3 cases) to {DEFAULT_DATA}")
             write_synthetic_dataset(DEFAULT_DATA, 16, (64, 64, 64), seed=0)
             dataset = discover(DEFAULT_DATA)
-        reused: list[bool] = []
-        entries = prepare(dataset.cases, spec.cache_folder, lambda _case, r: reused.append(r))
+        prep = prepare_dataset(dataset, spec.cache_folder, spec.labels or None)
+        entries, scheme = prep.entries, prep.scheme
         self.log(f"{dataset.layout} layout: {len(entries)} cases ({len(dataset.labelled)} labelled) "
-                 f"-> {spec.cache_folder} ({reused.count(False)} preprocessed, {sum(reused)} reused)")
-        scheme = dataset_scheme(dataset, entries, spec.labels or None)
-        channels = dataset_channels(entries)
+                 f"-> {spec.cache_folder} ({len(entries) - prep.reused} preprocessed, "
+                 f"{prep.reused} reused)")
         self.log(f"labels: {scheme.describe()} ({'--labels' if spec.labels else 'detected'}); "
                  f"objective: {spec.objective}")
+        self._space = _fit_space(self._space, scheme, self.log)
         labelled = [e.case_id for e in entries if e.meta["labelled"]]
         train_ids, val_ids = kfold(labelled, spec.folds, spec.fold, spec.split_seed)
         return SearchContext(space=self._space, data=str(spec.data_folder),
@@ -224,7 +228,7 @@ class Search:
                              fold=spec.fold, folds=spec.folds, split_seed=spec.split_seed,
                              experiment="" if exp.remote else str(exp.local),
                              workers_per_trial=spec.workers_per_trial, objective=spec.objective,
-                             labels=labels_mod.to_config(scheme), in_channels=channels)
+                             labels=labels_mod.to_config(scheme), in_channels=prep.channels)
 
     def _create(self, exp: Experiment, ctx: SearchContext) -> None:
         from search.finish import save_search
@@ -249,6 +253,26 @@ class Search:
         from search import kt_engine
 
         return kt_engine.run(ctx, exp.local, opts, resume=self._resume, log=self.log)
+
+
+def _fit_space(space: Any, scheme: Any, log: Log) -> Any:
+    """The space without choices the dataset's label scheme cannot train: a region loss needs
+    regions that nest (BraTS 2024 PED's do not), so such a trial would silently train dice_ce.
+
+    Raises:
+        SearchError: the space offers nothing else.
+    """
+    from spaces.space import SpaceError
+
+    if scheme.region_head or not any(p.name == "train.loss" for p in space.params):
+        return space
+    try:
+        fitted = space.without_value("train.loss", "region")
+    except SpaceError as e:
+        raise SearchError(f"{e} (the regions of {scheme.name} do not nest)") from None
+    if fitted != space:
+        log(f"space {space.name}: train.loss without 'region' (the regions of {scheme.name} do not nest)")
+    return fitted
 
 
 def engine_settings(spec: SearchSpec) -> Any:

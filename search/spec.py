@@ -84,10 +84,6 @@ class SearchSpec:
             raise SearchError(f"--objective {self.objective}: must be one of {', '.join(OBJECTIVES)}")
         if not isinstance(self.labels, str):
             raise SearchError(f"--labels {self.labels!r}: must be a scheme name or a YAML file")
-        if self.labels:
-            from unet3d.labels import resolve
-
-            resolve(self.labels)  # an unknown name or a malformed file: one line naming it
         if self.fold >= self.folds:
             raise SearchError(f"--fold {self.fold}: must be in 0..{self.folds - 1} "
                               f"(--folds {self.folds})")

@@ -161,6 +161,22 @@ class SearchSpace:
     base: str = "cpu-small"
     fixed: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
 
+    def without_value(self, name: str, value: Any) -> SearchSpace:
+        """A copy whose Choice ``name`` no longer offers ``value`` (unchanged if it did not).
+
+        Raises:
+            SpaceError: ``value`` was the only choice left.
+        """
+        params = []
+        for p in self.params:
+            if isinstance(p, Choice) and p.name == name and p.contains(value):
+                rest = tuple(v for v in p.values if not (v == value and type(v) is type(value)))
+                if not rest:
+                    raise SpaceError(f"space {self.name}: {name}: {value!r} is its only choice")
+                p = dataclasses.replace(p, values=rest)
+            params.append(p)
+        return dataclasses.replace(self, params=tuple(params))
+
     def __post_init__(self) -> None:
         for p in self.params:
             if not isinstance(p, (Int, Float, Choice)):

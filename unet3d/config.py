@@ -72,8 +72,9 @@ class ModelConfig:
             the top; their outputs are upsampled to full size and follow the main output.
         deep_supervision_heads: how many auxiliary heads (1 .. depth-2).
         dropout: spatial dropout rate between the two convolutions of each decoder block.
-        in_channels: input modalities (4 for BraTS).
-        n_classes: softmax classes including background (the label scheme's, 4 for BraTS WT/TC/ET).
+        in_channels: input modalities (4 for BraTS; 1 for MEN-RT's T1c alone).
+        n_classes: softmax classes including background (the label scheme's: 4 for BraTS 2019-2023,
+            5 for 2024 GLI and PED, 2 for MEN-RT).
         n_regions: sigmoid channels of a region head: one per region of the label scheme.
         head: "softmax" (n_classes channels) or "regions" (n_regions sigmoid channels, e.g. WT, TC, ET).
         output_kernel: kernel size of the output convolution (NVIDIA: 3).
@@ -248,9 +249,11 @@ class DataConfig:
         if not isinstance(self.labels, (str, dict)):
             raise ConfigError(f"data.labels={self.labels!r} must be a scheme name or a scheme")
         try:
-            self.scheme  # noqa: B018  (parse now: a bad scheme fails here, naming the field)
+            # The canonical form (a name, or the scheme's dict with int label values), so a config
+            # read back from JSON (string keys) equals the one that was saved.
+            object.__setattr__(self, "labels", labels_mod.to_config(self.scheme))
         except LabelError as e:
-            raise ConfigError(f"data.labels: {e}") from None
+            raise ConfigError(str(e)) from None
 
     @functools.cached_property
     def scheme(self) -> LabelScheme:

@@ -43,14 +43,14 @@ def metric_names(scheme: LabelScheme) -> tuple[str, ...]:
 
 def evaluation_scheme(dataset: Dataset, labels: str | Path | None = None) -> LabelScheme:
     """The scheme to score ``dataset`` with: ``labels`` if given, else detected (the label values
-    are read only where the layout leaves the release open: BraTS GLI 2023 or 2024)."""
+    are read only where the layout leaves the release open: BraTS GLI or PED, 2023 or 2024)."""
     if labels is not None:
         return labels_mod.resolve(labels)
     values: set[int] = set()
-    if dataset.layout == "brats2023" and (getattr(dataset, "task", None) or "").upper() == "GLI":
+    if dataset.layout == "brats2023" and (dataset.task or "").upper() in ("GLI", "PED"):
         for c in dataset.labelled:
             values |= set(np.unique(read_label(c.label, c.case_id)[0]).tolist())
-    return labels_mod.detect(dataset.layout, getattr(dataset, "task", None), values)
+    return labels_mod.detect(dataset.layout, dataset.task, values)
 
 
 def prediction_path(pred_dir: Path, case_id: str) -> Path | None:

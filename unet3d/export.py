@@ -38,7 +38,8 @@ def _model_card(cfg: RunConfig, metrics: dict[str, Any], params: int, source: st
         f"- normalization {m.norm}, activation {m.activation}, upsampling {m.upsampling}, "
         f"deep supervision {'on' if m.deep_supervision else 'off'}, dropout {m.dropout}",
         f"- head: {m.head} ({m.out_channels} channels); input: {m.in_channels} channels "
-        f"(modalities in t1, t1ce, t2, flair order, each z-scored over the brain), channels-last "
+        f"(the case's modalities in t1, t1ce, t2, flair order, e.g. t1ce alone for MEN-RT; each "
+        f"z-scored over the brain), channels-last "
         f"N x D x H x W x C, "
         f"D/H/W multiples of {m.downsample_factor}",
         f"- trained on {list(cfg.data.crop)} crops, batch {cfg.train.batch_size}, loss "

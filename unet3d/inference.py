@@ -304,7 +304,9 @@ class Predictor:
         self.scheme = self.members[0].scheme
         for m in self.members[1:]:
             if m.scheme != self.scheme or m.in_channels != self.members[0].in_channels:
-                raise ValueError(f"ensemble members differ: {m.name} has labels {m.scheme.name} and "
+                from unet3d.errors import OptionError
+
+                raise OptionError(f"ensemble members differ: {m.name} has labels {m.scheme.name} and "
                                  f"{m.in_channels} input channels, {self.members[0].name} "
                                  f"{self.scheme.name} and {self.members[0].in_channels}")
 

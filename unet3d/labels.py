@@ -243,7 +243,8 @@ def from_dict(d: Any, *, source: str = "labels") -> LabelScheme:
     if not isinstance(name, str) or not name.strip():
         raise LabelError(f"{source}: name must be a non-empty string")
     labels = _parse_labels(d.get("labels"), source)
-    regions = _parse_regions(d.get("regions", {n: [v] for v, n in labels.items()}), labels, source)
+    regions = _parse_regions(d.get("regions", {_region_name(n, v): [v] for v, n in labels.items()}),
+                             labels, source)
     tumour = d.get("tumour", list(regions))
     if (not isinstance(tumour, list) or not tumour
             or not all(isinstance(t, str) and t in regions for t in tumour)):
@@ -265,6 +266,11 @@ def from_dict(d: Any, *, source: str = "labels") -> LabelScheme:
         raise LabelError(f"{source}: region_head=true needs regions that nest or are disjoint, each "
                          f"adding exactly one label; {dict(regions)} do not")
     return dataclasses.replace(scheme, region_head=head)
+
+
+def _region_name(label: str, value: int) -> str:
+    """The default region of one label: its name where that makes a valid region name, else L<v>."""
+    return label if _REGION_NAME.match(label) and label != "mean" else f"L{value}"
 
 
 def _parse_labels(raw: Any, source: str) -> dict[int, str]:
@@ -313,6 +319,8 @@ def load(path: str | Path) -> LabelScheme:
         text = p.read_text()
     except OSError as e:
         raise LabelError(f"{p}: cannot read the label scheme ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise LabelError(f"{p}: not a text (YAML) file") from None
     try:
         d = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -356,12 +364,21 @@ def detect(layout: str, task: str | None, values: Iterable[int]) -> LabelScheme:
         return BUILTIN["brats-legacy"]
     task = (task or "").upper()
     if task == "PED":
-        return BUILTIN["brats-2024-ped"]
+        # PED 2023 shipped the adult values (1 NETC, 2 SNFH, 3 ET); PED 2024 adds 4 (ED): only that
+        # tells them apart.
+        return BUILTIN["brats-2024-ped" if 4 in set(values) else "brats-2023"]
     if task == "MEN-RT":
         return BUILTIN["brats-men-rt"]
     if task == "GLI" and 4 in set(values):
         return BUILTIN["brats-2024-gli"]
     return BUILTIN["brats-2023"]
+
+
+def layout_values(layout: str, task: str | None) -> tuple[int, ...]:
+    """Every label value a release of this layout and task may hold (whichever scheme
+    :func:`detect` then picks from the values found)."""
+    candidates = {detect(layout, task, set()), detect(layout, task, {4})}
+    return tuple(sorted({v for s in candidates for v in s.values}))
 
 
 def check_values(scheme: LabelScheme, values: Iterable[int], where: str) -> None:

@@ -110,10 +110,12 @@ LESION_COUNTS = ("lesion_tp", "lesion_fp", "lesion_fn")
 
 def region_scores(pred_classes: np.ndarray, ref_classes: np.ndarray,
                   scheme: LabelScheme = DEFAULT, spacing: Sequence[float] | None = None, *,
-                  lesionwise: bool = False, surface: bool = False) -> dict[str, float]:
+                  lesionwise: bool = False, surface: bool = False,
+                  distances: bool = True) -> dict[str, float]:
     """Scores of two training-class maps (D, H, W) per region of ``scheme``.
 
-    Always ``dice_<R>``; with ``spacing`` also ``hd95_<R>`` (mm), with ``surface`` (needs spacing)
+    Always ``dice_<R>``; with ``spacing`` (and ``distances``) also ``hd95_<R>`` (mm), with
+    ``surface`` (needs spacing)
     ``nsd_<R>`` at a tolerance of the smallest voxel side (1 mm for BraTS, as the official lesion
     NSD), with ``lesionwise`` every key of :func:`lesion_scores` suffixed ``_<R>``. Each score but
     the lesion counts also gets ``<score>_mean``: the mean over the scheme's tumour regions (a
@@ -127,7 +129,7 @@ def region_scores(pred_classes: np.ndarray, ref_classes: np.ndarray,
     for i, name in enumerate(scheme.regions):
         a, b = p[..., i], r[..., i]
         out[f"dice_{name}"] = dice(a, b)
-        if spacing is not None:
+        if spacing is not None and distances:
             out[f"hd95_{name}"] = hd95(a, b, spacing)
         if surface:
             out[f"nsd_{name}"] = nsd(a, b, spacing, tolerance_mm=min(spacing))

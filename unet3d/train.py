@@ -85,9 +85,8 @@ def evaluate_cases(model: keras.Model, cases: Sequence[CachedCase], cfg: RunConf
                                        batch_size=cfg.train.val_batch_size)
         pred = probabilities_to_classes(probs, cfg.model.head, scheme)
         lesionwise = cfg.train.objective == "lesionwise"
-        scores = region_scores(pred, case.classes(scheme), scheme,
-                               spacing=case.meta["spacing"] if hd95 or lesionwise else None,
-                               lesionwise=lesionwise)
+        scores = region_scores(pred, case.classes(scheme), scheme, spacing=case.meta["spacing"],
+                               lesionwise=lesionwise, distances=hd95)
         out.append({"case_id": case.case_id, **scores})
     return out
 

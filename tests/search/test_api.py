@@ -43,6 +43,31 @@ def test_an_option_that_cannot_work_is_refused_when_the_search_is_built(options,
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_region_loss_is_taken_out_of_the_space_for_a_scheme_whose_regions_do_not_nest():
+    from search.api import _fit_space
+    from spaces.presets import get_space
+    from unet3d.labels import BUILTIN
+
+    brats = get_space("brats")
+    lines: list[str] = []
+    ped = _fit_space(brats, BUILTIN["brats-2024-ped"], lines.append)
+    (loss,) = [p for p in ped.params if p.name == "train.loss"]
+    assert loss.values == ("dice", "dice_ce") and "'region'" in lines[0]
+    assert _fit_space(brats, BUILTIN["brats-2024-gli"], lines.append) is brats  # RC apart: nests
+    with pytest.raises(SearchError, match="only choice"):
+        _fit_space(_only_region(brats), BUILTIN["brats-2024-ped"], lines.append)
+
+
+def _only_region(space):
+    import dataclasses
+
+    from spaces.space import Choice
+
+    params = tuple(Choice("train.loss", ("region",)) if p.name == "train.loss" else p
+                   for p in space.params)
+    return dataclasses.replace(space, params=params)
+
+
 def test_the_ray_engine_maximises_the_objective_and_keeps_each_trials_best_checkpoint():
     from search.ray_engine import RayOptions, run_config, scheduler, searcher, tune_config
     from spaces.presets import get_space

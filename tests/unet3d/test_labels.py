@@ -65,6 +65,7 @@ def test_user_scheme_from_yaml(tmp_path):
     cfg = preset("cpu-small").with_labels(s)
     p.unlink()
     again = RunConfig.from_json(cfg.to_json())
+    assert again == cfg  # (a resumed run compares the saved config with its own)
     assert again.scheme == s and again.model.n_classes == 3 and again.model.n_regions == 2
 
 
@@ -77,6 +78,7 @@ def test_user_scheme_from_yaml(tmp_path):
      "region_head"),
     ("name: x\nlabels: {1: a}\ncolour: red\n", "unknown field"),
     ("labels: [1, 2\n", "not valid YAML"),
+    ("name: x\nlabels: {1: a}\nregions: {mean: [1]}\n", "regions"),
 ])
 def test_bad_user_scheme_is_one_line_naming_file_and_field(tmp_path, text, field):
     p = tmp_path / "bad.yaml"
@@ -101,6 +103,7 @@ def test_unknown_name_is_an_error():
     ("brats2023", "MET", {0, 1, 2, 3}, "brats-2023"),
     ("brats2023", "SSA", {0, 1, 2, 3}, "brats-2023"),
     ("brats2023", "PED", {0, 1, 2, 3, 4}, "brats-2024-ped"),
+    ("brats2023", "PED", {0, 1, 2, 3}, "brats-2023"),  # PED 2023 used the adult values
     ("brats2023", "MEN-RT", {0, 1}, "brats-men-rt"),
 ])
 def test_detect(layout, task, values, name):
@@ -130,3 +133,15 @@ def test_config_follows_the_scheme():
         RunConfig.from_dict(d)
     with pytest.raises(ConfigError, match="n_classes"):
         RunConfig.from_dict({"data": {"labels": "brats-2024-gli"}})
+
+
+def test_default_regions_are_named_after_labels():
+    s = L.from_dict({"name": "x", "labels": {1: "edema", 2: "non-enhancing"}})
+    assert dict(s.regions) == {"edema": (1,), "L2": (2,)}
+
+
+def test_layout_values_cover_every_release_of_a_layout():
+    assert L.layout_values("brats2021", None) == (0, 1, 2, 4)
+    assert L.layout_values("brats2023", "GLI") == (0, 1, 2, 3, 4)
+    assert L.layout_values("brats2023", "MET") == (0, 1, 2, 3)
+    assert L.layout_values("brats2023", "MEN-RT") == (0, 1)

@@ -77,6 +77,13 @@ def test_scheme_end_to_end(tmp_path, layout):
     assert len(rows) == 4 and set(rows[0]) == {"case_id", *metric_names(scheme)}
     for r in regions:
         assert all(0.0 <= row[f"lesionwise_dice_{r}"] <= 1.0 for row in rows)
+    if layout == "brats-men-rt":  # a T1c-only model on four-modality cases: refused before writing
+        other = tmp_path / "four"
+        write_synthetic_dataset(other, 1, (32, 32, 32), seed=5, layout="brats2023")
+        r = run_cli("predict", "--model", str(tmp_path / "run"), "--input", str(other), "--out",
+                    str(tmp_path / "p4"))
+        assert r.returncode == 2 and "has 4 modalities" in r.stderr and "reads 1" in r.stderr
+        assert not (tmp_path / "p4").exists()
 
 
 def test_every_written_label_value_round_trips_through_prediction(tmp_path):
@@ -129,7 +136,7 @@ def test_cli_train_predict_evaluate_on_a_2023_download(gli2023, tmp_path):
     r = run_cli("train", "--data", str(gli2023), "--cache", str(tmp_path / "cache"), "--config",
                 str(cfg), "--out", str(tmp_path / "run"), timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "brats2023 layout: 4 cases (4 labelled)" in r.stdout
+    assert "brats2023 layout (found in " in r.stdout and "TrainingData): 4 cases (4 labelled)" in r.stdout
     assert "labels: brats-2023 (1 NETC, 2 SNFH, 3 ET; WT {1,2,3}, TC {1,3}, ET {3}) (detected" in r.stdout
     assert "validation (2 cases): Dice WT " in r.stdout and " TC " in r.stdout
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
@@ -177,7 +184,7 @@ def test_bad_label_values_and_labels_option_are_one_line_errors(gli2023, tmp_pat
     r = run_cli("prepare", "--data", str(data), "--cache", str(cache))
     assert r.returncode == 2
     (line,) = [x for x in r.stderr.strip().splitlines() if x.startswith("error:")]
-    assert str(seg) in line and "[7]" in line and "brats-2023" in line
+    assert str(seg) in line and "[7]" in line and "brats2023 layout" in line
 
     # forcing the legacy scheme on 2023 labels: ET = 3 is not a legacy value
     arr[0, 0, 0] = 0

@@ -28,7 +28,7 @@ class CropSampler:
     """
 
     def __init__(self, entries: Sequence[CachedCase], crop: tuple[int, int, int],
-                 foreground_ratio: float, seed: int, lut: np.ndarray | None = None) -> None:
+                 foreground_ratio: float, seed: int, lut: np.ndarray) -> None:
         if not entries:
             raise ValueError("CropSampler: no training cases")
         missing = [e.case_id for e in entries if not e.meta["labelled"]]
@@ -40,7 +40,7 @@ class CropSampler:
         self.crop = np.array(crop)
         self.ratio = foreground_ratio
         self.seed = seed
-        self.lut = lut if lut is not None else np.arange(256, dtype=np.uint8)
+        self.lut = lut
         self.channels = self.images[0].shape[-1]
 
     def sample(self, index: int) -> tuple[np.ndarray, np.ndarray]:

@@ -10,11 +10,11 @@ and checked without reading the files again (:func:`dataset_scheme`). What is ne
 crop and the reorientation is kept in the case's ``meta.json`` too.
 
 Cache layout: ``<cache>/<case_id>/{image.npy (D,H,W,C) float32, label.npy (D,H,W) uint8 file label
-values, fg.npy (K,3) int32 tumour voxel coordinates, meta.json}`` and ``<cache>/labels.json`` (the
-scheme the dataset was last used with). Arrays are plain .npy so training reads them memory-mapped.
-``meta.json`` is written last and removed first, so it marks a complete entry; it records the source
-files' sizes and mtimes and this module's version, and a re-run reuses an entry whose record still
-matches.
+values, fg.npy (K,3) int32 coordinates of labelled (non-zero) voxels, meta.json}`` and
+``<cache>/labels.json`` (the scheme the dataset was last used with). Arrays are plain .npy so
+training reads them memory-mapped. ``meta.json`` is written last and removed first, so it marks a
+complete entry; it records the source files' sizes and mtimes and this module's version, and a
+re-run reuses an entry whose record still matches.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import nibabel as nib
 import numpy as np
 
 from unet3d import labels as labels_mod
-from unet3d.data.discover import Case, DataError, Dataset
+from unet3d.data.discover import MODALITIES, Case, DataError, Dataset
 from unet3d.io_utils import atomic_path, atomic_write_json
 from unet3d.labels import LabelScheme
 
@@ -204,7 +204,7 @@ def preprocess_loaded(lc: LoadedCase) -> tuple[np.ndarray, np.ndarray | None, di
     meta = {
         "case_id": cid,
         "layout": lc.case.layout,
-        "task": getattr(lc.case, "task", None),
+        "task": lc.case.task,
         "modalities": list(lc.case.modalities),
         "label_file": str(lc.case.label) if lc.case.label is not None else None,
         "label_values": (sorted(int(v) for v in np.unique(lc.label))
@@ -317,11 +317,13 @@ def prepare_case(case: Case, cache: Path) -> tuple[CachedCase, bool]:
 
 
 def prepare(cases: Iterable[Case], cache: str | Path,
-            progress: Callable[[Case, bool], None] | None = None) -> list[CachedCase]:
+            progress: Callable[[Case, bool], None] | None = None,
+            check: Callable[[CachedCase], None] | None = None) -> list[CachedCase]:
     """Preprocesses every case into ``cache`` (reusing valid entries), in the given order.
 
     ``cache`` is created with its first entry, so a dataset whose first case is bad leaves none
     behind. Entries written before a later case fails are complete and reused by the next run.
+    ``check`` sees each entry as soon as it is ready (and may raise to stop there).
 
     Raises:
         DataError: naming the first case and file that cannot be read or breaks a rule.
@@ -330,10 +332,60 @@ def prepare(cases: Iterable[Case], cache: str | Path,
     out = []
     for case in cases:
         entry, reused = prepare_case(case, cache)
+        if check is not None:
+            check(entry)
         out.append(entry)
         if progress is not None:
             progress(case, reused)
     return out
+
+
+@dataclass(frozen=True)
+class PreparedDataset:
+    """A dataset in the cache, with what training needs to know of it."""
+
+    dataset: Dataset
+    entries: list[CachedCase]
+    scheme: LabelScheme
+    channels: int  # modalities every case has: the model's input channels
+    reused: int  # entries the cache already held
+
+
+def prepare_dataset(dataset: Dataset, cache: str | Path,
+                    labels: str | Path | LabelScheme | None = None,
+                    progress: Callable[[Case, bool], None] | None = None) -> PreparedDataset:
+    """Prepares every case (:func:`prepare`), then fixes the label scheme (:func:`dataset_scheme`)
+    and the input channels. Label values are checked case by case as they are prepared, against
+    ``labels`` when given, else against every value the layout's releases use, so a bad value stops
+    at its case rather than after the whole dataset.
+
+    Raises:
+        LabelError: an unknown or malformed ``labels``.
+        DataError: naming the first bad case and file (values outside the scheme included).
+    """
+    fixed = labels_mod.resolve(labels) if labels is not None else None
+    allowed = (fixed.values if fixed is not None
+               else labels_mod.layout_values(dataset.layout, dataset.task))
+    name = fixed.name if fixed is not None else f"{dataset.layout} layout's"
+
+    def check(entry: CachedCase) -> None:
+        bad = sorted(set(entry.meta.get("label_values", [])) - set(allowed))
+        if bad:
+            raise DataError(f"case {entry.case_id}: {entry.meta['label_file']}: label values {bad} "
+                            f"are not in the {name} label values {list(allowed)}; pass --labels "
+                            f"NAME|FILE for another scheme")
+
+    reused: list[bool] = []
+
+    def done(case: Case, was_reused: bool) -> None:
+        reused.append(was_reused)
+        if progress is not None:
+            progress(case, was_reused)
+
+    entries = prepare(dataset.cases, cache, done, check)
+    return PreparedDataset(dataset=dataset, entries=entries,
+                           scheme=dataset_scheme(dataset, entries, fixed),
+                           channels=dataset_channels(entries), reused=sum(reused))
 
 
 def open_cases(cache: str | Path, ids: Sequence[str]) -> list[CachedCase]:
@@ -355,6 +407,9 @@ def open_cases(cache: str | Path, ids: Sequence[str]) -> list[CachedCase]:
         except (OSError, json.JSONDecodeError) as e:
             msg = str(e).splitlines()[0]
             raise DataError(f"{folder / 'meta.json'}: unreadable ({msg})") from None
+        if meta.get("version") != PREPROCESS_VERSION:
+            raise DataError(f"{folder / 'meta.json'}: case {cid} was prepared by an older version "
+                            f"(its labels are stored otherwise); prepare the dataset again")
         out.append(CachedCase(folder, meta))
     return out
 
@@ -372,7 +427,7 @@ def dataset_scheme(dataset: Dataset, entries: Sequence[CachedCase],
         DataError: a case whose label values lie outside the scheme (naming its label file).
     """
     scheme = (labels_mod.resolve(labels) if labels is not None else
-              labels_mod.detect(dataset.layout, getattr(dataset, "task", None),
+              labels_mod.detect(dataset.layout, dataset.task,
                                 {v for e in entries for v in e.meta.get("label_values", [])}))
     for e in entries:
         if e.meta.get("labelled"):
@@ -394,9 +449,9 @@ def dataset_channels(entries: Sequence[CachedCase]) -> int:
     """
     seen: dict[tuple[str, ...], str] = {}
     for e in entries:
-        seen.setdefault(tuple(e.meta.get("modalities", ("t1", "t1ce", "t2", "flair"))), e.case_id)
+        seen.setdefault(tuple(e.meta.get("modalities", MODALITIES)), e.case_id)
     if len(seen) > 1:
         (a, ca), (b, cb) = list(seen.items())[:2]
         raise DataError(f"case {ca} has modalities {', '.join(a)} but case {cb} has {', '.join(b)}; "
                         f"a dataset's cases must share them")
-    return len(next(iter(seen))) if seen else 4
+    return len(next(iter(seen))) if seen else len(MODALITIES)

@@ -6,6 +6,9 @@ import numpy as np
 import pytest
 
 from unet3d.config import DataConfig
+from unet3d.labels import BUILTIN
+
+LEGACY_LUT = BUILTIN["brats-legacy"].lut()  # the synthetic data's BraTS 2021 values
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +22,7 @@ def entries(synth16, tmp_path_factory):
 def _crops(entries, ratio: float, n: int = 300) -> list[np.ndarray]:
     from unet3d.data.pipeline import CropSampler
 
-    s = CropSampler(entries, (16, 16, 16), ratio, seed=3)
+    s = CropSampler(entries, (16, 16, 16), ratio, seed=3, lut=LEGACY_LUT)
     return [s.sample(i)[1] for i in range(n)]
 
 
@@ -37,7 +40,7 @@ def test_crops_larger_than_the_volume_are_zero_padded(entries):
     from unet3d.data.pipeline import CropSampler
 
     big = tuple(int(s) + 16 for s in entries[0].meta["shape"])
-    img, lab = CropSampler(entries[:1], big, 0.5, seed=0).sample(0)
+    img, lab = CropSampler(entries[:1], big, 0.5, seed=0, lut=LEGACY_LUT).sample(0)
     assert img.shape == (*big, 4) and lab.shape == big
     assert np.all(img[:8] == 0) and np.all(lab[:8] == 0)
     assert lab.sum() == np.asarray(entries[0].label()).sum()  # the whole volume is inside

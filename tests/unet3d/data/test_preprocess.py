@@ -333,3 +333,16 @@ def test_incomplete_or_stale_entry_is_redone(tmp_path, damage):
     assert {f.name for f in folder.iterdir()} == CACHE_FILES
     assert json.loads(meta_path.read_text())["version"] == PREPROCESS_VERSION
     assert _run(root, cache)["BraTS2021_00001"] is True
+
+
+def test_a_cache_of_an_older_version_is_refused_not_misread(tmp_path):
+    """Version 1 cached BraTS training classes (ET = 3); read as file values, ET would vanish."""
+    from unet3d.data.discover import DataError
+    from unet3d.data.preprocess import open_cases
+
+    root = _dataset(tmp_path)
+    entry = prepare(discover(root).cases[:1], tmp_path / "cache")[0]
+    meta = json.loads((entry.folder / "meta.json").read_text())
+    (entry.folder / "meta.json").write_text(json.dumps({**meta, "version": 1}))
+    with pytest.raises(DataError, match="older version"):
+        open_cases(tmp_path / "cache", [entry.case_id])
