@@ -211,6 +211,28 @@ def test_small_et_components_become_necrosis_by_volume_in_mm3():
         np.testing.assert_array_equal(before, after)
 
 
+def test_post_processing_knows_each_schemes_enhancing_label():
+    """PED 2024: ET is label 1 (class 1) and becomes NETC (class 2); a 2024 GLI cavity (class 4)
+    is no tumour, so the largest-tumour rule keeps it; MEN-RT has no ET step at all."""
+    ped, gli = BUILTIN["brats-2024-ped"], BUILTIN["brats-2024-gli"]
+    c = np.zeros((12, 12, 12), np.uint8)
+    c[1:7, 1:7, 1:7] = 4                                  # ED around
+    c[2:5, 2:5, 2:5] = ped.class_of(1)                    # a large ET
+    c[10, 10, 10] = ped.class_of(1)                       # one stray ET voxel
+    out = PostProcess(min_et_volume=5.0)(c, (1, 1, 1), ped)
+    assert out[10, 10, 10] == ped.class_of(2) and (out[2:5, 2:5, 2:5] == ped.class_of(1)).all()
+    g = np.zeros((12, 12, 12), np.uint8)
+    g[1:6, 1:6, 1:6] = 2                                  # the tumour (SNFH)
+    g[9:11, 9:11, 9:11] = 4                               # a cavity apart from it
+    g[8, 1, 1] = 2                                        # a stray tumour voxel
+    kept = PostProcess(largest_wt=True)(g, (1, 1, 1), gli)
+    assert (kept[9:11, 9:11, 9:11] == 4).all() and kept[8, 1, 1] == 0
+    men = BUILTIN["brats-men-rt"]
+    one = np.zeros((6, 6, 6), np.uint8)
+    one[0, 0, 0] = 1
+    np.testing.assert_array_equal(PostProcess(min_et_volume=100.0)(one, (1, 1, 1), men), one)
+
+
 def test_only_the_largest_whole_tumour_component_is_kept():
     c = np.zeros((20, 20, 20), np.uint8)
     c[2:9, 2:9, 2:9] = 2
