@@ -205,10 +205,29 @@ def test_a_killed_worker_node_costs_only_its_trials_which_resume_on_the_head(clu
         assert t["history"][-1]["node_id"] == head
 
 
+def _terminated(exp: Path) -> set[str]:
+    """IDs of the trials the driver has recorded as finished (its latest experiment state): only
+    those may not run again on resume; a trial whose last epoch Ray had not recorded when the driver
+    died is rightly restored from its last Ray checkpoint and repeats that epoch."""
+    states = sorted(exp.glob("experiment_state-*.json"))
+    try:
+        data = json.loads(states[-1].read_text()) if states else {"trial_data": []}
+    except (OSError, json.JSONDecodeError):
+        return set()  # being written right now
+    out = set()
+    for entry in data.get("trial_data", []):
+        trial = json.loads(entry[0]) if isinstance(entry[0], str) else entry[0]
+        if trial.get("status") == "TERMINATED":
+            out.add(trial["trial_id"])
+    return out
+
+
 def _finished(exp: Path, epochs: int) -> dict[Path, bytes]:
-    """Checkpoint bytes of the trials whose run finished ``epochs`` epochs."""
+    """Checkpoint bytes of the trials whose run finished ``epochs`` epochs and that the driver has
+    recorded as finished."""
     done = {}
-    for p in exp.glob("trial_*/run/checkpoint.npz"):
+    for trial_id in _terminated(exp):
+        p = exp / f"trial_{trial_id}" / "run" / "checkpoint.npz"
         try:
             data = p.read_bytes()
             with np.load(p) as z:
