@@ -59,7 +59,8 @@ def _load_config(args: argparse.Namespace):
     return RunConfig.repaired_from_dict(d, source=" ".join(given))
 
 
-def _prepare(data: Path, cache: Path, labels: str | None = None, verbose: bool = True):
+def _prepare(data: Path, cache: Path, labels: str | None = None, verbose: bool = True,
+             jobs: int | None = None):
     """discover -> prepare (+ label scheme, input channels), printing what was found."""
     from unet3d import labels as labels_mod
     from unet3d.data.discover import discover
@@ -68,6 +69,8 @@ def _prepare(data: Path, cache: Path, labels: str | None = None, verbose: bool =
 
     if labels is not None:
         labels_mod.resolve(labels)  # a bad --labels is named before anything is read or written
+    if jobs is not None and jobs < 1:
+        raise_user(f"--jobs {jobs}: must be at least 1")
     ds = discover(data)
     check_writable_dir(cache, "--cache")
     n = len(ds.cases)
@@ -78,13 +81,15 @@ def _prepare(data: Path, cache: Path, labels: str | None = None, verbose: bool =
         if verbose and sys.stdout.isatty():
             print(f"\rpreprocess {done[0]}/{n} {case.case_id:<24}", end="", flush=True)
 
-    prep = prepare_dataset(ds, cache, labels, progress)
+    t0 = time.perf_counter()
+    prep = prepare_dataset(ds, cache, labels, progress, jobs=jobs)
+    seconds = time.perf_counter() - t0
     if verbose:
         if sys.stdout.isatty():
             print()
         where = f" (found in {ds.root})" if ds.root.resolve() != Path(data).resolve() else ""
         _print(f"{ds.layout} layout{where}: {n} cases ({len(ds.labelled)} labelled) -> {cache} "
-               f"({n - prep.reused} preprocessed, {prep.reused} reused)")
+               f"({n - prep.reused} preprocessed, {prep.reused} reused; {seconds:.1f} s)")
         _print(f"labels: {prep.scheme.describe()} ({'--labels' if labels else 'detected'}; "
                f"tumour mean over {', '.join(prep.scheme.tumour)})")
     return prep
@@ -106,7 +111,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    _prepare(Path(args.data), _cache_dir(args), args.labels)
+    _prepare(Path(args.data), _cache_dir(args), args.labels, jobs=args.jobs)
     return 0
 
 
@@ -118,7 +123,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise_user(f"--workers {args.workers}: must be at least 1")
     out = check_writable_dir(args.out, "--out")  # and _prepare checks --cache: before either is made
-    prep = _prepare(Path(args.data), _cache_dir(args), args.labels)
+    prep = _prepare(Path(args.data), _cache_dir(args), args.labels, jobs=args.jobs)
     entries, scheme = prep.entries, prep.scheme
     repaired = cfg.with_labels(scheme, prep.channels)
     if repaired.train.loss != cfg.train.loss:
@@ -469,6 +474,8 @@ def _data_args(q: argparse.ArgumentParser) -> None:
     q.add_argument("--data", required=True, help=DATA_HELP)
     q.add_argument("--cache", default=None,
                    help="preprocessed cache folder (default: DATA/.unet3d-cache)")
+    q.add_argument("--jobs", type=int, default=None,
+                   help="processes that preprocess cases in parallel (default: one per CPU core)")
     _labels_arg(q)
 
 

@@ -316,27 +316,50 @@ def prepare_case(case: Case, cache: Path) -> tuple[CachedCase, bool]:
     return CachedCase(folder, meta), False
 
 
+def _prepare_one(args: tuple[Case, Path]) -> tuple[CachedCase, bool]:
+    return prepare_case(*args)
+
+
 def prepare(cases: Iterable[Case], cache: str | Path,
             progress: Callable[[Case, bool], None] | None = None,
-            check: Callable[[CachedCase], None] | None = None) -> list[CachedCase]:
+            check: Callable[[CachedCase], None] | None = None, jobs: int = 1) -> list[CachedCase]:
     """Preprocesses every case into ``cache`` (reusing valid entries), in the given order.
 
     ``cache`` is created with its first entry, so a dataset whose first case is bad leaves none
     behind. Entries written before a later case fails are complete and reused by the next run.
-    ``check`` sees each entry as soon as it is ready (and may raise to stop there).
+    ``check`` sees each entry as soon as it is ready (and may raise to stop there). ``jobs`` > 1
+    preprocesses the cases after the first in that many processes (spawned: a caller may hold
+    threads, e.g. Ray's); results, checks and progress still come in order, and the first failure
+    in that order is the one raised.
 
     Raises:
         DataError: naming the first case and file that cannot be read or breaks a rule.
     """
-    cache = Path(cache)
-    out = []
-    for case in cases:
-        entry, reused = prepare_case(case, cache)
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    cache, cases = Path(cache), list(cases)
+    out: list[CachedCase] = []
+
+    def take(case: Case, result: tuple[CachedCase, bool]) -> None:
         if check is not None:
-            check(entry)
-        out.append(entry)
+            check(result[0])
+        out.append(result[0])
         if progress is not None:
-            progress(case, reused)
+            progress(case, result[1])
+
+    if jobs <= 1 or len(cases) <= 2:
+        for case in cases:
+            take(case, prepare_case(case, cache))
+        return out
+    take(cases[0], prepare_case(cases[0], cache))  # (a bad first case: no cache folder at all)
+    pool = ProcessPoolExecutor(max_workers=min(jobs, len(cases) - 1), mp_context=get_context("spawn"))
+    try:
+        for case, result in zip(cases[1:], pool.map(_prepare_one, [(c, cache) for c in cases[1:]]),
+                                strict=True):
+            take(case, result)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     return out
 
 
@@ -353,11 +376,13 @@ class PreparedDataset:
 
 def prepare_dataset(dataset: Dataset, cache: str | Path,
                     labels: str | Path | LabelScheme | None = None,
-                    progress: Callable[[Case, bool], None] | None = None) -> PreparedDataset:
+                    progress: Callable[[Case, bool], None] | None = None,
+                    jobs: int | None = None) -> PreparedDataset:
     """Prepares every case (:func:`prepare`), then fixes the label scheme (:func:`dataset_scheme`)
     and the input channels. Label values are checked case by case as they are prepared, against
     ``labels`` when given, else against every value the layout's releases use, so a bad value stops
-    at its case rather than after the whole dataset.
+    at its case rather than after the whole dataset. ``jobs``: preprocessing processes (default: one
+    per CPU core).
 
     Raises:
         LabelError: an unknown or malformed ``labels``.
@@ -382,7 +407,7 @@ def prepare_dataset(dataset: Dataset, cache: str | Path,
         if progress is not None:
             progress(case, was_reused)
 
-    entries = prepare(dataset.cases, cache, done, check)
+    entries = prepare(dataset.cases, cache, done, check, jobs=jobs or os.cpu_count() or 1)
     return PreparedDataset(dataset=dataset, entries=entries,
                            scheme=dataset_scheme(dataset, entries, fixed),
                            channels=dataset_channels(entries), reused=sum(reused))

@@ -346,3 +346,37 @@ def test_a_cache_of_an_older_version_is_refused_not_misread(tmp_path):
     (entry.folder / "meta.json").write_text(json.dumps({**meta, "version": 1}))
     with pytest.raises(DataError, match="older version"):
         open_cases(tmp_path / "cache", [entry.case_id])
+
+
+def test_parallel_prepare_writes_the_same_cache_in_the_same_order(tmp_path):
+    root = tmp_path / "data"
+    for i in range(5):
+        nii.write_brats_case(root, f"BraTS2021_{i:05d}", seed=i)
+    cases = discover(root).cases
+    seen: list[str] = []
+    one = prepare(cases, tmp_path / "one")
+    two = prepare(cases, tmp_path / "two", lambda c, reused: seen.append(c.case_id), jobs=2)
+    assert [e.case_id for e in two] == [c.case_id for c in cases] == seen
+    for a, b in zip(one, two, strict=True):
+        for name in ("image.npy", "label.npy", "fg.npy"):
+            assert (a.folder / name).read_bytes() == (b.folder / name).read_bytes(), (a.case_id, name)
+        assert {k: v for k, v in a.meta.items() if k != "sources"} == \
+            {k: v for k, v in b.meta.items() if k != "sources"}
+
+
+def test_parallel_prepare_raises_the_first_bad_case_in_order(tmp_path):
+    from unet3d.data.discover import DataError
+
+    root = tmp_path / "data"
+    for i in range(5):
+        nii.write_brats_case(root, f"BraTS2021_{i:05d}", seed=i)
+    for i in (2, 4):  # two bad cases: the earlier one is named, whichever process fails first
+        seg = root / f"BraTS2021_{i:05d}" / f"BraTS2021_{i:05d}_seg.nii.gz"
+        seg.write_bytes(seg.read_bytes()[:100])
+    with pytest.raises(DataError, match="BraTS2021_00002"):
+        prepare(discover(root).cases, tmp_path / "cache", jobs=2)
+    # the cases before it are complete entries, reused by the next run
+    seen: dict[str, bool] = {}
+    good = [c for c in discover(root).cases if c.case_id in ("BraTS2021_00000", "BraTS2021_00001")]
+    prepare(good, tmp_path / "cache", lambda c, reused: seen.__setitem__(c.case_id, reused))
+    assert seen == {"BraTS2021_00000": True, "BraTS2021_00001": True}
