@@ -36,21 +36,20 @@ def write_hparams(logdir: str | Path, sample: dict[str, Any], trial_id: str) -> 
     writer.close()
 
 
-def write_experiment(logdir: str | Path, space: Any, *, scheme: Any = None,
+def write_experiment(logdir: str | Path, space: Any, *, scheme: Any,
                      objective: str = DEFAULT) -> None:
     """Declares the experiment's parameters and metrics once at the experiment root, so the
     dashboard lists every parameter and metric column even before trials finish.
 
     ``scheme``: the trials' label scheme (``unet3d.labels.LabelScheme``; its regions are metric
-    columns); None: the space's own. ``objective``: the search's (``search.objective``).
+    columns: the search context's, ``SearchContext.scheme``). ``objective``: the search's
+    (``search.objective``).
     """
     import tensorflow as tf
     from tensorboard.plugins.hparams import api as hp
 
     from spaces.translate import to_hparams
 
-    if scheme is None:
-        scheme = space.base_config().scheme
     metrics = hparams_metrics(tuple(scheme.regions), objective)
     writer = tf.summary.create_file_writer(str(logdir))
     with writer.as_default():

@@ -383,8 +383,14 @@ def layout_values(layout: str, task: str | None) -> tuple[int, ...]:
 
 def check_values(scheme: LabelScheme, values: Iterable[int], where: str) -> None:
     """Raises LabelError naming ``where`` (a label file) when ``values`` leave the scheme."""
-    bad = sorted(set(int(v) for v in values) - set(scheme.values))
+    check_allowed(values, scheme.values, f"{scheme.name} scheme", where)
+
+
+def check_allowed(values: Iterable[int], allowed: Iterable[int], what: str, where: str) -> None:
+    """Raises LabelError naming ``where`` when ``values`` leave ``allowed`` (``what`` names them,
+    e.g. "brats-2023 scheme" or "brats2023 layout's label values")."""
+    allowed = sorted(set(allowed))
+    bad = sorted(set(int(v) for v in values) - set(allowed))
     if bad:
-        raise LabelError(f"{where}: label values {bad} are not in the {scheme.name} scheme "
-                         f"(allowed: {list(scheme.values)}); pass --labels NAME|FILE for another "
-                         f"scheme")
+        raise LabelError(f"{where}: label values {bad} are not in the {what} (allowed: {allowed}); "
+                         f"pass --labels NAME|FILE for another scheme")

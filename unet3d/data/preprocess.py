@@ -391,14 +391,14 @@ def prepare_dataset(dataset: Dataset, cache: str | Path,
     fixed = labels_mod.resolve(labels) if labels is not None else None
     allowed = (fixed.values if fixed is not None
                else labels_mod.layout_values(dataset.layout, dataset.task))
-    name = fixed.name if fixed is not None else f"{dataset.layout} layout's"
+    what = f"{fixed.name} scheme" if fixed is not None else f"{dataset.layout} layout's label values"
 
     def check(entry: CachedCase) -> None:
-        bad = sorted(set(entry.meta.get("label_values", [])) - set(allowed))
-        if bad:
-            raise DataError(f"case {entry.case_id}: {entry.meta['label_file']}: label values {bad} "
-                            f"are not in the {name} label values {list(allowed)}; pass --labels "
-                            f"NAME|FILE for another scheme")
+        try:
+            labels_mod.check_allowed(entry.meta.get("label_values", []), allowed, what,
+                                     f"case {entry.case_id}: {entry.meta['label_file']}")
+        except labels_mod.LabelError as err:
+            raise DataError(str(err)) from None
 
     reused: list[bool] = []
 
