@@ -316,7 +316,8 @@ class RunConfig:
         """Builds a config from a JSON-like dict; unknown or mistyped fields raise ConfigError."""
         if not isinstance(d, dict):
             raise ConfigError(f"{source}: top level must be an object with model/train/data")
-        unknown = set(d) - {"model", "train", "data"}
+        # "plan": what `run_search.py plan --out` adds (prediction, fingerprint); read, not trained.
+        unknown = set(d) - {"model", "train", "data", "plan"}
         if unknown:
             raise ConfigError(f"{source}: unknown section(s) {sorted(unknown)}; "
                               f"expected model, train, data")

@@ -69,3 +69,52 @@ def resolve_policy(precision: str, cfg: RunConfig, gpu: bool) -> str:
     if precision == "fp32" or (precision == "auto" and not gpu):
         return "float32"
     return dtype_policy(cfg.train.precision)
+
+
+def host_memory_gib() -> float:
+    """This machine's physical memory in GiB."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
+
+
+def gpu_memory_gib() -> float | None:
+    """The smallest visible GPU's total memory in GiB, or None without a GPU (or nvidia-smi).
+
+    Asks nvidia-smi rather than TensorFlow: planning and the search's memory budget must not start
+    TensorFlow (or take the GPU) in the driver process. CUDA_VISIBLE_DEVICES is honoured.
+    """
+    import shutil
+    import subprocess
+
+    if shutil.which("nvidia-smi") is None:
+        return None
+    cmd = ["nvidia-smi", "--query-gpu=index,memory.total", "--format=csv,noheader,nounits"]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    keep = None if visible is None else {v.strip() for v in visible.split(",") if v.strip()}
+    sizes = []
+    for line in out.strip().splitlines():
+        index, _, mib = line.partition(",")
+        if keep is None or index.strip() in keep:
+            try:
+                sizes.append(float(mib) / 1024)
+            except ValueError:
+                continue
+    return min(sizes) if sizes else None
+
+
+def peak_memory_gib(gpu: bool) -> float | None:
+    """This process's measured peak so far: the first GPU's peak allocation when training on a
+    GPU (TensorFlow's allocator statistics), else the peak resident memory (ru_maxrss)."""
+    import resource
+
+    if gpu:
+        import tensorflow as tf
+
+        try:
+            return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 1024**3
+        except (ValueError, RuntimeError):
+            return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1024**3

@@ -36,7 +36,7 @@ from unet3d.io_utils import atomic_write_json
 from unet3d.losses import deep_supervision_weights, get_loss
 from unet3d.metrics import region_scores, summarize
 from unet3d.model import build_unet3d, inference_model
-from unet3d.runtime import configure_devices, dtype_policy, resolve_xla
+from unet3d.runtime import configure_devices, dtype_policy, gpu_available, peak_memory_gib, resolve_xla
 
 Log = Callable[[str], None]
 
@@ -176,6 +176,7 @@ class Trainer:
         if self.is_chief:
             cfg.save(self.out / "config.json")
         configure_devices()
+        self._gpu = gpu_available()
         previous = keras.config.dtype_policy()
         keras.config.set_dtype_policy(dtype_policy(cfg.train.precision))
         try:
@@ -227,6 +228,11 @@ class Trainer:
             scores = mean_scores(self._evaluate(hd95=False))
             record.update({f"val_{k}": v for k, v in scores.items()})
             record["val_seconds"] = time.perf_counter() - v0
+        # Measured peak so far (GPU: the device's; CPU: resident memory), next to what
+        # unet3d.memory predicts; `plan --probe` and the search's results read it.
+        peak = peak_memory_gib(self._gpu)
+        if peak is not None:
+            record["memory_peak_gib"] = peak
         self.history.append(record)
         if self._writer is not None:
             with self._writer.as_default(step=epoch + 1):
@@ -329,6 +335,7 @@ class Trainer:
                                             for c in per_case])
         vps = [h["throughput_vps"] for h in self.history[1:] or self.history]
         metrics["throughput_vps"] = float(np.median(vps)) if vps else None
+        metrics["memory_peak_gib"] = peak_memory_gib(self._gpu)
         if self.is_chief:
             save_model(inference_model(self.model), self.out / "model.keras")
             atomic_write_json(self.out / "metrics.json", metrics)

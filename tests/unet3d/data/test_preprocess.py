@@ -13,6 +13,7 @@ import pytest
 from unet3d.data import preprocess
 from unet3d.data.discover import MODALITIES, discover
 from unet3d.data.preprocess import (
+    CACHE_DTYPE,
     PREPROCESS_VERSION,
     load_case,
     prepare,
@@ -101,7 +102,8 @@ def test_reorientation_to_ras_and_exact_round_trip(tmp_path, orientation):
     image = entry.image(mmap=False)
     for c, m in enumerate(MODALITIES):
         expected = _zscore(to_ras(images[m]).astype(np.float64), ras_brain)[sl]
-        np.testing.assert_allclose(image[..., c], expected, atol=1e-4, err_msg=m)
+        # (the cache holds float16: 3 significant digits)
+        np.testing.assert_allclose(image[..., c], expected, rtol=1e-3, atol=1e-3, err_msg=m)
 
     # Round trip: back on the original grid, in the original voxel order, exactly.
     restored = restore_to_original(classes, meta)
@@ -192,6 +194,13 @@ def test_zscore_per_modality_over_the_brain(tmp_path):
         assert abs(ch[inside].std() - 1.0) < 1e-4, m
         assert np.all(ch[~inside] == 0.0), m
         np.testing.assert_allclose(ch, _zscore(images[m][sl].astype(np.float64), inside), atol=1e-4)
+        # the fingerprint's inputs: the raw intensities over the brain, before normalisation
+        raw = images[m][brain].astype(np.float64)
+        stats = meta["intensity"][m]
+        np.testing.assert_allclose([stats["mean"], stats["std"]], [raw.mean(), raw.std()], rtol=1e-5)
+        np.testing.assert_allclose([stats["p00_5"], stats["p50"], stats["p99_5"]],
+                                   np.percentile(raw, [0.5, 50, 99.5]), rtol=1e-5)
+    assert meta["brain_voxels"] == int(brain.sum())
 
 
 def test_constant_modality_does_not_divide_by_zero(tmp_path):
@@ -238,14 +247,16 @@ def test_prepare_writes_the_cache_entry(tmp_path):
         assert [s[0] for s in meta["sources"]] == [str(f) for f in case.files]
         image, classes, _ = preprocess_loaded(load_case(case))
         img = entry.image()
-        assert isinstance(img, np.memmap) and img.dtype == np.float32 and img.shape == image.shape
-        np.testing.assert_array_equal(img, image)
+        assert isinstance(img, np.memmap) and img.dtype == CACHE_DTYPE and img.shape == image.shape
+        np.testing.assert_array_equal(img, image.astype(CACHE_DTYPE))
         fg = entry.foreground()
         assert fg.dtype == np.int32 and fg.ndim == 2 and fg.shape[1] == 3
         if labelled:
             lab = entry.label()
             assert lab.dtype == np.uint8
             np.testing.assert_array_equal(lab, classes)
+            values, counts = np.unique(classes, return_counts=True)
+            assert meta["label_voxels"] == {str(v): int(n) for v, n in zip(values, counts, strict=True)}
         else:
             assert entry.label() is None and fg.shape == (0, 3)
     assert not [f for f in cache.rglob("*") if ".tmp" in f.name]  # no temporary files left over

@@ -1,0 +1,75 @@
+"""Planning from a fingerprint and a memory budget: sensible plans that fit, clear refusals."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from unet3d import memory
+from unet3d.config import RunConfig
+from unet3d.plan import PLAN_HEADROOM, PlanError, make_plan
+
+# BraTS 2021's brain boxes (1251 cases, about 136 x 170 x 136 voxels after the brain crop)
+BRATS = {"labels": "brats-legacy", "modalities": ["t1", "t1ce", "t2", "flair"],
+         "shape": {"median": [136, 170, 136], "min": [110, 140, 100], "max": [160, 190, 160]},
+         "voxels": 1251 * 136 * 170 * 136}
+
+
+def _check(plan):
+    cfg = plan.config
+    f = cfg.model.downsample_factor
+    assert all(c % f == 0 for c in cfg.data.crop)
+    assert 4 <= min(cfg.data.crop) // f < 8 or cfg.model.depth == 6  # bottleneck of 4-8 voxels
+    assert plan.estimate.total <= PLAN_HEADROOM * plan.budget_gib * memory.GIB
+    assert plan.estimate == memory.estimate(cfg, device=plan.device,
+                                            volume_shape=BRATS["shape"]["max"])
+
+
+@pytest.mark.parametrize("device,budgets", [("gpu", (4, 8, 24, 80)), ("cpu", (3, 8, 24))])
+def test_more_memory_gives_a_bigger_crop_or_batch(device, budgets):
+    plans = [make_plan(BRATS, memory_gib=m, device=device) for m in budgets]
+    for p in plans:
+        _check(p)
+        assert p.config.train.precision == ("mixed_float16" if device == "gpu" else "fp32")
+    work = [math.prod(p.config.data.crop) * p.config.train.batch_size for p in plans]
+    assert work == sorted(work) and work[0] < work[-1]
+    for small, big in zip(plans, plans[1:], strict=False):  # never a smaller crop for more memory
+        assert all(a <= b for a, b in zip(small.config.data.crop, big.config.data.crop, strict=True))
+    # the crop never exceeds the median brain box (rounded to the downsampling)
+    assert all(c <= 160 for c in plans[-1].config.data.crop)
+
+
+def test_small_budget_shrinks_the_crop_not_cubic():
+    plan = make_plan(BRATS, memory_gib=4, device="gpu")
+    crop = plan.config.data.crop
+    assert len(set(crop)) > 1 and crop[1] > crop[0]  # follows the box's longer H axis
+    # shrunk where the crop is largest relative to the box: its proportions stay the box's
+    ratios = [c / m for c, m in zip(crop, BRATS["shape"]["median"], strict=True)]
+    assert max(ratios) / min(ratios) < 1.3
+    assert plan.config.train.batch_size == 2 and any("fits" in s for s in plan.steps)
+
+
+def test_batch_is_capped_by_the_dataset_size():
+    tiny = {**BRATS, "voxels": 20 * 136 * 170 * 136}
+    plan = make_plan(tiny, memory_gib=80, device="gpu")
+    cap = max(2, int(0.05 * tiny["voxels"] / math.prod(plan.config.data.crop)))
+    assert plan.config.train.batch_size == cap
+
+
+def test_plan_file_is_a_config(tmp_path):
+    plan = make_plan(BRATS, memory_gib=8, device="cpu")
+    d = plan.to_dict()
+    assert d["plan"]["predicted"]["total_gib"] == round(plan.estimate.gib, 3)
+    assert d["plan"]["fingerprint"] == BRATS and d["plan"]["memory_gib"] == 8
+    assert RunConfig.from_dict(d) == plan.config
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"memory_gib": 0.5, "device": "cpu"}, "no configuration fits on cpu: the smallest"),
+    ({"memory_gib": 0, "device": "cpu"}, "must be a positive number"),
+    ({"memory_gib": 8, "device": "tpu"}, "--device tpu"),
+])
+def test_refusals(kwargs, match):
+    with pytest.raises(PlanError, match=match):
+        make_plan(BRATS, **kwargs)

@@ -1,0 +1,134 @@
+"""The dataset fingerprint: what planning needs to know of a prepared dataset (nnU-Net's term).
+
+Built from the cache: the brain boxes (cropped shapes), voxel spacings, intensity statistics per
+modality before normalisation and label voxel counts come from each case's ``meta.json`` (written by
+:mod:`unet3d.data.preprocess`); lesion volumes are counted in each case's ``label.npy`` with the
+label scheme's regions (a lesion is a 26-connected component, as in the lesion-wise scores). The
+result is kept in ``<cache>/fingerprint.json`` and reused while the cases and the scheme are the
+same.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from unet3d.data.preprocess import PREPROCESS_VERSION, CachedCase
+from unet3d.io_utils import atomic_write_json
+from unet3d.labels import LabelScheme
+
+FINGERPRINT = "fingerprint.json"
+FINGERPRINT_VERSION = 1
+_CONN26 = np.ones((3, 3, 3), dtype=bool)  # the lesion-wise scores' connectivity (metrics.py)
+
+
+def _spread(values: Sequence[Sequence[float]]) -> dict[str, list[float]]:
+    a = np.asarray(values, dtype=float)
+    return {"median": np.median(a, axis=0).tolist(), "min": a.min(axis=0).tolist(),
+            "max": a.max(axis=0).tolist()}
+
+
+def _intensity(metas: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per modality, over every case's brain voxels: mean and std (pooled, weighted by voxels),
+    and the median over cases of the 0.5th, 50th and 99.5th percentiles."""
+    out = {}
+    for m in metas[0]["modalities"]:
+        n = np.array([meta["brain_voxels"] for meta in metas], float)
+        mean = np.array([meta["intensity"][m]["mean"] for meta in metas])
+        std = np.array([meta["intensity"][m]["std"] for meta in metas])
+        pooled = float(np.average(mean, weights=n))
+        var = float(np.average(std**2 + mean**2, weights=n)) - pooled**2
+        out[m] = {"mean": pooled, "std": float(np.sqrt(max(var, 0.0)))}
+        for key in ("p00_5", "p50", "p99_5"):
+            out[m][key] = float(np.median([meta["intensity"][m][key] for meta in metas]))
+    return out
+
+
+def _lesions(entries: Sequence[CachedCase], scheme: LabelScheme) -> dict[str, dict[str, Any]]:
+    """Per region: the mean fraction of the brain it covers, and its lesions' volumes in mm^3
+    (smallest, 5th percentile, median) and count per case (median)."""
+    fractions: dict[str, list[float]] = {r: [] for r in scheme.regions}
+    volumes: dict[str, list[float]] = {r: [] for r in scheme.regions}
+    counts: dict[str, list[int]] = {r: [] for r in scheme.regions}
+    for e in entries:
+        label = e.label(mmap=True)
+        if label is None:
+            continue
+        voxel_mm3 = float(np.prod(e.meta["spacing"]))
+        by_value = {int(v): n for v, n in e.meta["label_voxels"].items()}
+        for region, values in scheme.regions.items():
+            fractions[region].append(sum(by_value.get(v, 0) for v in values) / e.meta["brain_voxels"])
+            lab, n = ndimage.label(np.isin(label, values), structure=_CONN26)
+            sizes = np.bincount(lab.ravel())[1:] if n else np.zeros(0)
+            volumes[region].extend((sizes * voxel_mm3).tolist())
+            counts[region].append(int(n))
+    out = {}
+    for region in scheme.regions:
+        v = np.asarray(volumes[region], float)
+        out[region] = {
+            "volume_fraction": float(np.mean(fractions[region])) if fractions[region] else 0.0,
+            "lesions_per_case": float(np.median(counts[region])) if counts[region] else 0.0,
+            "smallest_mm3": float(v.min()) if v.size else None,
+            "p05_mm3": float(np.percentile(v, 5)) if v.size else None,
+            "median_mm3": float(np.median(v)) if v.size else None,
+        }
+    return out
+
+
+def compute(entries: Sequence[CachedCase], scheme: LabelScheme) -> dict[str, Any]:
+    """The fingerprint of prepared cases (see the module docstring).
+
+    Returns:
+        A JSON-ready dict: cases, labelled, layout, task, modalities, labels (scheme name),
+        shape (the brain box after cropping, D/H/W: median, min, max), spacing (mm, same), voxels
+        (brain-box voxels summed over cases), intensity (per modality), regions (per region: volume
+        fraction of the brain, lesions per case, smallest / 5th percentile / median lesion in mm^3).
+
+    Raises:
+        ValueError: no entries.
+    """
+    if not entries:
+        raise ValueError("fingerprint: no prepared cases")
+    metas = [e.meta for e in entries]
+    return {
+        "version": FINGERPRINT_VERSION,
+        "cases": len(entries),
+        "labelled": sum(1 for m in metas if m["labelled"]),
+        "layout": metas[0].get("layout"),
+        "task": metas[0].get("task"),
+        "modalities": list(metas[0]["modalities"]),
+        "labels": scheme.name,
+        "shape": _spread([m["shape"] for m in metas]),
+        "spacing": _spread([m["spacing"] for m in metas]),
+        "voxels": int(sum(int(np.prod(m["shape"])) for m in metas)),
+        "intensity": _intensity(metas),
+        "regions": _lesions(entries, scheme),
+    }
+
+
+def _key(entries: Sequence[CachedCase], scheme: LabelScheme) -> dict[str, Any]:
+    # (through JSON, so that it compares equal to the key read back from the file)
+    return json.loads(json.dumps({"version": FINGERPRINT_VERSION, "preprocess": PREPROCESS_VERSION, "labels": scheme.to_dict(),
+            "cases": [[e.case_id, e.meta.get("sources")] for e in entries]}))
+
+
+def load_or_compute(entries: Sequence[CachedCase], scheme: LabelScheme) -> dict[str, Any]:
+    """The fingerprint, from ``<cache>/fingerprint.json`` when it was computed for the same cases
+    (same source files) and scheme, else computed and kept there."""
+    path = entries[0].folder.parent / FINGERPRINT if entries else None
+    key = _key(entries, scheme)
+    if path is not None and path.exists():
+        try:
+            kept = json.loads(path.read_text())
+            if kept.get("key") == key:
+                return kept["fingerprint"]
+        except (OSError, json.JSONDecodeError, AttributeError):
+            pass  # unreadable: computed again and replaced
+    fp = compute(entries, scheme)
+    atomic_write_json(Path(path), {"key": key, "fingerprint": fp})
+    return fp

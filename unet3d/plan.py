@@ -1,0 +1,221 @@
+"""Planning: a training configuration for a dataset (its fingerprint) and a memory budget on a device.
+
+The rules follow nnU-Net v2's planner (experiment_planning), on our isotropic-pooling network:
+
+- the crop starts at the median brain box, each edge rounded to a multiple of the network's
+  downsampling; the number of levels gives a bottleneck edge of 4-8 voxels (at most 6 levels,
+  NVIDIA's network);
+- while the predicted peak (:mod:`unet3d.memory`) exceeds the budget with a batch of 2, the edge
+  largest relative to the median box shrinks by one downsampling step (so the crop is not
+  necessarily cubic); below a 32-voxel edge the filters halve (32 -> 16 -> 8), then the batch drops
+  to 1;
+- with memory to spare, the batch grows while it fits, up to 5% of the dataset's brain-box voxels
+  per step (nnU-Net's cap, so a step never sees most of a small dataset) and at least 2.
+
+The prediction is kept under ``PLAN_HEADROOM`` of the budget: the memory model is within 25% of
+measurements (BENCHMARKS.md), and a plan must fit. Architecture, loss and schedule come from the base
+configuration (NVIDIA's by default); precision is mixed float16 on a GPU and float32 on a CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from unet3d import labels as labels_mod
+from unet3d import memory
+from unet3d.config import PRESETS, RunConfig
+from unet3d.errors import UserError
+
+PLAN_HEADROOM = 0.85
+MAX_LEVELS = 6
+MIN_EDGE = 32
+MAX_BATCH = 16
+FILTERS = (32, 16, 8)
+
+
+class PlanError(UserError, ValueError):
+    """No configuration fits the budget, or a planning option is invalid."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """A planned configuration with its prediction.
+
+    Attributes:
+        config: the run configuration (``train --config`` reads it).
+        estimate: its predicted peak memory on ``device``.
+        budget_gib: the memory it was planned for.
+        device: "cpu" or "gpu".
+        fingerprint: the dataset fingerprint it was planned from.
+        steps: what the planner changed on the way, in order (one line each).
+        probe: what ``plan --probe`` measured (see :func:`probe`), or None.
+    """
+
+    config: RunConfig
+    estimate: memory.MemoryEstimate
+    budget_gib: float
+    device: str
+    fingerprint: dict[str, Any]
+    steps: tuple[str, ...] = ()
+    probe: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config file ``--out`` writes: the RunConfig sections plus a ``plan`` section (the
+        prediction, the budget, the planner's steps and the fingerprint) that training ignores."""
+        return {**self.config.to_dict(),
+                "plan": {"device": self.device, "memory_gib": self.budget_gib,
+                         "predicted": self.estimate.to_dict(), "steps": list(self.steps),
+                         "probe": self.probe, "fingerprint": self.fingerprint}}
+
+
+def levels_for(crop: tuple[int, ...]) -> int:
+    """Resolution levels that leave a bottleneck edge of at least 4 voxels (at most MAX_LEVELS)."""
+    return max(2, min(MAX_LEVELS, int(math.log2(min(crop) / 4)) + 1))
+
+
+def _round_crop(target: tuple[float, ...]) -> tuple[tuple[int, int, int], int]:
+    """The crop nearest ``target`` whose edges are multiples of its own downsampling, and its levels."""
+    crop = tuple(max(MIN_EDGE, int(round(t))) for t in target)
+    for _ in range(3):  # levels and rounding depend on each other; they settle in a step or two
+        f = 2 ** (levels_for(crop) - 1)
+        crop = tuple(max(f, int(round(c / f)) * f) for c in crop)
+    return crop, levels_for(crop)
+
+
+def _config(base: RunConfig, crop: tuple[int, int, int], levels: int, filters: int, batch: int,
+            device: str) -> RunConfig:
+    d = base.to_dict()
+    d["data"]["crop"] = list(crop)
+    d["model"].update(depth=levels, base_filters=filters,
+                      max_filters=max(filters, min(base.model.max_filters, filters * 10)))
+    d["train"].update(batch_size=batch, precision="mixed_float16" if device == "gpu" else "fp32")
+    return RunConfig.repaired_from_dict(d)
+
+
+def _shrink(crop: tuple[int, int, int], median: tuple[float, ...]) -> tuple[int, int, int] | None:
+    """One step smaller: the edge largest relative to the median box loses one downsampling step."""
+    f = 2 ** (levels_for(crop) - 1)
+    order = sorted(range(3), key=lambda i: crop[i] / median[i], reverse=True)
+    for axis in order:
+        if crop[axis] - f >= MIN_EDGE:
+            smaller = list(crop)
+            smaller[axis] -= f
+            return _round_crop(tuple(smaller))[0]
+    return None
+
+
+def make_plan(fingerprint: dict[str, Any], *, memory_gib: float, device: str,
+              base: RunConfig | None = None) -> Plan:
+    """Plans crop, levels, filters, batch and precision for ``fingerprint`` within ``memory_gib``.
+
+    Raises:
+        PlanError: a non-positive budget, an unknown device, or nothing fits (naming the smallest
+            configuration tried and what it needs).
+    """
+    if not (isinstance(memory_gib, (int, float)) and memory_gib > 0):
+        raise PlanError(f"--memory {memory_gib}: must be a positive number of GiB")
+    if device not in memory.DEVICES:
+        raise PlanError(f"--device {device}: must be one of {', '.join(memory.DEVICES)}")
+    scheme = labels_mod.resolve(fingerprint["labels"])
+    base = (base or PRESETS["nvidia"]).with_labels(scheme, len(fingerprint["modalities"]))
+    median = tuple(float(x) for x in fingerprint["shape"]["median"])
+    volume = tuple(int(x) for x in fingerprint["shape"]["max"])
+    limit = memory_gib * PLAN_HEADROOM
+
+    def predict(cfg: RunConfig) -> memory.MemoryEstimate:
+        return memory.estimate(cfg, device=device, volume_shape=volume)
+
+    crop, levels = _round_crop(median)
+    steps = [f"crop {_fmt(crop)} from the median brain box {_fmt(median)}, {levels} levels"]
+    cfg, filters, batch = None, FILTERS[0], 2
+    while True:
+        cfg = _config(base, crop, levels, filters, batch, device)
+        if predict(cfg).fits(limit):
+            break
+        smaller = _shrink(crop, median)
+        if smaller is not None:
+            crop, levels = smaller, levels_for(smaller)
+            continue
+        if filters != FILTERS[-1]:
+            filters = FILTERS[FILTERS.index(filters) + 1]
+            crop, levels = _round_crop(median)
+            steps.append(f"filters {filters} (32 did not fit at a {MIN_EDGE}-voxel edge)")
+            continue
+        if batch > 1:
+            batch = 1
+            steps.append("batch 1 (batch 2 did not fit at the smallest crop)")
+            crop, levels = _round_crop(median)
+            continue
+        need = predict(cfg)
+        raise PlanError(f"--memory {memory_gib:g}: no configuration fits on {device}: the smallest "
+                        f"(crop {_fmt(crop)}, {filters} filters, batch 1) needs {need.gib:.1f} GiB "
+                        f"(with {int((1 - PLAN_HEADROOM) * 100)}% headroom)")
+    if crop != _round_crop(median)[0]:
+        steps.append(f"crop {_fmt(crop)}, {levels} levels: the largest that fits")
+    cap = max(2, int(0.05 * fingerprint["voxels"] / math.prod(crop)))
+    while batch >= 2 and batch < min(cap, MAX_BATCH):
+        bigger = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=batch + 1))
+        if not predict(bigger).fits(limit):
+            break
+        cfg, batch = bigger, batch + 1
+    if batch > 2:
+        steps.append(f"batch {batch} (memory to spare; at most 5% of the dataset's voxels: {cap})")
+    return Plan(config=cfg, estimate=predict(cfg), budget_gib=float(memory_gib), device=device,
+                fingerprint=fingerprint, steps=tuple(steps))
+
+
+def _fmt(shape: tuple[float, ...]) -> str:
+    return "x".join(f"{s:g}" for s in shape)
+
+
+def _probe_child(config: dict[str, Any], cache: str, train_ids: list[str], val_ids: list[str],
+                 out: str) -> None:
+    # (a fresh process: its peak is the probed configuration's alone, as in a real run)
+    from unet3d.data.preprocess import open_cases
+    from unet3d.train import Trainer
+
+    cfg = RunConfig.from_dict(config)
+    Trainer(cfg, open_cases(cache, train_ids), open_cases(cache, val_ids), out).fit()
+
+
+def probe(plan: Plan, cache: str | Path, train_ids: Sequence[str], val_ids: Sequence[str],
+          *, steps: int = 4, timeout_s: float = 1800) -> dict[str, Any]:
+    """Trains the planned configuration briefly in a fresh process and measures it: 2 epochs of
+    ``steps`` steps, then validation on one case (the run's peak includes a whole volume), so the
+    measurement covers what the prediction does.
+
+    Returns:
+        {"measured_gib": the process's peak (GPU: the device's peak allocation; CPU: peak resident
+        memory), "predicted_gib", "volumes_per_s" (median of the epochs after the first), "steps"}.
+
+    Raises:
+        PlanError: the probe run failed or timed out (naming what happened).
+    """
+    import multiprocessing
+    import tempfile
+
+    cfg = plan.config.replace(train={"epochs": 2, "steps_per_epoch": steps, "warmup_epochs": 0},
+                              data={"max_val_cases": 1})
+    with tempfile.TemporaryDirectory(prefix="unet3d-probe-") as tmp:
+        child = multiprocessing.get_context("spawn").Process(
+            target=_probe_child, args=(cfg.to_dict(), str(cache), list(train_ids),
+                                       list(val_ids)[:1], tmp))
+        child.start()
+        child.join(timeout_s)
+        if child.is_alive():
+            child.kill()
+            child.join()
+            raise PlanError(f"--probe: the planned configuration did not finish 2 x {steps} steps "
+                            f"in {timeout_s:.0f} s")
+        try:
+            metrics = json.loads((Path(tmp) / "metrics.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            raise PlanError(f"--probe: the training run failed (exit code {child.exitcode}); "
+                            f"was it killed for memory?") from None
+    return {"measured_gib": metrics["memory_peak_gib"], "predicted_gib": plan.estimate.gib,
+            "volumes_per_s": metrics["throughput_vps"], "steps": 2 * steps}
