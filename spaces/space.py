@@ -1,10 +1,11 @@
 """Search spaces as data: validated Int / Float / Choice parameters over RunConfig fields.
 
 A parameter's name is the dotted RunConfig field it sets ("model.depth", "train.learning_rate").
-Two derived names exist: "data.crop" takes a single edge length and sets a cubic crop, and
-"data.augment" in [0, 1] scales every augmentation strength at once (0 = none, 1 = strong). A space also
-carries ``base`` (the preset its unsearched fields come from) and ``fixed`` (field overrides applied
-to every trial). Turning a sample into a RunConfig applies the cross-field repairs the sampler cannot
+Three derived names exist: "data.crop" takes a single edge length and sets a cubic crop,
+"data.crop_scale" scales the base configuration's crop per axis (a planned crop need not be cubic),
+and "data.augment" in [0, 1] scales every augmentation strength at once (0 = none, 1 = strong). A
+space also carries ``base`` (the preset its unsearched fields come from, or a whole RunConfig dict,
+e.g. a plan's) and ``fixed`` (field overrides applied to every trial). Turning a sample into a RunConfig applies the cross-field repairs the sampler cannot
 know (``RunConfig.repaired_from_dict``: the crop is rounded up to a multiple of 2**(depth-1),
 deep-supervision heads are capped by the depth, the region loss switches the model to the region
 head, the warm-up fits in the epochs), so every sample is trainable.
@@ -37,7 +38,7 @@ class SpaceError(UserError, ValueError):
 _SECTIONS = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig}
 
 
-DERIVED: dict[str, type] = {"data.crop": int, "data.augment": float}
+DERIVED: dict[str, type] = {"data.crop": int, "data.crop_scale": float, "data.augment": float}
 # data.augment = 1 means these strengths; 0 means no augmentation.
 _AUGMENT_AT_ONE = {"flip_prob": 0.5, "intensity_scale": 0.2, "intensity_shift": 0.2, "noise_std": 0.1}
 
@@ -154,11 +155,12 @@ Param = Int | Float | Choice
 
 @dataclasses.dataclass(frozen=True)
 class SearchSpace:
-    """A named set of parameters over a base preset, plus fixed overrides."""
+    """A named set of parameters over a base (a preset name or a RunConfig dict), plus fixed
+    overrides."""
 
     name: str
     params: tuple[Param, ...]
-    base: str = "cpu-small"
+    base: str | Mapping[str, Any] = "cpu-small"
     fixed: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
 
     def without_value(self, name: str, value: Any) -> SearchSpace:
@@ -209,8 +211,7 @@ class SearchSpace:
             raise SpaceError(f"space {self.name}: fixed={self.fixed!r} must map model/train/data to "
                              f"field overrides")
         try:
-            base = preset(self.base)
-            base.replace(**{k: dict(v) for k, v in self.fixed.items()})
+            self.base_config()
         except ValueError as e:
             raise SpaceError(f"space {self.name}: {e}") from None
         # Every extreme of every parameter must make a valid config (checked once, here).
@@ -229,7 +230,9 @@ class SearchSpace:
         return [p.name for p in self.params]
 
     def base_config(self) -> RunConfig:
-        return preset(self.base).replace(**{k: dict(v) for k, v in self.fixed.items()})
+        base = (preset(self.base) if isinstance(self.base, str)
+                else RunConfig.from_dict(dict(self.base), source=f"space {self.name}: base"))
+        return base.replace(**{k: dict(v) for k, v in self.fixed.items()})
 
     def default_sample(self) -> dict[str, Any]:
         """The base configuration's values, projected into the space (clipped to its bounds)."""
@@ -252,6 +255,10 @@ class SearchSpace:
                 if int(v) < 1:
                     raise SpaceError(f"space {self.name}: data.crop={v!r} must be >= 1")
                 v = [int(v)] * 3
+            elif name == "data.crop_scale":
+                # rounded up to the downsampling by the repair below
+                over["data"]["crop"] = [max(1, int(round(c * float(v)))) for c in base.data.crop]
+                continue
             elif name == "data.augment":
                 over["data"].update({k: float(v) * a for k, a in _AUGMENT_AT_ONE.items()})
                 continue
@@ -273,13 +280,16 @@ class SearchSpace:
                 params[p.name] = {"type": "float", "low": p.low, "high": p.high, "log": p.log}
             else:
                 params[p.name] = {"type": "choice", "values": list(p.values)}
-        return {"name": self.name, "base": self.base,
+        base = self.base if isinstance(self.base, str) else dict(self.base)
+        return {"name": self.name, "base": base,
                 "fixed": {k: dict(v) for k, v in self.fixed.items()}, "params": params}
 
 
 def config_value(cfg: RunConfig, name: str) -> Any:
     if name == "data.augment":
         return cfg.data.noise_std / _AUGMENT_AT_ONE["noise_std"]
+    if name == "data.crop_scale":
+        return 1.0  # the base's own crop
     section, _, field = name.partition(".")
     v = getattr(getattr(cfg, section), field)
     return v[0] if name == "data.crop" else v
@@ -339,8 +349,9 @@ def space_from_dict(d: Any, *, source: str) -> SearchSpace:
     if not isinstance(fixed, dict) or not all(isinstance(v, dict) for v in fixed.values()):
         raise SpaceError(f"{source}: 'fixed' must map model/train/data to field overrides")
     try:
+        base = d.get("base", "cpu-small")
         return SearchSpace(name=str(d.get("name", Path(source).stem)), params=tuple(params),
-                           base=str(d.get("base", "cpu-small")), fixed=fixed)
+                           base=base if isinstance(base, dict) else str(base), fixed=fixed)
     except SpaceError as e:
         raise SpaceError(f"{source}: {e}") from None
 
