@@ -60,7 +60,7 @@ def _load_config(args: argparse.Namespace):
 
 
 def _prepare(data: Path, cache: Path, labels: str | None = None, verbose: bool = True,
-             jobs: int | None = None):
+             jobs: int | None = None, mapper=None):
     """discover -> prepare (+ label scheme, input channels), printing what was found."""
     from unet3d import labels as labels_mod
     from unet3d.data.discover import discover
@@ -82,7 +82,7 @@ def _prepare(data: Path, cache: Path, labels: str | None = None, verbose: bool =
             print(f"\rpreprocess {done[0]}/{n} {case.case_id:<24}", end="", flush=True)
 
     t0 = time.perf_counter()
-    prep = prepare_dataset(ds, cache, labels, progress, jobs=jobs)
+    prep = prepare_dataset(ds, cache, labels, progress, jobs=jobs, mapper=mapper)
     seconds = time.perf_counter() - t0
     if verbose:
         if sys.stdout.isatty():
@@ -93,6 +93,94 @@ def _prepare(data: Path, cache: Path, labels: str | None = None, verbose: bool =
         _print(f"labels: {prep.scheme.describe()} ({'--labels' if labels else 'detected'}; "
                f"tumour mean over {', '.join(prep.scheme.tumour)})")
     return prep
+
+
+def _budget(args: argparse.Namespace) -> tuple[str, float, str]:
+    """(device, GiB, where the number comes from) for plan, checked before anything is read."""
+    from unet3d import runtime
+
+    gpu = runtime.gpu_memory_gib()
+    device = args.device or ("gpu" if gpu else "cpu")
+    if args.memory is not None:
+        if not (args.memory > 0):
+            raise_user(f"--memory {args.memory:g}: must be a positive number of GiB")
+        memory, source = args.memory, "--memory"
+    elif device == "gpu":
+        if gpu is None:
+            raise_user("--device gpu: no GPU found (nvidia-smi); give --memory GiB to plan for one")
+        memory, source = gpu, "the GPU's memory"
+    else:
+        memory, source = runtime.host_memory_gib(), "this machine's memory"
+    if args.probe and device == "gpu" and gpu is None:
+        raise_user("--probe: the plan is for a GPU and this machine has none; probe where it trains")
+    return device, memory, source
+
+
+def _fingerprint_lines(fp: dict) -> list[str]:
+    def shape(key: str, what: str, unit: str) -> str:
+        s = fp[key]
+        fmt = "x".join
+        return (f"  {what:<18} median {fmt(f'{v:g}' for v in s['median'])}, min "
+                f"{fmt(f'{v:g}' for v in s['min'])}, max {fmt(f'{v:g}' for v in s['max'])} {unit}")
+
+    lines = [f"fingerprint: {fp['cases']} cases ({fp['labelled']} labelled), {fp['layout']} layout, "
+             f"labels {fp['labels']}, modalities {' '.join(fp['modalities'])}",
+             shape("shape", "brain box", "voxels"), shape("spacing", "voxel spacing", "mm")]
+    for m, st in fp["intensity"].items():
+        lines.append(f"  {'intensity ' + m:<18} mean {st['mean']:.4g} std {st['std']:.4g} "
+                     f"(percentiles 0.5 / 50 / 99.5: {st['p00_5']:.4g} / {st['p50']:.4g} / "
+                     f"{st['p99_5']:.4g})")
+    for r, st in fp["regions"].items():
+        small = "none" if st["smallest_mm3"] is None else (
+            f"smallest {st['smallest_mm3']:.0f} mm^3, 5th percentile {st['p05_mm3']:.0f}, "
+            f"median {st['median_mm3']:.0f}")
+        lines.append(f"  {'region ' + r:<18} {100 * st['volume_fraction']:.2f}% of the brain, "
+                     f"{st['lesions_per_case']:g} lesion(s) per case; lesions: {small}")
+    return lines
+
+
+def _plan_lines(plan, source: str) -> list[str]:
+    cfg, est = plan.config, plan.estimate
+    m = cfg.model
+    bottleneck = "x".join(str(c // m.downsample_factor) for c in cfg.data.crop)
+    parts = ", ".join(f"{k} {v / 2**30:.2f}" for k, v in est.parts.items() if v)
+    lines = [f"plan for {plan.budget_gib:.1f} GiB on {plan.device} ({source}):",
+             f"  crop {'x'.join(map(str, cfg.data.crop))}, {m.depth} levels (bottleneck "
+             f"{bottleneck}), filters {m.filters[0]}..{m.filters[-1]}, batch {cfg.train.batch_size}, "
+             f"{cfg.train.precision}",
+             f"  predicted peak {est.gib:.2f} GiB ({parts} GiB)"]
+    lines += [f"  - {s}" for s in plan.steps]
+    return lines
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from unet3d.data.fingerprint import load_or_compute
+    from unet3d.data.split import kfold
+    from unet3d.io_utils import atomic_write_json, check_writable_file
+    from unet3d.plan import make_plan, probe
+
+    device, memory, source = _budget(args)
+    out = check_writable_file(args.out, "--out") if args.out else None
+    prep = _prepare(Path(args.data), _cache_dir(args), args.labels, jobs=args.jobs)
+    fp = load_or_compute(prep.entries, prep.scheme)
+    plan = make_plan(fp, memory_gib=memory, device=device)
+    for line in _fingerprint_lines(fp) + _plan_lines(plan, source):
+        _print(line)
+    if args.probe:
+        labelled = [e.case_id for e in prep.entries if e.meta["labelled"]]
+        cfg = plan.config
+        train_ids, val_ids = kfold(labelled, cfg.data.folds, cfg.data.fold, cfg.data.split_seed)
+        measured = probe(plan, _cache_dir(args).resolve(), train_ids, val_ids)
+        plan = dataclasses.replace(plan, probe=measured)
+        _print(f"probe ({measured['steps']} steps and validation of one case): measured "
+               f"{measured['measured_gib']:.2f} GiB, predicted {measured['predicted_gib']:.2f} "
+               f"GiB; {measured['volumes_per_s']:.2f} volumes/s")
+    if out is not None:
+        atomic_write_json(out, plan.to_dict())
+        _print(f"wrote {out}: train with `run_search.py train --data {args.data} --config {out}`")
+    return 0
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -111,7 +199,22 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    _prepare(Path(args.data), _cache_dir(args), args.labels, jobs=args.jobs)
+    if not args.address:
+        _prepare(Path(args.data), _cache_dir(args), args.labels, jobs=args.jobs)
+        return 0
+    from search import ray_engine
+    from search.ray_tasks import task_mapper
+
+    opts = ray_engine.RayOptions(address=args.address)
+    with ray_engine.environment(opts):
+        ray_engine.connect(opts)
+        try:
+            _print(f"preprocessing as Ray tasks on {ray_engine.cluster_summary()}")
+            _prepare(Path(args.data), _cache_dir(args), args.labels, mapper=task_mapper())
+        finally:
+            import ray
+
+            ray.shutdown()
     return 0
 
 
@@ -199,12 +302,20 @@ def cmd_search(args: argparse.Namespace) -> int:
                         name=args.name, seed=args.seed, fold=args.fold, folds=args.folds,
                         split_seed=args.split_seed, workers_per_trial=args.workers_per_trial,
                         verbose=args.verbose, objective=args.objective, labels=args.labels,
-                        log=_print, **options)
+                        memory=_gib(args.memory), log=_print, **options)
     result = search.run()
     _print_search(result, search.spec)
     if result.interrupted:
         return 130
     return 0 if result.best is not None else 1
+
+
+def _gib(value: str | None) -> float | str | None:
+    """--memory as a number; anything else as typed, for the search's own one-line refusal."""
+    try:
+        return None if value is None else float(value)
+    except ValueError:
+        return value
 
 
 def _print_search(result, spec) -> None:
@@ -216,10 +327,14 @@ def _print_search(result, spec) -> None:
     _print("")
     _print(format_table(result.trials))
     _print("")
-    _print(f"{len(result.trials)} trials in {result.seconds:.0f} s; {s['trials_stopped_early']} "
+    _print(f"{s['trials']} trials in {result.seconds:.0f} s; {s['trials_stopped_early']} "
            f"stopped early; {s['trial_epochs_run']} trial-epochs run of "
            f"{s['trial_epochs_without_early_stopping']} without early stopping "
            f"({s['trial_epochs_saved']} saved)")
+    if s.get("trials_pruned"):
+        budget = s.get("memory_budget") or {"gib": 0.0, "source": "?"}
+        _print(f"{s['trials_pruned']} configuration(s) pruned for memory, never started: predicted "
+               f"over the budget of {budget['gib']:.1f} GiB per trial ({budget['source']})")
     if result.interrupted:
         _print(f"interrupted: {s['trials_interrupted']} trial(s) cut off; resume with: python "
                f"run_search.py search --resume --out {spec.out} --name {spec.name}")
@@ -502,12 +617,34 @@ def _prepare_parser(sub) -> None:
                  "agree, finite voxels, label values), reorient to RAS, crop to the brain, z-score per "
                  "modality, and cache the result. Re-runs reuse valid cache entries.", cmd_prepare)
     _data_args(s)
+    s.add_argument("--address", default=None, metavar="HOST:PORT",
+                   help="preprocess as Ray tasks on this cluster's nodes (the data and --cache on "
+                        "storage every node sees at the same path)")
 
 
 # train's flags that override one RunConfig field each: flag dest -> "section.field".
 TRAIN_OVERRIDES = {"epochs": "train.epochs", "steps_per_epoch": "train.steps_per_epoch",
                    "seed": "train.seed", "fold": "data.fold", "folds": "data.folds",
                    "precision": "train.precision", "xla": "train.xla"}
+
+
+def _plan_parser(sub) -> None:
+    s = _command(sub, "plan", "plan crop, depth, filters and batch for a dataset and a memory budget",
+                 "Prepare the dataset, compute its fingerprint (brain boxes, spacing, intensities, "
+                 "lesion sizes; kept in the cache) and plan a configuration nnU-Net-style: the crop "
+                 "as close to the median brain box as the memory allows, a bottleneck of 4-8 "
+                 "voxels, filters, batch and precision, with its predicted peak memory. --out writes "
+                 "a config file that `train --config` reads.", cmd_plan)
+    _data_args(s)
+    s.add_argument("--memory", type=float, default=None, metavar="GiB",
+                   help="memory budget (default: the GPU's memory, or this machine's for --device "
+                        "cpu)")
+    s.add_argument("--device", choices=("gpu", "cpu"), default=None,
+                   help="what the plan trains on (default: gpu when nvidia-smi finds one)")
+    s.add_argument("--out", default=None, help="write the plan as a config file (JSON)")
+    s.add_argument("--probe", action="store_true",
+                   help="train the plan for a few steps in a fresh process and measure its peak "
+                        "memory and volumes/s next to the prediction")
 
 
 def _train_parser(sub) -> None:
@@ -560,12 +697,19 @@ def _search_parser(sub) -> None:
                         "Dice of the tumour regions) or lesionwise (mean lesion-wise Dice, as BraTS "
                         "2023+ ranks; slower validation)")
     s.add_argument("--space", default=spec.space,
-                   help="search space: demo | brats | nvidia, or a YAML/JSON space file")
+                   help="search space: demo | brats | nvidia | auto (built around the dataset's "
+                        "plan for the memory budget), or a YAML/JSON space file")
     s.add_argument("--engine", choices=ENGINES, default=spec.engine, help="search engine")
     s.add_argument("--num-samples", type=int, default=spec.num_samples,
                    help="trials to run (Keras Tuner Bayesian: max trials)")
     s.add_argument("--max-epochs", type=int, default=spec.max_epochs,
                    help="epochs of a trial that is never stopped (ASHA's max_t in epochs)")
+    s.add_argument("--memory", default=None, metavar="GiB",
+                   help="GiB of memory one trial may use (per Horovod worker); a configuration predicted "
+                        "to need more is never started and is recorded as pruned with its reason "
+                        "(default: the GPU's memory times --gpus-per-trial's share of it; on CPUs "
+                        "this machine's memory divided by the trials that run at once; a resumed "
+                        "search keeps its budget)")
     r = s.add_argument_group("Ray Tune engine")
     r.add_argument("--grace-period", type=int, default=None,
                    help=f"ASHA: epochs (or seconds) before a trial can be stopped "
@@ -688,7 +832,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "search the demo space on it with Ray Tune + Optuna + ASHA on a local Ray instance "
                     "(same as 'run_search.py search').")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    for builder in (_synth_parser, _prepare_parser, _train_parser, _search_parser, _retrain_parser,
+    for builder in (_synth_parser, _prepare_parser, _plan_parser, _train_parser, _search_parser,
+                    _retrain_parser,
                     _report_parser, _predict_parser, _evaluate_parser):
         builder(sub)
     return p

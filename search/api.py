@@ -7,14 +7,17 @@
 
 ``Search`` owns the whole pipeline (like MONAI's AutoRunner): it validates the whole specification
 before anything is written (options, space, data, split, output folder, cluster, GPUs), prepares the
-preprocessed cache, splits the cases, runs the engine (Ray Tune + Optuna + ASHA, or Keras Tuner),
-exports the best trial to ``EXPERIMENT/best``, writes results and the HTML report, and returns a
-:class:`SearchResult`. The specification, engine options included, is saved in
-``EXPERIMENT/search.json``, so ``Search.restore(EXPERIMENT).run()`` (the CLI's ``--resume``) and
-``retrain-best`` need no option repeated.
+preprocessed cache, splits the cases, sets the memory budget (``memory=``, ``--memory``; a search
+none of whose configurations fits it is refused before its folder is created, and configurations
+predicted over it are recorded as pruned, never started: ``search.memory_budget``), runs the engine
+(Ray Tune + Optuna + ASHA, or Keras Tuner), exports the best trial to ``EXPERIMENT/best``, writes
+results and the HTML report, and returns a :class:`SearchResult`. The specification, engine
+options included, is saved in ``EXPERIMENT/search.json``, so ``Search.restore(EXPERIMENT).run()``
+(the CLI's ``--resume``) and ``retrain-best`` need no option repeated.
 
-The experiment folder (``out/name``): ``search.json``, one ``trial_<id>/`` per trial (its ``run/``
-with TensorBoard logs and checkpoint), ``results.csv``, ``trials.json``, ``best/``, ``report.html``.
+The experiment folder (``out/name``): ``search.json`` (with the memory budget used), one
+``trial_<id>/`` per trial (its ``run/`` with TensorBoard logs and checkpoint), ``pruned.json`` (the
+configurations refused for memory), ``results.csv``, ``trials.json``, ``best/``, ``report.html``.
 Library code does not print: progress lines go to the optional ``log`` callable.
 """
 
@@ -28,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from search.context import SearchContext
+from search.memory_budget import MemoryBudget
 from search.results import TrialRow
 from search.spec import DEFAULT_DATA, DEFAULT_OUT, SearchError, SearchSpec
 from search.storage import Experiment
@@ -52,9 +56,11 @@ class SearchResult:
     """What a finished (or interrupted) search returns.
 
     experiment: the local experiment folder (a staging copy for a storage URI; ``location`` is the URI).
-    trials: one row per trial (status completed | stopped | error | interrupted).
+    trials: one row per trial (status completed | stopped | error | interrupted), then one per
+        configuration refused for memory (status pruned, never started).
     best: the best trial, None if no trial finished an epoch or the search was interrupted.
-    summary: the summary written to trials.json (trials, trial-epochs run and saved, best).
+    summary: the summary written to trials.json (trials that ran, trials_pruned, memory_budget,
+        trial-epochs run and saved, best).
     """
 
     experiment: Path
@@ -78,13 +84,14 @@ class Search:
                  fold: int = 0, folds: int = 5, split_seed: int = 0,
                  cache: str | Path | None = None, workers_per_trial: int = 1, verbose: int = 1,
                  objective: str = "dice", labels: str | Path | None = None,
-                 log: Log | None = None, **engine_options: Any) -> None:
+                 memory: float | None = None, log: Log | None = None,
+                 **engine_options: Any) -> None:
         self.spec = SearchSpec(
             data=str(data or ""), cache=str(cache or ""), space=str(space), engine=engine,
             num_samples=num_samples, max_epochs=max_epochs, out=str(out),
             name=name or time.strftime("search-%Y%m%d-%H%M%S"), seed=seed, fold=fold, folds=folds,
             split_seed=split_seed, workers_per_trial=workers_per_trial, verbose=verbose,
-            objective=objective, labels=str(labels or ""),
+            objective=objective, labels=str(labels or ""), memory=memory,
             engine_options={k: v for k, v in engine_options.items() if v is not None})
         engine_settings(self.spec)  # the engine's own options, checked now
         if self.spec.labels:  # (not on restore: the context holds the scheme, the file may be gone)
@@ -94,6 +101,7 @@ class Search:
         self.log: Log = log or (lambda _msg: None)
         self._resume, self._own_ray = False, False
         self._context: SearchContext | None = None
+        self._budget: MemoryBudget | None = None
 
     @classmethod
     def restore(cls, experiment: str | Path, *, log: Log | None = None,
@@ -102,6 +110,7 @@ class Search:
         :meth:`run`: finished trials are kept, cut-off ones resume from their last checkpoint.
         ``address``: the Ray cluster to continue on, when it is not the saved one any more."""
         from search.finish import load_search
+        from search.memory_budget import load_budget
 
         exp = str(experiment).rstrip("/")
         out, _, name = exp.rpartition("/")
@@ -115,6 +124,7 @@ class Search:
         self.spec = dataclasses.replace(spec, out=out or ".", name=name, engine_options=options)
         self.log = log or (lambda _msg: None)
         self._resume, self._context, self._own_ray = True, ctx, False
+        self._budget = load_budget(where.local)  # None (saved before budgets): resolved in run()
         return self
 
     @property
@@ -137,7 +147,8 @@ class Search:
 
                     ray.shutdown()
                     self._own_ray = False
-        summary = finish(rows, ctx, exp.local, self.spec.engine, export=not interrupted)
+        summary = finish(rows, ctx, exp.local, self.spec.engine, export=not interrupted,
+                         budget=self._budget)
         report = None
         if rows:
             from search.report import build_report
@@ -160,12 +171,14 @@ class Search:
     def _start(self, exp: Experiment) -> SearchContext:
         cases = self._check(exp)
         ctx = self._prepare(cases, exp)
+        ctx = self._fit_budget(ctx)
         self._create(exp, ctx)
         return ctx
 
     def _check(self, exp: Experiment) -> Any:
         """Everything that can be wrong, before anything is written; returns the discovered data."""
-        from spaces.presets import get_space
+        from spaces.presets import AUTO, auto_space, get_space
+        from unet3d.config import preset
         from unet3d.data.discover import discover
         from unet3d.io_utils import check_writable_dir
 
@@ -175,7 +188,8 @@ class Search:
                               f"(--resume / Search.restore) or choose another --name")
         if not exp.remote:
             check_writable_dir(Path(spec.out), "--out")
-        self._space = get_space(spec.space)
+        # (auto: centred on NVIDIA's configuration until the plan replaces it, in _fit_budget)
+        self._space = auto_space(preset("nvidia")) if spec.space == AUTO else get_space(spec.space)
         if spec.workers_per_trial > 1:
             from unet3d import distributed
 
@@ -212,8 +226,10 @@ class Search:
             self.log(f"writing the demo dataset (16 synthetic 64^3 cases) to {DEFAULT_DATA}")
             write_synthetic_dataset(DEFAULT_DATA, 16, (64, 64, 64), seed=0)
             dataset = discover(DEFAULT_DATA)
-        prep = prepare_dataset(dataset, spec.cache_folder, spec.labels or None)
+        prep = prepare_dataset(dataset, spec.cache_folder, spec.labels or None,
+                               mapper=self._cluster_mapper())
         entries, scheme = prep.entries, prep.scheme
+        self._entries = entries
         self.log(f"{dataset.layout} layout: {len(entries)} cases ({len(dataset.labelled)} labelled) "
                  f"-> {spec.cache_folder} ({len(entries) - prep.reused} preprocessed, "
                  f"{prep.reused} reused)")
@@ -230,29 +246,90 @@ class Search:
                              workers_per_trial=spec.workers_per_trial, objective=spec.objective,
                              labels=labels_mod.to_config(scheme), in_channels=prep.channels)
 
+    def _cluster_mapper(self) -> Any:
+        """On a Ray cluster (``--address``), cases are preprocessed as Ray tasks on its nodes (the
+        cache is on shared storage); otherwise in local processes."""
+        if self.spec.engine != "ray" or not self.spec.engine_options.get("address"):
+            return None
+        from search.ray_tasks import task_mapper
+
+        return task_mapper()
+
+    def _fit_budget(self, ctx: SearchContext) -> SearchContext:
+        """The memory budget (``search.memory_budget``), the space moved onto the dataset's plan
+        for it (``brats``, ``auto``), and a search none of whose configurations fits the budget
+        refused before its folder is created.
+
+        Raises:
+            SearchError: no sampled configuration of the space fits (naming --memory).
+        """
+        from search.memory_budget import MemoryGuard
+
+        self._budget = memory_budget(self.spec)
+        ctx = self._plan_space(ctx)
+        guard = MemoryGuard.for_search(ctx, self._budget, None)
+        if guard is not None:
+            guard.preflight(seed=self.spec.seed)
+        return ctx
+
+    def _plan_space(self, ctx: SearchContext) -> SearchContext:
+        """``brats`` and ``auto`` start from the plan (``unet3d.plan``) of the dataset's fingerprint
+        for the budget: ``brats`` takes its crop and batch choices from it, ``auto`` is built
+        around it (``spaces.presets``)."""
+        from spaces.presets import AUTO, SPACES, around_plan, auto_space
+        from unet3d import runtime
+        from unet3d.data.fingerprint import load_or_compute
+        from unet3d.plan import PlanError, make_plan
+
+        if self.spec.space not in (AUTO, "brats"):
+            return ctx
+        budget = self._budget
+        gib = budget.gib if budget.gib is not None else (
+            runtime.gpu_memory_gib() if budget.device == "gpu" else None) or runtime.host_memory_gib()
+        fp = load_or_compute(self._entries, ctx.scheme)
+        try:
+            plan = make_plan(fp, memory_gib=gib, device=budget.device)
+        except PlanError as e:
+            raise SearchError(f"space {self.spec.space}: {e}") from None
+        c = plan.config
+        space = (auto_space(c) if self.spec.space == AUTO else around_plan(SPACES["brats"], c))
+        space = _fit_space(space, ctx.scheme, self.log)
+        self.log(f"plan for {gib:.1f} GiB on {budget.device}: crop {'x'.join(map(str, c.data.crop))}, "
+                 f"{c.model.depth} levels, {c.model.base_filters} filters, batch "
+                 f"{c.train.batch_size}, {c.train.precision} (predicted {plan.estimate.gib:.1f} GiB); "
+                 f"space {space.name} {'around' if self.spec.space == AUTO else 'starts from'} it")
+        return dataclasses.replace(ctx, space=space)
+
     def _create(self, exp: Experiment, ctx: SearchContext) -> None:
         from search.finish import save_search
         from search.tb import write_experiment
 
         exp.local.mkdir(parents=True, exist_ok=True)
-        save_search(self.spec, ctx, exp.local)
+        save_search(self.spec, ctx, exp.local, budget=self._budget)
         write_experiment(exp.local, ctx.space, scheme=ctx.scheme, objective=ctx.objective)
         self.log(f"searching space {ctx.space.name!r} ({len(ctx.space.params)} parameters) with "
                  f"{self.spec.engine}: {len(ctx.train_ids)} train / {len(ctx.val_ids)} validation "
                  f"cases -> {exp.location}")
 
     def _run_engine(self, ctx: SearchContext, exp: Experiment) -> tuple[list[TrialRow], bool]:
+        from search.memory_budget import PRUNED_FILE, MemoryGuard
+
         opts = engine_settings(self.spec)
         if self._resume:
             self.log(f"resuming {self.spec.engine} search {exp.location}")
+        if self._budget is None:  # a search saved before budgets: this machine's, as if new
+            self._budget = memory_budget(self.spec)
+        self.log(self._budget.describe())
+        guard = MemoryGuard.for_search(ctx, self._budget, exp.local / PRUNED_FILE)
         if self.spec.engine == "ray":
             from search import ray_engine
 
             self._own_ray = ray_engine.connect(opts) or self._own_ray
-            return ray_engine.run(ctx, exp.location, opts, resume=self._resume, log=self.log)
+            return ray_engine.run(ctx, exp.location, opts, resume=self._resume, log=self.log,
+                                  guard=guard)
         from search import kt_engine
 
-        return kt_engine.run(ctx, exp.local, opts, resume=self._resume, log=self.log)
+        return kt_engine.run(ctx, exp.local, opts, resume=self._resume, log=self.log, guard=guard)
 
 
 def _fit_space(space: Any, scheme: Any, log: Log) -> Any:
@@ -289,6 +366,23 @@ def engine_settings(spec: SearchSpec) -> Any:
         opts["factor"] = opts.pop("reduction_factor")
     return KerasTunerOptions(max_trials=spec.num_samples, max_epochs=spec.max_epochs, seed=spec.seed,
                              **opts)
+
+
+def memory_budget(spec: SearchSpec, **read: Any) -> MemoryBudget:
+    """The memory budget of ``spec``: its ``memory`` (--memory), else the default for where its
+    engine runs a trial (``search.memory_budget.resolve_budget``; ``read``: its host_gib / gpu_gib,
+    for tests)."""
+    from search.memory_budget import resolve_budget
+
+    if spec.engine == "ray":
+        from search import ray_engine
+
+        where = ray_engine.placement(engine_settings(spec), spec.workers_per_trial)
+    else:
+        from search import kt_engine
+
+        where = kt_engine.placement()
+    return resolve_budget(spec.memory, where, **read)
 
 
 def _best(summary: dict[str, Any]) -> BestTrial | None:

@@ -9,16 +9,22 @@ from pathlib import Path
 from typing import Any
 
 from search.context import SearchContext
+from search.memory_budget import MemoryBudget
 from search.objective import WORDS
 from search.results import TrialRow, asha_savings, best_row, ranked, write_results
 from search.spec import SearchSpec
 from unet3d.io_utils import atomic_write_json
 
 
-def save_search(spec: SearchSpec, ctx: SearchContext, experiment: Path) -> None:
-    """Writes ``search.json``: the whole specification (``SearchSpec``) and the context trials get."""
-    atomic_write_json(experiment / "search.json",
-                      {"spec": spec.to_dict(), "context": ctx.to_dict(), "engine": spec.engine})
+def save_search(spec: SearchSpec, ctx: SearchContext, experiment: Path, *,
+                budget: MemoryBudget | None = None) -> None:
+    """Writes ``search.json``: the whole specification (``SearchSpec``), the context trials get and
+    the memory budget the search uses (``memory_budget``: GiB per trial, device, where it came
+    from; a resumed search keeps it)."""
+    d: dict[str, Any] = {"spec": spec.to_dict(), "context": ctx.to_dict(), "engine": spec.engine}
+    if budget is not None:
+        d["memory_budget"] = budget.to_dict()
+    atomic_write_json(experiment / "search.json", d)
 
 
 def load_context(experiment: Path) -> tuple[SearchContext, dict[str, Any]]:
@@ -120,13 +126,19 @@ def export_top(experiment: Path, k: int,
 
 
 def finish(rows: Sequence[TrialRow], ctx: SearchContext, experiment: Path, engine: str, *,
-           export: bool = True) -> dict[str, Any]:
+           export: bool = True, budget: MemoryBudget | None = None) -> dict[str, Any]:
     """Writes results.csv and trials.json and (``export``) exports the best trial; the summary
-    (``best_score``: the best trial's objective, ``objective`` which one; ``best_dice_mean`` too)."""
-    summary: dict[str, Any] = {"engine": engine, "objective": ctx.objective, "trials": len(rows),
+    (``best_score``: the best trial's objective, ``objective`` which one; ``best_dice_mean`` too;
+    ``trials``: the trials that ran, ``trials_pruned``: the configurations refused for memory,
+    ``memory_budget``: the budget, as search.json has it)."""
+    pruned = sum(r.pruned for r in rows)
+    summary: dict[str, Any] = {"engine": engine, "objective": ctx.objective,
+                               "trials": len(rows) - pruned, "trials_pruned": pruned,
                                "max_epochs": ctx.max_epochs,
                                "trials_interrupted": sum(r.status == "interrupted" for r in rows),
                                **asha_savings(rows, ctx.max_epochs)}
+    if budget is not None:
+        summary["memory_budget"] = budget.to_dict()
     exported = export_best(rows, ctx, experiment) if export else None
     if exported is not None:
         best, path = exported

@@ -8,6 +8,7 @@ with ``overwrite=False``; a trial that was cut off resumes from its last epoch c
 NVIDIA's configuration (projected into the space) is the first point the oracle proposes. The
 oracle maximises the search objective's metric (``ctx.metric``: ``val_dice_mean`` or
 ``val_lesionwise_dice_mean``), and rows report every region of the context's label scheme.
+A configuration predicted over the memory budget is never trained (:class:`_Proposals`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from search.context import SearchContext
+from search.memory_budget import MAX_REFUSALS, MemoryGuard, Placement, with_pruned
 from search.objective import MODE
 from search.results import TrialRow, row_from_history
 from search.spec import SearchError
@@ -48,44 +50,116 @@ class KerasTunerOptions:
                 raise SearchError(f"{flag} {v}: must be an integer >= {low}")
 
 
-def _tuner(ctx: SearchContext, experiment: Path, opts: KerasTunerOptions, overwrite: bool,
-           log: Callable[[str], None], ctrl_c: list[bool] | None = None):
+class _Proposals:
+    """What our oracles add to Keras Tuner's (composed with one in :func:`_oracle`), through the
+    oracle's public hook ``populate_space`` and its saved state:
+
+    - NVIDIA's point first: a proposal that starts a configuration (not a Hyperband round continuing
+      an earlier trial, which carries ``tuner/trial_id``) gets NVIDIA's values until a trial has
+      them (or they were pruned), so a resumed search does not repeat it.
+    - The memory budget (``guard``, ``search.memory_budget``): a configuration predicted over it
+      never becomes a trial (so it costs no training and no --num-samples); it becomes a pruned row
+      (kept in the oracle's state, so a resumed search keeps it once) and another is proposed.
+      Hyperband gets the refused proposal's bracket slot back; Bayesian optimisation, whose
+      Gaussian process knows nothing of the budget, proposes random configurations instead.
+      After ``MAX_REFUSALS`` refusals in a row the oracle stops (``gave_up`` says why).
+    """
+
+    _first: dict[str, Any]
+    _names: list[str]
+    _guard: MemoryGuard | None
+    _log: Callable[[str], None]
+    pruned: list[TrialRow]
+    gave_up: str
+
+    def populate_space(self, trial_id):
+        proposal = self._nvidia_first(super().populate_space(trial_id))
+        refusals = 0
+        while self._guard is not None and _starts_configuration(proposal):
+            sample = {n: proposal["values"][n] for n in self._names}
+            verdict = self._guard.check(sample)
+            if verdict.fits:
+                return proposal
+            self._refuse(trial_id, proposal["values"], sample, verdict)
+            refusals += 1
+            if refusals == MAX_REFUSALS:
+                self.gave_up = self._guard.give_up(self.pruned)
+                self._guard.save(self.pruned, self.gave_up)
+                return {"status": "STOPPED", "values": None}
+            retry = getattr(self, "_random_populate_space", None)  # Bayesian: its GP would repeat
+            proposal = self._nvidia_first(retry() if retry else super().populate_space(trial_id))
+        return proposal
+
+    def _nvidia_first(self, proposal: dict[str, Any]) -> dict[str, Any]:
+        if not _starts_configuration(proposal):
+            return proposal
+        seen = [t.hyperparameters.values for t in self.trials.values()]
+        seen += [r.params for r in self.pruned]
+        if any(all(v.get(k) == x for k, x in self._first.items()) for v in seen):
+            return proposal
+        return {**proposal, "values": {**proposal["values"], **self._first}}
+
+    def _refuse(self, trial_id: str, values: dict[str, Any], sample: dict[str, Any],
+                verdict: Any) -> None:
+        if not any(r.params == sample for r in self.pruned):
+            self.pruned.append(self._guard.pruned_row(sample, verdict, len(self.pruned) + 1))
+            self._log(f"{self.pruned[-1].trial_id}: not started, {verdict.reason} {sample}")
+        self._tried_so_far.add(self._compute_values_hash(values))  # never proposed again
+        for bracket in getattr(self, "_brackets", ()):  # Hyperband: the slot back
+            bracket["rounds"][0][:] = [e for e in bracket["rounds"][0] if e["id"] != trial_id]
+        self._guard.save(self.pruned)
+
+    def get_state(self):
+        return {**super().get_state(), "pruned": [r.to_dict() for r in self.pruned],
+                "gave_up": self.gave_up}
+
+    def set_state(self, state):
+        super().set_state(state)
+        self.pruned = [TrialRow.from_dict(r) for r in state.get("pruned", [])]
+        self.gave_up = state.get("gave_up", "")
+        if self._guard is not None:  # pruned.json as the oracle continues (a resumed search)
+            self._guard.save(self.pruned, self.gave_up)
+
+
+def _starts_configuration(proposal: dict[str, Any]) -> bool:
+    values = proposal.get("values")
+    return proposal.get("status") == "RUNNING" and bool(values) and "tuner/trial_id" not in values
+
+
+def _oracle(ctx: SearchContext, opts: KerasTunerOptions, hp: Any, guard: MemoryGuard | None,
+            log: Callable[[str], None]) -> Any:
+    """The Hyperband or Bayesian oracle with :class:`_Proposals`, maximising ``ctx.metric``."""
     import keras_tuner as kt
 
-    from spaces.translate import define_keras_tuner, nvidia_point
+    from spaces.translate import nvidia_point
+
+    objective = kt.Objective(ctx.metric, direction=MODE)  # the search objective's
+    if opts.algorithm == "hyperband":
+        klass = type("UNetHyperband", (_Proposals, kt.oracles.HyperbandOracle), {})
+        oracle = klass(objective=objective, max_epochs=opts.max_epochs, factor=opts.factor,
+                       hyperband_iterations=opts.hyperband_iterations, seed=opts.seed,
+                       hyperparameters=hp)
+    else:
+        klass = type("UNetBayesian", (_Proposals, kt.oracles.BayesianOptimizationOracle), {})
+        oracle = klass(objective=objective, max_trials=opts.max_trials, seed=opts.seed,
+                       hyperparameters=hp)
+    oracle._first, oracle._names = nvidia_point(ctx.space), [p.name for p in ctx.space.params]
+    oracle._guard, oracle._log, oracle.pruned, oracle.gave_up = guard, log, [], ""
+    return oracle
+
+
+def _tuner(ctx: SearchContext, experiment: Path, opts: KerasTunerOptions, overwrite: bool,
+           log: Callable[[str], None], ctrl_c: list[bool] | None = None,
+           guard: MemoryGuard | None = None):
+    import keras_tuner as kt
+
+    from spaces.translate import define_keras_tuner
 
     space = ctx.space
     hp = kt.HyperParameters()
     define_keras_tuner(space, hp)
     metric = ctx.metric  # the search objective's (search.objective)
-    objective = kt.Objective(metric, direction=MODE)
-    first = nvidia_point(space)
-
-    class NvidiaFirst:
-        """The first new configuration the oracle proposes is NVIDIA's point, through the oracle's
-        public hook (``populate_space``): a proposal that starts a configuration (not a Hyperband
-        round continuing an earlier trial, which carries ``tuner/trial_id``) gets NVIDIA's values
-        until a trial has them, so a resumed search does not repeat it."""
-
-        def populate_space(self, trial_id):
-            proposal = super().populate_space(trial_id)
-            values = proposal.get("values")
-            if proposal.get("status") != "RUNNING" or not values or "tuner/trial_id" in values:
-                return proposal
-            tried = [t.hyperparameters.values for t in self.trials.values()]
-            if any(all(v.get(k) == x for k, x in first.items()) for v in tried):
-                return proposal
-            return {**proposal, "values": {**values, **first}}
-
-    if opts.algorithm == "hyperband":
-        klass = type("NvidiaFirstHyperband", (NvidiaFirst, kt.oracles.HyperbandOracle), {})
-        oracle = klass(objective=objective, max_epochs=opts.max_epochs, factor=opts.factor,
-                       hyperband_iterations=opts.hyperband_iterations, seed=opts.seed,
-                       hyperparameters=hp)
-    else:
-        klass = type("NvidiaFirstBayesian", (NvidiaFirst, kt.oracles.BayesianOptimizationOracle), {})
-        oracle = klass(objective=objective, max_trials=opts.max_trials, seed=opts.seed,
-                       hyperparameters=hp)
+    oracle = _oracle(ctx, opts, hp, guard, log)
 
     class UNetTuner(kt.engine.base_tuner.BaseTuner):
         def run_trial(self, trial, *args, **kwargs):
@@ -124,22 +198,32 @@ def _tuner(ctx: SearchContext, experiment: Path, opts: KerasTunerOptions, overwr
                      overwrite=overwrite)
 
 
+def placement() -> Placement:
+    """One trial at a time, in this process, on the GPU if one is visible (the default memory
+    budget's input; ``search.memory_budget``)."""
+    return Placement(gpus=None, processes=1, what="1 trial at a time")
+
+
 def run_dir_of(experiment: Path, trial_id: str) -> Path:
     return experiment / f"trial_{trial_id}" / "run"
 
 
 def run(ctx: SearchContext, experiment: Path, opts: KerasTunerOptions, *, resume: bool = False,
-        log: Callable[[str], None] = print) -> tuple[list[TrialRow], bool]:
+        log: Callable[[str], None] = print,
+        guard: MemoryGuard | None = None) -> tuple[list[TrialRow], bool]:
     """Runs (or resumes) the search in ``experiment``: a row per trial, and whether Ctrl-C ended it
     (the trial cut off is then "interrupted"; ``run(..., resume=True)`` continues it from its last
-    epoch checkpoint)."""
+    epoch checkpoint). With ``guard`` (the memory budget), configurations predicted over it are
+    never trained: rows with status "pruned" after the trials' (see :class:`_Proposals`)."""
     ctrl_c: list[bool] = []
-    tuner = _tuner(ctx, experiment, opts, overwrite=not resume, log=log, ctrl_c=ctrl_c)
+    tuner = _tuner(ctx, experiment, opts, overwrite=not resume, log=log, ctrl_c=ctrl_c, guard=guard)
     with _recording_ctrl_c(ctrl_c, log):
         try:
             tuner.search()
         except KeyboardInterrupt:
             return rows(tuner, ctx, experiment, opts, interrupted=True), True
+    if tuner.oracle.gave_up:
+        log(f"warning: {tuner.oracle.gave_up}")
     return rows(tuner, ctx, experiment, opts), False
 
 
@@ -188,4 +272,5 @@ def rows(tuner: Any, ctx: SearchContext, experiment: Path, opts: KerasTunerOptio
             wall_s=wall, node=socket.gethostname(), checkpoint=str(run_dir) if history else "",
             run_dir=str(run_dir), index=int(tid) + 1 if tid.isdigit() else 0, interrupted=cut_off,
             objective=ctx.objective, regions=ctx.scheme.region_names, best_is_last=True))
-    return out
+    guard = tuner.oracle._guard
+    return with_pruned(out, tuner.oracle.pruned, guard) if guard is not None else out

@@ -4,7 +4,8 @@ NVIDIA's configuration (projected into the space) is the first point evaluated. 
 ``cpus_per_trial`` / ``gpus_per_trial`` (fractional GPUs share a card: TensorFlow memory growth is
 on), at most ``max_concurrent`` run at once, and a failing trial is retried ``max_failures`` times
 from its last checkpoint. ASHA's time attribute is the epoch count or wall-clock seconds (so faster
-configurations can earn more epochs in the same budget).
+configurations can earn more epochs in the same budget). A configuration predicted over the
+memory budget never becomes a trial (``search.ray_searcher``, ``search.memory_budget``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from search.context import SearchContext
+from search.memory_budget import MemoryGuard, Placement, load_pruned, with_pruned
 from search.objective import DEFAULT, METRIC, MODE, metric_of
 from search.results import TrialRow, row_from_history
 from search.spec import SearchError
@@ -249,19 +251,37 @@ def check_resources(opts: RayOptions, workers_per_trial: int, log: Callable[[str
         f"until its autoscaler adds GPU nodes")
 
 
-def searcher(space: Any, opts: RayOptions, metric: str = METRIC) -> Any:
+def placement(opts: RayOptions, workers_per_trial: int) -> Placement:
+    """One training process of a trial, for the default memory budget: its share of a GPU (a
+    Horovod worker has a whole one), or on CPUs how many run at once on this machine (trials at
+    once, bounded by its CPUs, --max-concurrent and --num-samples, times the workers per trial).
+    On a cluster this machine stands for the nodes; give --memory when they differ."""
+    n = max(1, workers_per_trial)
+    if opts.gpus_per_trial > 0:
+        return Placement(gpus=1.0 if n > 1 else min(1.0, opts.gpus_per_trial))
+    cpus = opts.num_cpus or os.cpu_count() or 1
+    fit = int(cpus // (n if n > 1 else opts.cpus_per_trial))  # a Horovod worker takes one CPU
+    at_once = max(1, min(fit, opts.max_concurrent or fit, opts.num_samples))
+    what = f"{at_once} concurrent trial{'s' if at_once > 1 else ''}" + (f" x {n} workers" if n > 1
+                                                                       else "")
+    return Placement(gpus=0.0, processes=at_once * n, what=what)
+
+
+def searcher(space: Any, opts: RayOptions, metric: str = METRIC,
+             guard: MemoryGuard | None = None) -> Any:
     """Optuna's TPE (seeded) over the space, NVIDIA's point first, at most max_concurrent at once,
-    maximising ``metric`` (the search objective's, ``search.objective``)."""
+    maximising ``metric`` (the search objective's, ``search.objective``); with ``guard``, only
+    configurations predicted to fit its memory budget become trials (``search.ray_searcher``)."""
     import optuna
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
 
+    from search.ray_searcher import BudgetedOptunaSearch
     from spaces.translate import nvidia_point, to_optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    alg = OptunaSearch(space=to_optuna(space), metric=metric, mode=MODE,
-                       points_to_evaluate=[nvidia_point(space)],
-                       sampler=optuna.samplers.TPESampler(seed=opts.seed))
+    alg = BudgetedOptunaSearch(space=to_optuna(space), metric=metric, mode=MODE,
+                               points_to_evaluate=[nvidia_point(space)],
+                               sampler=optuna.samplers.TPESampler(seed=opts.seed), guard=guard)
     return ConcurrencyLimiter(alg, max_concurrent=opts.max_concurrent) if opts.max_concurrent else alg
 
 
@@ -299,13 +319,14 @@ def _graceful_ctrl_c() -> Iterator[list[bool]]:
         signal.signal(signal.SIGINT, previous)
 
 
-def tune_config(space: Any, opts: RayOptions, metric: str = METRIC) -> Any:
-    """The searcher and ASHA, both maximising the objective's ``metric`` (given here, late: ASHA
-    gets it from the TuneConfig)."""
+def tune_config(space: Any, opts: RayOptions, metric: str = METRIC,
+                guard: MemoryGuard | None = None) -> Any:
+    """The searcher (with the memory ``guard``, if any) and ASHA, both maximising the objective's
+    ``metric`` (given here, late: ASHA gets it from the TuneConfig)."""
     from ray import tune
 
     return tune.TuneConfig(
-        metric=metric, mode=MODE, search_alg=searcher(space, opts, metric),
+        metric=metric, mode=MODE, search_alg=searcher(space, opts, metric, guard),
         scheduler=scheduler(opts),
         num_samples=opts.num_samples, max_concurrent_trials=opts.max_concurrent or None,
         trial_dirname_creator=trial_dirname, trial_name_creator=trial_name)
@@ -329,11 +350,15 @@ def run_config(location: str, opts: RayOptions, metric: str = METRIC) -> Any:
 
 
 def run(ctx: SearchContext, location: str, opts: RayOptions, *, resume: bool = False,
-        log: Callable[[str], None] = print) -> tuple[list[TrialRow], bool]:
+        log: Callable[[str], None] = print,
+        guard: MemoryGuard | None = None) -> tuple[list[TrialRow], bool]:
     """Runs (or resumes) the search at ``location`` (an absolute path or a URI).
 
     Returns a row per trial and whether Ctrl-C ended the run: Ray Tune then saves its state first,
     the trials cut off get status "interrupted", and ``run(..., resume=True)`` continues them.
+    With ``guard`` (the memory budget), configurations predicted over it never reach Ray: they
+    are rows with status "pruned" after the trials' (read back from ``guard.sink``), and every
+    row has its predicted memory. A resumed search keeps the guard it was created with.
     """
     # Ray's TensorBoardX logger would write a second HParams session per trial (at trial end only);
     # the trials write their own, from the first epoch. CSV/JSON loggers are added explicitly.
@@ -350,7 +375,8 @@ def run(ctx: SearchContext, location: str, opts: RayOptions, *, resume: bool = F
         t = tune.Tuner.restore(location, trainable=_trainable(ctx, opts), resume_unfinished=True,
                                resume_errored=True)
     else:
-        t = tune.Tuner(_trainable(ctx, opts), tune_config=tune_config(ctx.space, opts, ctx.metric),
+        t = tune.Tuner(_trainable(ctx, opts),
+                       tune_config=tune_config(ctx.space, opts, ctx.metric, guard),
                        run_config=run_config(location, opts, ctx.metric))
     with _graceful_ctrl_c() as interrupted:
         grid = t.fit()
@@ -368,6 +394,11 @@ def run(ctx: SearchContext, location: str, opts: RayOptions, *, resume: bool = F
         for r in rows:
             if r.trial_id in cut_off and r.status == "stopped":
                 r.status = "interrupted"
+    if guard is not None and guard.sink is not None:
+        pruned, gave_up = load_pruned(guard.sink.parent)
+        if gave_up:
+            log(f"warning: {gave_up}")
+        rows = with_pruned(rows, pruned, guard)
     return rows, bool(interrupted)
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from search.finish import load_context
+from search.memory_budget import MemoryBudget, load_pruned
 from search.objective import DEFAULT, HEADERS, describe
 from search.results import TrialRow, best_row, finite, in_order, lesionwise_regions_of, ranked, regions_of
 
@@ -34,14 +35,18 @@ FIGURES = ("learning_curves", "objective", "parallel", "importance", "pareto")
 
 @dataclass
 class Report:
+    """The page, its figures, the trials that ran and the configurations pruned for memory."""
+
     html: Path
     figures: list[Path]
     trials: int
+    pruned: int = 0
 
 
 def _rows(experiment: Path) -> tuple[list[TrialRow], dict[str, Any], bool]:
     """(rows, summary, finished). A running search has no trials.json yet: rows then come from the
-    trial folders' Ray progress (result.json lines)."""
+    trial folders' Ray progress (result.json lines), and the configurations pruned so far from
+    pruned.json."""
     path = experiment / "trials.json"
     if path.exists():
         d = json.loads(path.read_text())
@@ -69,7 +74,7 @@ def _rows(experiment: Path) -> tuple[list[TrialRow], dict[str, Any], bool]:
                                          index=int(history[-1].get("trial_index", 0)),
                                          node=str(history[-1].get("node_ip", "")),
                                          node_id=str(history[-1].get("node_id", ""))))
-    return rows, {}, False
+    return rows + load_pruned(experiment)[0], {}, False
 
 
 def _pareto(points: list[tuple[float, float]]) -> list[int]:
@@ -224,7 +229,8 @@ def _pareto_figure(ax: Any, rows: list[TrialRow], what: str) -> None:
     ax.set_ylabel(f"best {what}")
     ax.set_title("Accuracy against speed")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if pts:  # (a legend of nothing warns: every trial failed, or every configuration was pruned)
+        ax.legend()
 
 
 def _position(param: Any, value: Any) -> float:
@@ -288,7 +294,8 @@ def build_report(experiment: str | Path, out: str | Path | None = None) -> Repor
         (tmp / out.name).replace(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return Report(html=out, figures=placed, trials=len(rows))
+    pruned = sum(r.pruned for r in rows)
+    return Report(html=out, figures=placed, trials=len(rows) - pruned, pruned=pruned)
 
 
 TITLES = {"learning_curves": "Learning curves", "objective": "Objective by trial",
@@ -301,22 +308,37 @@ def _header(experiment: Path, ctx: Any, extra: dict[str, Any], rows: list[TrialR
     state = "finished" if finished else "running: partial results"
     if summary.get("trials_interrupted"):
         state = f"interrupted: {summary['trials_interrupted']} trial(s) cut off"
+    ran = sum(not r.pruned for r in rows)
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Search report: "
              f"{_e(experiment.name)}</title><link rel='icon' href='data:,'><style>{CSS}</style>"
              "</head><body>",
              f"<h1>Search report: {_e(experiment.name)}</h1>",
-             f"<p>{len(rows)} trials ({state}); engine {_e(extra.get('engine', '?'))}; space "
+             f"<p>{ran} trials ({state}); engine {_e(extra.get('engine', '?'))}; space "
              f"<code>{_e(ctx.space.name)}</code>; {len(ctx.train_ids)} training / {len(ctx.val_ids)} "
              f"validation cases; up to {ctx.max_epochs} epochs per trial.</p>",
              f"<p id='objective-line'>Objective (ranks, stops and exports trials): the "
              f"{_e(describe(ctx.objective, ctx.scheme.tumour))} (<code>{_e(ctx.metric)}</code>); "
-             f"label scheme <code>{_e(ctx.scheme.name)}</code>.{_outside_note(ctx, rows)}</p>"]
+             f"label scheme <code>{_e(ctx.scheme.name)}</code>.{_outside_note(ctx, rows)}</p>",
+             *_memory_line(summary.get("memory_budget") or extra.get("memory_budget"), rows)]
     if summary:
         parts.append(f"<p>{summary.get('trials_stopped_early', 0)} stopped early by ASHA; "
                      f"{summary.get('trial_epochs_run', 0)} trial-epochs run of "
                      f"{summary.get('trial_epochs_without_early_stopping', 0)} without early "
                      f"stopping.</p>")
     return parts
+
+
+def _memory_line(budget: dict[str, Any] | None, rows: list[TrialRow]) -> list[str]:
+    """The memory budget and the configurations it refused (none for a search before budgets)."""
+    if not budget:
+        return []
+    b = MemoryBudget.from_dict(budget)
+    pruned = sum(r.pruned for r in rows)
+    text = (f"{b.gib:.1f} GiB per trial ({_e(b.source)}), predicted for the {_e(b.device.upper())}"
+            if b.gib is not None else f"none ({_e(b.source)})")
+    refused = (f" {pruned} configuration(s) predicted over it were pruned: never started (their "
+               f"reasons are in the table)." if pruned else " No configuration was over it.")
+    return [f"<p id='memory'>Memory budget: {text}.{refused if b.gib is not None else ''}</p>"]
 
 
 def _regions(ctx: Any, rows: list[TrialRow]) -> list[str]:
@@ -355,16 +377,18 @@ def _results_table(rows: list[TrialRow], ctx: Any, best: TrialRow | None) -> lis
     parts = ["<h2 id='results'>Results</h2><table id='results-table'><tr><th>#</th>"
              "<th class='l'>trial</th><th class='l'>status</th><th>epochs</th>"
              + "".join(f"<th>{_e(c)}</th>" for c, _ in cols)
-             + "<th>vol/s</th><th>wall s</th><th class='l'>node</th>"
+             + "<th>vol/s</th><th>wall s</th><th>GiB predicted</th><th>GiB measured</th>"
+             "<th class='l'>node</th>"
              + "".join(f"<th>{_e(n.split('.', 1)[-1])}</th>" for n in names) + "</tr>"]
     for r in ranked(rows):
         cls = " class='best'" if best is not None and r.trial_id == best.trial_id else ""
         node = r.node + (f" ({r.node_id[:8]})" if r.node_id else "")
-        status = r.status + (f": {r.error}" if r.error else "")
-        parts.append(f"<tr{cls}><td>{r.index}</td><td class='l'>{_e(r.trial_id)}</td>"
+        status = r.status + (f": {r.error}" if r.error else "") + (f": {r.reason}" if r.reason else "")
+        parts.append(f"<tr{cls}><td>{r.index or '-'}</td><td class='l'>{_e(r.trial_id)}</td>"
                      f"<td class='l'>{_e(status)}</td><td>{r.epochs}</td>"
                      + "".join(f"<td>{_fmt(get(r))}</td>" for _, get in cols)
                      + f"<td>{_fmt(r.throughput_vps, 3)}</td><td>{_fmt(r.wall_s, 3)}</td>"
+                     f"<td>{_fmt(r.memory_gib, 2)}</td><td>{_fmt(r.measured_gib, 2)}</td>"
                      f"<td class='l'>{_e(node)}</td>"
                      + "".join(f"<td>{_fmt(r.params.get(n, ''))}</td>" for n in names) + "</tr>")
     parts.append("</table>")
@@ -375,7 +399,8 @@ def _results_table(rows: list[TrialRow], ctx: Any, best: TrialRow | None) -> lis
         note += (f"; Dice: the mean whole-image Dice of {_e(tumour)}; LW: lesion-wise Dice of "
                  f"the region")
     parts.append(f"<p class='muted' id='results-note'>{note}; {_e(', '.join(regions))}: the "
-                 f"region's Dice at that epoch.{_outside_note(ctx, regions=regions)}</p>")
+                 f"region's Dice at that epoch.{_outside_note(ctx, regions=regions)} GiB: the "
+                 f"configuration's predicted peak memory (when the search had a budget).</p>")
     return parts
 
 

@@ -19,6 +19,7 @@ from unet3d.io_utils import atomic_write_json, atomic_write_text
 
 _DICE, _LESIONWISE = "val_dice_", "val_lesionwise_dice_"  # + region name, or "mean" for _DICE
 _LESIONWISE_MEAN = "val_lesionwise_dice_mean"
+PRUNED = "pruned"  # the status of a configuration refused before it started (memory budget)
 
 
 @dataclass
@@ -28,7 +29,9 @@ class TrialRow:
     index: the order the searcher proposed the trial in (1 = first).
     status: "completed" (ran max epochs), "stopped" (ended early by the scheduler), "error" (failed
         after its retries; ``error`` says why, e.g. a diverged loss), "interrupted" (cut off by
-        Ctrl-C; a resumed search continues it).
+        Ctrl-C; a resumed search continues it), "pruned" (never started: predicted over the memory
+        budget, ``reason`` says by how much; no scores, never ranked above a trial that ran, never
+        exported; ``search.memory_budget``).
     node / node_id: the address and Ray node ID of the node that ran the trial's last epoch.
     objective: what ranks the trial ("dice" | "lesionwise", ``search.objective``).
     best_*: the validation scores at the trial's best epoch (by the objective): ``best_score`` the
@@ -38,6 +41,8 @@ class TrialRow:
         lesion-wise scores (NaN / empty otherwise).
     last_score: the objective at the last scored epoch.
     checkpoint: folder holding the best epoch's checkpoint.npz + config.json ("" if none).
+    reason: why a pruned configuration was refused ("needs 31.2 GiB > 24.0 GiB"; "" otherwise).
+    memory_gib: the configuration's predicted peak memory (GiB) when the search had a budget.
     """
 
     trial_id: str
@@ -61,6 +66,19 @@ class TrialRow:
     run_dir: str = ""
     index: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    reason: str = ""
+    memory_gib: float = float("nan")
+
+    @property
+    def pruned(self) -> bool:
+        return self.status == PRUNED
+
+    @property
+    def measured_gib(self) -> float:
+        """The trial's measured peak memory (GiB; GPU: device, CPU: resident), from its epochs'
+        ``memory_peak_gib`` (NaN when it reported none), to compare with ``memory_gib``."""
+        peaks = [h["memory_peak_gib"] for h in self.history if finite(h.get("memory_peak_gib"))]
+        return max(peaks) if peaks else math.nan
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON form (``trials.json``); :meth:`from_dict` reads it back. ``regions`` keeps
@@ -162,9 +180,10 @@ def ranked(rows: Sequence[TrialRow], *, exportable: bool = False) -> list[TrialR
     project: the table, the report, best/ and top-k). Unscored trials come last, in their original
     order. ``exportable``: only trials with a score and a checkpoint (what can be exported)."""
     if exportable:
-        rows = [r for r in rows if finite(r.best_score) and r.checkpoint]
-    # sorted() is stable, so ties keep the order the searcher proposed them in.
-    return sorted(rows, key=lambda r: -r.best_score if finite(r.best_score) else math.inf)
+        rows = [r for r in rows if finite(r.best_score) and r.checkpoint and not r.pruned]
+    # sorted() is stable, so ties keep the order the searcher proposed them in; configurations
+    # refused for memory (never run) come after every trial that ran.
+    return sorted(rows, key=lambda r: (r.pruned, -r.best_score if finite(r.best_score) else math.inf))
 
 
 def best_row(rows: Sequence[TrialRow]) -> TrialRow | None:
@@ -209,12 +228,14 @@ def write_results(rows: Sequence[TrialRow], experiment: Path, summary: dict[str,
               + (["best_lesionwise_mean"] if has_lw else [])
               + [f"best_lesionwise_dice_{g}" for g in lesionwise])
     cols = (["trial_id", "index", "status", "epochs", "best_epoch"] + scores
-            + ["throughput_vps", "wall_s", "node", "node_id", "error"])
+            + ["throughput_vps", "wall_s", "node", "node_id", "error", "memory_gib",
+               "measured_gib", "reason"])
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(cols + param_names)
     for r in rows:
         d = asdict(r)
+        d["measured_gib"] = r.measured_gib
         d.update({f"best_dice_{g}": r.best_regions.get(g, math.nan) for g in regions})
         d.update({f"best_lesionwise_dice_{g}": r.best_lesionwise_regions.get(g, math.nan)
                   for g in lesionwise})
@@ -229,11 +250,12 @@ def format_table(rows: Sequence[TrialRow]) -> str:
     Dice beside it when the objective is lesion-wise), one Dice column per region of the label
     scheme (a region outside the mean, e.g. RC, too), throughput and the parameters (abbreviated to
     their field names); a node column when trials ran on several nodes; the reason of each failed
-    trial below."""
+    trial below. A configuration pruned for memory comes last, its reason ("needs 31.2 GiB > 24.0
+    GiB") where its scores would be, so the parameters that were refused stay in their columns."""
     param_names = sorted({k for r in rows for k in r.params})
-    short = [p.split(".", 1)[1] for p in param_names]
+    short = [p.split(".", 1)[1] if "." in p else p for p in param_names]
     multi_node = len({r.node_id for r in rows if r.node_id}) > 1
-    objective = objective_of(rows)
+    objective = objective_of([r for r in rows if not r.pruned] or rows)
     scores: list[tuple[str, Any]] = [(HEADERS.get(objective, objective), lambda r: r.best_score)]
     if objective != DEFAULT:
         scores.append((HEADERS[DEFAULT], lambda r: r.best_dice_mean))
@@ -244,15 +266,20 @@ def format_table(rows: Sequence[TrialRow]) -> str:
             + f"{'vol/s':>6} " + (f"{'node':<8} " if multi_node else "")
             + " ".join(f"{s[:12]:>12}" for s in short))
     lines = [head, "-" * len(head)]
+    span = sum(w + 1 for w in widths) + 7  # the score and vol/s columns
     for r in ranked(rows):
         vals = []
         for p in param_names:
             v = r.params.get(p, "")
             vals.append(f"{v:>12.3g}" if isinstance(v, float) else f"{str(v)[:12]:>12}")
         node = f"{r.node_id[:8]:<8} " if multi_node else ""
-        lines.append(f"{r.trial_id[:10]:<10} {r.status:<9} {r.epochs:>3} "
-                     + "".join(f"{get(r):>{w}.3f} " for (_, get), w in zip(scores, widths, strict=True))
-                     + f"{r.throughput_vps:>6.1f} {node}" + " ".join(vals))
+        if r.pruned:  # the whole reason, even where it is wider than the columns it replaces
+            measured = f"{r.reason:<{span - 1}} "
+        else:
+            measured = ("".join(f"{get(r):>{w}.3f} " for (_, get), w in zip(scores, widths, strict=True))
+                        + f"{r.throughput_vps:>6.1f} ")
+        lines.append(f"{r.trial_id[:10]:<10} {r.status:<9} {r.epochs:>3} {measured}{node}"
+                     + " ".join(vals))
     for r in rows:
         if r.status == "error":
             lines.append(f"trial {r.trial_id} failed: {r.error}")

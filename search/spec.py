@@ -7,6 +7,7 @@ are checked by the engine's options class (``RayOptions``, ``KerasTunerOptions``
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,12 @@ class SearchSpec:
             trains with it as ``train.objective``.
         labels: the label scheme (``--labels``: a built-in name or a YAML file); "" = detected
             from the data.
+        memory: the memory one trial (one training process: a Horovod worker of a trial with
+            several) may use, in GiB (``--memory``); a configuration the memory model
+            (``unet3d.memory``) predicts over it is never started: it is recorded as pruned
+            (``search.memory_budget``). None: the default, the GPU's memory times the trial's share
+            of a GPU with ``gpus_per_trial`` > 0, else this machine's memory divided by the
+            training processes that run on it at once. A resumed search keeps its budget.
         engine_options: the engine's own options (RAY_OPTIONS / KERAS_TUNER_OPTIONS by name).
     """
 
@@ -70,6 +77,7 @@ class SearchSpec:
     verbose: int = 1
     objective: str = "dice"
     labels: str = ""
+    memory: float | None = None
     engine_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -84,6 +92,7 @@ class SearchSpec:
             raise SearchError(f"--objective {self.objective}: must be one of {', '.join(OBJECTIVES)}")
         if not isinstance(self.labels, str):
             raise SearchError(f"--labels {self.labels!r}: must be a scheme name or a YAML file")
+        _check_memory(self.memory)
         if self.fold >= self.folds:
             raise SearchError(f"--fold {self.fold}: must be in 0..{self.folds - 1} "
                               f"(--folds {self.folds})")
@@ -119,3 +128,14 @@ class SearchSpec:
         return cls(**d)
 
 
+
+
+def _check_memory(memory: Any) -> None:
+    """``--memory``: None (the default budget) or a finite number of GiB > 0."""
+    if memory is None:
+        return
+    number = isinstance(memory, (int, float)) and not isinstance(memory, bool)
+    if not number or not math.isfinite(memory) or memory <= 0:
+        shown = f"{memory:g}" if number else memory
+        raise SearchError(f"--memory {shown}: must be a number of GiB > 0, the memory one trial may "
+                          f"use (leave it out for the default)")

@@ -8,7 +8,7 @@ import pytest
 
 import run_search
 
-COMMANDS = ("synth", "prepare", "train", "search", "retrain-best", "report", "predict", "evaluate")
+COMMANDS = ("synth", "prepare", "plan", "train", "search", "retrain-best", "report", "predict", "evaluate")
 
 
 def _subparsers() -> dict[str, argparse.ArgumentParser]:

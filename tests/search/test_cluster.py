@@ -162,6 +162,33 @@ def test_a_search_joins_the_cluster_and_runs_trials_on_both_nodes(cluster):
     assert not _listening_off_loopback(cluster)
 
 
+def test_prepare_runs_as_ray_tasks_on_the_cluster_and_names_a_bad_case(cluster, tmp_path):
+    from unet3d.data.discover import discover
+    from unet3d.data.preprocess import prepare
+    from unet3d.data.synthetic import write_synthetic_dataset
+
+    data = tmp_path / "data"
+    write_synthetic_dataset(data, 5, (32, 32, 32), seed=5)
+    r = run_cli("prepare", "--address", cluster["address"], "--data", str(data), "--cache",
+                str(tmp_path / "cache"), env=cluster["env"], timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "preprocessing as Ray tasks on 2 node(s)" in r.stdout
+    assert "5 cases (5 labelled)" in r.stdout and "(5 preprocessed, 0 reused" in r.stdout
+    local = prepare(discover(data).cases, tmp_path / "local")  # the same bytes as a local prepare
+    for entry in local:
+        for name in ("image.npy", "label.npy", "fg.npy"):
+            assert (tmp_path / "cache" / entry.case_id / name).read_bytes() == \
+                (entry.folder / name).read_bytes()
+
+    bad = sorted(data.glob("*/*_t2.nii.gz"))[3]  # a truncated file in the 4th case (a Ray task)
+    bad.write_bytes(bad.read_bytes()[:200])
+    r = run_cli("prepare", "--address", cluster["address"], "--data", str(data), "--cache",
+                str(tmp_path / "cache2"), env=cluster["env"], timeout=300)
+    assert r.returncode == 2, r.stdout[-3000:] + r.stderr[-3000:]
+    (line,) = r.stderr.strip().splitlines()
+    assert str(bad) in line and "unreadable or truncated NIfTI" in line
+
+
 def test_a_killed_worker_node_costs_only_its_trials_which_resume_on_the_head(cluster):
     exp = cluster["root"] / "results" / "node_dies"
     proc = subprocess.Popen(

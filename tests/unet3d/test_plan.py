@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import re
 
 import pytest
 
@@ -73,3 +75,52 @@ def test_plan_file_is_a_config(tmp_path):
 def test_refusals(kwargs, match):
     with pytest.raises(PlanError, match=match):
         make_plan(BRATS, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    from unet3d.data.synthetic import write_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("plan") / "data"
+    write_synthetic_dataset(root, 6, (40, 40, 40), seed=1)
+    return root
+
+
+@pytest.mark.slow
+def test_cli_plan_probe_writes_a_config_train_reads(tiny_data, tmp_path):
+    from conftest import run_cli
+
+    out = tmp_path / "plans" / "plan.json"
+    r = run_cli("plan", "--data", str(tiny_data), "--cache", str(tmp_path / "cache"), "--memory",
+                "3", "--device", "cpu", "--probe", "--out", str(out), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "fingerprint: 6 cases (6 labelled)" in r.stdout and "plan for 3.0 GiB on cpu" in r.stdout
+    assert re.search(r"probe \(8 steps and validation of one case\): measured [\d.]+ GiB", r.stdout)
+    saved = json.loads(out.read_text())
+    cfg = RunConfig.load(out)  # what `train --config` reads
+    assert list(cfg.data.crop) == saved["data"]["crop"] and cfg.train.precision == "fp32"
+    plan = saved["plan"]
+    assert plan["memory_gib"] == 3.0 and plan["device"] == "cpu"
+    assert plan["predicted"]["total_gib"] <= 3.0 * PLAN_HEADROOM
+    assert 0.2 < plan["probe"]["measured_gib"] < 3.0  # it fits its budget, measured
+    assert plan["fingerprint"]["cases"] == 6
+    # the fingerprint is kept in the cache too
+    assert (tmp_path / "cache" / "fingerprint.json").exists()
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--memory", "0"], "--memory 0: must be a positive number of GiB"),
+    (["--memory", "-2"], "--memory -2: must be a positive number of GiB"),
+    (["--memory", "0.2", "--device", "cpu"], "no configuration fits on cpu"),
+    (["--device", "gpu"], "--device gpu: no GPU found"),  # (this machine has none)
+])
+def test_cli_plan_refusals(tiny_data, tmp_path, args, match):
+    from conftest import run_cli
+
+    cache = tmp_path / "cache"
+    r = run_cli("plan", "--data", str(tiny_data), "--cache", str(cache), "--out",
+                str(tmp_path / "plan.json"), *args, timeout=300)
+    assert r.returncode == 2 and match in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "plan.json").exists()
+    if "0.2" not in args:  # an option error: refused before anything is read or written
+        assert not cache.exists()

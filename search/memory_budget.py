@@ -1,0 +1,252 @@
+"""The memory budget of a search: a configuration predicted to need more than it is never started.
+
+The prediction is the memory model (:func:`unet3d.memory.estimate`) of the trial's RunConfig (the one
+the trial would train: :meth:`SearchContext.run_config`), on the trial's device, with the largest
+validation volume it would hold. The contract with the engines (``search.ray_searcher``,
+``search.kt_engine``):
+
+- :meth:`MemoryGuard.check` before a sampled configuration becomes a trial; if it does not fit, the
+  engine tells its sampler (Optuna: a pruned trial with an infeasible constraint, so TPE learns the
+  region), keeps :meth:`MemoryGuard.pruned_row` in its own saved state (so a resumed search keeps
+  the rows, once each) and samples again. Refused configurations do not count against
+  ``--num-samples``: they cost nothing. After :data:`MAX_REFUSALS` refusals in a row the engine stops
+  sampling (:meth:`MemoryGuard.give_up` says why).
+- :meth:`MemoryGuard.save` after each change writes the rows to ``<experiment>/pruned.json``, which
+  the engine reads back at the end (:func:`load_pruned`) and the report reads while a search runs.
+
+The budget is per training process (a trial, or one Horovod worker of it). Its default
+(:func:`resolve_budget`): on a GPU, the smallest visible GPU's memory times the process's share of a
+GPU (``--gpus-per-trial 0.5``: half); on CPUs, this machine's memory divided by the training
+processes that run on it at once. Nothing here starts TensorFlow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from search.context import SearchContext
+from search.results import TrialRow, finite
+from search.spec import SearchError
+from unet3d.io_utils import atomic_write_json
+
+PRUNED_FILE = "pruned.json"
+MAX_REFUSALS = 50       # refusals in a row before an engine stops sampling
+PREFLIGHT_SAMPLES = 256  # random configurations checked before a search starts
+CONSTRAINT = "memory_gib"  # the Optuna constraint: predicted GiB over the budget (> 0: infeasible)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Placement:
+    """Where one training process of a trial runs, for the default budget.
+
+    gpus: its share of a GPU (0: CPU; 0.5: half a GPU; at most 1, a process trains on one GPU);
+        None: the GPU if one is visible (Keras Tuner trains in this process, on what TF finds).
+    processes: training processes on this machine at once (trials at once x workers per trial).
+    what: those processes in words ("2 concurrent trials").
+    """
+
+    gpus: float | None
+    processes: int = 1
+    what: str = "1 trial at a time"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MemoryBudget:
+    """The memory one training process may use (``gib``; None: no constraint), the device the
+    prediction is for ("cpu" | "gpu"), where it came from (``source``), and whether the user gave
+    it (``--memory``)."""
+
+    gib: float | None
+    device: str
+    source: str
+    given: bool = False
+
+    def describe(self) -> str:
+        """The log line: ``memory budget: 12.0 GiB per trial (host 24.0 GiB / 2 concurrent trials)``."""
+        if self.gib is None:
+            return f"memory budget: none ({self.source})"
+        return f"memory budget: {self.gib:.1f} GiB per trial ({self.source})"
+
+    def flag(self) -> str:
+        """The budget as the option that sets it: ``--memory 2.0 GiB`` or ``the default --memory
+        12.0 GiB (host 24.0 GiB / 2 concurrent trials)``."""
+        if self.given:
+            return f"--memory {self.gib:g} GiB"
+        return f"the default --memory {self.gib:.1f} GiB ({self.source})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> MemoryBudget:
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
+
+
+def resolve_budget(memory: float | None, placement: Placement, *,
+                   host_gib: Callable[[], float] | None = None,
+                   gpu_gib: Callable[[], float | None] | None = None) -> MemoryBudget:
+    """The budget of a search: ``memory`` (``--memory``, GiB) when given, else the default (see the
+    module docstring). ``host_gib`` / ``gpu_gib`` read this machine (default: ``unet3d.runtime``;
+    tests pass their own). An unreadable GPU memory means no constraint, and the source says so."""
+    from unet3d import runtime
+
+    read_gpu = gpu_gib or runtime.gpu_memory_gib
+    gpus, gpu_total = placement.gpus, None
+    if gpus is None:  # the GPU if one is visible
+        gpu_total = read_gpu()
+        gpus = 1.0 if gpu_total is not None else 0.0
+    device = "gpu" if gpus > 0 else "cpu"
+    if memory is not None:
+        return MemoryBudget(gib=float(memory), device=device, source="--memory", given=True)
+    if device == "gpu":
+        gpu_total = gpu_total if gpu_total is not None else read_gpu()
+        if gpu_total is None:
+            return MemoryBudget(gib=None, device=device, source="the GPU's memory could not be read "
+                                "with nvidia-smi; set a budget with --memory")
+        share = min(1.0, gpus)
+        what = f"GPU {gpu_total:.1f} GiB" + (f" x {share:g} of a GPU per trial" if share < 1 else "")
+        return MemoryBudget(gib=gpu_total * share, device=device, source=what)
+    host = (host_gib or runtime.host_memory_gib)()
+    n = max(1, placement.processes)
+    return MemoryBudget(gib=host / n, device=device, source=f"host {host:.1f} GiB / {placement.what}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """A configuration's predicted peak (``gib``; NaN: not predictable) against the budget."""
+
+    gib: float
+    fits: bool
+    reason: str = ""  # "needs 31.2 GiB > 24.0 GiB" when it does not fit
+    excess_gib: float = 0.0  # predicted minus budget (> 0: over)
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryGuard:
+    """Checks sampled configurations against ``budget`` (plain data: it travels inside Ray's saved
+    searcher state). ``val_shapes``: (D, H, W) of the validation cases in the trainer's order;
+    ``sink``: where :meth:`save` writes (``<experiment>/pruned.json``), or None."""
+
+    ctx: SearchContext
+    budget: MemoryBudget
+    val_shapes: tuple[tuple[int, ...], ...] = ()
+    sink: Path | None = None
+
+    @classmethod
+    def for_search(cls, ctx: SearchContext, budget: MemoryBudget | None,
+                   sink: Path | None) -> MemoryGuard | None:
+        """The guard of a search, or None when it has no budget."""
+        if budget is None or budget.gib is None:
+            return None
+        from unet3d.errors import UserError
+
+        try:  # the cached shapes; a driver that cannot read the cache predicts with the crop
+            shapes = tuple(tuple(c.meta["shape"]) for c in ctx.cases(ctx.val_ids))
+        except (UserError, OSError, KeyError):
+            shapes = ()
+        return cls(ctx=ctx, budget=budget, val_shapes=shapes, sink=sink)
+
+    def check(self, sample: Mapping[str, Any]) -> Verdict:
+        """The verdict on one sampled configuration (the engine's parameter values)."""
+        from unet3d.memory import estimate
+
+        try:
+            cfg = self.ctx.run_config(dict(sample))
+        except ValueError:  # not a configuration at all: the trial fails and says why, as before
+            return Verdict(gib=math.nan, fits=True)
+        shapes = self.val_shapes[: cfg.data.max_val_cases or None]
+        volume = max(shapes, key=math.prod) if shapes else None
+        need = estimate(cfg, device=self.budget.device, volume_shape=volume)
+        budget = float(self.budget.gib)
+        if need.fits(budget):
+            return Verdict(gib=need.gib, fits=True, excess_gib=need.gib - budget)
+        return Verdict(gib=need.gib, fits=False, reason=need.reason(budget),
+                       excess_gib=need.gib - budget)
+
+    def pruned_row(self, sample: Mapping[str, Any], verdict: Verdict, number: int) -> TrialRow:
+        """The results row of the ``number``-th refused configuration (1 = first)."""
+        return TrialRow(trial_id=f"pruned_{number}", params=dict(sample), status="pruned", epochs=0,
+                        objective=self.ctx.objective, reason=verdict.reason, memory_gib=verdict.gib)
+
+    def give_up(self, rows: Sequence[TrialRow]) -> str:
+        """Why an engine stopped sampling after :data:`MAX_REFUSALS` refusals in a row."""
+        least = min((r.memory_gib for r in rows), default=math.nan)
+        return (f"stopped sampling: {MAX_REFUSALS} configurations in a row of space "
+                f"{self.ctx.space.name!r} did not fit {self.budget.flag()} (the smallest needs "
+                f"{least:.1f} GiB)")
+
+    def save(self, rows: Sequence[TrialRow], gave_up: str = "") -> None:
+        """Writes the refused configurations' rows (all of them, atomically) to the sink."""
+        if self.sink is not None and self.sink.parent.is_dir():
+            atomic_write_json(self.sink, {"pruned": [r.to_dict() for r in rows], "gave_up": gave_up})
+
+    def preflight(self, seed: int = 0, samples: int = PREFLIGHT_SAMPLES) -> None:
+        """Fails before the search starts when no configuration of the space fits: NVIDIA's point,
+        the space's default and ``samples`` random configurations are predicted.
+
+        Raises:
+            SearchError: none fits (naming --memory and the smallest prediction).
+        """
+        from spaces.translate import nvidia_point
+
+        space = self.ctx.space
+        rng = random.Random(seed)
+        candidates = [nvidia_point(space), space.default_sample()]
+        candidates += [random_sample(space, rng) for _ in range(samples)]
+        least = math.inf
+        for sample in candidates:
+            verdict = self.check(sample)
+            if verdict.fits:
+                return
+            least = min(least, verdict.gib)
+        raise SearchError(f"no configuration of space {space.name!r} fits {self.budget.flag()}: the "
+                          f"smallest of {len(candidates)} sampled needs {least:.1f} GiB")
+
+
+def random_sample(space: Any, rng: random.Random) -> dict[str, Any]:
+    """One configuration of ``space`` drawn uniformly (log-uniformly on a log scale)."""
+    from spaces.space import Choice, Float, project
+
+    sample: dict[str, Any] = {}
+    for p in space.params:
+        if isinstance(p, Choice):
+            sample[p.name] = rng.choice(p.values)
+        elif p.log:
+            v = math.exp(rng.uniform(math.log(p.low), math.log(p.high)))
+            sample[p.name] = min(max(v, p.low), p.high) if isinstance(p, Float) else project(p, v)
+        elif isinstance(p, Float):
+            sample[p.name] = rng.uniform(p.low, p.high)
+        else:
+            sample[p.name] = rng.randrange(p.low, p.high + 1, p.step)
+    return sample
+
+
+def load_pruned(experiment: Path) -> tuple[list[TrialRow], str]:
+    """The refused configurations' rows saved in ``experiment`` (none if the file is absent), and
+    why sampling stopped early ("" if it did not)."""
+    try:
+        d = json.loads((experiment / PRUNED_FILE).read_text())
+    except FileNotFoundError:
+        return [], ""
+    return [TrialRow.from_dict(r) for r in d.get("pruned", [])], str(d.get("gave_up", ""))
+
+
+def load_budget(experiment: Path) -> MemoryBudget | None:
+    """The budget a search saved in its search.json (None for a search saved before budgets)."""
+    d = json.loads((experiment / "search.json").read_text()).get("memory_budget")
+    return MemoryBudget.from_dict(d) if isinstance(d, dict) else None
+
+
+def with_pruned(rows: Sequence[TrialRow], pruned: Sequence[TrialRow],
+                guard: MemoryGuard) -> list[TrialRow]:
+    """The rows of the trials that ran, each with its predicted memory, then the pruned rows."""
+    for r in rows:
+        if not finite(r.memory_gib):
+            r.memory_gib = guard.check(r.params).gib
+    return [*rows, *pruned]
