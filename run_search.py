@@ -96,24 +96,23 @@ def _prepare(data: Path, cache: Path, labels: str | None = None, verbose: bool =
 
 
 def _budget(args: argparse.Namespace) -> tuple[str, float, str]:
-    """(device, GiB, where the number comes from) for plan, checked before anything is read."""
-    from unet3d import runtime
+    """(device, GiB, where the number comes from) for plan, checked before anything is read: the
+    search's rule for one training run on the whole device (``search.memory_budget``)."""
+    from search.memory_budget import Placement, resolve_budget
 
-    gpu = runtime.gpu_memory_gib()
-    device = args.device or ("gpu" if gpu else "cpu")
-    if args.memory is not None:
-        if not (args.memory > 0):
-            raise_user(f"--memory {args.memory:g}: must be a positive number of GiB")
-        memory, source = args.memory, "--memory"
-    elif device == "gpu":
-        if gpu is None:
-            raise_user("--device gpu: no GPU found (nvidia-smi); give --memory GiB to plan for one")
-        memory, source = gpu, "the GPU's memory"
-    else:
-        memory, source = runtime.host_memory_gib(), "this machine's memory"
-    if args.probe and device == "gpu" and gpu is None:
-        raise_user("--probe: the plan is for a GPU and this machine has none; probe where it trains")
-    return device, memory, source
+    if args.memory is not None and not args.memory > 0:
+        raise_user(f"--memory {args.memory:g}: must be a positive number of GiB")
+    gpus = {"gpu": 1.0, "cpu": 0.0}.get(args.device)
+    budget = resolve_budget(args.memory, Placement(gpus=gpus, what="1 training run"))
+    if budget.gib is None:
+        raise_user(f"--device gpu: no GPU found ({budget.source})")
+    if args.probe and budget.device == "gpu":
+        from unet3d import runtime
+
+        if runtime.gpu_memory_gib() is None:
+            raise_user("--probe: the plan is for a GPU and this machine has none; probe where it "
+                       "trains")
+    return budget.device, budget.gib, budget.source
 
 
 def _fingerprint_lines(fp: dict) -> list[str]:
@@ -157,7 +156,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
     import dataclasses
 
     from unet3d.data.fingerprint import load_or_compute
-    from unet3d.data.split import kfold
     from unet3d.io_utils import atomic_write_json, check_writable_file
     from unet3d.plan import make_plan, probe
 
@@ -170,9 +168,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
         _print(line)
     if args.probe:
         labelled = [e.case_id for e in prep.entries if e.meta["labelled"]]
-        cfg = plan.config
-        train_ids, val_ids = kfold(labelled, cfg.data.folds, cfg.data.fold, cfg.data.split_seed)
-        measured = probe(plan, _cache_dir(args).resolve(), train_ids, val_ids)
+        if not labelled:
+            raise_user(f"--probe: {args.data} has no labelled case to train on")
+        # (its own split: any dataset can be probed; one case validates, as in the prediction)
+        measured = probe(plan, _cache_dir(args).resolve(), labelled[1:] or labelled, labelled[:1])
         plan = dataclasses.replace(plan, probe=measured)
         _print(f"probe ({measured['steps']} steps and validation of one case): measured "
                f"{measured['measured_gib']:.2f} GiB, predicted {measured['predicted_gib']:.2f} "
@@ -210,7 +209,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         ray_engine.connect(opts)
         try:
             _print(f"preprocessing as Ray tasks on {ray_engine.cluster_summary()}")
-            _prepare(Path(args.data), _cache_dir(args), args.labels, mapper=task_mapper())
+            # (absolute paths: a task's working directory is where its node's Ray was started)
+            _prepare(Path(args.data).resolve(), _cache_dir(args).resolve(), args.labels,
+                     mapper=task_mapper())
         finally:
             import ray
 

@@ -198,7 +198,7 @@ class Search:
                                   f"{distributed.INSTALL_HINT}")
         dataset = None  # the demo dataset is written later, when the request has been checked
         if spec.data or (DEFAULT_DATA.is_dir() and any(DEFAULT_DATA.iterdir())):
-            dataset = discover(spec.data_folder)
+            dataset = discover(spec.data_folder.resolve())  # (absolute: Ray tasks may prepare it)
             labelled = len(dataset.labelled)
             if labelled < spec.folds:
                 raise SearchError(f"{spec.data_folder}: {labelled} labelled cases, fewer than "
@@ -277,15 +277,16 @@ class Search:
         for the budget: ``brats`` takes its crop and batch choices from it, ``auto`` is built
         around it (``spaces.presets``)."""
         from spaces.presets import AUTO, SPACES, around_plan, auto_space
-        from unet3d import runtime
         from unet3d.data.fingerprint import load_or_compute
         from unet3d.plan import PlanError, make_plan
 
         if self.spec.space not in (AUTO, "brats"):
             return ctx
         budget = self._budget
-        gib = budget.gib if budget.gib is not None else (
-            runtime.gpu_memory_gib() if budget.device == "gpu" else None) or runtime.host_memory_gib()
+        if budget.gib is None:  # (the GPU's memory could not be read)
+            raise SearchError(f"--space {self.spec.space} plans for a memory budget and there is "
+                              f"none ({budget.source})")
+        gib = budget.gib
         fp = load_or_compute(self._entries, ctx.scheme)
         try:
             plan = make_plan(fp, memory_gib=gib, device=budget.device)

@@ -59,9 +59,21 @@ class BudgetedOptunaSearch(OptunaSearch):
         return Searcher.FINISHED
 
     def restore(self, checkpoint_path: str) -> None:
-        """Ray's resume: the saved state (Optuna's study and the pruned rows) back, and the rows
-        written again, so pruned.json matches the study the search continues with."""
+        """Ray's resume: the saved state (Optuna's study and the pruned rows) back, with this run's
+        guard (the saved one may point at a folder the experiment was moved from), and the rows
+        written again, merged with pruned.json's (a driver that died after its last searcher
+        checkpoint had written rows the checkpoint lacks)."""
+        guard = self._guard
         super().restore(checkpoint_path)
-        guard = getattr(self, "_guard", None)
-        if guard is not None:
-            guard.save(self.__dict__.setdefault("pruned", []), self.__dict__.get("gave_up", ""))
+        self._guard = guard
+        rows = self.__dict__.setdefault("pruned", [])
+        if guard is None:
+            return
+        if guard.sink is not None:
+            from search.memory_budget import load_pruned
+
+            kept, _ = load_pruned(guard.sink.parent)
+            rows.extend(r for r in kept if not any(r.params == q.params for q in rows))
+            for number, row in enumerate(rows, 1):  # one name each, in order
+                row.trial_id = f"pruned_{number}"
+        guard.save(rows, self.__dict__.get("gave_up", ""))

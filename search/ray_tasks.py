@@ -15,13 +15,18 @@ def task_mapper(num_cpus: float = 1.0) -> Callable[[Callable[[Any], Any], list[A
     """A mapper over the connected Ray cluster: submits every item at once (Ray queues them on the
     nodes' CPUs), yields the results in order, and raises the first failing item's own error (a
     DataError naming the case and file, not Ray's wrapper); tasks not yet run are cancelled then.
+    A task lost with its node is retried by Ray (a case's files are written atomically, so a rerun
+    is safe); one lost for good is a one-line ClusterError. Paths in ``items`` must be absolute:
+    a task's working directory is wherever its node's Ray was started.
     """
 
     def mapper(fn: Callable[[Any], Any], items: list[Any]) -> Iterator[Any]:
         import ray
-        from ray.exceptions import RayTaskError
+        from ray.exceptions import RayError, RayTaskError
 
-        remote = ray.remote(num_cpus=num_cpus, max_retries=0)(fn)
+        from search.ray_engine import ClusterError
+
+        remote = ray.remote(num_cpus=num_cpus)(fn)
         refs = [remote.remote(item) for item in items]
         done = 0
         try:
@@ -31,6 +36,10 @@ def task_mapper(num_cpus: float = 1.0) -> Callable[[Callable[[Any], Any], list[A
                 except RayTaskError as e:
                     cause = e.cause if isinstance(e.cause, BaseException) else e
                     raise cause from None
+                except RayError as e:  # the task's node or worker died, its result was lost, ...
+                    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                    raise ClusterError(f"a preprocessing task on the Ray cluster failed "
+                                       f"({type(e).__name__}: {msg})") from None
                 done += 1
                 yield result
         finally:

@@ -5,10 +5,11 @@ Three derived names exist: "data.crop" takes a single edge length and sets a cub
 "data.crop_scale" scales the base configuration's crop per axis (a planned crop need not be cubic),
 and "data.augment" in [0, 1] scales every augmentation strength at once (0 = none, 1 = strong). A
 space also carries ``base`` (the preset its unsearched fields come from, or a whole RunConfig dict,
-e.g. a plan's) and ``fixed`` (field overrides applied to every trial). Turning a sample into a RunConfig applies the cross-field repairs the sampler cannot
-know (``RunConfig.repaired_from_dict``: the crop is rounded up to a multiple of 2**(depth-1),
-deep-supervision heads are capped by the depth, the region loss switches the model to the region
-head, the warm-up fits in the epochs), so every sample is trainable.
+e.g. a plan's) and ``fixed`` (field overrides applied to every trial). Turning a sample into a
+RunConfig applies the cross-field repairs the sampler cannot know (``RunConfig.repaired_from_dict``:
+the crop is rounded up to a multiple of 2**(depth-1), deep-supervision heads are capped by the
+depth, the region loss switches the model to the region head, the warm-up fits in the epochs), so
+every sample is trainable.
 
 Files: a user space is YAML or JSON, parsed as data (yaml.safe_load, no code):
     base: cpu-small

@@ -159,7 +159,8 @@ def summarize(per_case: Sequence[dict[str, float]]) -> dict[str, float]:
 # ----------------------------------------------------------------------------- lesion-wise (BraTS)
 LESION_HD95_CAP = 373.0  # BraTS_evaluation's metrics_parser: replaces an infinite HD95 (SRI-space diameter)
 _MATCH_MIN_DICE = 1e-6  # the official MaxBipartiteMatching threshold
-_CONN26 = np.ones((3, 3, 3), dtype=bool)  # cc3d's default 3-D connectivity
+# What makes a lesion: a 26-connected component (cc3d's default 3-D connectivity, as BraTS's).
+LESION_CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
 
 
 def _box(mask: np.ndarray, pad: int) -> tuple[slice, ...]:
@@ -291,8 +292,8 @@ def lesion_scores(pred: np.ndarray, ref: np.ndarray,
         return {"lesion_tp": 0, "lesion_fp": 0, "lesion_fn": 0, "lesion_f1": 1.0,
                 "lesionwise_dice": 1.0, "lesionwise_hd95": 0.0, "lesionwise_nsd": 1.0}
     box = _box(union, pad=1)  # labelling the union's box alone is faster and labels the same lesions
-    ref_lab, n_ref = ndimage.label(ref[box], structure=_CONN26)
-    pred_lab, n_pred = ndimage.label(pred[box], structure=_CONN26)
+    ref_lab, n_ref = ndimage.label(ref[box], structure=LESION_CONNECTIVITY)
+    pred_lab, n_pred = ndimage.label(pred[box], structure=LESION_CONNECTIVITY)
     pairs = _match_lesions(ref_lab, n_ref, pred_lab, n_pred) if n_ref and n_pred else []
     tp = len(pairs)
     out = {"lesion_tp": tp, "lesion_fp": n_pred - tp, "lesion_fn": n_ref - tp,

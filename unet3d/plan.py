@@ -7,8 +7,8 @@ The rules follow nnU-Net v2's planner (experiment_planning), on our isotropic-po
   NVIDIA's network);
 - while the predicted peak (:mod:`unet3d.memory`) exceeds the budget with a batch of 2, the edge
   largest relative to the median box shrinks by one downsampling step (so the crop is not
-  necessarily cubic); below a 32-voxel edge the filters halve (32 -> 16 -> 8), then the batch drops
-  to 1;
+  necessarily cubic); when even 32-voxel edges do not fit, the batch drops to 1, then the filters
+  halve (32 -> 16 -> 8), each time from the full crop again;
 - with memory to spare, the batch grows while it fits, up to 5% of the dataset's brain-box voxels
   per step (nnU-Net's cap, so a step never sees most of a small dataset) and at least 2.
 
@@ -132,29 +132,26 @@ def make_plan(fingerprint: dict[str, Any], *, memory_gib: float, device: str,
 
     crop, levels = _round_crop(median)
     steps = [f"crop {_fmt(crop)} from the median brain box {_fmt(median)}, {levels} levels"]
-    cfg, filters, batch = None, FILTERS[0], 2
-    while True:
+    # Smaller crops first (nnU-Net's rule), then batch 1, then fewer filters (each from the full
+    # crop again): the first (filters, batch) whose crop fits wins.
+    tried: tuple[int, int] | None = None
+    for filters, batch in [(f, b) for f in FILTERS for b in (2, 1)]:
+        if tried is not None:
+            steps.append(f"filters {filters}, batch {batch}: filters {tried[0]} with batch "
+                         f"{tried[1]} did not fit even at the smallest crop")
+        crop, levels = _round_crop(median)
         cfg = _config(base, crop, levels, filters, batch, device)
+        while not predict(cfg).fits(limit) and (smaller := _shrink(crop, median)) is not None:
+            crop, levels = smaller, levels_for(smaller)
+            cfg = _config(base, crop, levels, filters, batch, device)
         if predict(cfg).fits(limit):
             break
-        smaller = _shrink(crop, median)
-        if smaller is not None:
-            crop, levels = smaller, levels_for(smaller)
-            continue
-        if filters != FILTERS[-1]:
-            filters = FILTERS[FILTERS.index(filters) + 1]
-            crop, levels = _round_crop(median)
-            steps.append(f"filters {filters} (32 did not fit at a {MIN_EDGE}-voxel edge)")
-            continue
-        if batch > 1:
-            batch = 1
-            steps.append("batch 1 (batch 2 did not fit at the smallest crop)")
-            crop, levels = _round_crop(median)
-            continue
-        need = predict(cfg)
+        tried = (filters, batch)
+    else:
         raise PlanError(f"--memory {memory_gib:g}: no configuration fits on {device}: the smallest "
-                        f"(crop {_fmt(crop)}, {filters} filters, batch 1) needs {need.gib:.1f} GiB "
-                        f"(with {int((1 - PLAN_HEADROOM) * 100)}% headroom)")
+                        f"(crop {_fmt(crop)}, {filters} filters, batch 1) needs "
+                        f"{predict(cfg).gib:.1f} GiB, more than {int(PLAN_HEADROOM * 100)}% of "
+                        f"{memory_gib:g} GiB")
     if crop != _round_crop(median)[0]:
         steps.append(f"crop {_fmt(crop)}, {levels} levels: the largest that fits")
     cap = max(2, int(0.05 * fingerprint["voxels"] / math.prod(crop)))
@@ -174,8 +171,12 @@ def _fmt(shape: tuple[float, ...]) -> str:
 
 
 def _probe_child(config: dict[str, Any], cache: str, train_ids: list[str], val_ids: list[str],
-                 out: str) -> None:
+                 out: str, device: str) -> None:
     # (a fresh process: its peak is the probed configuration's alone, as in a real run)
+    if device == "cpu":  # a CPU plan trains on the CPU even where a GPU is visible
+        import os
+
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
     from unet3d.data.preprocess import open_cases
     from unet3d.train import Trainer
 
@@ -204,7 +205,7 @@ def probe(plan: Plan, cache: str | Path, train_ids: Sequence[str], val_ids: Sequ
     with tempfile.TemporaryDirectory(prefix="unet3d-probe-") as tmp:
         child = multiprocessing.get_context("spawn").Process(
             target=_probe_child, args=(cfg.to_dict(), str(cache), list(train_ids),
-                                       list(val_ids)[:1], tmp))
+                                       list(val_ids)[:1], tmp, plan.device))
         child.start()
         child.join(timeout_s)
         if child.is_alive():

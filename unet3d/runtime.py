@@ -72,8 +72,18 @@ def resolve_policy(precision: str, cfg: RunConfig, gpu: bool) -> str:
 
 
 def host_memory_gib() -> float:
-    """This machine's physical memory in GiB."""
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
+    """The memory this process may use in GiB: the machine's physical memory, or less where a
+    cgroup limits it (a container, a Slurm job, a Kubernetes pod), as Ray also reads it."""
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = open(path).read().strip()
+        except OSError:
+            continue
+        if text.isdigit():  # ("max": no limit)
+            physical = min(physical, int(text))
+        break
+    return physical / 1024**3
 
 
 def gpu_memory_gib() -> float | None:

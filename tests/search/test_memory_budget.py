@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -179,6 +180,12 @@ def test_nothing_that_fits_is_refused_before_the_search_starts():
     _guard(ctx, _between(ctx)).preflight()  # one fits: no error
 
 
+def _check_reason(reason: str, need: float, budget: float) -> None:
+    m = re.fullmatch(r"needs (\d+\.\d+) GiB > (\d+\.\d+) GiB", reason)
+    assert m, reason
+    assert float(m[1]) == pytest.approx(need, abs=0.05) and float(m[2]) == pytest.approx(budget, abs=0.05)
+
+
 def test_the_ray_searcher_suggests_only_what_fits_and_tells_optuna_the_rest_is_infeasible(tmp_path):
     from optuna.trial import TrialState
 
@@ -196,19 +203,23 @@ def test_the_ray_searcher_suggests_only_what_fits_and_tells_optuna_the_rest_is_i
     assert pruned[0].params == BIG  # NVIDIA's point, the first proposed, was checked too
     for r in pruned:
         assert r.status == "pruned" and r.epochs == 0 and _gib(ctx, r.params) > budget
-        assert r.reason == f"needs {r.memory_gib:.1f} GiB > {budget:.1f} GiB"
+        _check_reason(r.reason, r.memory_gib, budget)
     assert len({json.dumps(r.params, sort_keys=True) for r in pruned}) == len(pruned)
     study = alg._ot_study  # what TPE learns from: pruned trials with a violated constraint
     refused = [t for t in study.trials if t.state == TrialState.PRUNED]
     assert len(refused) == len(pruned) and all(t.constraints["memory_gib"] > 0 for t in refused)
     assert all(t.constraints["memory_gib"] <= 0 for t in study.trials if t.state.name == "RUNNING")
 
-    # Ray's resume: the searcher's saved state back, pruned.json rewritten from it.
+    # Ray's resume: the saved state back, pruned.json rewritten from it, where this run's guard
+    # writes (the experiment may have moved since: the saved guard's folder is not used).
     alg.save(str(tmp_path / "state.pkl"))
     (tmp_path / PRUNED_FILE).unlink()
-    again = searcher(ctx.space, RayOptions(max_concurrent=0), guard=_guard(ctx, budget))
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    again = searcher(ctx.space, RayOptions(max_concurrent=0),
+                     guard=_guard(ctx, budget, moved / PRUNED_FILE))
     again.restore(str(tmp_path / "state.pkl"))
-    assert _same(load_pruned(tmp_path)[0], pruned)
+    assert _same(load_pruned(moved)[0], pruned) and not (tmp_path / PRUNED_FILE).exists()
 
 
 def test_a_searcher_that_finds_nothing_to_fit_stops_sampling_and_says_why(tmp_path):
@@ -338,7 +349,7 @@ def _check_rows(exp: Path, trials: list[dict], budget: float) -> tuple[list[dict
         assert t["epochs"] >= 1 and math.isfinite(t["best_score"])
     for t in pruned:
         assert _gib(ctx, t["params"]) > budget and t["epochs"] == 0 and not t["history"]
-        assert t["reason"] == f"needs {t['memory_gib']:.1f} GiB > {budget:.1f} GiB"
+        _check_reason(t["reason"], t["memory_gib"], budget)
         assert not list(exp.glob(f"trial_{t['trial_id']}*"))
     assert len(list(exp.glob("trial_*"))) == len(ran)
     assert any(t["params"]["data.crop"] == 128 for t in pruned)  # NVIDIA's point, refused

@@ -6,7 +6,7 @@ import pytest
 
 from spaces.presets import SPACES, around_plan, auto_space, get_space
 from spaces.space import Choice, SearchSpace, SpaceError, space_from_dict
-from unet3d.config import RunConfig, preset
+from unet3d.config import preset
 
 # A non-cubic plan, as the planner makes for a BraTS brain box on a small budget.
 PLANNED = preset("nvidia").replace(model={"depth": 5, "base_filters": 32},

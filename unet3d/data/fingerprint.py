@@ -11,6 +11,7 @@ same.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,10 @@ from scipy import ndimage
 from unet3d.data.preprocess import PREPROCESS_VERSION, CachedCase
 from unet3d.io_utils import atomic_write_json
 from unet3d.labels import LabelScheme
+from unet3d.metrics import LESION_CONNECTIVITY
 
 FINGERPRINT = "fingerprint.json"
 FINGERPRINT_VERSION = 1
-_CONN26 = np.ones((3, 3, 3), dtype=bool)  # the lesion-wise scores' connectivity (metrics.py)
 
 
 def _spread(values: Sequence[Sequence[float]]) -> dict[str, list[float]]:
@@ -49,24 +50,47 @@ def _intensity(metas: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return out
 
 
-def _lesions(entries: Sequence[CachedCase], scheme: LabelScheme) -> dict[str, dict[str, Any]]:
+def _case_lesions(args: tuple[CachedCase, dict[str, tuple[int, ...]]]) -> dict[str, list[float]]:
+    """One case's lesion volumes (mm^3) per region (a separate function: it runs in processes)."""
+    entry, regions = args
+    label = entry.label(mmap=True)
+    voxel_mm3 = float(np.prod(entry.meta["spacing"]))
+    out = {}
+    for region, values in regions.items():
+        lab, n = ndimage.label(np.isin(label, values), structure=LESION_CONNECTIVITY)
+        sizes = np.bincount(lab.ravel())[1:] if n else np.zeros(0)
+        out[region] = (sizes * voxel_mm3).tolist()
+    return out
+
+
+def _lesion_volumes(entries: Sequence[CachedCase], regions: dict[str, tuple[int, ...]],
+                    jobs: int) -> list[dict[str, list[float]]]:
+    """Every case's lesion volumes, counted in ``jobs`` processes (about 0.2 s per BraTS case)."""
+    work = [(e, regions) for e in entries]
+    if jobs <= 1 or len(work) <= 2:
+        return [_case_lesions(w) for w in work]
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        return list(pool.map(_case_lesions, work, chunksize=8))
+
+
+def _lesions(entries: Sequence[CachedCase], scheme: LabelScheme,
+             jobs: int) -> dict[str, dict[str, Any]]:
     """Per region: the mean fraction of the brain it covers, and its lesions' volumes in mm^3
     (smallest, 5th percentile, median) and count per case (median)."""
-    fractions: dict[str, list[float]] = {r: [] for r in scheme.regions}
-    volumes: dict[str, list[float]] = {r: [] for r in scheme.regions}
-    counts: dict[str, list[int]] = {r: [] for r in scheme.regions}
-    for e in entries:
-        label = e.label(mmap=True)
-        if label is None:
-            continue
-        voxel_mm3 = float(np.prod(e.meta["spacing"]))
+    labelled = [e for e in entries if e.meta["labelled"]]
+    regions = {r: tuple(v) for r, v in scheme.regions.items()}
+    fractions: dict[str, list[float]] = {r: [] for r in regions}
+    volumes: dict[str, list[float]] = {r: [] for r in regions}
+    counts: dict[str, list[int]] = {r: [] for r in regions}
+    for e, case in zip(labelled, _lesion_volumes(labelled, regions, jobs), strict=True):
         by_value = {int(v): n for v, n in e.meta["label_voxels"].items()}
-        for region, values in scheme.regions.items():
+        for region, values in regions.items():
             fractions[region].append(sum(by_value.get(v, 0) for v in values) / e.meta["brain_voxels"])
-            lab, n = ndimage.label(np.isin(label, values), structure=_CONN26)
-            sizes = np.bincount(lab.ravel())[1:] if n else np.zeros(0)
-            volumes[region].extend((sizes * voxel_mm3).tolist())
-            counts[region].append(int(n))
+            volumes[region].extend(case[region])
+            counts[region].append(len(case[region]))
     out = {}
     for region in scheme.regions:
         v = np.asarray(volumes[region], float)
@@ -80,8 +104,9 @@ def _lesions(entries: Sequence[CachedCase], scheme: LabelScheme) -> dict[str, di
     return out
 
 
-def compute(entries: Sequence[CachedCase], scheme: LabelScheme) -> dict[str, Any]:
-    """The fingerprint of prepared cases (see the module docstring).
+def compute(entries: Sequence[CachedCase], scheme: LabelScheme, jobs: int = 1) -> dict[str, Any]:
+    """The fingerprint of prepared cases (see the module docstring); lesions are counted in
+    ``jobs`` processes.
 
     Returns:
         A JSON-ready dict: cases, labelled, layout, task, modalities, labels (scheme name),
@@ -107,28 +132,31 @@ def compute(entries: Sequence[CachedCase], scheme: LabelScheme) -> dict[str, Any
         "spacing": _spread([m["spacing"] for m in metas]),
         "voxels": int(sum(int(np.prod(m["shape"])) for m in metas)),
         "intensity": _intensity(metas),
-        "regions": _lesions(entries, scheme),
+        "regions": _lesions(entries, scheme, jobs),
     }
 
 
 def _key(entries: Sequence[CachedCase], scheme: LabelScheme) -> dict[str, Any]:
     # (through JSON, so that it compares equal to the key read back from the file)
-    return json.loads(json.dumps({"version": FINGERPRINT_VERSION, "preprocess": PREPROCESS_VERSION, "labels": scheme.to_dict(),
-            "cases": [[e.case_id, e.meta.get("sources")] for e in entries]}))
+    key = {"version": FINGERPRINT_VERSION, "preprocess": PREPROCESS_VERSION,
+           "labels": scheme.to_dict(), "cases": [[e.case_id, e.meta.get("sources")] for e in entries]}
+    return json.loads(json.dumps(key))
 
 
-def load_or_compute(entries: Sequence[CachedCase], scheme: LabelScheme) -> dict[str, Any]:
+def load_or_compute(entries: Sequence[CachedCase], scheme: LabelScheme,
+                    jobs: int | None = None) -> dict[str, Any]:
     """The fingerprint, from ``<cache>/fingerprint.json`` when it was computed for the same cases
-    (same source files) and scheme, else computed and kept there."""
+    (same source files) and scheme, else computed (in ``jobs`` processes, default one per core)
+    and kept there."""
     path = entries[0].folder.parent / FINGERPRINT if entries else None
     key = _key(entries, scheme)
     if path is not None and path.exists():
         try:
             kept = json.loads(path.read_text())
-            if kept.get("key") == key:
+            if kept.get("key") == key and isinstance(kept.get("fingerprint"), dict):
                 return kept["fingerprint"]
         except (OSError, json.JSONDecodeError, AttributeError):
             pass  # unreadable: computed again and replaced
-    fp = compute(entries, scheme)
+    fp = compute(entries, scheme, jobs or os.cpu_count() or 1)
     atomic_write_json(Path(path), {"key": key, "fingerprint": fp})
     return fp

@@ -259,10 +259,12 @@ def restore_to_original(pred: np.ndarray, meta: dict[str, Any], fill: int = 0) -
 
 
 def _fingerprint(case: Case) -> list[list[Any]]:
+    # Absolute paths: an entry prepared through a relative --data (or by a Ray task, given absolute
+    # paths) is the same entry.
     out = []
     for f in case.files:
         st = os.stat(f)
-        out.append([str(f), st.st_size, st.st_mtime_ns])
+        out.append([str(Path(f).resolve()), st.st_size, st.st_mtime_ns])
     return out
 
 
@@ -339,7 +341,7 @@ def _prepare_one(args: tuple[Case, Path]) -> tuple[CachedCase, bool]:
 
 
 # Maps a picklable function over a list of arguments and yields the results in order, raising the
-# first failure in that order (e.g. a Ray cluster's tasks; see search.ray_engine.task_mapper).
+# first failure in that order (e.g. a Ray cluster's tasks: search.ray_tasks.task_mapper).
 Mapper = Callable[[Callable[[Any], Any], list[Any]], Iterable[Any]]
 
 
