@@ -46,6 +46,7 @@ PREPROCESS_VERSION = 3
 # augmentation's own noise; crops and windows are cast back to float32 when read.
 CACHE_DTYPE = np.float16
 _PERCENTILES = (0.5, 50.0, 99.5)
+_PERCENTILE_SAMPLE = 2**18
 _RAS = nib.orientations.axcodes2ornt(("R", "A", "S"))
 _MAX_FG_COORDS = 20000
 
@@ -208,7 +209,10 @@ def preprocess_loaded(lc: LoadedCase) -> tuple[np.ndarray, np.ndarray | None, di
     for c, modality in enumerate(lc.case.modalities):
         vals = image[..., c][brain]
         mean, std = float(vals.mean()), float(vals.std())
-        lo_p, mid, hi_p = (float(v) for v in np.percentile(vals, _PERCENTILES))
+        # Percentiles of an evenly strided sample of at most ~260k voxels (nnU-Net samples too):
+        # exact ones cost 0.3 s a BraTS case, a third of its preprocessing.
+        sample = vals[:: max(1, vals.size // _PERCENTILE_SAMPLE)]
+        lo_p, mid, hi_p = (float(v) for v in np.percentile(sample, _PERCENTILES))
         intensity[modality] = {"mean": mean, "std": std, "p00_5": lo_p, "p50": mid, "p99_5": hi_p}
         ch = (image[..., c] - mean) / (std if std > 1e-8 else 1.0)
         ch[~brain] = 0.0
