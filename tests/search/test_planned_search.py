@@ -50,16 +50,21 @@ def test_the_python_api_moves_the_space_onto_the_plan(tiny, space):
 
 @pytest.mark.slow
 def test_a_cli_search_on_space_auto(tiny):
+    # (a budget tight enough for a 16-filter plan, whose 100-step epochs train in seconds)
     out = tiny / "cli"
-    r = run_cli("search", "--data", str(tiny / "data"), "--space", "auto", "--memory", "3",
+    r = run_cli("search", "--data", str(tiny / "data"), "--space", "auto", "--memory", "1.3",
                 "--folds", "3", "--num-samples", "1", "--max-epochs", "1", "--out", str(out),
                 "--name", "auto", "--verbose", "0", timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "plan for 3.0 GiB on cpu" in r.stdout and "space auto around it" in r.stdout
+    assert "plan for 1.3 GiB on cpu" in r.stdout and "space auto around it" in r.stdout
     saved = json.loads((out / "auto" / "search.json").read_text())
     space = saved["context"]["space"]
-    assert space["name"] == "auto" and space["base"] == _plan(tiny, 3).config.to_dict()
-    (trial,) = json.loads((out / "auto" / "trials.json").read_text())["trials"]
-    assert trial["status"] == "completed" and trial["memory_gib"] <= 3.0
+    plan = _plan(tiny, 1.3)
+    assert space["name"] == "auto" and space["base"] == plan.config.to_dict()
+    assert plan.config.model.base_filters == 16
+    trials = json.loads((out / "auto" / "trials.json").read_text())["trials"]
+    ran = [t for t in trials if t["status"] != "pruned"]
+    assert len(ran) == 1 and ran[0]["status"] == "completed" and ran[0]["memory_gib"] <= 1.3
+    assert all(t["memory_gib"] > 1.3 for t in trials if t["status"] == "pruned")
     best = json.loads((out / "auto" / "best" / "config.json").read_text())
     assert best["data"]["crop"] == [32, 32, 32]
