@@ -436,7 +436,8 @@ def rows_from_grid(grid: Any, max_epochs: int, scheme: str = "", *, objective: s
         if df is not None and len(df):
             keep = [c for c in df.columns if c.startswith(("val_", "loss", "learning_rate",
                                                           "throughput", "epoch", "timestamp",
-                                                          "node_ip", "node_id", "workers"))]
+                                                          "node_ip", "node_id", "workers",
+                                                          "memory_peak_gib"))]
             history = df[keep].to_dict("records")
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name.split("_")[1]
         params = {k: v for k, v in (result.config or {}).items()}
