@@ -187,9 +187,10 @@ def test_an_interrupted_search_resumes_with_search_restore(tmp_path):
         os.kill(os.getpid(), signal.SIGINT)
 
     threading.Thread(target=ctrl_c_after_the_first_epoch, daemon=True).start()
+    # (5 epochs: time for Ray to act on the Ctrl-C before the trial ends, even on a busy machine)
     first = Search(data=tmp_path / "data", space=tmp_path / "tiny.yaml", num_samples=2,
-                   max_epochs=3, out=tmp_path / "results", name="cut", folds=4, verbose=0,
-                   max_concurrent=1, grace_period=3).run()
+                   max_epochs=5, out=tmp_path / "results", name="cut", folds=4, verbose=0,
+                   max_concurrent=1, grace_period=5).run()
     assert first.interrupted and first.best is None and not (exp / "best").exists()
     assert [r.status for r in first.trials] == ["interrupted"]
 
