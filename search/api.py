@@ -283,7 +283,10 @@ class Search:
         if self.spec.space not in (AUTO, "brats"):
             return ctx
         budget = self._budget
-        if budget.gib is None:  # (the GPU's memory could not be read)
+        if budget.gib is None:  # the GPU's memory could not be read (e.g. a CPU head node)
+            if self.spec.space != AUTO:  # brats as defined, as before plans existed
+                self.log(f"space {self.spec.space}: not moved onto a plan ({budget.source})")
+                return ctx
             raise SearchError(f"--space {self.spec.space} plans for a memory budget and there is "
                               f"none ({budget.source})")
         gib = budget.gib

@@ -68,3 +68,25 @@ def test_a_cli_search_on_space_auto(tiny):
     assert all(t["memory_gib"] > 1.3 for t in trials if t["status"] == "pruned")
     best = json.loads((out / "auto" / "best" / "config.json").read_text())
     assert best["data"]["crop"] == [32, 32, 32]
+
+
+def test_without_a_budget_brats_stays_as_defined_and_auto_is_refused(tiny):
+    """No budget: the GPU's memory could not be read (say, a CPU head node of a GPU cluster)."""
+    from search import SearchError
+    from search.memory_budget import MemoryBudget
+    from spaces.presets import SPACES
+
+    none = MemoryBudget(gib=None, device="gpu", source="the GPU's memory could not be read")
+    for space in ("brats", "auto"):
+        lines: list[str] = []
+        s = Search(data=tiny / "data", space=space, folds=3, engine="keras-tuner",
+                   out=tiny / "nobudget", name=space, log=lines.append)
+        ctx = s._prepare(s._check(s.experiment), s.experiment)
+        s._budget = none
+        if space == "brats":
+            assert s._plan_space(ctx).space == SPACES["brats"]
+            assert "space brats: not moved onto a plan (the GPU's memory could not be read)" in lines
+        else:
+            with pytest.raises(SearchError, match="--space auto plans for a memory budget and "
+                                                  "there is none"):
+                s._plan_space(ctx)
