@@ -419,12 +419,6 @@ def _resolve_models(paths: list[str], top_k: int) -> list[Path]:
     return folders
 
 
-def _peak_memory_gib() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -433,6 +427,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from unet3d.inference import Predictor, load_member, write_prediction
     from unet3d.io_utils import atomic_write_json, check_writable_dir
     from unet3d.postprocess import PostProcess
+    from unet3d.runtime import peak_memory_gib
 
     if not 0 <= args.overlap < 1:
         raise_user(f"--overlap {args.overlap}: must be in [0, 1)")
@@ -489,7 +484,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                        f"{', '.join(f.name for f in files)}", file=sys.stdout)
             case_bar.update(1)
     _print(f"{len(cases)} case(s) in {time.perf_counter() - t0:.1f} s; peak memory "
-           f"{_peak_memory_gib():.2f} GiB; predictions in {out}")
+           f"{peak_memory_gib(gpu=False):.2f} GiB; predictions in {out}")
     return 0
 
 
