@@ -22,6 +22,34 @@ msd            msd             edema, non-enhancing, enhancing; second lesions; 
 
 Label values are looked up by the scheme's label NAME for each tissue role, never written as numbers,
 so the files always agree with the scheme :func:`unet3d.labels.detect` finds for them.
+
+Difficulty levels (:data:`DIFFICULTIES`, ``synth --difficulty``), in every layout. medium and hard
+start from the easy case of the same seed (brain, first tumour, the layout's extras) and add to it;
+each lesion's core keeps the layout's labels (a rim is enhancing tumour, the rest necrosis /
+non-enhancing core), the mimics stay background. Figures are :data:`_LEVELS`'s:
+
+==========  ============================================  ============================================
+            medium                                        hard
+==========  ============================================  ============================================
+lesions     0-2 more (25% of them a tiny all-core          1-3 more (40% tiny), as far as the brain
+            nodule, radius 1-2 voxels)                     has room
+cores       25% a 1-voxel enhancing rim around necrosis,   35% rim, 20% solid, 20% not enhancing
+            15% solid enhancing, 10% not enhancing
+contrast    tumour minus the tissue under it x s, s per    s per case U(0.2, 0.7), per modality
+            case U(0.35, 0.85), per modality x U(0.6,      likewise, T1c's >= 0.45: in some cases and
+            1.4), in [0.1, 1.2], T1c's >= 0.5 (easy: 1)    modalities barely above its surround
+bias/noise  bias field +-30% (+-15% more per modality),    +-45% (+-22% per modality), noise sd
+            noise sd 0.1 x U(0.7, 1.3) (easy: +-15%,       0.14 x U(0.7, 1.3)
+            0.05)
+mimics      2-5 white-matter hyperintensities (FLAIR/T2    4-10 spots, a vessel in 80%
+            bright, radius 1-2) and in half the cases a
+            T1c-bright vessel (a curved tube): label 0
+voxels      isotropic                                      thick slices: the affine's last axis 2.5 x
+                                                           the given spacing, and a wider slice
+                                                           profile (blur sigma 1.2 voxels, not 0.6)
+                                                           along it; the anatomy stays drawn in
+                                                           voxels, so MIN_SIZE holds
+==========  ============================================  ============================================
 """
 
 from __future__ import annotations
@@ -29,6 +57,7 @@ from __future__ import annotations
 import json
 import numbers
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
@@ -50,7 +79,13 @@ from unet3d.io_utils import atomic_path, atomic_write_text
 # the 1008 PED cases drawn to have a cyst, 3 have a core too small to hold one beside its necrosis
 # and enhancing rim; all 1023 brats2024 cases drawn to have a cavity have it. At 20, 24 and 48
 # (1000, 1000 and 200 seeds) nothing was missing. Those extras are "most" / "some" cases by design,
-# so 16 stays the minimum.
+# so 16 stays the minimum. The medium and hard levels keep the first tumour's core (their rims,
+# solid and non-enhancing cores relabel it, never empty it) and give an added lesion that has no
+# core of its own a core of all of it. Measured in every layout over 300 seeds at 16 and 100 at 32
+# per level: every case has a brain and a labelled core, only the scheme's values, and every
+# lesion (26-connected component, cavities aside) a core; lesions per case at 16 / 32: brats2021
+# medium 1.95 / 1.92, hard 2.93 / 2.91 (of 2 / 3 drawn: an added lesion rarely finds no room),
+# the layouts with second lesions medium 2.59 / 2.54, hard 3.57 / 3.53.
 MIN_SIZE = 16
 
 LAYOUTS: tuple[str, ...] = ("brats2021", "brats2023", "brats2024", "brats2024-ped", "brats-men-rt",
@@ -117,6 +152,12 @@ _CONTRAST = {
     "flair": (0.0, 0.60, 0.70, 0.20, 1.40, 1.10, 0.80, 0.60),
 }
 _EDEMA, _ENHANCING, _NECROSIS, _CYST, _CSF = 4, 5, 6, 7, 3
+# The unlabelled mimics of the medium and hard levels, appended likewise: 8 a white-matter
+# hyperintensity (FLAIR/T2-bright, a little dark on T1, no enhancement), 9 a vessel (T1c-bright,
+# dark on T2/FLAIR: flow void).
+_MIMIC_CONTRAST = {"t1": (0.75, 0.70), "t1ce": (0.75, 1.80), "t2": (1.30, 0.40), "flair": (1.40, 0.40)}
+_CONTRAST = {m: (*c, *_MIMIC_CONTRAST[m]) for m, c in _CONTRAST.items()}
+_WMH, _VESSEL = 8, 9
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
@@ -173,6 +214,12 @@ def _second_lesion(rng: np.random.Generator, grid: list[np.ndarray], first: np.n
     """A smaller tumour elsewhere in the brain that does not touch ``first`` (26-connectivity), so
     connected components see two lesions; None when the brain has no room for it."""
     r = np.maximum(edema_r * rng.uniform(0.5, 0.75), 2.0)
+    return _place_lesion(rng, grid, first, brain, r, sigma)
+
+
+def _place_lesion(rng: np.random.Generator, grid: list[np.ndarray], first: np.ndarray,
+                  brain: np.ndarray, r: np.ndarray, sigma: float):
+    """A tumour of edema radii ``r`` somewhere in the brain, clear of ``first``; or None."""
     # The blob's wobble reaches ~1.25 radii; its centre also stays a voxel or two inside the brain.
     far, inner = ndimage.distance_transform_edt(~first), ndimage.distance_transform_edt(brain)
     centre = _pick_voxel(rng, brain & (far > 1.25 * r.max() + 2) & (inner > 2))
@@ -257,6 +304,160 @@ def _paint(tissue: np.ndarray, lesions: list, low_grade: bool, extras: dict,
     return label
 
 
+# -- difficulty levels -----------------------------------------------------------------------------
+DIFFICULTIES: tuple[str, ...] = ("easy", "medium", "hard")
+
+
+@dataclass(frozen=True)
+class _Level:
+    """What a difficulty level adds to the easy case (see the module docstring's table)."""
+
+    more_lesions: tuple[int, int]  # lesions added beyond the layout's, low..high inclusive
+    p_tiny: float                  # an added lesion is a tiny nodule (radius 1-2 voxels)
+    p_rim: float                   # a lesion's enhancing tumour is a 1-voxel rim around necrosis
+    p_solid: float                 # ... has no necrosis (solid enhancing core)
+    p_no_enh: float                # ... has no enhancement (all necrosis / non-enhancing core)
+    contrast: tuple[float, float]  # the case's tumour contrast scale (easy: 1), then per modality
+                                   # x U(0.6, 1.4), clipped to [0.1, 1.2]
+    enhancement: float             # T1c's scale at least this: enhancing tumour stays visible
+    bias: float                    # bias field amplitude, shared + half of it per modality (easy 0.15)
+    noise: float                   # noise sd, x U(0.7, 1.3) per case (easy 0.05)
+    wmh: tuple[int, int]           # unlabelled FLAIR/T2-bright spots, low..high
+    p_vessel: float                # an unlabelled T1c-bright tube
+    thick: float                   # the last axis' voxel size as a multiple of the others
+
+
+_LEVELS: dict[str, _Level] = {
+    "medium": _Level(more_lesions=(0, 2), p_tiny=0.25, p_rim=0.25, p_solid=0.15, p_no_enh=0.1,
+                     contrast=(0.35, 0.85), enhancement=0.5, bias=0.3, noise=0.1, wmh=(2, 5),
+                     p_vessel=0.5, thick=1.0),
+    "hard": _Level(more_lesions=(1, 3), p_tiny=0.4, p_rim=0.35, p_solid=0.2, p_no_enh=0.2,
+                   contrast=(0.2, 0.7), enhancement=0.45, bias=0.45, noise=0.14, wmh=(4, 10),
+                   p_vessel=0.8, thick=2.5),
+}
+_MAX_MORE = 3
+
+
+def _check_difficulty(difficulty: object) -> str:
+    if difficulty not in DIFFICULTIES:
+        raise OptionError(f"--difficulty {difficulty}: not one of {', '.join(DIFFICULTIES)}")
+    return str(difficulty)
+
+
+def written_spacing(spacing: tuple[float, float, float],
+                    difficulty: str = "easy") -> tuple[float, float, float]:
+    """The voxel size the files of ``difficulty`` get for ``spacing``: hard has thick slices (the
+    last axis ``thick`` times the given size); easy and medium write ``spacing`` as given."""
+    level = _LEVELS.get(_check_difficulty(difficulty))
+    thick = 1.0 if level is None else level.thick
+    return (float(spacing[0]), float(spacing[1]), float(spacing[2]) * thick)
+
+
+def _more_lesions(rng: np.random.Generator, level: _Level, grid: list[np.ndarray], lesions: list,
+                  brain: np.ndarray, taken: np.ndarray, edema_r: np.ndarray, sigma: float) -> None:
+    """Appends ``level``'s extra lesions to ``lesions``, each clear of every tumour and of
+    ``taken`` (a cavity); a tiny one is a nodule that is all core (no edema)."""
+    n = int(rng.integers(level.more_lesions[0], level.more_lesions[1] + 1))
+    tiny = rng.uniform(size=_MAX_MORE) < level.p_tiny
+    scale = rng.uniform(0.35, 0.7, _MAX_MORE)
+    for k in range(n):
+        occupied = taken | np.any([edema for edema, _, _ in lesions], axis=0)
+        if tiny[k]:
+            r = rng.uniform(1.0, 2.0) * rng.uniform(0.8, 1.2, 3)
+        else:
+            r = np.maximum(edema_r * scale[k], 2.0)
+        lesion = _place_lesion(rng, grid, occupied, brain, r, sigma)
+        if lesion is None or lesion[0].sum() < 3:
+            continue
+        edema, core, ncr = lesion
+        if tiny[k] or not core.any():
+            core, ncr = edema, np.zeros_like(edema)
+        lesions.append((edema, core, ncr))
+
+
+def _vary_cores(rng: np.random.Generator, level: _Level, lesions: list, keep_first: bool) -> list:
+    """Each lesion's core drawn as usual, a thin enhancing rim (1 voxel) around necrosis, solid
+    enhancing (no necrosis) or not enhancing at all; ``keep_first`` spares the first (its cyst)."""
+    u = rng.uniform(size=len(lesions))
+    out = []
+    for i, (edema, core, ncr) in enumerate(lesions):
+        if not (keep_first and i == 0):
+            if u[i] < level.p_rim:
+                inner = ndimage.binary_erosion(core)  # 6-connected: the rim is one voxel thick
+                ncr = inner if inner.any() else ncr
+            elif u[i] < level.p_rim + level.p_solid:
+                ncr = np.zeros_like(core)
+            elif u[i] < level.p_rim + level.p_solid + level.p_no_enh:
+                ncr = core  # painted over the enhancing tumour: no enhancement left
+        out.append((edema, core, ncr))
+    return out
+
+
+def _tube(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """A thin, gently curved tube through the volume (a vessel), as a mask."""
+    size = np.array(shape, np.float32)
+    start = size * rng.uniform(0.25, 0.75, 3)
+    d, n = rng.standard_normal(3), rng.standard_normal(3)
+    d /= np.linalg.norm(d)
+    n -= d * (n @ d)
+    n /= np.linalg.norm(n) + 1e-8
+    t = np.linspace(-1.0, 1.0, int(4 * size.max()))[:, None] * size.max() * 0.5
+    bend = 0.1 * size.max() * np.sin(t / size.max() * rng.uniform(2, 6) + rng.uniform(0, 6.3))
+    pts = np.round(start + t * d + bend * n).astype(int)
+    pts = pts[np.all((pts >= 0) & (pts < np.array(shape)), axis=1)]
+    line = np.zeros(shape, bool)
+    line[tuple(pts.T)] = True
+    return ndimage.distance_transform_edt(~line) <= rng.uniform(1.0, 1.6)
+
+
+def _mimics(rng: np.random.Generator, level: _Level, grid: list[np.ndarray], tissue: np.ndarray,
+            brain: np.ndarray) -> None:
+    """Paints unlabelled mimics into ``tissue``, two voxels or more from any tumour or extra:
+    small white-matter hyperintensities and (some cases) a vessel."""
+    n = int(rng.integers(level.wmh[0], level.wmh[1] + 1))
+    vessel = rng.uniform() < level.p_vessel
+    far = ndimage.distance_transform_edt(tissue < _CSF) > 2
+    ok = far & brain
+    for _ in range(n):
+        centre = _pick_voxel(rng, ok & (tissue == 1))  # in the white matter, as WMH are
+        if centre is None:
+            break
+        r = rng.uniform(0.7, 1.8) * rng.uniform(0.8, 1.2, 3)
+        tissue[_blob(grid, centre, r, 0) & ok] = _WMH
+    if vessel:
+        tissue[_tube(rng, tissue.shape) & ok & (tissue != _WMH)] = _VESSEL
+
+
+def _level_images(rng: np.random.Generator, level: _Level, tissue: np.ndarray, anat: np.ndarray,
+                  brain: np.ndarray, modalities: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """As :func:`_images`, at ``level``: the tumour's (and the mimics') contrast against the normal
+    tissue ``anat`` under it scaled per case and modality, stronger bias field and noise, and a
+    wider slice profile along the thick last axis."""
+    shape = tissue.shape
+    smooth = min(shape) / 4
+    bias = 1.0 + level.bias * _smooth_noise(rng, shape, smooth)
+    case_scale, mimic_scale = rng.uniform(*level.contrast), rng.uniform(0.6, 1.0)
+    noise = level.noise * rng.uniform(0.7, 1.3)
+    tumour = np.isin(tissue, (_EDEMA, _ENHANCING, _NECROSIS))
+    mimic = tissue >= _WMH
+    blur = (0.6, 0.6, 0.6 + 0.4 * (level.thick - 1.0))
+    images = {}
+    for m in MODALITIES:  # every modality draws its noise, so leaving one out changes no other
+        means = np.array(_CONTRAST[m], np.float32) * rng.uniform(0.9, 1.1)
+        scale = np.clip(case_scale * rng.uniform(0.6, 1.4), 0.1, 1.2)
+        if m == "t1ce":
+            scale = max(scale, level.enhancement)
+        base, img = means[anat], means[tissue]
+        img = np.where(tumour, base + scale * (img - base), img)
+        img = np.where(mimic, base + mimic_scale * (img - base), img)
+        img = img * bias * (1.0 + level.bias / 2 * _smooth_noise(rng, shape, smooth))
+        img = ndimage.gaussian_filter(img, blur)
+        img += rng.normal(0.0, noise, shape).astype(np.float32) * brain
+        img = np.where(brain, np.clip(img, 0.01, None), 0.0)
+        images[m] = np.round(img * 1000).astype(np.int16)
+    return {m: images[m] for m in modalities}
+
+
 def _images(rng: np.random.Generator, tissue: np.ndarray, brain: np.ndarray,
             modalities: tuple[str, ...]) -> dict[str, np.ndarray]:
     """Modality -> int16 image of the tissue map with bias field and noise."""
@@ -276,7 +477,8 @@ def _images(rng: np.random.Generator, tissue: np.ndarray, brain: np.ndarray,
 def synth_case(shape: tuple[int, int, int], seed: int,
                brain_size: tuple[int, int, int] | None = None,
                layout: str = "brats2021",
-               cavity: bool | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+               cavity: bool | None = None,
+               difficulty: str = "easy") -> tuple[dict[str, np.ndarray], np.ndarray]:
     """One case: modality -> (X, Y, Z) int16 image, and the (X, Y, Z) uint8 label.
 
     Args:
@@ -290,11 +492,23 @@ def synth_case(shape: tuple[int, int, int], seed: int,
             others start from the same brain and first tumour for a seed.
         cavity: brats2024 only: whether the case gets a resection cavity (default: drawn, about
             half the cases).
+        difficulty: one of :data:`DIFFICULTIES` (the module docstring's table). "easy" gives
+            exactly the cases this generator always gave; "medium" and "hard" start from the same
+            brain, first tumour and extras for a seed and add to them (from streams of their own).
+            The images of hard have thick slices along the last axis: :func:`written_spacing`.
 
     Raises:
-        OptionError: an unknown layout.
+        OptionError: an unknown layout or difficulty.
     """
+    images, label, _ = _case(shape, seed, brain_size, layout, cavity, difficulty)
+    return images, label
+
+
+def _case(shape: tuple[int, int, int], seed: int, brain_size: tuple[int, int, int] | None,
+          layout: str, cavity: bool | None, difficulty: str):
+    """:func:`synth_case`, and the tissue map its images were drawn from."""
     values = _role_values(_check_layout(layout))
+    level = _LEVELS.get(_check_difficulty(difficulty))
     rng = np.random.default_rng(seed)
     shape = tuple(int(s) for s in shape)
     grid = list(np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij"))
@@ -309,8 +523,20 @@ def synth_case(shape: tuple[int, int, int], seed: int,
         # A stream of their own: the brats2021 cases (and the demo's seeded scores) stay unchanged.
         extra_rng = np.random.default_rng([seed, 1])
         extras = _extras(extra_rng, layout, grid, lesions, brain, edema_r, sigma, cavity)
+    if level is None:
+        label = _paint(tissue, lesions, low_grade, extras, values)
+        return _images(rng, tissue, brain, modalities_of(layout)), label, tissue
+    # Streams of their own again: the same seed's easy case is the start of its medium/hard one.
+    level_rng = np.random.default_rng([seed, 2])
+    taken = extras.get("cavity", np.zeros(shape, bool))
+    _more_lesions(level_rng, level, grid, lesions, brain, taken, edema_r, sigma)
+    lesions = _vary_cores(level_rng, level, lesions, keep_first="cyst" in extras)
+    anat = tissue.copy()
     label = _paint(tissue, lesions, low_grade, extras, values)
-    return _images(rng, tissue, brain, modalities_of(layout)), label
+    _mimics(level_rng, level, grid, tissue, brain)
+    images = _level_images(np.random.default_rng([seed, 3]), level, tissue, anat, brain,
+                           modalities_of(layout))
+    return images, label, tissue
 
 
 # -- files ---------------------------------------------------------------------------------------
@@ -383,7 +609,7 @@ def write_synthetic_dataset(out: str | Path, n_cases: int, shape: tuple[int, int
                             prefix: str | None = None,
                             progress: Callable[[int], None] | None = None,
                             brain_size: tuple[int, int, int] | None = None,
-                            layout: str = "brats2021") -> list[Path]:
+                            layout: str = "brats2021", difficulty: str = "easy") -> list[Path]:
     """Writes ``n_cases`` cases into ``out`` in the file layout of ``layout``.
 
     Naming: brats2021 ``<prefix>_NNNNN/<prefix>_NNNNN_{t1,t1ce,t2,flair,seg}.nii.gz`` (prefix
@@ -391,7 +617,9 @@ def write_synthetic_dataset(out: str | Path, n_cases: int, shape: tuple[int, int
     seg}.nii.gz``; brats2024 likewise, odd cases ``-100``; brats2024-ped ``BraTS-PED-NNNNN-000/...``;
     brats-men-rt ``BraTS-MEN-RT-NNNN-1/BraTS-MEN-RT-NNNN-1_{t1c,gtv}.nii.gz``; msd
     ``imagesTr/BRATS_NNN.nii.gz`` (4-D: FLAIR, T1w, t1gd, T2w), ``labelsTr/BRATS_NNN.nii.gz`` and
-    ``dataset.json``. Case i is :func:`synth_case` with seed ``seed * 100003 + i``.
+    ``dataset.json``. Case i is :func:`synth_case` with seed ``seed * 100003 + i`` and
+    ``difficulty``; the affine's voxel size is :func:`written_spacing` of ``spacing`` (hard: the
+    last axis 2.5 times thicker).
 
     Each file is written to a temporary name and renamed, so an interrupted run leaves no partial
     file; an existing complete case is kept as it is.
@@ -402,11 +630,11 @@ def write_synthetic_dataset(out: str | Path, n_cases: int, shape: tuple[int, int
     Raises:
         OptionError: naming the ``synth`` flag, before anything is written: an unknown ``layout``,
             ``n_cases`` < 1, a ``shape`` that is not three sizes >= :data:`MIN_SIZE`, ``seed`` < 0,
-            or a ``prefix`` for a layout other than brats2021.
+            a ``prefix`` for a layout other than brats2021, or an unknown ``difficulty``.
     """
     _check_args(n_cases, shape, seed, layout, prefix)
     out = Path(out)
-    affine = np.diag([*map(float, spacing), 1.0])
+    affine = np.diag([*written_spacing(spacing, difficulty), 1.0])
     written = []
     for i in range(n_cases):
         paths = {k: out / rel for k, rel in _case_files(layout, i, prefix or "BraTS2021").items()}
@@ -414,7 +642,8 @@ def write_synthetic_dataset(out: str | Path, n_cases: int, shape: tuple[int, int
             # Post-treatment (-100) cases have their cavity: any 2024 set of 2+ cases shows RC, so
             # it is detected as the 2024 release, as a real download is.
             cavity = (i % 2 == 1) if layout == "brats2024" else None
-            images, label = synth_case(shape, seed * 100003 + i, brain_size, layout, cavity)
+            images, label = synth_case(shape, seed * 100003 + i, brain_size, layout, cavity,
+                                       difficulty)
             for k, arr in _arrays(layout, images, label).items():
                 _save(paths[k], arr, affine)
         written.append(paths["image"] if layout == "msd" else paths["seg"].parent)
