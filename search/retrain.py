@@ -2,7 +2,9 @@
 
 ``folds=None`` trains one model on every labelled case (all training folds; no held-out validation);
 a list of folds trains one model per fold with that fold held out (a cross-validation ensemble).
-Each model is exported like the search's best, to ``<experiment>/retrained/{all,fold_K}``.
+Each model is exported like the search's best, to ``<experiment>/retrained/{all,fold_K}``; a fold's
+export gets the post-processing chosen on its held-out fold (``postprocess.json``), the ``all`` model
+none (it has no validation cases to choose on).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from unet3d.io_utils import check_writable_dir
 
 def retrain_best(experiment: Path, *, epochs: int | None = None, folds: Sequence[int] | None = None,
                  resume: bool = False, log: Callable[[str], None] = print) -> list[Path]:
-    from unet3d.export import export_model
+    from unet3d.export import export_model, validation_postprocess
     from unet3d.train import Trainer
 
     if epochs is not None and epochs < 1:  # checked before anything is read or written
@@ -51,7 +53,13 @@ def retrain_best(experiment: Path, *, epochs: int | None = None, folds: Sequence
         trainer = Trainer(run_cfg, ctx.cases(tuple(train_ids)), ctx.cases(tuple(val_ids)), run_dir,
                           resume=resume, log=lambda m, t=tag: log(f"  {t} {m}"))
         metrics: dict[str, Any] = trainer.fit()
+        choice = None
+        if trainer.val_cases:  # the fold's held-out cases, predicted once more by the final model
+            _, choice = validation_postprocess(trainer.model, run_cfg, trainer.val_cases, hd95=False)
+            log(f"  {tag} post-processing chosen on {len(trainer.val_cases)} validation cases: "
+                f"{choice.postprocess.describe()}")
         out = export_model(trainer.model, run_cfg, metrics, experiment / "retrained" / tag,
-                           source=f"retrain-best of {experiment.name} ({tag}, {n_epochs} epochs)")
+                           source=f"retrain-best of {experiment.name} ({tag}, {n_epochs} epochs)",
+                           postprocess=choice)
         outputs.append(out)
     return outputs

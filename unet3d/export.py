@@ -5,6 +5,8 @@ An export folder holds:
   saved_model/      a TensorFlow SavedModel (``model.export``) for TF Serving / other runtimes
   config.json       the exact RunConfig it was trained with
   metrics.json      its metrics (validation Dice/HD95, history, ...)
+  postprocess.json  the post-processing chosen on its validation cases (``predict`` applies it) and
+                    every candidate's validation scores; absent when it had no validation cases
   MODEL_CARD.md     a short human-readable card
 The folder is assembled under a temporary name and renamed into place, so a reader never sees a
 half-written export and an earlier export at the same path survives a failed one.
@@ -15,8 +17,9 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 
@@ -24,9 +27,46 @@ from unet3d.checkpoint import load_model, save_model
 from unet3d.config import RunConfig
 from unet3d.io_utils import atomic_write_json
 from unet3d.model import inference_model
+from unet3d.postprocess import FILE as POSTPROCESS_FILE
+from unet3d.postprocess import Chooser, PostProcessChoice
+
+if TYPE_CHECKING:
+    from unet3d.data.preprocess import CachedCase
 
 
-def _model_card(cfg: RunConfig, metrics: dict[str, Any], params: int, source: str) -> str:
+def validation_postprocess(model: keras.Model, cfg: RunConfig, cases: Sequence[CachedCase], *,
+                           hd95: bool = True) -> tuple[list[dict[str, Any]], PostProcessChoice]:
+    """Per-case validation scores of ``model`` on labelled cached ``cases`` (as
+    :func:`unet3d.train.evaluate_cases`) and the post-processing chosen on those same predictions
+    for ``cfg.train.objective``: each case is predicted once."""
+    from unet3d.train import evaluate_cases
+
+    chooser = Chooser(cfg.scheme, cfg.train.objective)
+
+    def add(case: CachedCase, pred: Any) -> None:
+        chooser.add(case.case_id, pred, case.classes(cfg.scheme), case.meta["spacing"])
+
+    per_case = evaluate_cases(model, cases, cfg, hd95=hd95, on_classes=add)
+    return per_case, chooser.choose()
+
+
+def _postprocess_card(choice: PostProcessChoice | None) -> list[str]:
+    lines = ["", "## Post-processing"]
+    if choice is None:
+        return lines + ["None chosen (no validation cases to choose it on); `predict` applies none "
+                        "unless told to (`--min-et-volume`, `--largest-wt`)."]
+    what = "mean lesion-wise Dice" if choice.objective == "lesionwise" else "mean Dice"
+    lines.append(f"- chosen on validation, applied by `predict` (`--postprocess none` turns it "
+                 f"off): {choice.postprocess.describe()}")
+    lines.append(f"- validation {what} over {len(choice.cases)} cases: "
+                 f"{choice.baseline_score:.4f} without post-processing, "
+                 f"{choice.chosen_score:.4f} with the choice ({len(choice.table)} candidates "
+                 f"tried, a step must gain more than {choice.margin:g}; see `postprocess.json`)")
+    return lines
+
+
+def _model_card(cfg: RunConfig, metrics: dict[str, Any], params: int, source: str,
+                postprocess: PostProcessChoice | None = None) -> str:
     m, scheme = cfg.model, cfg.scheme
     lines = [
         "# 3D-UNet for brain-tumour segmentation",
@@ -60,17 +100,22 @@ def _model_card(cfg: RunConfig, metrics: dict[str, Any], params: int, source: st
             lines.append(f"| {r} | {d:.4f} | {h:.2f} |" if h is not None else f"| {r} | {d:.4f} | - |")
     else:
         lines.append("No validation metrics (trained on every case).")
+    lines += _postprocess_card(postprocess)
     lines += ["", "## Files",
               "- `model.keras`: `keras.saving.load_model('model.keras', safe_mode=True)`",
               "- `saved_model/`: TensorFlow SavedModel, signature `serve` (float32 N x D x H x W x "
               f"{m.in_channels})",
-              "- `config.json`: the exact training configuration; `metrics.json`: full metrics", ""]
+              "- `config.json`: the exact training configuration; `metrics.json`: full metrics",
+              *(["- `postprocess.json`: the post-processing choice and every candidate's "
+                 "validation scores"] if postprocess is not None else []), ""]
     return "\n".join(lines)
 
 
 def export_model(model: keras.Model, cfg: RunConfig, metrics: dict[str, Any], out: str | Path,
-                 *, source: str = "") -> Path:
-    """Writes the export folder ``out`` (replacing an existing one only once the new one is whole)."""
+                 *, source: str = "", postprocess: PostProcessChoice | None = None) -> Path:
+    """Writes the export folder ``out`` (replacing an existing one only once the new one is whole);
+    with ``postprocess`` (chosen on validation, see :func:`validation_postprocess`) also
+    ``postprocess.json``."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     model = inference_model(model)
@@ -80,7 +125,10 @@ def export_model(model: keras.Model, cfg: RunConfig, metrics: dict[str, Any], ou
         model.export(str(tmp / "saved_model"), format="tf_saved_model", verbose=False)
         cfg.save(tmp / "config.json")
         atomic_write_json(tmp / "metrics.json", metrics)
-        (tmp / "MODEL_CARD.md").write_text(_model_card(cfg, metrics, model.count_params(), source))
+        if postprocess is not None:
+            atomic_write_json(tmp / POSTPROCESS_FILE, postprocess.to_dict())
+        (tmp / "MODEL_CARD.md").write_text(_model_card(cfg, metrics, model.count_params(), source,
+                                                       postprocess))
         old = None
         if out.exists():
             old = out.with_name(f".{out.name}.old")

@@ -7,9 +7,10 @@ test-time augmentation averages over flips of the input.
 
 A :class:`Predictor` takes a case as read from disk, preprocesses it exactly as training did
 (canonical orientation, brain crop, z-score), averages the probabilities of one or more models,
-post-processes the class map, and puts it back on the case's original grid with the label scheme's
-values (BraTS 2019-21 0/1/2/4, 2023+ 0-3, 2024 GLI 0-4, ...); :func:`write_prediction` saves it
-with the input's affine and header.
+post-processes the class map (by default as the first member's export chose on its validation
+cases, ``postprocess.json``; see :func:`resolve_postprocess`), and puts it back on the case's
+original grid with the label scheme's values (BraTS 2019-21 0/1/2/4, 2023+ 0-3, 2024 GLI 0-4,
+...); :func:`write_prediction` saves it with the input's affine and header.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np
 
 from unet3d.io_utils import atomic_path
 from unet3d.labels import DEFAULT, LabelScheme
-from unet3d.postprocess import PostProcess
+from unet3d.postprocess import PostProcess, read_saved
 from unet3d.runtime import gpu_available, resolve_policy, resolve_xla
 
 if TYPE_CHECKING:
@@ -189,6 +190,7 @@ class KerasMember:
     cfg: RunConfig
     name: str = ""
     policy: str = "float32"
+    postprocess: PostProcess | None = None  # saved with the export (postprocess.json), if any
 
     @property
     def head(self) -> str:
@@ -223,11 +225,14 @@ def load_member(folder: str | Path, *, precision: str = "auto") -> KerasMember:
 
     The weights are read with Keras safe mode, then copied by layer name into a network rebuilt from
     ``config.json`` under the chosen precision policy (mixed precision where the model was trained
-    with it and a GPU runs it), compiled with XLA when the config asks for it on this device.
+    with it and a GPU runs it), compiled with XLA when the config asks for it on this device. The
+    post-processing saved with the export (``postprocess.json``) becomes the member's
+    ``postprocess`` (None without that file: an older export, or one without validation cases).
 
     Raises:
         FileNotFoundError: ``model.keras`` or ``config.json`` is missing.
-        ValueError: the config is invalid or the weights do not fit it.
+        ValueError: the config is invalid, the weights do not fit it, or postprocess.json is
+            malformed.
     """
     import keras
 
@@ -241,6 +246,7 @@ def load_member(folder: str | Path, *, precision: str = "auto") -> KerasMember:
             raise FileNotFoundError(f"{folder / need}: not found; --model must be an export folder "
                                     f"(model.keras + config.json), e.g. <experiment>/best")
     cfg = RunConfig.load(folder / "config.json")
+    post = read_saved(folder)
     saved = load_model(folder / "model.keras")
     policy = resolve_policy(precision, cfg, gpu_available())
     previous = keras.config.dtype_policy()
@@ -258,7 +264,44 @@ def load_member(folder: str | Path, *, precision: str = "auto") -> KerasMember:
             raise ValueError(f"{folder / 'model.keras'}: layer {layer.name} does not match "
                              f"{folder / 'config.json'} ({str(e).splitlines()[0]})") from None
     model.compile(jit_compile=resolve_xla(cfg.train.xla))
-    return KerasMember(model=model, cfg=cfg, name=str(folder), policy=policy)
+    return KerasMember(model=model, cfg=cfg, name=str(folder), policy=policy, postprocess=post)
+
+
+POSTPROCESS_MODES = ("saved", "none")
+
+
+def resolve_postprocess(members: Sequence[Member], mode: str = "saved", *,
+                        min_et_volume: float | None = None,
+                        largest_wt: bool | None = None) -> tuple[PostProcess, str]:
+    """The post-processing a prediction applies, and one line saying what it is and where it
+    came from.
+
+    Args:
+        members: the ensemble, best first (a search's top-k are ranked).
+        mode: "saved": the choice saved with the FIRST member's export (an ensemble whose members
+            saved different choices uses the first's, and the line says so; a first member without
+            postprocess.json has none); "none": no post-processing.
+        min_et_volume, largest_wt: when given (not None), override that field of the above.
+
+    Raises:
+        ValueError: an unknown mode.
+    """
+    if mode not in POSTPROCESS_MODES:
+        raise ValueError(f"--postprocess {mode}: must be one of {', '.join(POSTPROCESS_MODES)}")
+    post, origin = PostProcess(), "--postprocess none"
+    if mode == "saved":
+        first = getattr(members[0], "postprocess", None)
+        post = first if first is not None else PostProcess()
+        origin = (f"saved with {members[0].name}" if first is not None
+                  else f"none saved with {members[0].name}")
+        if any(getattr(m, "postprocess", None) != first for m in members[1:]):
+            origin += "; other members saved other choices, the first member's is used"
+    flags = {"min_et_volume": min_et_volume, "largest_wt": largest_wt}
+    given = {k: v for k, v in flags.items() if v is not None}
+    if given:
+        post = dataclasses.replace(post, **given)
+        origin += "; overridden by " + ", ".join(f"--{k.replace('_', '-')}" for k in given)
+    return post, f"{post.describe()} ({origin})"
 
 
 @dataclasses.dataclass
@@ -286,6 +329,8 @@ class Predictor:
     member has a region head, every member's probabilities are taken as region probabilities (a
     softmax member's are summed over each region's classes), averaged, and thresholded at 0.5.
     Every member must share one label scheme (its values are written) and input modalities.
+    ``postprocess`` None applies the choice saved with the first member (see
+    :func:`resolve_postprocess`); ``PostProcess()`` applies none.
     """
 
     def __init__(self, members: Sequence[Member], *, overlap: float = 0.5, tta: int = 1,
@@ -298,7 +343,8 @@ class Predictor:
             raise ValueError(f"overlap={overlap} must be in [0, 1)")
         self.members = list(members)
         self.overlap, self.tta, self.batch_size = overlap, tta, batch_size
-        self.postprocess = postprocess or PostProcess()
+        self.postprocess = postprocess if postprocess is not None else \
+            resolve_postprocess(self.members)[0]
         self.keep_probabilities = keep_probabilities
         self.regions = any(m.head == "regions" for m in self.members)
         self.scheme = self.members[0].scheme

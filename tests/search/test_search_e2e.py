@@ -201,7 +201,15 @@ def test_exported_best_model_predicts_exactly_like_its_checkpoint(ray_search):
     saved = tf.saved_model.load(str(exp / "best" / "saved_model"))  # keep it alive while serving
     served = saved.serve(x).numpy()
     np.testing.assert_allclose(served, expected, atol=1e-5)
-    assert "## Validation" in (exp / "best" / "MODEL_CARD.md").read_text()
+    card = (exp / "best" / "MODEL_CARD.md").read_text()
+    assert "## Validation" in card and "## Post-processing" in card
+    # The post-processing chosen on the validation predictions metrics.json scores: its no-op row
+    # is their mean Dice; 14 candidates (largest WT off/on x 7 ET thresholds), one chosen.
+    pp = json.loads((exp / "best" / "postprocess.json").read_text())
+    assert pp["val_cases"] == metrics["val_cases"] and pp["objective"] == "dice"
+    assert pp["baseline_score"] == pytest.approx(metrics["final"]["dice_mean"], abs=1e-9)
+    assert len(pp["candidates"]) == 14 and sum(c["chosen"] for c in pp["candidates"]) == 1
+    assert pp["chosen_score"] >= pp["baseline_score"]
 
 
 def _free_port() -> int:
@@ -275,6 +283,8 @@ def test_retrain_best_trains_longer_and_exports(ray_search):
     best = RunConfig.load(exp / "best" / "config.json")
     assert cfg.model == best.model and cfg.train.epochs == 3 and cfg.data.fold == 1
     assert len(metrics["history"]) == 3 and "final" in metrics
+    pp = json.loads((out / "postprocess.json").read_text())  # chosen on the held-out fold
+    assert pp["val_cases"] == metrics["val_cases"] and "post-processing chosen on" in r.stdout
     ctx = json.loads((exp / "search.json").read_text())["context"]
     assert set(metrics["train_cases"]) | set(metrics["val_cases"]) == \
         set(ctx["train_ids"]) | set(ctx["val_ids"])
@@ -311,6 +321,10 @@ def test_predict_with_the_top_k_trials_of_a_search_as_an_ensemble(ray_search, ti
     assert info["models"] == [str((exp / "best").resolve()), str(rank2.resolve())]
     m = json.loads((rank2 / "metrics.json").read_text())
     assert m["trial_id"] == ranked[1]["trial_id"] and "final" in m
+    assert (rank2 / "postprocess.json").is_file()
+    # The ensemble applies its first (best) member's saved post-processing.
+    best_pp = json.loads((exp / "best" / "postprocess.json").read_text())["postprocess"]
+    assert info["postprocess"] == best_pp and f"saved with {exp / 'best'}" in info["postprocess_source"]
     assert len(list(out.glob("*.nii.gz"))) == 10
     # The second use reuses the export; asking for more trials than have checkpoints is an error.
     r = run_cli("predict", "--model", str(exp), "--top-k", "2", "--input", str(tiny["data"]),

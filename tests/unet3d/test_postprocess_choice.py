@@ -1,0 +1,251 @@
+"""Post-processing chosen on validation (nnU-Net style), saved with the export and applied by predict.
+
+The chooser runs on constructed class maps (brats-legacy training classes: 1 NCR, 2 ED, 3 ET);
+the export / predict chain on an untrained tiny model (it predicts enhancing tumour all over, so a
+saved ET rule visibly changes its output) with ``run_search.main`` in this process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from unet3d.labels import BUILTIN
+from unet3d.postprocess import (
+    FILE,
+    PostProcess,
+    PostProcessChoice,
+    candidates,
+    choose_postprocess,
+    read_saved,
+)
+
+LEGACY = BUILTIN["brats-legacy"]
+NCR, ED, ET = 1, 2, 3
+ONE_MM = (1.0, 1.0, 1.0)
+
+
+def _tumour() -> np.ndarray:
+    c = np.zeros((24, 24, 24), np.uint8)
+    c[4:16, 4:16, 4:16] = ED
+    c[7:13, 7:13, 7:13] = NCR
+    return c
+
+
+def _speck(spacing=ONE_MM):
+    """No ET in the reference; the prediction has a 2x2x2 ET speck (8 voxels) in the core."""
+    ref = _tumour()
+    pred = ref.copy()
+    pred[9:11, 9:11, 9:11] = ET
+    return "speck", pred, ref, spacing
+
+
+def _small_et():
+    """A true 3x3x3 ET (27 mm^3), predicted exactly: a threshold above 27 mm^3 removes it."""
+    ref = _tumour()
+    ref[9:12, 9:12, 9:12] = ET
+    return "small_et", ref.copy(), ref, ONE_MM
+
+
+def _stray_blob():
+    """A distant false-positive edema blob besides a perfect tumour."""
+    ref = _tumour()
+    pred = ref.copy()
+    pred[19:22, 19:22, 19:22] = ED
+    return "stray", pred, ref, ONE_MM
+
+
+def _row(choice: PostProcessChoice, min_et: float, largest: bool = False) -> dict:
+    return next(r for r in choice.table
+                if r["min_et_volume_mm3"] == min_et and r["largest_wt"] == largest)
+
+
+def test_the_threshold_that_removes_a_spurious_speck_without_hurting_a_true_small_et_is_chosen():
+    choice = choose_postprocess([_speck(), _small_et()], LEGACY, "dice")
+    # 10 and 25 mm^3 remove the 8 mm^3 speck and keep the 27 mm^3 ET: the smaller one wins the tie.
+    assert choice.postprocess == PostProcess(min_et_volume=10.0)
+    assert _row(choice, 10)["score"] == pytest.approx(1.0)
+    assert _row(choice, 0)["score"] == pytest.approx((2 / 3 + 1) / 2)  # the speck case's ET Dice 0
+    assert _row(choice, 25)["score"] == _row(choice, 10)["score"]
+    # 50 mm^3 fixes the speck case and loses the true ET: no better than nothing.
+    assert _row(choice, 50)["score"] == _row(choice, 0)["score"] < _row(choice, 10)["score"]
+    assert _row(choice, 10)["dice_ET"] == 1.0 and _row(choice, 50)["dice_ET"] == 0.5
+    assert _row(choice, 10)["cases_changed"] == 1 and _row(choice, 50)["cases_changed"] == 2
+    assert [r["chosen"] for r in choice.table].count(True) == 1 and _row(choice, 10)["chosen"]
+    assert choice.baseline_score == _row(choice, 0)["score"] and choice.cases == ("speck", "small_et")
+    assert len(choice.table) == 14  # largest-WT off/on x 7 ET thresholds
+
+
+def test_a_threshold_that_would_only_hurt_is_not_chosen_and_ties_keep_no_post_processing():
+    choice = choose_postprocess([_small_et()], LEGACY, "dice")
+    # 10, 25 mm^3 and the largest-WT rule change nothing here (a tie); 50+ mm^3 lose the true ET.
+    assert choice.postprocess == PostProcess()
+    assert _row(choice, 10)["score"] == _row(choice, 0, True)["score"] == _row(choice, 0)["score"]
+    assert _row(choice, 50)["score"] < _row(choice, 0)["score"]
+
+
+def test_an_improvement_below_the_margin_keeps_no_post_processing():
+    cases = [_speck(), _small_et()]  # threshold 10 gains (1/3) / 2 = 0.167 in mean Dice
+    assert choose_postprocess(cases, LEGACY, margin=0.2).postprocess == PostProcess()
+    assert choose_postprocess(cases, LEGACY, margin=0.1).postprocess == PostProcess(min_et_volume=10)
+
+
+def test_the_threshold_is_a_volume_in_mm3():
+    # The same 8-voxel speck at 2 mm voxels is 64 mm^3: only 100 mm^3 and above remove it.
+    choice = choose_postprocess([_speck((2.0, 2.0, 2.0))], LEGACY)
+    assert choice.postprocess == PostProcess(min_et_volume=100.0)
+    assert _row(choice, 50)["score"] == _row(choice, 0)["score"]
+
+
+def test_the_largest_component_rule_is_chosen_when_it_helps_and_the_objective_decides():
+    choice = choose_postprocess([_stray_blob()], LEGACY, "dice")
+    assert choice.postprocess == PostProcess(largest_wt=True)
+    assert _row(choice, 0, True)["dice_WT"] == 1.0 > _row(choice, 0)["dice_WT"]
+    # Lesion-wise Dice averages matched lesions only: a stray lesion does not lower it, so the
+    # lesion-wise objective has no reason to remove it.
+    lw = choose_postprocess([_stray_blob()], LEGACY, "lesionwise")
+    assert lw.postprocess == PostProcess() and lw.objective == "lesionwise"
+    assert {"lesionwise_dice_ET", "lesionwise_dice_mean"} <= set(lw.table[0])
+    # ... while a spurious ET speck in a case without ET costs it the ET lesion-wise Dice.
+    assert choose_postprocess([_speck()], LEGACY, "lesionwise").postprocess == \
+        PostProcess(min_et_volume=10.0)
+    with pytest.raises(ValueError, match="objective"):
+        choose_postprocess([_speck()], LEGACY, "hd95")
+    with pytest.raises(ValueError, match="at least one validation case"):
+        choose_postprocess([], LEGACY)
+
+
+def test_a_scheme_without_enhancing_tumour_has_the_largest_component_rule_alone():
+    men = BUILTIN["brats-men-rt"]
+    assert candidates(men) == [PostProcess(), PostProcess(largest_wt=True)]
+    ref = np.zeros((16, 16, 16), np.uint8)
+    ref[2:8, 2:8, 2:8] = 1
+    pred = ref.copy()
+    pred[12:14, 12:14, 12:14] = 1
+    choice = choose_postprocess([("m", pred, ref, ONE_MM)], men)
+    assert choice.postprocess == PostProcess(largest_wt=True) and len(choice.table) == 2
+    assert "dice_GTV" in choice.table[0]
+
+
+def test_the_choice_round_trips_through_json_and_a_malformed_file_is_named(tmp_path):
+    choice = choose_postprocess([_speck(), _small_et()], LEGACY)
+    d = json.loads(json.dumps(choice.to_dict()))
+    assert d["postprocess"] == {"min_et_volume_mm3": 10.0, "largest_wt": False}
+    assert d["val_cases"] == ["speck", "small_et"] and d["objective"] == "dice"
+    assert d["chosen_score"] > d["baseline_score"] and len(d["candidates"]) == 14
+    assert PostProcessChoice.from_dict(d) == choice
+    assert read_saved(tmp_path) is None  # an export from before postprocess.json: none
+    (tmp_path / FILE).write_text(json.dumps(d))
+    assert read_saved(tmp_path) == PostProcess(min_et_volume=10.0)
+    (tmp_path / FILE).write_text(json.dumps({"postprocess": {"min_et_volume_mm3": -5}}))
+    with pytest.raises(ValueError, match=FILE):
+        read_saved(tmp_path)
+
+
+@dataclasses.dataclass
+class _Member:
+    name: str
+    postprocess: PostProcess | None
+
+
+def test_resolve_postprocess_uses_the_first_members_saved_choice_and_flags_override_it():
+    from unet3d.inference import resolve_postprocess
+
+    saved = PostProcess(min_et_volume=50.0, largest_wt=True)
+    a, b, old = _Member("a", saved), _Member("b", PostProcess()), _Member("old", None)
+    post, line = resolve_postprocess([a])
+    assert post == saved and "saved with a" in line and "50 mm^3" in line
+    assert resolve_postprocess([a], "none")[0] == PostProcess()
+    assert resolve_postprocess([old])[0] == PostProcess()  # no postprocess.json: none, as before
+    post, line = resolve_postprocess([a, b])  # an ensemble: the first (best) member's choice
+    assert post == saved and "first member's is used" in line
+    assert "first member" not in resolve_postprocess([a, _Member("c", saved)])[1]
+    post, line = resolve_postprocess([a], min_et_volume=0.0)  # a flag overrides its field only
+    assert post == PostProcess(largest_wt=True) and "--min-et-volume" in line
+    assert resolve_postprocess([a], largest_wt=False)[0] == PostProcess(min_et_volume=50.0)
+    assert resolve_postprocess([a], "none", largest_wt=True)[0] == PostProcess(largest_wt=True)
+    with pytest.raises(ValueError, match="--postprocess"):
+        resolve_postprocess([a], "best")
+
+
+# -------------------------------------------------------------------------- export -> predict
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> dict:
+    """An untrained tiny model exported with a saved choice that turns every ET voxel into core,
+    and a synthetic case to predict."""
+    import keras
+
+    from unet3d.config import preset
+    from unet3d.data.synthetic import write_synthetic_dataset
+    from unet3d.export import export_model
+    from unet3d.model import build_unet3d
+
+    root = tmp_path_factory.mktemp("ppchoice")
+    write_synthetic_dataset(root / "data", 1, (48, 40, 32), seed=3)
+    cfg = preset("cpu-small").replace(
+        model={"base_filters": 4, "max_filters": 16, "depth": 3, "deep_supervision": False,
+               "deep_supervision_heads": 1}, data={"crop": (16, 16, 16)})
+    # Candidates 0 and 1e6 mm^3: the speck case makes 1e6 (every ET component) the choice.
+    choice = choose_postprocess([_speck()], LEGACY, thresholds=(1e6,))
+    assert choice.postprocess == PostProcess(min_et_volume=1e6)
+    keras.utils.set_random_seed(0)
+    out = export_model(build_unet3d(cfg.model), cfg, {}, root / "export", postprocess=choice,
+                       source="test")
+    return {"export": out, "data": root / "data", "choice": choice}
+
+
+def _predict(exported, out: Path, *flags: str, capsys) -> tuple[np.ndarray, dict, str]:
+    import nibabel as nib
+
+    import run_search
+    from unet3d.data.discover import discover
+
+    assert run_search.main(["predict", "--model", str(exported["export"]), "--input",
+                            str(exported["data"]), "--out", str(out), *flags]) == 0
+    case_id = discover(exported["data"]).cases[0].case_id
+    labels = np.asarray(nib.load(str(out / f"{case_id}.nii.gz")).dataobj)
+    return labels, json.loads((out / "predict.json").read_text()), capsys.readouterr().out
+
+
+def test_the_export_saves_the_choice_and_its_card_mentions_it(exported):
+    from unet3d.inference import load_member
+
+    folder = exported["export"]
+    assert json.loads((folder / FILE).read_text()) == exported["choice"].to_dict()
+    card = (folder / "MODEL_CARD.md").read_text()
+    assert "## Post-processing" in card and "ET components < 1e+06 mm^3 -> core" in card
+    member = load_member(folder)
+    assert member.postprocess == PostProcess(min_et_volume=1e6)
+
+
+def test_a_predictor_applies_its_first_members_saved_choice_by_default(exported):
+    from unet3d.data.discover import discover
+    from unet3d.data.preprocess import load_case
+    from unet3d.inference import Predictor, load_member
+
+    member = load_member(exported["export"])
+    loaded = load_case(dataclasses.replace(discover(exported["data"]).cases[0], label=None))
+    default = Predictor([member]).predict(loaded).labels
+    off = Predictor([member], postprocess=PostProcess()).predict(loaded).labels
+    assert (off == 4).any() and not (default == 4).any()
+
+
+def test_predict_applies_the_saved_choice_unless_told_otherwise(exported, tmp_path, capsys):
+    saved, info, stdout = _predict(exported, tmp_path / "saved", capsys=capsys)
+    assert info["postprocess"] == {"min_et_volume_mm3": 1e6, "largest_wt": False}
+    assert "saved with" in info["postprocess_source"] and "post-processing: ET" in stdout
+    none, info, _ = _predict(exported, tmp_path / "none", "--postprocess", "none", capsys=capsys)
+    assert info["postprocess"] == {"min_et_volume_mm3": 0.0, "largest_wt": False}
+    # The untrained model predicts ET (label 4) all over; the saved rule made every voxel of it NCR.
+    assert (none == 4).any() and not (saved == 4).any()
+    np.testing.assert_array_equal(np.where(none == 4, 1, none), saved)
+    # An explicit flag overrides the saved field.
+    over, info, _ = _predict(exported, tmp_path / "over", "--min-et-volume", "0", "--largest-wt",
+                             capsys=capsys)
+    assert info["postprocess"] == {"min_et_volume_mm3": 0.0, "largest_wt": True}
+    assert "overridden by --min-et-volume, --largest-wt" in info["postprocess_source"]
+    assert (over == 4).any()
