@@ -189,11 +189,12 @@ def cmd_synth(args: argparse.Namespace) -> int:
     check_writable_dir(args.out, "--out")
     t0 = time.perf_counter()
     write_synthetic_dataset(args.out, args.cases, tuple(args.shape), seed=args.seed,
-                            layout=args.layout, progress=_tty_progress("synth", args.cases))
+                            layout=args.layout, progress=_tty_progress("synth", args.cases),
+                            difficulty=args.difficulty)
     if sys.stdout.isatty():
         print()
     _print(f"wrote {args.cases} synthetic cases ({'x'.join(map(str, args.shape))}, {args.layout} "
-           f"layout) to {args.out} in {time.perf_counter() - t0:.1f} s")
+           f"layout, {args.difficulty}) to {args.out} in {time.perf_counter() - t0:.1f} s")
     return 0
 
 
@@ -320,6 +321,8 @@ def _gib(value: str | None) -> float | str | None:
 
 
 def _print_search(result, spec) -> None:
+    import collections
+
     from search.results import format_table
 
     s = result.summary
@@ -328,10 +331,13 @@ def _print_search(result, spec) -> None:
     _print("")
     _print(format_table(result.trials))
     _print("")
+    origins = collections.Counter(r.proposed_by for r in result.trials if r.proposed_by)
     _print(f"{s['trials']} trials in {result.seconds:.0f} s; {s['trials_stopped_early']} "
            f"stopped early; {s['trial_epochs_run']} trial-epochs run of "
            f"{s['trial_epochs_without_early_stopping']} without early stopping "
            f"({s['trial_epochs_saved']} saved)")
+    if origins:
+        _print("proposed by: " + ", ".join(f"{k} {v}" for k, v in origins.items()))
     if s.get("trials_pruned"):
         budget = s.get("memory_budget") or {"gib": 0.0, "source": "?"}
         _print(f"{s['trials_pruned']} configuration(s) pruned for memory, never started: predicted "
@@ -344,6 +350,10 @@ def _print_search(result, spec) -> None:
 
         what = describe(result.summary.get("objective", "dice"), result.best.config.scheme.tumour)
         _print(f"best trial {result.best.trial_id}: {what} {result.best.score:.4f}")
+        for p in s.get("pareto", []):
+            second = spec.second_objective
+            _print(f"  Pareto rank {p['rank']}: trial {p['trial_id']}, {p['score']:.4f}, {second} "
+                   f"{p[second]:.4g} -> {where}/pareto/rank_{p['rank']}")
         for k, v in result.best.params.items():
             _print(f"  {k} = {v}")
         _print(f"exported: {where}/best" if remote else f"exported: {result.best.export}")
@@ -424,9 +434,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from unet3d.data.discover import discover_input
     from unet3d.data.preprocess import load_case
-    from unet3d.inference import Predictor, load_member, write_prediction
+    from unet3d.inference import Predictor, load_member, resolve_postprocess, write_prediction
     from unet3d.io_utils import atomic_write_json, check_writable_dir
-    from unet3d.postprocess import PostProcess
     from unet3d.runtime import peak_memory_gib
 
     if not 0 <= args.overlap < 1:
@@ -435,7 +444,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise_user(f"--tta {args.tta}: must be 1..8 flips")
     if args.batch_size < 1:
         raise_user(f"--batch-size {args.batch_size}: must be at least 1")
-    if not args.min_et_volume >= 0:  # NaN too
+    if args.min_et_volume is not None and not args.min_et_volume >= 0:  # NaN too
         raise_user(f"--min-et-volume {args.min_et_volume}: must be >= 0 mm^3")
     if args.top_k < 1:  # checked here too: only a search experiment as --model reaches export_top
         raise_user(f"--top-k {args.top_k}: must be at least 1")
@@ -448,7 +457,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             members.append(load_member(f, precision=args.precision))
         except (FileNotFoundError, ValueError) as e:
             raise_user(str(e))
-    post = PostProcess(min_et_volume=args.min_et_volume, largest_wt=args.largest_wt)
+    post, post_line = resolve_postprocess(members, args.postprocess, min_et_volume=args.min_et_volume,
+                                          largest_wt=args.largest_wt)
     predictor = Predictor(members, overlap=args.overlap, tta=args.tta, batch_size=args.batch_size,
                           postprocess=post, keep_probabilities=args.probabilities)
     if post.min_et_volume > 0 and predictor.scheme.enhancing is None:
@@ -463,12 +473,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for m in members:
         _print(f"model {m.name}: {m.cfg.model.depth} levels, filters {list(m.cfg.model.filters)}, "
                f"{m.cfg.model.head} head, windows {list(m.patch)}, {m.policy}")
+    _print(f"post-processing: {post_line}")
     _print(f"predicting {len(cases)} case(s) with {len(members)} model(s), overlap {args.overlap}, "
            f"{args.tta} flip(s) -> {out}")
     atomic_write_json(out / "predict.json", {
         "models": [str(f.resolve()) for f in folders], "input": str(Path(args.input).resolve()),
         "overlap": args.overlap, "tta": args.tta, "precision": [m.policy for m in members],
-        "postprocess": {"min_et_volume_mm3": post.min_et_volume, "largest_wt": post.largest_wt},
+        "postprocess": post.to_dict(), "postprocess_source": post_line,
         "probabilities": predictor.channels if args.probabilities else None})
     t0 = time.perf_counter()
     with tqdm(total=len(cases), unit="case", disable=None, position=0) as case_bar:
@@ -591,7 +602,7 @@ def _data_args(q: argparse.ArgumentParser) -> None:
 
 
 def _synth_parser(sub) -> None:
-    from unet3d.data.synthetic import LAYOUTS
+    from unet3d.data.synthetic import DIFFICULTIES, LAYOUTS
 
     s = _command(sub, "synth", "write a synthetic BraTS-like NIfTI dataset in a release's layout",
                  "Write N synthetic BraTS-like cases as .nii.gz in the folder layout and label values "
@@ -603,8 +614,16 @@ def _synth_parser(sub) -> None:
     s.add_argument("--out", required=True, help="dataset folder to write")
     s.add_argument("--cases", type=int, default=16, help="number of cases")
     s.add_argument("--shape", type=int, nargs=3, default=[64, 64, 64], metavar=("D", "H", "W"),
-                   help="volume size in voxels (1 mm isotropic)")
+                   help="volume size in voxels (1 mm isotropic; hard: 1 x 1 x 2.5 mm)")
     s.add_argument("--seed", type=int, default=0, help="seed of the generator")
+    s.add_argument("--difficulty", default="easy", choices=DIFFICULTIES,
+                   help="easy: one lesion (layouts with extras: up to two), clear contrast, mild "
+                        "bias field and noise, as always. medium: up to two more "
+                        "lesions, thin enhancing rims, lesions without necrosis or enhancement, "
+                        "weaker tumour contrast varying by case, stronger bias field and noise, "
+                        "unlabelled FLAIR-bright spots and T1c-bright vessels. hard: all of it "
+                        "stronger, 1-3 more lesions (some tiny), contrast sometimes barely above "
+                        "the tissue around, and thick slices (2.5 mm along the last axis)")
 
 
 def _prepare_parser(sub) -> None:
@@ -673,8 +692,8 @@ ENGINE_OPTION = {"kt_algorithm": "algorithm"}
 
 def _search_parser(sub) -> None:
     from search.kt_engine import ALGORITHMS
-    from search.objective import OBJECTIVES
-    from search.ray_engine import TIME_ATTRS, RayOptions
+    from search.objective import OBJECTIVES, SECOND
+    from search.ray_engine import RayOptions
     from search.spec import DEFAULT_DATA, DEFAULT_OUT, ENGINES, SearchSpec
 
     spec, ray = SearchSpec(name="x"), RayOptions()
@@ -688,10 +707,12 @@ def _search_parser(sub) -> None:
     s.add_argument("--cache", default=None, help="preprocessed cache (default: DATA/.unet3d-cache); on a "
                                                  "cluster, storage every node sees")
     _labels_arg(s)
-    s.add_argument("--objective", choices=list(OBJECTIVES), default=spec.objective,
-                   help="what ranks trials, stops them early and picks best/: dice (mean whole-image "
-                        "Dice of the tumour regions) or lesionwise (mean lesion-wise Dice, as BraTS "
-                        "2023+ ranks; slower validation)")
+    s.add_argument("--objective", default=spec.objective,
+                   help=f"what ranks trials, stops them early and picks best/: {' | '.join(OBJECTIVES)} "
+                        f"(mean whole-image Dice of the tumour regions, or mean lesion-wise Dice as "
+                        f"BraTS 2023+ ranks; slower validation); add a second objective to search a "
+                        f"Pareto front, exported to pareto/: dice,{'|'.join(SECOND)} (inference "
+                        f"seconds per window, parameters, training volumes/s)")
     s.add_argument("--space", default=spec.space,
                    help="search space: demo | brats | nvidia | auto (built around the dataset's "
                         "plan for the memory budget), or a YAML/JSON space file")
@@ -706,27 +727,7 @@ def _search_parser(sub) -> None:
                         "(default: the GPU's memory times --gpus-per-trial's share of it; on CPUs "
                         "this machine's memory divided by the trials that run at once; a resumed "
                         "search keeps its budget)")
-    r = s.add_argument_group("Ray Tune engine")
-    r.add_argument("--grace-period", type=int, default=None,
-                   help=f"ASHA: epochs (or seconds) before a trial can be stopped "
-                        f"(default: {ray.grace_period})")
-    r.add_argument("--reduction-factor", type=int, default=None,
-                   help=f"ASHA / Hyperband reduction factor (default: {ray.reduction_factor})")
-    r.add_argument("--time-attr", choices=TIME_ATTRS, default=None,
-                   help=f"ASHA's budget unit; 'seconds' lets faster configurations earn more epochs "
-                        f"(default: {ray.time_attr})")
-    r.add_argument("--max-trial-seconds", type=float, default=None,
-                   help=f"ASHA's max_t with --time-attr seconds (default: {ray.max_trial_seconds:g})")
-    r.add_argument("--cpus-per-trial", type=float, default=None,
-                   help=f"CPUs reserved per trial (default: {ray.cpus_per_trial:g})")
-    r.add_argument("--gpus-per-trial", type=float, default=None,
-                   help=f"GPUs per trial; fractions share a GPU (default: {ray.gpus_per_trial:g})")
-    r.add_argument("--max-concurrent", type=int, default=None,
-                   help=f"trials running at once, 0: no limit (default: {ray.max_concurrent})")
-    r.add_argument("--max-failures", type=int, default=None,
-                   help=f"retries of a failing trial, from its last checkpoint (default: {ray.max_failures})")
-    r.add_argument("--address", default=None,
-                   help="an existing Ray cluster ('auto' or host:port) (default: a local Ray on 127.0.0.1)")
+    _ray_args(s, ray)
     s.add_argument("--workers-per-trial", type=int, default=spec.workers_per_trial,
                    help="Horovod workers per trial (Ray actors; one GPU each with --gpus-per-trial, else "
                         "one CPU each)")
@@ -744,6 +745,52 @@ def _search_parser(sub) -> None:
                         "finished trials")
     s.add_argument("--verbose", type=int, default=spec.verbose, choices=[0, 1, 2],
                    help="Ray Tune progress output")
+
+
+def _ray_args(s, ray) -> None:
+    """The search command's Ray Tune engine flags (``ray``: RayOptions' defaults)."""
+    from search.ray_engine import SCHEDULERS, SEARCHERS, TIME_ATTRS
+
+    r = s.add_argument_group("Ray Tune engine")
+    r.add_argument("--searcher", choices=SEARCHERS, default=None,
+                   help="Optuna sampler that proposes configurations: tpe (multivariate, constant liar "
+                        "for trials at once), random, cmaes, gp (Gaussian process; needs PyTorch), "
+                        "nsga2 (default: tpe; --scheduler bohb brings its own, pbt/pb2 draw at random)")
+    r.add_argument("--scheduler", choices=SCHEDULERS, default=None,
+                   help=f"Ray Tune scheduler that stops or perturbs trials: asha, hyperband, bohb "
+                        f"(HyperBand + BOHB's searcher), pbt, pb2 (population-based: perturb learning "
+                        f"rate, loss, augmentation every --grace-period), median (stopping rule), none "
+                        f"(default: {ray.scheduler})")
+    r.add_argument("--startup-trials", type=int, default=None,
+                   help="random trials before the sampler's model proposes (TPE, CMA-ES, GP; NSGA-II's "
+                        "population) (default: a quarter of --num-samples, 2 to 10)")
+    r.add_argument("--warm-start", default=None, metavar="EXPERIMENT",
+                   help="tell the sampler the trials of an earlier search (OUT/NAME) that lie in this "
+                        "space, so it proposes from them at once")
+    r.add_argument("--budget", type=float, default=None,
+                   help="the whole search's compute, in trial-epochs (or seconds with --time-attr "
+                        "seconds): once spent, running trials stop and no new one starts, so searches "
+                        "can be compared at equal compute (default: none; --num-samples bounds it)")
+    r.add_argument("--grace-period", type=int, default=None,
+                   help=f"ASHA / median: epochs (or seconds) before a trial can be stopped; PBT / PB2: "
+                        f"the perturbation interval (default: {ray.grace_period})")
+    r.add_argument("--reduction-factor", type=int, default=None,
+                   help=f"ASHA / Hyperband reduction factor (default: {ray.reduction_factor})")
+    r.add_argument("--time-attr", choices=TIME_ATTRS, default=None,
+                   help=f"ASHA's budget unit; 'seconds' lets faster configurations earn more epochs "
+                        f"(default: {ray.time_attr})")
+    r.add_argument("--max-trial-seconds", type=float, default=None,
+                   help=f"ASHA's max_t with --time-attr seconds (default: {ray.max_trial_seconds:g})")
+    r.add_argument("--cpus-per-trial", type=float, default=None,
+                   help=f"CPUs reserved per trial (default: {ray.cpus_per_trial:g})")
+    r.add_argument("--gpus-per-trial", type=float, default=None,
+                   help=f"GPUs per trial; fractions share a GPU (default: {ray.gpus_per_trial:g})")
+    r.add_argument("--max-concurrent", type=int, default=None,
+                   help=f"trials running at once, 0: no limit (default: {ray.max_concurrent})")
+    r.add_argument("--max-failures", type=int, default=None,
+                   help=f"retries of a failing trial, from its last checkpoint (default: {ray.max_failures})")
+    r.add_argument("--address", default=None,
+                   help="an existing Ray cluster ('auto' or host:port) (default: a local Ray on 127.0.0.1)")
 
 
 def _retrain_parser(sub) -> None:
@@ -777,7 +824,9 @@ def _predict_parser(sub) -> None:
                  "input's own grid (shape, affine and header of its images) with the label values of "
                  "the model's label scheme (BraTS 2019-21 0/1/2/4, 2023+ 0-3, 2024 GLI 0-4, MSD 0-3), "
                  "and OUT/predict.json (models and options). Several "
-                 "--model folders form an ensemble that averages probabilities.", cmd_predict)
+                 "--model folders form an ensemble that averages probabilities. The post-processing "
+                 "chosen on validation and saved with the (first) model is applied (--postprocess).",
+                 cmd_predict)
     s.add_argument("--model", action="append", required=True, metavar="DIR",
                    help="an export folder (EXPERIMENT/best, a train --out folder), a folder of exports "
                         "(EXPERIMENT/retrained: every fold), or a search experiment (its --top-k best "
@@ -797,11 +846,16 @@ def _predict_parser(sub) -> None:
                    help="also write OUT/<case_id>_probabilities.nii.gz (X, Y, Z, K; quantised to 1/255): "
                         "class probabilities, or region ones (e.g. WT/TC/ET) if any model has a region "
                         "head")
-    s.add_argument("--min-et-volume", type=float, default=0.0, metavar="MM3",
+    s.add_argument("--postprocess", choices=["saved", "none"], default="saved",
+                   help="saved: the post-processing chosen on validation and saved with the (first) "
+                        "model's export (its postprocess.json; an export without one: none); none: "
+                        "no post-processing. --min-et-volume / --largest-wt override either")
+    s.add_argument("--min-et-volume", type=float, default=None, metavar="MM3",
                    help="post-processing: enhancing-tumour components smaller than this become necrotic "
-                        "core (0: off; 500 is a common BraTS choice)")
-    s.add_argument("--largest-wt", action="store_true",
-                   help="post-processing: keep only the largest connected whole-tumour component")
+                        "core (0: off; 500 is a common BraTS choice); overrides the saved choice")
+    s.add_argument("--largest-wt", action=argparse.BooleanOptionalAction, default=None,
+                   help="post-processing: keep only the largest connected whole-tumour component "
+                        "(--no-largest-wt: do not); overrides the saved choice")
 
 
 def _evaluate_parser(sub) -> None:

@@ -32,6 +32,7 @@ from typing import Any
 
 from search.context import SearchContext
 from search.memory_budget import MemoryBudget
+from search.objective import split as split_objective
 from search.results import TrialRow
 from search.spec import DEFAULT_DATA, DEFAULT_OUT, SearchError, SearchSpec
 from search.storage import Experiment
@@ -86,12 +87,16 @@ class Search:
                  objective: str = "dice", labels: str | Path | None = None,
                  memory: float | None = None, log: Log | None = None,
                  **engine_options: Any) -> None:
+        try:
+            objective, second = split_objective(objective)
+        except ValueError as e:
+            raise SearchError(str(e)) from None
         self.spec = SearchSpec(
             data=str(data or ""), cache=str(cache or ""), space=str(space), engine=engine,
             num_samples=num_samples, max_epochs=max_epochs, out=str(out),
             name=name or time.strftime("search-%Y%m%d-%H%M%S"), seed=seed, fold=fold, folds=folds,
             split_seed=split_seed, workers_per_trial=workers_per_trial, verbose=verbose,
-            objective=objective, labels=str(labels or ""), memory=memory,
+            objective=objective, second_objective=second, labels=str(labels or ""), memory=memory,
             engine_options={k: v for k, v in engine_options.items() if v is not None})
         engine_settings(self.spec)  # the engine's own options, checked now
         if self.spec.labels:  # (not on restore: the context holds the scheme, the file may be gone)
@@ -208,9 +213,22 @@ class Search:
             from search import ray_engine
 
             opts = engine_settings(spec)
+            if opts.warm_start:
+                self._check_warm_start(opts)
             self._own_ray = ray_engine.connect(opts)
             ray_engine.check_resources(opts, spec.workers_per_trial, self.log)
         return dataset
+
+    def _check_warm_start(self, opts: Any) -> None:
+        """--warm-start names a finished search with trials inside this search's space."""
+        from search.objective import metric_of
+        from search.ray_engine import warm_trials
+
+        metric = metric_of(self.spec.objective)
+        usable = warm_trials(opts.warm_start, self._space, metric)  # (no trials.json: refused)
+        if not usable and self.spec.space not in ("auto", "brats"):  # (those move onto a plan)
+            raise SearchError(f"--warm-start {opts.warm_start}: none of its trials scored {metric} "
+                              f"inside space {self._space.name!r}")
 
     def _prepare(self, dataset: Any, exp: Experiment) -> SearchContext:
         """The demo dataset if needed, the preprocessed cache, and the fold's case IDs."""
@@ -234,7 +252,8 @@ class Search:
                  f"-> {spec.cache_folder} ({len(entries) - prep.reused} preprocessed, "
                  f"{prep.reused} reused)")
         self.log(f"labels: {scheme.describe()} ({'--labels' if spec.labels else 'detected'}); "
-                 f"objective: {spec.objective}")
+                 f"objective: {spec.objective}"
+                 + (f" and {spec.second_objective} (Pareto front)" if spec.second_objective else ""))
         self._space = _fit_space(self._space, scheme, self.log)
         labelled = [e.case_id for e in entries if e.meta["labelled"]]
         train_ids, val_ids = kfold(labelled, spec.folds, spec.fold, spec.split_seed)
@@ -244,6 +263,7 @@ class Search:
                              fold=spec.fold, folds=spec.folds, split_seed=spec.split_seed,
                              experiment="" if exp.remote else str(exp.local),
                              workers_per_trial=spec.workers_per_trial, objective=spec.objective,
+                             second_objective=spec.second_objective,
                              labels=labels_mod.to_config(scheme), in_channels=prep.channels)
 
     def _cluster_mapper(self) -> Any:
@@ -361,8 +381,10 @@ def engine_settings(spec: SearchSpec) -> Any:
     if spec.engine == "ray":
         from search.ray_engine import RayOptions
 
-        return RayOptions(num_samples=spec.num_samples, max_epochs=spec.max_epochs, seed=spec.seed,
+        opts = RayOptions(num_samples=spec.num_samples, max_epochs=spec.max_epochs, seed=spec.seed,
                           verbose=spec.verbose, **spec.engine_options)
+        opts.check_objectives(spec.second_objective)
+        return opts
     from search.kt_engine import KerasTunerOptions
 
     opts = dict(spec.engine_options)

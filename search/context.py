@@ -34,6 +34,8 @@ class SearchContext:
             bundle each, in the trial's placement group).
         objective: "dice" | "lesionwise" (``search.objective``): every trial trains with it as
             ``train.objective`` and reports its metric (:attr:`metric`), which the engine ranks by.
+        second_objective: "" or the second objective of a two-objective search (latency, params,
+            throughput; ``search.objective.SECOND``): trials measure what it needs (latency).
         labels: the dataset's label scheme as a config records it (a built-in name, or a user
             scheme whole: ``unet3d.labels.to_config``); every trial's ``data.labels`` (its model is
             sized to it). None (a search.json written before schemes): the space's own scheme.
@@ -54,6 +56,7 @@ class SearchContext:
     experiment: str = ""
     workers_per_trial: int = 1
     objective: str = "dice"
+    second_objective: str = ""
     labels: str | dict[str, Any] | None = None
     in_channels: int = 4
 
@@ -79,7 +82,8 @@ class SearchContext:
         if self.labels is not None:
             cfg = cfg.with_labels(self.scheme, self.in_channels)
         cfg = cfg.with_epochs(self.max_epochs)
-        return cfg.replace(train={"seed": self.seed, "objective": self.objective},
+        return cfg.replace(train={"seed": self.seed, "objective": self.objective,
+                                  "latency": self.second_objective == "latency"},
                            data={"fold": self.fold, "folds": self.folds, "split_seed": self.split_seed})
 
     def cases(self, ids: tuple[str, ...]) -> list[CachedCase]:

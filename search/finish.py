@@ -11,7 +11,7 @@ from typing import Any
 from search.context import SearchContext
 from search.memory_budget import MemoryBudget
 from search.objective import WORDS
-from search.results import TrialRow, asha_savings, best_row, ranked, write_results
+from search.results import TrialRow, asha_savings, best_row, mark_pareto, ranked, write_results
 from search.spec import SearchSpec
 from unet3d.io_utils import atomic_write_json
 
@@ -54,11 +54,12 @@ def load_search(experiment: Path) -> tuple[SearchSpec, SearchContext]:
 
 def _export_row(row: TrialRow, ctx: SearchContext, experiment: Path, out: Path) -> Path:
     """Exports ``row``'s best checkpoint to ``out`` with full validation metrics (Dice and HD95 per
-    case, computed on the exported weights)."""
+    case, computed on the exported weights) and the post-processing chosen on those same
+    validation predictions for the search objective (``postprocess.json``)."""
     from search.storage import local_copy
     from unet3d.checkpoint import model_from_run
-    from unet3d.export import export_model
-    from unet3d.train import evaluate_cases, mean_scores
+    from unet3d.export import export_model, validation_postprocess
+    from unet3d.train import mean_scores
 
     staged = experiment / f".{out.name}_checkpoint"
     model, cfg, state = model_from_run(local_copy(row.checkpoint, staged))
@@ -67,11 +68,13 @@ def _export_row(row: TrialRow, ctx: SearchContext, experiment: Path, out: Path) 
     metrics: dict[str, Any] = {"trial_id": row.trial_id, "params": row.params,
                                "epoch": state["epoch"], "history": state["history"],
                                "val_cases": list(ctx.val_ids)}
+    choice = None
     if val:
-        per_case = evaluate_cases(model, val, cfg, hd95=True)
+        # chosen for cfg.train.objective: the search objective, which every trial trains with
+        per_case, choice = validation_postprocess(model, cfg, val, hd95=True)
         metrics["per_case"] = per_case
         metrics["final"] = mean_scores(per_case)
-    return export_model(model, cfg, metrics, out,
+    return export_model(model, cfg, metrics, out, postprocess=choice,
                         source=f"search {experiment.name}, trial {row.trial_id}, epoch {state['epoch']}")
 
 
@@ -82,6 +85,13 @@ def export_best(rows: Sequence[TrialRow], ctx: SearchContext,
     if best is None:
         return None
     return best, _export_row(best, ctx, experiment, experiment / "best")
+
+
+def export_pareto(front: Sequence[TrialRow], ctx: SearchContext, experiment: Path) -> list[Path]:
+    """Exports each trial of the Pareto front (``TrialRow.pareto`` = 1, 2, ...: best first
+    objective first) to ``<experiment>/pareto/rank_<K>`` (a model a user picks by the trade-off)."""
+    return [_export_row(r, ctx, experiment, experiment / "pareto" / f"rank_{r.pareto}")
+            for r in front if r.checkpoint]
 
 
 def load_rows(experiment: Path) -> list[TrialRow]:
@@ -130,7 +140,8 @@ def finish(rows: Sequence[TrialRow], ctx: SearchContext, experiment: Path, engin
     """Writes results.csv and trials.json and (``export``) exports the best trial; the summary
     (``best_score``: the best trial's objective, ``objective`` which one; ``best_dice_mean`` too;
     ``trials``: the trials that ran, ``trials_pruned``: the configurations refused for memory,
-    ``memory_budget``: the budget, as search.json has it)."""
+    ``memory_budget``: the budget, as search.json has it; ``pareto``: a two-objective search's
+    front, each trial exported to pareto/rank_K)."""
     pruned = sum(r.pruned for r in rows)
     summary: dict[str, Any] = {"engine": engine, "objective": ctx.objective,
                                "trials": len(rows) - pruned, "trials_pruned": pruned,
@@ -139,6 +150,13 @@ def finish(rows: Sequence[TrialRow], ctx: SearchContext, experiment: Path, engin
                                **asha_savings(rows, ctx.max_epochs)}
     if budget is not None:
         summary["memory_budget"] = budget.to_dict()
+    second = getattr(ctx, "second_objective", "")
+    if second:
+        front = mark_pareto(rows, second)
+        summary["pareto"] = [{"rank": r.pareto, "trial_id": r.trial_id, "score": r.best_score,
+                              second: r.second} for r in front]
+        if export:
+            export_pareto(front, ctx, experiment)
     exported = export_best(rows, ctx, experiment) if export else None
     if exported is not None:
         best, path = exported

@@ -1,4 +1,4 @@
-"""A Ray Tune callback of the search (imported only once Ray is set up: it imports ray.tune).
+"""A Ray Tune callback and stopper of the search (imported only once Ray is set up: it imports ray.tune).
 
 When a run is interrupted, Ray ends every trial on its way out (running ones become TERMINATED,
 like trials a scheduler stopped) and tells no callback. So the callback keeps each trial's status
@@ -26,6 +26,23 @@ class TrialStatuses(tune.Callback):
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         _STATUS[self.key] = {t.trial_id: str(t.status) for t in trials}
+
+
+class EpochBudget(tune.Stopper):
+    """The search's compute budget in trial-epochs (``--budget``): every trial's report is one
+    epoch; once ``epochs`` of them were reported, every trial stops and no new one starts (Ray's
+    built-in stoppers count one trial's iterations or the whole run's seconds, not this). A
+    resumed search counts again from zero."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs, self.spent = epochs, 0
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        self.spent += 1
+        return self.spent >= self.epochs
+
+    def stop_all(self) -> bool:
+        return self.spent >= self.epochs
 
 
 def cut_off_trials(key: str) -> set[str]:

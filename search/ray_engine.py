@@ -1,4 +1,13 @@
-"""Ray Tune engine: OptunaSearch (TPE, seeded) picks configurations, ASHA stops weak trials early.
+"""Ray Tune engine: an Optuna sampler picks configurations, a Ray Tune scheduler stops weak trials.
+
+The searcher (``--searcher``) is one of Optuna's samplers behind Ray's OptunaSearch: multivariate
+TPE with a constant liar for trials that run at once and its random start-up scaled to the budget
+(the default), random, CMA-ES, a Gaussian process, NSGA-II. The scheduler (``--scheduler``) is one
+of Ray Tune's: ASHA (the default), synchronous HyperBand, BOHB (HyperBand with its own searcher,
+TuneBOHB), PBT and PB2 (population-based training; Ray runs them without a searcher, so the
+population is drawn up front), the median stopping rule, or none. Combinations the libraries do not
+support are refused with one line, before anything starts. ``--warm-start`` tells the sampler an
+earlier experiment's trials (Ray's ``add_evaluated_point``, Optuna's ``add_trial``).
 
 NVIDIA's configuration (projected into the space) is the first point evaluated. Trials get
 ``cpus_per_trial`` / ``gpus_per_trial`` (fractional GPUs share a card: TensorFlow memory growth is
@@ -20,13 +29,20 @@ from pathlib import Path
 from typing import Any
 
 from search.context import SearchContext
-from search.memory_budget import MemoryGuard, Placement, load_pruned, with_pruned
-from search.objective import DEFAULT, METRIC, MODE, metric_of
+from search.memory_budget import MAX_REFUSALS, MemoryGuard, Placement, load_pruned, with_pruned
+from search.objective import DEFAULT, METRIC, MODE, metric_of, second_metric
 from search.results import TrialRow, row_from_history
 from search.spec import SearchError
 from unet3d.errors import UserError
 
 TIME_ATTRS = ("epochs", "seconds")
+PROPOSALS = "proposals.json"  # trial id -> where its configuration came from (search.ray_searcher)
+SEARCHERS = ("tpe", "random", "cmaes", "gp", "nsga2")
+SCHEDULERS = ("asha", "hyperband", "bohb", "pbt", "pb2", "median", "none")
+# What population-based training may change in a running trial: settings that leave the weights'
+# shapes (and the memory a trial needs) as they are, so a trial continues from another's checkpoint.
+MUTABLE = ("train.learning_rate", "train.loss", "train.weight_decay", "data.foreground_ratio",
+           "data.augment")
 _NO_CLUSTER = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # Ray's no-cluster mode when "0" (see connect)
 
 
@@ -52,6 +68,11 @@ class RayOptions:
     num_cpus: int | None = None        # local Ray only
     seed: int = 0
     verbose: int = 1
+    searcher: str | None = None        # None: tpe (bohb's own with --scheduler bohb; pbt: random)
+    scheduler: str = "asha"
+    startup_trials: int | None = None  # random start-up trials; None: scaled to num_samples
+    warm_start: str | None = None      # an earlier experiment whose trials the sampler is told
+    budget: float | None = None        # the whole search's trial-epochs (or seconds); None: none
 
     def __post_init__(self) -> None:
         _at_least("num_samples", self.num_samples, 1)
@@ -80,6 +101,63 @@ class RayOptions:
                               f"GPUs")
         if self.num_cpus is not None:
             _at_least("num_cpus", self.num_cpus, 1)
+        if self.budget is not None and (not _number(self.budget) or self.budget <= 0):
+            raise SearchError(f"--budget {self.budget}: must be > 0 ({self.time_attr} of the whole "
+                              f"search)")
+        self._check_algorithms()
+
+    def _check_algorithms(self) -> None:
+        """The searcher / scheduler combination, as the libraries allow it."""
+        if self.searcher is not None and self.searcher not in SEARCHERS:
+            raise SearchError(f"--searcher {self.searcher}: must be one of {', '.join(SEARCHERS)}")
+        if self.scheduler not in SCHEDULERS:
+            raise SearchError(f"--scheduler {self.scheduler}: must be one of {', '.join(SCHEDULERS)}")
+        if self.scheduler == "bohb" and self.searcher is not None:
+            raise SearchError(f"--searcher {self.searcher}: --scheduler bohb samples with its own "
+                              f"searcher (TuneBOHB's kernel density model); leave --searcher out")
+        if self.scheduler in ("pbt", "pb2") and self.searcher not in (None, "random"):
+            raise SearchError(f"--searcher {self.searcher}: Ray Tune runs --scheduler "
+                              f"{self.scheduler} without a searcher (its population is drawn at "
+                              f"random); leave --searcher out")
+        if self.startup_trials is not None:
+            _at_least("startup_trials", self.startup_trials, 1)
+            if self.sampler in ("random", "bohb"):
+                raise SearchError(f"--startup-trials {self.startup_trials}: the {self.sampler} "
+                                  f"searcher has no start-up phase")
+        if self.warm_start is not None and self.sampler == "bohb":
+            raise SearchError(f"--warm-start: --scheduler {self.scheduler} brings its own searcher, "
+                              f"which cannot be told earlier trials; use an Optuna searcher")
+        if self.warm_start is not None and self.scheduler in ("pbt", "pb2"):
+            raise SearchError(f"--warm-start: --scheduler {self.scheduler} draws its population "
+                              f"without a searcher, which cannot be told earlier trials")
+
+    def check_objectives(self, second: str) -> None:
+        """A second objective needs an Optuna sampler that searches two objectives.
+
+        Raises:
+            SearchError: CMA-ES or BOHB with two objectives.
+        """
+        if second and self.sampler in ("cmaes", "bohb"):
+            what = "--scheduler bohb" if self.sampler == "bohb" else "--searcher cmaes"
+            raise SearchError(f"{what}: optimises one objective; with a second ({second}) use "
+                              f"--searcher tpe, nsga2, gp or random")
+
+    @property
+    def sampler(self) -> str:
+        """The searcher that runs: --searcher, else BOHB's own with --scheduler bohb, random for
+        PBT/PB2, TPE otherwise."""
+        if self.searcher is not None:
+            return self.searcher
+        return {"bohb": "bohb", "pbt": "random", "pb2": "random"}.get(self.scheduler, "tpe")
+
+    @property
+    def n_startup(self) -> int:
+        """Random trials before the model-based sampler proposes (TPE, CMA-ES, GP; NSGA-II's first
+        generation): --startup-trials, else a quarter of the trials, at least 2 and at most
+        Optuna's default of 10 (which, with 8 trials, would leave TPE nothing to propose)."""
+        if self.startup_trials is not None:
+            return self.startup_trials
+        return min(10, max(2, math.ceil(self.num_samples / 4)))
 
 
 def _number(v: Any) -> bool:
@@ -267,33 +345,159 @@ def placement(opts: RayOptions, workers_per_trial: int) -> Placement:
     return Placement(gpus=0.0, processes=at_once * n, what=what)
 
 
-def searcher(space: Any, opts: RayOptions, metric: str = METRIC,
-             guard: MemoryGuard | None = None) -> Any:
-    """Optuna's TPE (seeded) over the space, NVIDIA's point first, at most max_concurrent at once,
-    maximising ``metric`` (the search objective's, ``search.objective``); with ``guard``, only
-    configurations predicted to fit its memory budget become trials (``search.ray_searcher``)."""
+def sampler(opts: RayOptions) -> Any:
+    """The Optuna sampler of ``opts.sampler``, seeded, its start-up phase ``opts.n_startup``.
+
+    Raises:
+        SearchError: the sampler's library is not installed (one line naming --searcher).
+    """
     import optuna
+
+    name, seed, n = opts.sampler, opts.seed, opts.n_startup
+    try:
+        if name == "tpe":  # multivariate: the parameters interact (crop x batch x filters)
+            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n, multivariate=True,
+                                              constant_liar=True)
+        if name == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        if name == "cmaes":  # categorical parameters: drawn independently, as Optuna does
+            import cmaes  # noqa: F401  (CmaEsSampler needs it; fail here, with one line)
+
+            return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=n,
+                                                warn_independent_sampling=False)
+        if name == "gp":
+            import torch  # noqa: F401  (GPSampler needs PyTorch)
+
+            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=n,
+                                             deterministic_objective=False)
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(2, n))
+    except ImportError as e:
+        raise SearchError(f"--searcher {name}: needs the Python package {e.name!r} (pip install "
+                          f"'unet3d-search[searchers]')") from None
+
+
+def searcher(space: Any, opts: RayOptions, metric: str = METRIC,
+             guard: MemoryGuard | None = None, *, sink: Path | None = None,
+             second: str = "") -> Any:
+    """The search algorithm: ``opts.sampler`` over the space, NVIDIA's point first (unless a warm
+    start already measured it), at most max_concurrent at once, maximising ``metric`` (the search
+    objective's, ``search.objective``); with ``guard``, only configurations predicted to fit its
+    memory budget become trials (``search.ray_searcher``). ``sink``: where each suggestion's origin
+    is recorded (``proposals.json``). ``second``: a second objective (``search.objective.SECOND``):
+    the Optuna sampler then searches both (multi-objective TPE, NSGA-II, GP, random). None for
+    PBT/PB2 (Ray runs them without a searcher)."""
     from ray.tune.search import ConcurrencyLimiter
 
-    from search.ray_searcher import BudgetedOptunaSearch
     from spaces.translate import nvidia_point, to_optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    alg = BudgetedOptunaSearch(space=to_optuna(space), metric=metric, mode=MODE,
-                               points_to_evaluate=[nvidia_point(space)],
-                               sampler=optuna.samplers.TPESampler(seed=opts.seed), guard=guard)
+    if opts.scheduler in ("pbt", "pb2"):
+        return None
+    first = nvidia_point(space)
+    if opts.sampler == "bohb":
+        from ray.tune.search.bohb import TuneBOHB
+
+        from search.ray_searcher import BudgetedSearcher
+        from spaces.translate import to_tune
+
+        alg = BudgetedSearcher(TuneBOHB(space=to_tune(space), metric=metric, mode=MODE,
+                                        points_to_evaluate=[first], seed=opts.seed), guard)
+    else:
+        import optuna
+
+        from search.ray_searcher import BudgetedOptunaSearch
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        warm = warm_trials(opts.warm_start, space, metric) if opts.warm_start else []
+        known = any(p == first for p, _ in warm)
+        metrics, modes = metric, MODE
+        if second:
+            m2, mode2 = second_metric(second)
+            metrics, modes = [metric, m2], [MODE, mode2]
+        alg = BudgetedOptunaSearch(space=to_optuna(space), metric=metrics, mode=modes,
+                                   points_to_evaluate=[] if known else [first],
+                                   sampler=sampler(opts), guard=guard, warm=warm,
+                                   n_startup=opts.n_startup, origin_sink=sink)
     return ConcurrencyLimiter(alg, max_concurrent=opts.max_concurrent) if opts.max_concurrent else alg
 
 
-def scheduler(opts: RayOptions) -> Any:
-    """ASHA on epochs (Ray's training_iteration: one report per epoch) or on wall-clock seconds."""
-    from ray.tune.schedulers import ASHAScheduler
+def warm_trials(experiment: str, space: Any, metric: str) -> list[tuple[dict[str, Any], float]]:
+    """(params, score) of an earlier experiment's trials that scored ``metric`` and lie in
+    ``space`` (a parameter it lacks, or a value outside it, leaves the trial out).
 
-    if opts.time_attr == "epochs":
-        return ASHAScheduler(time_attr="training_iteration", max_t=opts.max_epochs,
-                             grace_period=opts.grace_period, reduction_factor=opts.reduction_factor)
-    return ASHAScheduler(time_attr="time_total_s", max_t=opts.max_trial_seconds,
-                         grace_period=opts.grace_period, reduction_factor=opts.reduction_factor)
+    Raises:
+        SearchError: no finished search in ``experiment``.
+    """
+    from search.finish import load_rows
+
+    try:
+        rows = load_rows(Path(experiment))
+    except FileNotFoundError:
+        raise SearchError(f"--warm-start {experiment}: no finished search there (trials.json "
+                          f"missing)") from None
+    out = []
+    for r in rows:
+        score = r.best_score if metric_of(r.objective) == metric else None
+        params = {p.name: r.params.get(p.name) for p in space.params}
+        if score is None or not math.isfinite(score) or not space.contains(params):
+            continue
+        out.append((params, float(score)))
+    return out
+
+
+def _mutations(space: Any, opts: RayOptions) -> dict[str, Any]:
+    """PBT's hyperparam_mutations / PB2's hyperparam_bounds: the space's :data:`MUTABLE`
+    parameters (PB2: the numeric ones, as [low, high]).
+
+    Raises:
+        SearchError: the space has none.
+    """
+    from spaces.space import Choice
+    from spaces.translate import to_tune
+
+    tune_space = to_tune(space)
+    params = [p for p in space.params if p.name in MUTABLE
+              and not (opts.scheduler == "pb2" and isinstance(p, Choice))]
+    if not params:
+        kind = "numeric " if opts.scheduler == "pb2" else ""
+        raise SearchError(f"--scheduler {opts.scheduler}: the space {space.name!r} has no {kind}"
+                          f"parameter a running trial may change ({', '.join(MUTABLE)})")
+    if opts.scheduler == "pb2":
+        return {p.name: [p.low, p.high] for p in params}
+    return {p.name: tune_space[p.name] for p in params}
+
+
+def scheduler(opts: RayOptions, space: Any = None) -> Any:
+    """The trial scheduler of ``opts.scheduler``, on epochs (Ray's training_iteration: one report
+    per epoch) or wall-clock seconds: ASHA, HyperBand, HyperBand for BOHB, PBT / PB2 (perturbing
+    every --grace-period, the space's :data:`MUTABLE` parameters), the median stopping rule
+    (after --grace-period), or none (FIFO: every trial runs --max-epochs)."""
+    from ray.tune import schedulers as s
+
+    epochs = opts.time_attr == "epochs"
+    attr = "training_iteration" if epochs else "time_total_s"
+    max_t = opts.max_epochs if epochs else opts.max_trial_seconds
+    name = opts.scheduler
+    if name == "asha":
+        return s.ASHAScheduler(time_attr=attr, max_t=max_t, grace_period=opts.grace_period,
+                               reduction_factor=opts.reduction_factor)
+    if name == "hyperband":
+        return s.HyperBandScheduler(time_attr=attr, max_t=max_t,
+                                    reduction_factor=opts.reduction_factor)
+    if name == "bohb":
+        return s.HyperBandForBOHB(time_attr=attr, max_t=max_t,
+                                  reduction_factor=opts.reduction_factor)
+    if name == "median":
+        return s.MedianStoppingRule(time_attr=attr, grace_period=opts.grace_period,
+                                    min_samples_required=2)
+    if name == "pbt":
+        return s.PopulationBasedTraining(time_attr=attr, perturbation_interval=opts.grace_period,
+                                         hyperparam_mutations=_mutations(space, opts))
+    if name == "pb2":
+        from ray.tune.schedulers.pb2 import PB2  # (not in the package's namespace: needs sklearn)
+
+        return PB2(time_attr=attr, perturbation_interval=opts.grace_period,
+                   hyperparam_bounds=_mutations(space, opts))
+    return s.FIFOScheduler()
 
 
 @contextlib.contextmanager
@@ -320,33 +524,85 @@ def _graceful_ctrl_c() -> Iterator[list[bool]]:
 
 
 def tune_config(space: Any, opts: RayOptions, metric: str = METRIC,
-                guard: MemoryGuard | None = None) -> Any:
-    """The searcher (with the memory ``guard``, if any) and ASHA, both maximising the objective's
-    ``metric`` (given here, late: ASHA gets it from the TuneConfig)."""
+                guard: MemoryGuard | None = None, sink: Path | None = None,
+                second: str = "") -> Any:
+    """The searcher (with the memory ``guard``, if any) and the scheduler, both maximising the
+    objective's ``metric`` (given here, late: the scheduler gets it from the TuneConfig). PBT and
+    PB2 get Ray's basic variant generator over a population drawn up front (:func:`population`)."""
     from ray import tune
 
+    alg, n = searcher(space, opts, metric, guard, sink=sink, second=second), opts.num_samples
+    if alg is None:
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        points = population(space, opts, guard)
+        alg, n = BasicVariantGenerator(points_to_evaluate=points, max_concurrent=opts.max_concurrent,
+                                       random_state=opts.seed), len(points)
+    seconds = opts.budget if opts.budget is not None and opts.time_attr == "seconds" else None
     return tune.TuneConfig(
-        metric=metric, mode=MODE, search_alg=searcher(space, opts, metric, guard),
-        scheduler=scheduler(opts),
-        num_samples=opts.num_samples, max_concurrent_trials=opts.max_concurrent or None,
+        metric=metric, mode=MODE, search_alg=alg, scheduler=scheduler(opts, space),
+        num_samples=n, time_budget_s=seconds, max_concurrent_trials=opts.max_concurrent or None,
         trial_dirname_creator=trial_dirname, trial_name_creator=trial_name)
 
 
+def _param_space(space: Any, opts: RayOptions) -> dict[str, Any] | None:
+    """Ray's own space, for the searchers that take it from the Tuner (PBT's variant generator);
+    the Optuna and BOHB searchers hold theirs."""
+    if opts.scheduler not in ("pbt", "pb2"):
+        return None
+    from spaces.translate import to_tune
+
+    return to_tune(space)
+
+
+def population(space: Any, opts: RayOptions, guard: MemoryGuard | None) -> list[dict[str, Any]]:
+    """PBT's starting population: NVIDIA's point, then configurations drawn at random (seeded),
+    --num-samples of them that fit the memory budget; those that do not are recorded as pruned
+    (``guard``), as the searchers do."""
+    import optuna
+
+    from spaces.translate import nvidia_point, to_optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize",
+                                sampler=optuna.samplers.RandomSampler(seed=opts.seed))
+    study.enqueue_trial(nvidia_point(space))
+    dists, points, pruned = to_optuna(space), [], []
+    for _ in range(opts.num_samples + MAX_REFUSALS):
+        params = study.ask(fixed_distributions=dists).params
+        verdict = guard.check(params) if guard is not None else None
+        if verdict is None or verdict.fits:
+            points.append(params)
+            if len(points) == opts.num_samples:
+                break
+        elif not any(r.params == params for r in pruned):
+            pruned.append(guard.pruned_row(params, verdict, len(pruned) + 1))
+    if guard is not None:
+        guard.save(pruned, "" if points else guard.give_up(pruned))
+    return points
+
+
 def run_config(location: str, opts: RayOptions, metric: str = METRIC) -> Any:
-    """Where trials go, retries, and the one checkpoint kept per trial: its best epoch's (by the
-    objective's ``metric``), which is what best/ exports."""
+    """Where trials go, retries, the one checkpoint kept per trial: its best epoch's (by the
+    objective's ``metric``), which is what best/ exports; and the search's budget in trial-epochs
+    (``--budget`` with --time-attr epochs; in seconds it is the TuneConfig's time budget)."""
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-    from search.ray_callbacks import TrialStatuses
+    from search.ray_callbacks import EpochBudget, TrialStatuses
 
     storage, name = location.rstrip("/").rsplit("/", 1)
+    epochs = opts.budget if opts.budget is not None and opts.time_attr == "epochs" else None
     return tune.RunConfig(
         name=name, storage_path=storage, verbose=opts.verbose,
+        stop=EpochBudget(int(epochs)) if epochs else None,
         callbacks=[CSVLoggerCallback(), JsonLoggerCallback(), TrialStatuses(location)],
         failure_config=tune.FailureConfig(max_failures=opts.max_failures),
+        # PBT/PB2 continue trials from other trials' checkpoints, which must outlive the donor's
+        # next epochs (Ray warns below 3).
         checkpoint_config=tune.CheckpointConfig(
-            num_to_keep=1, checkpoint_score_attribute=metric, checkpoint_score_order=MODE))
+            num_to_keep=4 if opts.scheduler in ("pbt", "pb2") else 1,
+            checkpoint_score_attribute=metric, checkpoint_score_order=MODE))
 
 
 def run(ctx: SearchContext, location: str, opts: RayOptions, *, resume: bool = False,
@@ -375,8 +631,10 @@ def run(ctx: SearchContext, location: str, opts: RayOptions, *, resume: bool = F
         t = tune.Tuner.restore(location, trainable=_trainable(ctx, opts), resume_unfinished=True,
                                resume_errored=True)
     else:
-        t = tune.Tuner(_trainable(ctx, opts),
-                       tune_config=tune_config(ctx.space, opts, ctx.metric, guard),
+        sink = Path(ctx.experiment) / PROPOSALS if ctx.experiment else None
+        t = tune.Tuner(_trainable(ctx, opts), param_space=_param_space(ctx.space, opts),
+                       tune_config=tune_config(ctx.space, opts, ctx.metric, guard, sink,
+                                               ctx.second_objective),
                        run_config=run_config(location, opts, ctx.metric))
     with _graceful_ctrl_c() as interrupted:
         grid = t.fit()
@@ -394,12 +652,24 @@ def run(ctx: SearchContext, location: str, opts: RayOptions, *, resume: bool = F
         for r in rows:
             if r.trial_id in cut_off and r.status == "stopped":
                 r.status = "interrupted"
+    _mark_origins(rows, Path(ctx.experiment) / PROPOSALS if ctx.experiment else None)
     if guard is not None and guard.sink is not None:
         pruned, gave_up = load_pruned(guard.sink.parent)
         if gave_up:
             log(f"warning: {gave_up}")
         rows = with_pruned(rows, pruned, guard)
     return rows, bool(interrupted)
+
+
+def _mark_origins(rows: list[TrialRow], path: Path | None) -> None:
+    """Each row's ``proposed_by``, from the searcher's record (none for BOHB or PBT)."""
+    import json
+
+    if path is None or not path.exists():
+        return
+    origins = json.loads(path.read_text())
+    for r in rows:
+        r.proposed_by = origins.get(r.trial_id, "")
 
 
 def horovod_workers_alive(wait_s: float = 10.0) -> int:
@@ -437,7 +707,8 @@ def rows_from_grid(grid: Any, max_epochs: int, scheme: str = "", *, objective: s
             keep = [c for c in df.columns if c.startswith(("val_", "loss", "learning_rate",
                                                           "throughput", "epoch", "timestamp",
                                                           "node_ip", "node_id", "workers",
-                                                          "memory_peak_gib"))]
+                                                          "memory_peak_gib", "latency_s",
+                                                          "params"))]
             history = df[keep].to_dict("records")
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name.split("_")[1]
         params = {k: v for k, v in (result.config or {}).items()}

@@ -11,10 +11,17 @@ trial's constraints), and it becomes a "pruned" results row. Every trial that ru
 The rows live in the searcher's state, which Ray saves with the experiment and restores on resume,
 so a resumed search keeps them once each; each change is also written to ``pruned.json`` (see
 ``search.memory_budget``), where the engine reads them back.
+
+It also records where each trial's configuration came from (``proposals.json``: enqueued NVIDIA
+point, the sampler's random start-up, or the sampler's model), so a search shows whether TPE (or
+CMA-ES, GP, NSGA-II) proposed any of its trials, and takes an earlier experiment's trials as a warm
+start (Ray's ``add_evaluated_point``: finished Optuna trials the sampler learns from).
+:class:`BudgetedSearcher` puts the same memory check in front of any other Ray searcher (BOHB's).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from optuna.trial import TrialState
@@ -31,13 +38,46 @@ class BudgetedOptunaSearch(OptunaSearch):
     suggests no more (``Searcher.FINISHED``: running trials finish, the search ends) and
     :attr:`gave_up` says why."""
 
-    def __init__(self, *args: Any, guard: MemoryGuard | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, guard: MemoryGuard | None = None,
+                 warm: list[tuple[dict[str, Any], float]] | None = None, n_startup: int = 0,
+                 origin_sink: Path | None = None, **kwargs: Any) -> None:
+        self._warm = list(warm or [])
         super().__init__(*args, **kwargs)
         self._guard = guard
         self.pruned: list[TrialRow] = []
         self.gave_up = ""
+        self._n_startup, self._origin_sink = n_startup, origin_sink
+        self.origins: dict[str, str] = {}
+
+    def _setup_study(self, mode: Any) -> None:
+        super()._setup_study(mode)
+        for params, score in self._warm:
+            self.add_evaluated_point(params, score)
+
+    def _origin(self) -> str:
+        """Where the next ask's configuration comes from: an enqueued point (NVIDIA's), the
+        sampler's random start-up (fewer finished or pruned trials than its start-up count, as
+        Optuna's samplers count them), or the sampler itself."""
+        study = self._ot_study
+        if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            return "nvidia"
+        name = type(study.sampler).__name__.removesuffix("Sampler").lower()
+        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        return "random" if name == "random" or len(done) < self._n_startup else name
 
     def suggest(self, trial_id: str) -> dict | str | None:
+        fresh = trial_id not in self._ot_trials and not callable(self._space)
+        origin = self._origin() if fresh else ""
+        config = self._suggest(trial_id)
+        if fresh and isinstance(config, dict):
+            self.origins[trial_id] = origin
+            if self._origin_sink is not None:
+                from unet3d.io_utils import atomic_write_json
+
+                atomic_write_json(self._origin_sink, self.origins)
+        return config
+
+    def _suggest(self, trial_id: str) -> dict | str | None:
         if self._guard is None or trial_id in self._ot_trials or callable(self._space):
             return super().suggest(trial_id)
         for _ in range(MAX_REFUSALS):
@@ -63,9 +103,9 @@ class BudgetedOptunaSearch(OptunaSearch):
         guard (the saved one may point at a folder the experiment was moved from), and the rows
         written again, merged with pruned.json's (a driver that died after its last searcher
         checkpoint had written rows the checkpoint lacks)."""
-        guard = self._guard
+        guard, sink = self._guard, self._origin_sink
         super().restore(checkpoint_path)
-        self._guard = guard
+        self._guard, self._origin_sink = guard, sink
         rows = self.__dict__.setdefault("pruned", [])
         if guard is None:
             return
@@ -77,3 +117,57 @@ class BudgetedOptunaSearch(OptunaSearch):
             for number, row in enumerate(rows, 1):  # one name each, in order
                 row.trial_id = f"pruned_{number}"
         guard.save(rows, self.__dict__.get("gave_up", ""))
+
+
+class BudgetedSearcher(Searcher):
+    """Any Ray searcher (TuneBOHB's) behind the memory check: a configuration predicted over
+    ``guard``'s budget is withdrawn from the searcher as if its trial had ended without a result
+    (it learns nothing from it), recorded as pruned, and the same trial id asks again; after
+    :data:`MAX_REFUSALS` refusals in a row, no more suggestions. ``guard`` None: the searcher as
+    it is. The pruned rows are in ``pruned.json`` (a resumed search reads them from there)."""
+
+    def __init__(self, inner: Searcher, guard: MemoryGuard | None) -> None:
+        super().__init__(metric=inner.metric, mode=inner.mode)
+        self.inner, self._guard = inner, guard
+        self.pruned: list[TrialRow] = []
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict,
+                              **spec: Any) -> bool:
+        return self.inner.set_search_properties(metric, mode, config, **spec)
+
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        return self.inner.set_max_concurrency(max_concurrent)
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        for _ in range(MAX_REFUSALS):
+            config = self.inner.suggest(trial_id)
+            if self._guard is None or not isinstance(config, dict):
+                return config
+            verdict = self._guard.check(config)
+            if verdict.fits:
+                return config
+            self.inner.on_trial_complete(trial_id, None, True)
+            if not any(r.params == config for r in self.pruned):
+                self.pruned.append(self._guard.pruned_row(config, verdict, len(self.pruned) + 1))
+            self._guard.save(self.pruned)
+        self._guard.save(self.pruned, self._guard.give_up(self.pruned))
+        return Searcher.FINISHED
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self.inner.on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        self.inner.on_trial_complete(trial_id, result, error)
+
+    def on_pause(self, trial_id: str) -> None:  # HyperBandForBOHB pauses and resumes trials
+        self.inner.on_pause(trial_id)
+
+    def on_unpause(self, trial_id: str) -> None:
+        self.inner.on_unpause(trial_id)
+
+    def save(self, checkpoint_path: str) -> None:
+        self.inner.save(checkpoint_path)
+
+    def restore(self, checkpoint_path: str) -> None:
+        self.inner.restore(checkpoint_path)

@@ -28,7 +28,16 @@ from typing import Any
 from search.finish import load_context
 from search.memory_budget import MemoryBudget, load_pruned
 from search.objective import DEFAULT, HEADERS, describe
-from search.results import TrialRow, best_row, finite, in_order, lesionwise_regions_of, ranked, regions_of
+from search.results import (
+    TrialRow,
+    best_row,
+    finite,
+    in_order,
+    lesionwise_regions_of,
+    pareto_front,
+    ranked,
+    regions_of,
+)
 
 FIGURES = ("learning_curves", "objective", "parallel", "importance", "pareto")
 
@@ -77,17 +86,6 @@ def _rows(experiment: Path) -> tuple[list[TrialRow], dict[str, Any], bool]:
     return rows + load_pruned(experiment)[0], {}, False
 
 
-def _pareto(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of the points no other point beats in both coordinates (higher is better in both)."""
-    front = []
-    for i, (x, y) in enumerate(points):
-        dominated = any(x2 >= x and y2 >= y and (x2 > x or y2 > y)
-                        for j, (x2, y2) in enumerate(points) if j != i)
-        if not dominated:
-            front.append(i)
-    return sorted(front, key=lambda i: points[i][0])
-
-
 def importances(rows: list[TrialRow], space: Any) -> dict[str, float]:
     """fANOVA parameter importances over the trials with a finite objective (empty if fewer than 2)."""
     import optuna
@@ -128,7 +126,8 @@ def _figures(rows: list[TrialRow], ctx: Any, out: Path, stem: str) -> dict[str, 
             "objective": lambda ax: _objective(ax, ordered, what),
             "parallel": lambda ax: _parallel(ax, ordered, space, what),
             "importance": lambda ax: _importance(ax, rows, space),
-            "pareto": lambda ax: _pareto_figure(ax, rows, what)}
+            "pareto": lambda ax: _pareto_figure(ax, rows, what,
+                                                getattr(ctx, "second_objective", ""))}
     sizes = {"learning_curves": (8, 4.5), "objective": (8, 3.8), "parallel": (9, 4.5),
              "importance": (7, 3.5), "pareto": (7, 4.5)}
     paths: dict[str, Path] = {}
@@ -214,20 +213,32 @@ def _importance(ax: Any, rows: list[TrialRow], space: Any) -> None:
     ax.set_title("Parameter importance for the objective")
 
 
-def _pareto_figure(ax: Any, rows: list[TrialRow], what: str) -> None:
-    pts = [(r.throughput_vps, r.best_score, r) for r in rows
-           if finite(r.throughput_vps) and finite(r.best_score)]
+def _pareto_figure(ax: Any, rows: list[TrialRow], what: str, second: str = "") -> None:
+    """The objective against the second objective of a two-objective search (its front as
+    ``finish`` marked it), else against training throughput."""
+    from search.objective import SECOND_WORDS, second_metric
+
+    if second:
+        sign = -1.0 if second_metric(second)[1] == "min" else 1.0
+        pts = [(r.second, r.best_score, r) for r in rows
+               if not r.pruned and finite(r.second) and finite(r.best_score)]
+        front = sorted((i for i, p in enumerate(pts) if p[2].pareto), key=lambda i: pts[i][0])
+        xlabel = SECOND_WORDS[second] + (" (lower is better)" if sign < 0 else "")
+    else:
+        pts = [(r.throughput_vps, r.best_score, r) for r in rows
+               if finite(r.throughput_vps) and finite(r.best_score)]
+        front = sorted(pareto_front([(p[0], p[1]) for p in pts]), key=lambda i: pts[i][0])
+        xlabel = "training throughput (volumes/s)"
     if pts:
         ax.scatter([p[0] for p in pts], [p[1] for p in pts], color="C0", label="trial")
-        front = _pareto([(p[0], p[1]) for p in pts])
         ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "-o", color="C3",
                 label="Pareto front")
         for i in front:
             ax.annotate(pts[i][2].trial_id[:8], (pts[i][0], pts[i][1]), fontsize=7,
                         xytext=(4, 4), textcoords="offset points")
-    ax.set_xlabel("training throughput (volumes/s)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(f"best {what}")
-    ax.set_title("Accuracy against speed")
+    ax.set_title("Accuracy against " + (SECOND_WORDS[second] if second else "speed"))
     ax.grid(alpha=0.3)
     if pts:  # (a legend of nothing warns: every trial failed, or every configuration was pruned)
         ax.legend()
@@ -374,11 +385,17 @@ def _results_table(rows: list[TrialRow], ctx: Any, best: TrialRow | None) -> lis
     if lesionwise:
         cols += [(f"LW {g}", lambda r, g=g: r.best_lesionwise_regions.get(g, math.nan))
                  for g in lw_regions]
+    second = getattr(ctx, "second_objective", "")
+    if second:
+        from search.objective import SECOND_WORDS
+
+        cols += [(SECOND_WORDS[second], lambda r: r.second),
+                 ("Pareto", lambda r: r.pareto or "")]
     parts = ["<h2 id='results'>Results</h2><table id='results-table'><tr><th>#</th>"
              "<th class='l'>trial</th><th class='l'>status</th><th>epochs</th>"
              + "".join(f"<th>{_e(c)}</th>" for c, _ in cols)
              + "<th>vol/s</th><th>wall s</th><th>GiB predicted</th><th>GiB measured</th>"
-             "<th class='l'>node</th>"
+             "<th class='l'>node</th><th class='l'>proposed by</th>"
              + "".join(f"<th>{_e(n.split('.', 1)[-1])}</th>" for n in names) + "</tr>"]
     for r in ranked(rows):
         cls = " class='best'" if best is not None and r.trial_id == best.trial_id else ""
@@ -389,7 +406,7 @@ def _results_table(rows: list[TrialRow], ctx: Any, best: TrialRow | None) -> lis
                      + "".join(f"<td>{_fmt(get(r))}</td>" for _, get in cols)
                      + f"<td>{_fmt(r.throughput_vps, 3)}</td><td>{_fmt(r.wall_s, 3)}</td>"
                      f"<td>{_fmt(r.memory_gib, 2)}</td><td>{_fmt(r.measured_gib, 2)}</td>"
-                     f"<td class='l'>{_e(node)}</td>"
+                     f"<td class='l'>{_e(node)}</td><td class='l'>{_e(r.proposed_by)}</td>"
                      + "".join(f"<td>{_fmt(r.params.get(n, ''))}</td>" for n in names) + "</tr>")
     parts.append("</table>")
     tumour = ", ".join(ctx.scheme.tumour)
@@ -400,7 +417,11 @@ def _results_table(rows: list[TrialRow], ctx: Any, best: TrialRow | None) -> lis
                  f"the region")
     parts.append(f"<p class='muted' id='results-note'>{note}; {_e(', '.join(regions))}: the "
                  f"region's Dice at that epoch.{_outside_note(ctx, regions=regions)} GiB: the "
-                 f"configuration's predicted peak memory (when the search had a budget).</p>")
+                 f"configuration's predicted peak memory (when the search had a budget); "
+                 f"proposed by: NVIDIA's point, the sampler's random start-up, or its model"
+                 + (f"; Pareto: the trial's place on the front of the objective and "
+                    f"{_e(SECOND_WORDS[second])} (1 = best objective), exported to pareto/"
+                    if second else "") + ".</p>")
     return parts
 
 

@@ -43,6 +43,13 @@ class TrialRow:
     checkpoint: folder holding the best epoch's checkpoint.npz + config.json ("" if none).
     reason: why a pruned configuration was refused ("needs 31.2 GiB > 24.0 GiB"; "" otherwise).
     memory_gib: the configuration's predicted peak memory (GiB) when the search had a budget.
+    proposed_by: where the configuration came from: "nvidia" (NVIDIA's point, enqueued first),
+        "random" (the sampler's random start-up, or a random searcher), or the model-based sampler
+        that proposed it ("tpe", "cmaes", "gp", "nsgaii"); "" when the engine does not say.
+    second: a two-objective search's second objective at the best epoch (latency_s, params or
+        throughput_vps; ``search.objective.SECOND``), NaN otherwise (:func:`mark_pareto`).
+    pareto: the trial's place on the Pareto front of the two objectives, 1 = best first objective,
+        0 = not on it (or a one-objective search).
     """
 
     trial_id: str
@@ -68,6 +75,9 @@ class TrialRow:
     history: list[dict[str, Any]] = field(default_factory=list)
     reason: str = ""
     memory_gib: float = float("nan")
+    proposed_by: str = ""
+    second: float = float("nan")
+    pareto: int = 0
 
     @property
     def pruned(self) -> bool:
@@ -171,6 +181,38 @@ def row_from_history(trial_id: str, params: dict[str, Any], history: Sequence[di
         index=index, history=[dict(h) for h in history])
 
 
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats in both coordinates (higher is better in both),
+    ordered by the first coordinate, best first. (Optuna's own non-dominated sort is private API;
+    this is the textbook definition, on a few dozen trials.)"""
+    front = []
+    for i, (x, y) in enumerate(points):
+        dominated = any(x2 >= x and y2 >= y and (x2 > x or y2 > y)
+                        for j, (x2, y2) in enumerate(points) if j != i)
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: -points[i][0])
+
+
+def mark_pareto(rows: Sequence[TrialRow], second: str) -> list[TrialRow]:
+    """Sets each row's ``second`` (the second objective at its best epoch) and ``pareto`` (its place
+    on the front of the first and second objectives: 1 = best first objective; 0 = off it), and
+    returns the front's rows in that order. Only trials that ran with both values take part."""
+    from search.objective import second_metric
+
+    metric, mode = second_metric(second)
+    for r in rows:
+        at_best = [h for h in r.history if h.get("epoch") == r.best_epoch and finite(h.get(metric))]
+        r.second = float(at_best[-1][metric]) if at_best else math.nan
+        r.pareto = 0
+    sign = -1.0 if mode == "min" else 1.0
+    scored = [r for r in rows if not r.pruned and finite(r.best_score) and finite(r.second)]
+    front = [scored[i] for i in pareto_front([(r.best_score, sign * r.second) for r in scored])]
+    for place, r in enumerate(front, 1):
+        r.pareto = place
+    return front
+
+
 def finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v)
 
@@ -229,7 +271,7 @@ def write_results(rows: Sequence[TrialRow], experiment: Path, summary: dict[str,
               + [f"best_lesionwise_dice_{g}" for g in lesionwise])
     cols = (["trial_id", "index", "status", "epochs", "best_epoch"] + scores
             + ["throughput_vps", "wall_s", "node", "node_id", "error", "memory_gib",
-               "measured_gib", "reason"])
+               "measured_gib", "reason", "proposed_by", "second", "pareto"])
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(cols + param_names)

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from search.objective import OBJECTIVES
+from search.objective import OBJECTIVES, SECOND
 from search.storage import is_uri
 from unet3d.errors import UserError
 
@@ -21,7 +21,8 @@ DEFAULT_DATA = Path("data/synthetic")  # the demo dataset, written on first use
 DEFAULT_OUT = "results"
 # Engine options a user may pass (besides the common ones); each engine validates their values.
 RAY_OPTIONS = ("grace_period", "reduction_factor", "time_attr", "max_trial_seconds", "cpus_per_trial",
-               "gpus_per_trial", "max_concurrent", "max_failures", "address", "num_cpus")
+               "gpus_per_trial", "max_concurrent", "max_failures", "address", "num_cpus", "searcher",
+               "scheduler", "startup_trials", "warm_start", "budget")
 KERAS_TUNER_OPTIONS = ("algorithm", "reduction_factor", "hyperband_iterations")
 ENGINE_OPTIONS = {"ray": RAY_OPTIONS, "keras-tuner": KERAS_TUNER_OPTIONS}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -50,6 +51,9 @@ class SearchSpec:
         objective: what ranks trials, stops them early and picks best/ (``search.objective``):
             "dice" (``val_dice_mean``) or "lesionwise" (``val_lesionwise_dice_mean``); every trial
             trains with it as ``train.objective``.
+        second_objective: "" or a second objective (``search.objective.SECOND``: latency, params,
+            throughput) searched with the first on a Pareto front (``--objective dice,latency``);
+            the first still ranks, stops and picks best/; the front is exported to pareto/.
         labels: the label scheme (``--labels``: a built-in name or a YAML file); "" = detected
             from the data.
         memory: the memory one trial (one training process: a Horovod worker of a trial with
@@ -76,6 +80,7 @@ class SearchSpec:
     workers_per_trial: int = 1
     verbose: int = 1
     objective: str = "dice"
+    second_objective: str = ""
     labels: str = ""
     memory: float | None = None
     engine_options: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -90,6 +95,12 @@ class SearchSpec:
                 raise SearchError(f"--{name.replace('_', '-')} {v}: must be an integer >= {low}")
         if not isinstance(self.objective, str) or self.objective not in OBJECTIVES:
             raise SearchError(f"--objective {self.objective}: must be one of {', '.join(OBJECTIVES)}")
+        if self.second_objective and self.second_objective not in SECOND:
+            raise SearchError(f"--objective {self.objective},{self.second_objective}: the second "
+                              f"objective must be one of {', '.join(SECOND)}")
+        if self.second_objective and self.engine != "ray":
+            raise SearchError(f"--objective {self.objective},{self.second_objective}: two "
+                              f"objectives need --engine ray (Optuna's multi-objective samplers)")
         if not isinstance(self.labels, str):
             raise SearchError(f"--labels {self.labels!r}: must be a scheme name or a YAML file")
         _check_memory(self.memory)

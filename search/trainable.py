@@ -51,6 +51,7 @@ def train_trial(config: dict[str, Any], ctx: SearchContext) -> None:
 
     from search.tb import write_hparams
     from unet3d.checkpoint import CHECKPOINT
+    from unet3d.config import RunConfig
     from unet3d.train import Trainer
 
     cfg = context.run_config(config)
@@ -66,6 +67,11 @@ def train_trial(config: dict[str, Any], ctx: SearchContext) -> None:
             shutil.copy2(Path(d) / CHECKPOINT, run_dir / CHECKPOINT)
             shutil.copy2(Path(d) / "config.json", run_dir / "config.json")
         resume = True
+        if RunConfig.load(run_dir / "config.json") != cfg:
+            # Population-based training: the trial continues from a better trial's checkpoint with
+            # that trial's configuration, some training settings perturbed (search.ray_engine's
+            # MUTABLE; the weights' shapes are the same). The trainer resumes under the new one.
+            cfg.save(run_dir / "config.json")
     else:
         (run_dir / CHECKPOINT).unlink(missing_ok=True)  # a fresh attempt of a failed trial
         write_hparams(run_dir / "tensorboard", config, tctx.get_trial_id())

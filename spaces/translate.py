@@ -2,6 +2,7 @@
 
 - Optuna distributions (for Ray Tune's ``OptunaSearch(space=...)``), and NVIDIA's configuration as
   a point inside the space (offered to the searcher as the first point to evaluate).
+- Ray Tune's own domains (for BOHB's searcher and PBT's population and mutations).
 - Keras Tuner ``HyperParameters``.
 - TensorBoard HParams (the dashboard's parameter columns).
 """
@@ -26,6 +27,27 @@ def to_optuna(space: SearchSpace) -> dict[str, Any]:
             out[p.name] = d.FloatDistribution(p.low, p.high, log=p.log)
         else:
             out[p.name] = d.CategoricalDistribution(list(p.values))
+    return out
+
+
+def to_tune(space: SearchSpace) -> dict[str, Any]:
+    """{name: Ray Tune domain} (``tune.choice`` / ``randint`` / ``qrandint`` / ``uniform``, log
+    variants where the parameter is on a log scale)."""
+    from ray import tune
+
+    out: dict[str, Any] = {}
+    for p in space.params:
+        if isinstance(p, Int):
+            if p.log:
+                out[p.name] = tune.lograndint(p.low, p.high + 1)
+            elif p.step == 1:
+                out[p.name] = tune.randint(p.low, p.high + 1)
+            else:
+                out[p.name] = tune.qrandint(p.low, p.high, p.step)
+        elif isinstance(p, Float):
+            out[p.name] = (tune.loguniform if p.log else tune.uniform)(p.low, p.high)
+        else:
+            out[p.name] = tune.choice(list(p.values))
     return out
 
 
@@ -71,4 +93,4 @@ def to_hparams(space: SearchSpace) -> list[Any]:
     return out
 
 
-__all__ = ["to_optuna", "nvidia_point", "define_keras_tuner", "to_hparams"]
+__all__ = ["to_optuna", "to_tune", "nvidia_point", "define_keras_tuner", "to_hparams"]

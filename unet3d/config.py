@@ -164,6 +164,9 @@ class TrainConfig:
         objective: the validation score that picks the best epoch: "dice" (mean whole-image Dice
             of the scheme's tumour regions, ``val_dice_mean``) or "lesionwise" (mean lesion-wise
             Dice, ``val_lesionwise_dice_mean``, as the BraTS 2023+ ranking; slower to compute).
+        latency: measure the inference seconds of one window (batch 1, the crop's size) on the
+            training device at the first validation, reported every validated epoch as
+            ``latency_s`` (what a search with a latency objective ranks by).
     """
 
     epochs: int = 20
@@ -181,6 +184,7 @@ class TrainConfig:
     val_overlap: float = 0.5
     val_batch_size: int = 2
     objective: str = "dice"
+    latency: bool = False
 
     def __post_init__(self) -> None:
         _check_range("train.epochs", self.epochs, 1, 100000, integer=True)
@@ -198,6 +202,8 @@ class TrainConfig:
         _check_range("train.val_overlap", self.val_overlap, 0.0, 0.95)
         _check_range("train.val_batch_size", self.val_batch_size, 1, 1024, integer=True)
         _check_choice("train.objective", self.objective, OBJECTIVES)
+        if not isinstance(self.latency, bool):
+            raise ConfigError(f"train.latency={self.latency!r} must be true or false")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -215,6 +221,9 @@ class DataConfig:
         intensity_shift: additive jitter, drawn from [-s, s] per channel (data are z-scored).
         noise_std: upper bound of the Gaussian noise standard deviation.
         max_val_cases: cap on validation cases evaluated per epoch (0 = all).
+        val_seconds: time budget of a validation (0 = none): the first validation stops starting
+            cases once it has taken this long, and every later one scores the same cases (all of
+            them when they fit; the default suits a GPU fold of a few hundred cases).
         labels: the label scheme (:mod:`unet3d.labels`): a built-in name, or a user scheme whole
             (its plain dict), so that a saved config knows its label values and regions.
     """
@@ -229,6 +238,7 @@ class DataConfig:
     intensity_shift: float = 0.1
     noise_std: float = 0.05
     max_val_cases: int = 0
+    val_seconds: float = 600.0
     labels: str | dict[str, Any] = "brats-legacy"
 
     def __post_init__(self) -> None:
@@ -246,6 +256,7 @@ class DataConfig:
         _check_range("data.intensity_shift", self.intensity_shift, 0.0, 5.0)
         _check_range("data.noise_std", self.noise_std, 0.0, 5.0)
         _check_range("data.max_val_cases", self.max_val_cases, 0, 10**6, integer=True)
+        _check_range("data.val_seconds", self.val_seconds, 0.0, 10.0**7)
         if not isinstance(self.labels, (str, dict)):
             raise ConfigError(f"data.labels={self.labels!r} must be a scheme name or a scheme")
         try:

@@ -73,22 +73,45 @@ def compile_model(model: keras.Model, cfg: RunConfig) -> None:
 
 
 def evaluate_cases(model: keras.Model, cases: Sequence[CachedCase], cfg: RunConfig, *,
-                   hd95: bool = False) -> list[dict[str, Any]]:
+                   hd95: bool = False,
+                   on_classes: Callable[[CachedCase, np.ndarray], None] | None = None,
+                   max_seconds: float = 0.0) -> list[dict[str, Any]]:
     """Sliding-window prediction of whole cached volumes and the scheme's region scores per case
-    (lesion-wise ones too when the objective is lesion-wise)."""
+    (lesion-wise ones too when the objective is lesion-wise). ``on_classes`` gets each case's
+    predicted class map (e.g. to choose a post-processing on the same predictions).
+    ``max_seconds`` > 0: no case is started once that much time has passed (at least one is)."""
     predict = keras_predict_fn(inference_model(model))
     scheme = cfg.scheme
     out = []
+    t0 = time.perf_counter()
     for case in cases:
+        if max_seconds > 0 and out and time.perf_counter() - t0 >= max_seconds:
+            break
         probs = sliding_window_predict(predict, np.asarray(case.image()), cfg.data.crop,
                                        cfg.model.out_channels, overlap=cfg.train.val_overlap,
                                        batch_size=cfg.train.val_batch_size)
         pred = probabilities_to_classes(probs, cfg.model.head, scheme)
+        if on_classes is not None:
+            on_classes(case, pred)
         lesionwise = cfg.train.objective == "lesionwise"
         scores = region_scores(pred, case.classes(scheme), scheme, spacing=case.meta["spacing"],
                                lesionwise=lesionwise, distances=hd95)
         out.append({"case_id": case.case_id, **scores})
     return out
+
+
+def window_latency(model: keras.Model, cfg: RunConfig, repeats: int = 5) -> float:
+    """Median seconds of one inference forward pass of a window (batch 1, the crop's size) on the
+    device the model runs on, after a warm-up pass (which compiles it)."""
+    predict = keras_predict_fn(inference_model(model))
+    x = np.zeros((1, *cfg.data.crop, cfg.model.in_channels), np.float32)
+    np.asarray(predict(x))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        np.asarray(predict(x))  # (a host copy: the pass has finished)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
 
 
 def mean_scores(per_case: Sequence[dict[str, Any]]) -> dict[str, float]:
@@ -143,6 +166,8 @@ class Trainer:
         self.val_cases = list(val_cases)
         if cfg.data.max_val_cases:
             self.val_cases = self.val_cases[: cfg.data.max_val_cases]
+        self._val_bounded = not cfg.data.val_seconds  # (data.val_seconds bounds the first one)
+        self._latency: float | None = None
         self.out = Path(out)
         self.resume = resume
         self.log = log or (lambda _msg: None)
@@ -228,6 +253,12 @@ class Trainer:
             scores = mean_scores(self._evaluate(hd95=False))
             record.update({f"val_{k}": v for k, v in scores.items()})
             record["val_seconds"] = time.perf_counter() - v0
+            record["val_cases"] = len(self.val_cases)
+            record["params"] = float(self.model.count_params())
+            if t.latency:
+                if self._latency is None:
+                    self._latency = window_latency(self.model, cfg)
+                record["latency_s"] = self._latency
         # Measured peak so far (GPU: the device's; CPU: resident memory), next to what
         # unet3d.memory predicts; `plan --probe` and the search's results read it.
         peak = peak_memory_gib(self._gpu)
@@ -260,7 +291,17 @@ class Trainer:
         """Per-case validation scores; with several workers each rank scores its share and every
         rank gets the whole list (so every rank reports the same, case-weighted mean)."""
         if not self.workers.distributed:
-            return evaluate_cases(self.model, self.val_cases, self.cfg, hd95=hd95)
+            budget = self.cfg.data.val_seconds if not self._val_bounded else 0.0
+            out = evaluate_cases(self.model, self.val_cases, self.cfg, hd95=hd95, max_seconds=budget)
+            if not self._val_bounded:
+                # The first validation fixes the cases every later epoch scores (so epochs, and
+                # trials with similar speed, compare on the same cases).
+                self._val_bounded = True
+                if len(out) < len(self.val_cases):
+                    self.log(f"validation limited to the first {len(out)} of {len(self.val_cases)} "
+                             f"cases by data.val_seconds={self.cfg.data.val_seconds:g}")
+                    self.val_cases = self.val_cases[: len(out)]
+            return out
         import horovod.tensorflow as hvd
 
         from unet3d.distributed import shard

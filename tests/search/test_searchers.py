@@ -1,0 +1,298 @@
+"""The Ray engine's searchers and schedulers (``--searcher``, ``--scheduler``), the start-up phase
+scaled to the budget, where each configuration came from, and the warm start.
+
+Fast: option combinations, the samplers each name builds, the start-up count and the origins of a
+searcher driven by hand (Optuna only, no training), the warm start's reading of an experiment.
+Slow: each searcher and scheduler runs a tiny search end to end (one shared local Ray).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import run_cli
+
+from search.objective import METRIC
+from search.ray_engine import SCHEDULERS, SEARCHERS, RayOptions, searcher, warm_trials
+from search.results import TrialRow, write_results
+from search.spec import SearchError
+from spaces.space import space_from_dict
+from spaces.translate import nvidia_point
+
+SPACE = {
+    "name": "small",
+    "base": "cpu-small",
+    "params": {
+        "model.depth": {"type": "int", "low": 2, "high": 4},
+        "train.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+        "data.foreground_ratio": {"type": "float", "low": 0.2, "high": 0.8},
+        "train.loss": {"type": "choice", "values": ["dice", "dice_ce"]},
+    },
+}
+
+
+def _space():
+    return space_from_dict(SPACE, source="test")
+
+
+def _score(config: dict) -> float:
+    """A smooth objective with its optimum at lr 1e-3, depth 3: what a model can learn."""
+    return 1.0 - (math.log10(config["train.learning_rate"]) + 3) ** 2 / 4 \
+        - 0.1 * abs(config["model.depth"] - 3)
+
+
+@pytest.mark.parametrize("n, startup", [(1, 2), (8, 2), (12, 3), (20, 5), (40, 10), (200, 10)])
+def test_the_start_up_phase_scales_with_the_number_of_trials(n, startup):
+    assert RayOptions(num_samples=n).n_startup == startup
+    assert RayOptions(num_samples=n, startup_trials=7).n_startup == 7
+
+
+@pytest.mark.parametrize("flags, message", [
+    ({"searcher": "hill"}, "--searcher hill: must be one of"),
+    ({"scheduler": "sha"}, "--scheduler sha: must be one of"),
+    ({"scheduler": "bohb", "searcher": "tpe"}, "--scheduler bohb samples with its own searcher"),
+    ({"scheduler": "pbt", "searcher": "gp"}, "without a searcher"),
+    ({"searcher": "random", "startup_trials": 3}, "has no start-up phase"),
+    ({"startup_trials": 0}, "--startup-trials 0: must be an integer >= 1"),
+    ({"scheduler": "bohb", "warm_start": "x"}, "--warm-start"),
+    ({"scheduler": "pb2", "warm_start": "x"}, "--warm-start"),
+])
+def test_combinations_the_libraries_cannot_run_are_one_line(flags, message):
+    with pytest.raises(SearchError, match=message):
+        RayOptions(**flags)
+
+
+def test_each_searcher_name_builds_its_optuna_sampler():
+    import optuna
+
+    from search.ray_engine import sampler
+
+    classes = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
+               "cmaes": optuna.samplers.CmaEsSampler, "gp": optuna.samplers.GPSampler,
+               "nsga2": optuna.samplers.NSGAIISampler}
+    assert set(classes) == set(SEARCHERS)
+    for name, cls in classes.items():
+        assert type(sampler(RayOptions(searcher=name, num_samples=12))) is cls
+    tpe = sampler(RayOptions(num_samples=12))
+    assert tpe._n_startup_trials == 3 and tpe._multivariate and tpe._constant_liar
+    assert RayOptions(scheduler="bohb").sampler == "bohb"
+    assert RayOptions(scheduler="pbt").sampler == "random"
+    assert set(SCHEDULERS) == {"asha", "hyperband", "bohb", "pbt", "pb2", "median", "none"}
+
+
+def _drive(alg, n: int) -> list[dict]:
+    configs = []
+    for i in range(n):
+        config = alg.suggest(f"t{i}")
+        configs.append(config)
+        alg.on_trial_complete(f"t{i}", {METRIC: _score(config), "training_iteration": 1})
+    return configs
+
+
+def test_nvidia_first_then_the_start_up_then_tpe_proposes(tmp_path):
+    space = _space()
+    opts = RayOptions(num_samples=12, max_concurrent=0)
+    alg = searcher(space, opts, sink=tmp_path / "proposals.json")
+    configs = _drive(alg, 12)
+    origins = [alg.origins[f"t{i}"] for i in range(12)]
+    # The enqueued NVIDIA point counts towards Optuna's start-up (3 for 12 trials).
+    assert origins == ["nvidia", "random", "random"] + ["tpe"] * 9
+    assert configs[0] == nvidia_point(space)
+    assert json.loads((tmp_path / "proposals.json").read_text()) == alg.origins
+    # TPE's proposals concentrate near the optimum (lr 1e-3) more than the random start-up's.
+    late = [abs(math.log10(c["train.learning_rate"]) + 3) for c in configs[6:]]
+    assert sum(late) / len(late) < 0.75
+
+
+def test_the_warm_start_tells_the_sampler_an_earlier_experiments_trials(tmp_path):
+    space = _space()
+    rng = random.Random(0)
+    rows = []
+    for i in range(6):
+        params = {"model.depth": rng.randint(2, 4), "train.learning_rate": 10 ** rng.uniform(-4, -2),
+                  "data.foreground_ratio": 0.5, "train.loss": "dice"}
+        rows.append(TrialRow(trial_id=f"w{i}", params=params, status="completed", epochs=2,
+                             best_score=_score(params)))
+    rows.append(TrialRow(trial_id="out", params={**rows[0].params, "model.depth": 6},
+                         status="completed", epochs=2, best_score=0.9))  # outside the space
+    rows.append(TrialRow(trial_id="err", params=rows[1].params, status="error", epochs=0))
+    write_results(rows, tmp_path, {})
+    warm = warm_trials(str(tmp_path), space, METRIC)
+    assert [p for p, _ in warm] == [r.params for r in rows[:6]]
+    alg = searcher(space, RayOptions(num_samples=4, max_concurrent=0, warm_start=str(tmp_path)))
+    _drive(alg, 2)
+    # Six finished trials are known before the first suggestion: past the start-up at once.
+    assert [alg.origins[t] for t in ("t0", "t1")] == ["nvidia", "tpe"]
+    assert len(alg._ot_study.trials) == 8
+    with pytest.raises(SearchError, match="no finished search there"):
+        warm_trials(str(tmp_path / "nothing"), space, METRIC)
+
+
+# -- end to end -----------------------------------------------------------------------------------
+TINY = """
+name: tiny
+base: cpu-small
+fixed:
+  train: {steps_per_epoch: 2, val_every: 1, warmup_epochs: 0}
+  data: {crop: [16, 16, 16], max_val_cases: 2}
+  model: {base_filters: 4, norm: batch}
+params:
+  model.depth: {type: int, low: 2, high: 3}
+  train.learning_rate: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}
+  data.foreground_ratio: {type: float, low: 0.2, high: 0.8}
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> dict[str, Path]:
+    from unet3d.data.synthetic import write_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("searchers")
+    write_synthetic_dataset(root / "data", 8, (32, 32, 32), seed=5)
+    (root / "tiny.yaml").write_text(TINY)
+    return {"root": root, "data": root / "data", "space": root / "tiny.yaml", "cache": root / "cache"}
+
+
+@pytest.fixture(scope="module")
+def shared_ray():
+    """One local Ray for the module's in-process searches (as a notebook would hold one): its
+    worker processes, TensorFlow imported, serve every search's trials. Started as a search starts
+    its own: loopback only (search.ray_engine.connect)."""
+    import os
+
+    import ray
+
+    from search.ray_engine import RayOptions, connect, environment
+
+    opts = RayOptions(num_cpus=2)
+    with environment(opts):
+        assert connect(opts)
+        try:
+            yield
+        finally:
+            ray.shutdown()
+            os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
+
+
+# Every searcher and every scheduler once (BOHB and PBT/PB2 bring or need their own searcher),
+# through the Python API on the shared Ray.
+COMBOS = [("random", "none"), ("cmaes", "median"), ("gp", "hyperband"), ("nsga2", "asha"),
+          (None, "bohb"), (None, "pbt"), (None, "pb2")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("searcher_name, scheduler_name", COMBOS)
+def test_each_searcher_and_scheduler_runs_a_tiny_search(tiny_data, shared_ray, searcher_name,
+                                                       scheduler_name):
+    from search import Search
+
+    options = {"searcher": searcher_name} if searcher_name else {}
+    result = Search(data=tiny_data["data"], cache=tiny_data["cache"], space=tiny_data["space"],
+                    num_samples=3, max_epochs=2, folds=4, out=tiny_data["root"] / "results",
+                    name=f"{searcher_name or 'own'}-{scheduler_name}", verbose=0, grace_period=1,
+                    scheduler=scheduler_name, **options).run()
+    rows = result.trials
+    assert len(rows) == 3 and all(t.status in ("completed", "stopped") for t in rows), rows
+    assert result.best is not None and (result.best.export / "model.keras").exists()
+    nvidia = nvidia_point(space_from_dict(yaml.safe_load(TINY), source="tiny"))
+    first = min(rows, key=lambda t: t.index)
+    if scheduler_name not in ("pbt", "pb2"):  # (PBT's rows hold the perturbed, final configs)
+        assert first.params == nvidia, "NVIDIA's point is evaluated first"
+    if searcher_name in ("random", "cmaes", "gp", "nsga2"):  # (the Optuna searchers say so)
+        assert first.proposed_by == "nvidia"
+    if scheduler_name == "pbt":  # (PB2 perturbs once its GP has data: not within 3 trials)
+        # At least one trial continued from a better trial's checkpoint with perturbed training
+        # settings (Ray's PBT log), and trained on under them: its run's config is its final one.
+        exploits = (result.experiment / "pbt_global.txt").read_text().strip().splitlines()
+        assert exploits, "PBT exploited no trial"
+
+
+# -- two objectives -------------------------------------------------------------------------------
+def test_the_objective_takes_an_optional_second_objective():
+    from search.objective import split
+
+    assert split("dice") == ("dice", "")
+    assert split("lesionwise,latency") == ("lesionwise", "latency")
+    for bad in ("latency", "dice,speed", "dice,latency,params", "dice,"):
+        with pytest.raises(ValueError, match="--objective"):
+            split(bad)
+    with pytest.raises(SearchError, match="optimises one objective"):
+        from search import Search
+
+        Search(objective="dice,latency", searcher="cmaes")
+    with pytest.raises(SearchError, match="two objectives need --engine ray"):
+        from search import Search
+
+        Search(objective="dice,params", engine="keras-tuner")
+
+
+def _row(tid: str, score: float, latency: float) -> TrialRow:
+    return TrialRow(trial_id=tid, params={}, status="completed", epochs=2, best_epoch=2,
+                    best_score=score,
+                    history=[{"epoch": 1, "latency_s": 99.0}, {"epoch": 2, "latency_s": latency}])
+
+
+def test_the_pareto_front_is_the_non_dominated_trials_best_first():
+    from search.results import mark_pareto
+
+    rows = [_row("a", 0.90, 0.30), _row("b", 0.80, 0.10), _row("c", 0.85, 0.35),  # c: a beats it
+            _row("d", 0.70, 0.05), _row("e", 0.80, 0.20), _row("f", float("nan"), 0.01)]
+    front = mark_pareto(rows, "latency")
+    assert [r.trial_id for r in front] == ["a", "b", "d"]
+    assert [r.pareto for r in rows] == [1, 2, 0, 3, 0, 0]
+    assert rows[0].second == 0.30  # the best epoch's latency, not another epoch's
+    # Higher is better for throughput: the same trials, the other way round.
+    for r in rows:
+        for h in r.history:
+            h["throughput_vps"] = -h["latency_s"]
+    assert [r.trial_id for r in mark_pareto(rows, "throughput")] == ["a", "b", "d"]
+
+
+def _search(tiny_data, name: str, *flags: str):
+    return run_cli("search", "--data", str(tiny_data["data"]), "--cache", str(tiny_data["cache"]),
+                   "--space", str(tiny_data["space"]), "--out", str(tiny_data["root"] / "results"),
+                   "--name", name, "--verbose", "0", "--folds", "4", *flags, timeout=600)
+
+
+@pytest.mark.slow
+def test_a_two_objective_search_exports_a_non_dominated_pareto_set(tiny_data):
+    from search.finish import load_rows
+
+    r = _search(tiny_data, "pareto", "--objective", "dice,latency", "--num-samples", "4",
+                "--max-epochs", "2", "--scheduler", "none")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    exp = tiny_data["root"] / "results" / "pareto"
+    rows = [x for x in load_rows(exp) if not x.pruned]
+    assert all(math.isfinite(x.second) and x.second > 0 for x in rows)  # measured latency, s
+    front = sorted((x for x in rows if x.pareto), key=lambda x: x.pareto)
+    assert front and [x.pareto for x in front] == list(range(1, len(front) + 1))
+    for x in front:  # nobody beats a front member in both objectives
+        assert not any(y.best_score >= x.best_score and y.second <= x.second
+                       and (y.best_score > x.best_score or y.second < x.second) for y in rows)
+        assert (exp / "pareto" / f"rank_{x.pareto}" / "model.keras").exists()
+    for x in rows:
+        if not x.pareto:  # and someone beats every other trial
+            assert any(y.best_score >= x.best_score and y.second <= x.second for y in front)
+    assert front[0].best_score == max(x.best_score for x in rows)
+    assert "Pareto rank 1: trial" in r.stdout
+    assert "Pareto" in (exp / "report.html").read_text()
+
+
+@pytest.mark.slow
+def test_a_warm_started_search_proposes_from_the_earlier_trials_at_once(tiny_data):
+    first = _search(tiny_data, "warm-a", "--num-samples", "3", "--max-epochs", "1")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    r = _search(tiny_data, "warm-b", "--num-samples", "2", "--max-epochs", "1", "--warm-start",
+                str(tiny_data["root"] / "results" / "warm-a"), "--startup-trials", "3")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = json.loads((tiny_data["root"] / "results" / "warm-b" / "trials.json").read_text())
+    # The three earlier trials (NVIDIA's point among them) are the start-up: TPE proposes both.
+    assert [t["proposed_by"] for t in rows["trials"]] == ["tpe", "tpe"]
+    bad = _search(tiny_data, "warm-c", "--warm-start", str(tiny_data["root"] / "nothing"))
+    assert bad.returncode == 2 and "--warm-start" in bad.stderr
+    assert not (tiny_data["root"] / "results" / "warm-c").exists()
