@@ -304,7 +304,8 @@ def cmd_search(args: argparse.Namespace) -> int:
                         name=args.name, seed=args.seed, fold=args.fold, folds=args.folds,
                         split_seed=args.split_seed, workers_per_trial=args.workers_per_trial,
                         verbose=args.verbose, objective=args.objective, labels=args.labels,
-                        memory=_gib(args.memory), log=_print, **options)
+                        memory=_gib(args.memory), retrain_share=args.retrain_share, log=_print,
+                        **options)
     result = search.run()
     _print_search(result, search.spec)
     if result.interrupted:
@@ -359,6 +360,8 @@ def _print_search(result, spec) -> None:
         _print(f"exported: {where}/best" if remote else f"exported: {result.best.export}")
     else:
         _print("no trial finished an epoch: nothing exported")
+    if result.retrained is not None:
+        _print(f"retrained: {result.retrained}")
     _print(f"results: {where}/results.csv")
     if result.report is not None:
         _print(f"report: {where}/report.html" if remote else f"report: {result.report}")
@@ -728,6 +731,10 @@ def _search_parser(sub) -> None:
                         "this machine's memory divided by the trials that run at once; a resumed "
                         "search keeps its budget)")
     _ray_args(s, ray)
+    s.add_argument("--retrain-share", type=float, default=spec.retrain_share, metavar="FRACTION",
+                   help="spend this share of --budget retraining the winner on every labelled case "
+                        "(exported to retrained/all) and the rest searching: how to spend a fixed "
+                        "budget")
     s.add_argument("--workers-per-trial", type=int, default=spec.workers_per_trial,
                    help="Horovod workers per trial (Ray actors; one GPU each with --gpus-per-trial, else "
                         "one CPU each)")
@@ -878,7 +885,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="run_search.py", formatter_class=_Help,
         description="Automated search for the best 3D-UNet for brain-tumour MRI segmentation. With no "
-                    "command: write a synthetic BraTS-like dataset to data/synthetic (if absent) and "
+                    "command: write a synthetic BraTS-like dataset to data/synthetic-medium (if absent) and "
                     "search the demo space on it with Ray Tune + Optuna + ASHA on a local Ray instance "
                     "(same as 'run_search.py search').")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")

@@ -1,7 +1,7 @@
 """The library entry point of a search: ``Search(...).run()``, as a notebook or a script uses it.
 
     from search import Search
-    result = Search(data="BraTS2021", space="demo", num_samples=8, max_epochs=6,
+    result = Search(data="BraTS2021", space="demo", num_samples=8, max_epochs=8,
                     out="results", name="demo", grace_period=1).run()
     result.best.score, result.best.config, result.experiment
 
@@ -34,7 +34,14 @@ from search.context import SearchContext
 from search.memory_budget import MemoryBudget
 from search.objective import split as split_objective
 from search.results import TrialRow
-from search.spec import DEFAULT_DATA, DEFAULT_OUT, SearchError, SearchSpec
+from search.spec import (
+    DEFAULT_DATA,
+    DEFAULT_OUT,
+    DEMO_CASES,
+    DEMO_DIFFICULTY,
+    SearchError,
+    SearchSpec,
+)
 from search.storage import Experiment
 from unet3d.config import RunConfig
 
@@ -62,6 +69,7 @@ class SearchResult:
     best: the best trial, None if no trial finished an epoch or the search was interrupted.
     summary: the summary written to trials.json (trials that ran, trials_pruned, memory_budget,
         trial-epochs run and saved, best).
+    retrained: with ``retrain_share``, the retrained winner's export (``retrained/all``).
     """
 
     experiment: Path
@@ -72,6 +80,7 @@ class SearchResult:
     report: Path | None
     seconds: float
     interrupted: bool = False
+    retrained: Path | None = None
 
 
 class Search:
@@ -80,12 +89,12 @@ class Search:
     cluster before it writes anything."""
 
     def __init__(self, *, data: str | Path | None = None, space: str | Path = "demo",
-                 engine: str = "ray", num_samples: int = 8, max_epochs: int = 6,
+                 engine: str = "ray", num_samples: int = 8, max_epochs: int = 8,
                  out: str | Path = DEFAULT_OUT, name: str | None = None, seed: int = 0,
                  fold: int = 0, folds: int = 5, split_seed: int = 0,
                  cache: str | Path | None = None, workers_per_trial: int = 1, verbose: int = 1,
                  objective: str = "dice", labels: str | Path | None = None,
-                 memory: float | None = None, log: Log | None = None,
+                 memory: float | None = None, retrain_share: float = 0.0, log: Log | None = None,
                  **engine_options: Any) -> None:
         try:
             objective, second = split_objective(objective)
@@ -97,6 +106,7 @@ class Search:
             name=name or time.strftime("search-%Y%m%d-%H%M%S"), seed=seed, fold=fold, folds=folds,
             split_seed=split_seed, workers_per_trial=workers_per_trial, verbose=verbose,
             objective=objective, second_objective=second, labels=str(labels or ""), memory=memory,
+            retrain_share=retrain_share,
             engine_options={k: v for k, v in engine_options.items() if v is not None})
         engine_settings(self.spec)  # the engine's own options, checked now
         if self.spec.labels:  # (not on restore: the context holds the scheme, the file may be gone)
@@ -159,10 +169,26 @@ class Search:
             from search.report import build_report
 
             report = build_report(exp.local).html
+        retrained = self._retrain(summary, interrupted)
         exp.upload()
         return SearchResult(experiment=exp.local, location=exp.location, trials=rows,
                             best=_best(summary), summary=summary, report=report,
-                            seconds=time.perf_counter() - t0, interrupted=interrupted)
+                            seconds=time.perf_counter() - t0, interrupted=interrupted,
+                            retrained=retrained)
+
+    def _retrain(self, summary: dict[str, Any], interrupted: bool) -> Path | None:
+        """``retrain_share``: the winner trained on every labelled case for the budget's share of
+        trial-epochs (``search.retrain``), exported to ``retrained/all``."""
+        share = self.spec.retrain_share
+        if not share or interrupted or "best_trial" not in summary:
+            return None
+        from search.retrain import retrain_best
+
+        epochs = max(1, round(self.spec.engine_options["budget"] * share))
+        self.log(f"retraining the best configuration for {epochs} epochs ({share:.0%} of the "
+                 f"budget of {self.spec.engine_options['budget']:g} trial-epochs)")
+        return retrain_best(self.experiment.local, epochs=epochs, resume=self._resume,
+                            log=self.log)[0]
 
     def _engine_environment(self) -> contextlib.AbstractContextManager:
         if self.spec.engine != "ray":
@@ -241,8 +267,10 @@ class Search:
         if dataset is None:
             from unet3d.data.synthetic import write_synthetic_dataset
 
-            self.log(f"writing the demo dataset (16 synthetic 64^3 cases) to {DEFAULT_DATA}")
-            write_synthetic_dataset(DEFAULT_DATA, 16, (64, 64, 64), seed=0)
+            self.log(f"writing the demo dataset ({DEMO_CASES} synthetic 64^3 cases, "
+                     f"{DEMO_DIFFICULTY}) to {DEFAULT_DATA}")
+            write_synthetic_dataset(DEFAULT_DATA, DEMO_CASES, (64, 64, 64), seed=0,
+                                    difficulty=DEMO_DIFFICULTY)
             dataset = discover(DEFAULT_DATA)
         prep = prepare_dataset(dataset, spec.cache_folder, spec.labels or None,
                                mapper=self._cluster_mapper())
@@ -381,8 +409,11 @@ def engine_settings(spec: SearchSpec) -> Any:
     if spec.engine == "ray":
         from search.ray_engine import RayOptions
 
+        options = dict(spec.engine_options)
+        if spec.retrain_share:  # the search spends the rest; the winner's retraining the share
+            options["budget"] = options["budget"] * (1 - spec.retrain_share)
         opts = RayOptions(num_samples=spec.num_samples, max_epochs=spec.max_epochs, seed=spec.seed,
-                          verbose=spec.verbose, **spec.engine_options)
+                          verbose=spec.verbose, **options)
         opts.check_objectives(spec.second_objective)
         return opts
     from search.kt_engine import KerasTunerOptions

@@ -17,7 +17,8 @@ from search.storage import is_uri
 from unet3d.errors import UserError
 
 ENGINES = ("ray", "keras-tuner")
-DEFAULT_DATA = Path("data/synthetic")  # the demo dataset, written on first use
+DEFAULT_DATA = Path("data/synthetic-medium")  # the demo dataset, written on first use
+DEMO_CASES, DEMO_DIFFICULTY = 24, "medium"  # (hard enough that configurations separate)
 DEFAULT_OUT = "results"
 # Engine options a user may pass (besides the common ones); each engine validates their values.
 RAY_OPTIONS = ("grace_period", "reduction_factor", "time_attr", "max_trial_seconds", "cpus_per_trial",
@@ -37,7 +38,8 @@ class SearchSpec:
     """Everything a search was asked to do (saved whole in ``search.json``).
 
     Attributes:
-        data: dataset folder; "" = the synthetic demo dataset in ``data/synthetic`` (written if absent).
+        data: dataset folder; "" = the synthetic demo dataset in ``data/synthetic-medium`` (24 cases
+            of medium difficulty, written if absent).
         cache: preprocessed cache; "" = ``DATA/.unet3d-cache`` (shared storage on a cluster).
         space: a named space (demo | brats | nvidia) or a YAML/JSON space file.
         engine: "ray" (Ray Tune + Optuna + ASHA) or "keras-tuner".
@@ -62,6 +64,10 @@ class SearchSpec:
             (``search.memory_budget``). None: the default, the GPU's memory times the trial's share
             of a GPU with ``gpus_per_trial`` > 0, else this machine's memory divided by the
             training processes that run on it at once. A resumed search keeps its budget.
+        retrain_share: the share of ``--budget`` (trial-epochs) spent retraining the winner
+            instead of searching (``--retrain-share``): the search gets the rest, then the best
+            configuration trains that many epochs on every labelled case (``retrain-best``), exported
+            to ``retrained/all``; how a user spends a fixed budget. 0: search only.
         engine_options: the engine's own options (RAY_OPTIONS / KERAS_TUNER_OPTIONS by name).
     """
 
@@ -70,7 +76,7 @@ class SearchSpec:
     space: str = "demo"
     engine: str = "ray"
     num_samples: int = 8
-    max_epochs: int = 6
+    max_epochs: int = 8
     out: str = DEFAULT_OUT
     name: str = ""
     seed: int = 0
@@ -83,6 +89,7 @@ class SearchSpec:
     second_objective: str = ""
     labels: str = ""
     memory: float | None = None
+    retrain_share: float = 0.0
     engine_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -115,6 +122,7 @@ class SearchSpec:
         if unknown:
             raise SearchError(f"{', '.join(unknown)}: not an option of the {self.engine} engine "
                               f"(it takes {', '.join(allowed)})")
+        _check_share(self.retrain_share, self.engine, self.engine_options)
         if self.workers_per_trial > 1 and self.engine != "ray":
             raise SearchError("--workers-per-trial needs --engine ray")
         if self.engine == "keras-tuner" and is_uri(self.out):
@@ -150,3 +158,14 @@ def _check_memory(memory: Any) -> None:
         shown = f"{memory:g}" if number else memory
         raise SearchError(f"--memory {shown}: must be a number of GiB > 0, the memory one trial may "
                           f"use (leave it out for the default)")
+
+
+def _check_share(share: Any, engine: str, options: dict[str, Any]) -> None:
+    """``--retrain-share``: in [0, 1), and a share of a --budget in trial-epochs."""
+    number = isinstance(share, (int, float)) and not isinstance(share, bool)
+    if not number or not 0 <= share < 1:
+        raise SearchError(f"--retrain-share {share}: must be a fraction in [0, 1) of --budget")
+    if share and (engine != "ray" or options.get("budget") is None
+                  or options.get("time_attr", "epochs") != "epochs"):
+        raise SearchError(f"--retrain-share {share:g}: needs --budget in trial-epochs (--engine ray, "
+                          f"--time-attr epochs), the compute it splits")

@@ -459,8 +459,14 @@ def test_the_default_run_searches_with_asha_stopping_trials_early(tmp_path):
     summary = trials["summary"]
     assert summary["trials"] == 8 and summary["trials_stopped_early"] >= 1
     assert summary["trial_epochs_run"] < summary["trial_epochs_without_early_stopping"]
-    assert any(t["status"] == "stopped" and t["epochs"] < 6 for t in trials["trials"])
+    assert any(t["status"] == "stopped" and t["epochs"] < 8 for t in trials["trials"])
     assert (exp / "best" / "model.keras").exists()
+    # The demo data is hard enough for configurations to differ (no ceiling near 0.99), and TPE
+    # proposes trials (its start-up is 2 of the 8: NVIDIA's point and one random).
+    scores = [t["best_score"] for t in trials["trials"]]
+    assert max(scores) < 0.97 and max(scores) - min(scores) > 0.1, scores
+    assert sum(t["proposed_by"] == "tpe" for t in trials["trials"]) >= 3
+    assert (exp / "best" / "postprocess.json").exists()
     assert "stopped early" in r.stdout and "tensorboard --logdir" in r.stdout
     print(r.stdout[-2500:])
 

@@ -192,12 +192,13 @@ def test_each_searcher_and_scheduler_runs_a_tiny_search(tiny_data, shared_ray, s
     from search import Search
 
     options = {"searcher": searcher_name} if searcher_name else {}
+    n = 3 if scheduler_name == "pbt" else 2  # (PBT exploits the worst of three)
     result = Search(data=tiny_data["data"], cache=tiny_data["cache"], space=tiny_data["space"],
-                    num_samples=3, max_epochs=2, folds=4, out=tiny_data["root"] / "results",
+                    num_samples=n, max_epochs=2, folds=4, out=tiny_data["root"] / "results",
                     name=f"{searcher_name or 'own'}-{scheduler_name}", verbose=0, grace_period=1,
                     scheduler=scheduler_name, **options).run()
     rows = result.trials
-    assert len(rows) == 3 and all(t.status in ("completed", "stopped") for t in rows), rows
+    assert len(rows) == n and all(t.status in ("completed", "stopped") for t in rows), rows
     assert result.best is not None and (result.best.export / "model.keras").exists()
     nvidia = nvidia_point(space_from_dict(yaml.safe_load(TINY), source="tiny"))
     first = min(rows, key=lambda t: t.index)
@@ -296,3 +297,19 @@ def test_a_warm_started_search_proposes_from_the_earlier_trials_at_once(tiny_dat
     bad = _search(tiny_data, "warm-c", "--warm-start", str(tiny_data["root"] / "nothing"))
     assert bad.returncode == 2 and "--warm-start" in bad.stderr
     assert not (tiny_data["root"] / "results" / "warm-c").exists()
+
+
+@pytest.mark.slow
+def test_a_budget_split_between_searching_and_retraining_the_winner(tiny_data):
+    r = _search(tiny_data, "share", "--budget", "6", "--retrain-share", "0.5", "--num-samples", "20",
+                "--max-epochs", "2", "--max-concurrent", "1")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    exp = tiny_data["root"] / "results" / "share"
+    summary = json.loads((exp / "trials.json").read_text())["summary"]
+    # Half of 6 trial-epochs searching: the budget stops the search after 3 (of 20 trials' 40).
+    assert summary["trial_epochs_run"] == 3 and summary["trials"] <= 2
+    retrained = json.loads((exp / "retrained" / "all" / "metrics.json").read_text())
+    assert len(retrained["history"]) == 3  # the other half, on every labelled case
+    assert f"retrained: {exp / 'retrained' / 'all'}" in r.stdout
+    bad = _search(tiny_data, "share-bad", "--retrain-share", "0.5")
+    assert bad.returncode == 2 and "--retrain-share 0.5: needs --budget" in bad.stderr
