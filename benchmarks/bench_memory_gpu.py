@@ -262,7 +262,9 @@ def main() -> int:
                                                        "activation_factor": k.activation_factor,
                                                        "workspace_layers": k.workspace_layers},
                                          "rows": rows, "elapsed_s": elapsed}, indent=2) + "\n")
-    return 0 if all(r.get("error") is None for r in rows) else 1
+    # (a row skipped because the time budget was spent is not a failure: the table says so)
+    return 0 if all(r.get("error") is None or str(r["error"]).startswith("skipped")
+                    for r in rows) else 1
 
 
 if __name__ == "__main__":
