@@ -399,7 +399,8 @@ def searcher(space: Any, opts: RayOptions, metric: str = METRIC,
         from search.ray_searcher import BudgetedSearcher
         from spaces.translate import to_tune
 
-        alg = BudgetedSearcher(TuneBOHB(space=to_tune(space), metric=metric, mode=MODE,
+        alg = BudgetedSearcher(TuneBOHB(space=TuneBOHB.convert_search_space(to_tune(space)),
+                                        metric=metric, mode=MODE,
                                         points_to_evaluate=[first], seed=opts.seed), guard)
     else:
         import optuna

@@ -141,6 +141,8 @@ class BudgetedSearcher(Searcher):
     def suggest(self, trial_id: str) -> dict | str | None:
         for _ in range(MAX_REFUSALS):
             config = self.inner.suggest(trial_id)
+            if isinstance(config, dict):  # ConfigSpace hands numpy scalars (not JSON, not config)
+                config = {k: v.item() if hasattr(v, "item") else v for k, v in config.items()}
             if self._guard is None or not isinstance(config, dict):
                 return config
             verdict = self._guard.check(config)

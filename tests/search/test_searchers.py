@@ -313,3 +313,14 @@ def test_a_budget_split_between_searching_and_retraining_the_winner(tiny_data):
     assert f"retrained: {exp / 'retrained' / 'all'}" in r.stdout
     bad = _search(tiny_data, "share-bad", "--retrain-share", "0.5")
     assert bad.returncode == 2 and "--retrain-share 0.5: needs --budget" in bad.stderr
+
+
+def test_bohbs_suggestions_are_plain_values_that_results_can_write():
+    """ConfigSpace hands numpy scalars; trials.json and RunConfig need Python values."""
+    from spaces.presets import get_space
+
+    alg = searcher(get_space("demo"), RayOptions(scheduler="bohb", max_concurrent=0), METRIC)
+    configs = [alg.suggest(f"t{i}") for i in range(4)]
+    json.dumps(configs)
+    assert all(type(v) in (int, float, str, bool) for c in configs for v in c.values())
+    assert configs[0] == nvidia_point(get_space("demo"))
