@@ -29,16 +29,20 @@ class TrialStatuses(tune.Callback):
 
 
 class EpochBudget(tune.Stopper):
-    """The search's compute budget in trial-epochs (``--budget``): every trial's report is one
-    epoch; once ``epochs`` of them were reported, every trial stops and no new one starts (Ray's
-    built-in stoppers count one trial's iterations or the whole run's seconds, not this). A
-    resumed search counts again from zero."""
+    """The search's compute budget in trial-epochs (``--budget``): each trial's new training
+    iterations (one per epoch) are counted; once ``epochs`` of them were reported, every trial stops
+    and no new one starts (Ray's built-in stoppers count one trial's iterations or the whole run's
+    seconds, not this). A trial's result seen twice (Ray passes a finished function trainable's
+    last result again) counts once. A resumed search counts again from zero."""
 
     def __init__(self, epochs: int) -> None:
         self.epochs, self.spent = epochs, 0
+        self.seen: dict[str, int] = {}
 
     def __call__(self, trial_id: str, result: dict) -> bool:
-        self.spent += 1
+        it = int(result.get("training_iteration", 0))
+        self.spent += max(0, it - self.seen.get(trial_id, 0))
+        self.seen[trial_id] = max(it, self.seen.get(trial_id, 0))
         return self.spent >= self.epochs
 
     def stop_all(self) -> bool:

@@ -151,13 +151,22 @@ class RayOptions:
         return {"bohb": "bohb", "pbt": "random", "pb2": "random"}.get(self.scheduler, "tpe")
 
     @property
+    def expected_trials(self) -> int:
+        """The trials this search can run: --num-samples, or fewer when a --budget in trial-epochs
+        pays for fewer trials of --max-epochs (a scheduler's early stops make room for more)."""
+        if self.budget is not None and self.time_attr == "epochs":
+            return max(1, min(self.num_samples, math.ceil(self.budget / self.max_epochs)))
+        return self.num_samples
+
+    @property
     def n_startup(self) -> int:
         """Random trials before the model-based sampler proposes (TPE, CMA-ES, GP; NSGA-II's first
-        generation): --startup-trials, else a quarter of the trials, at least 2 and at most
-        Optuna's default of 10 (which, with 8 trials, would leave TPE nothing to propose)."""
+        generation): --startup-trials, else a quarter of the trials the search can run, at least 2
+        and at most Optuna's default of 10 (which, with 8 trials, would leave TPE nothing to
+        propose)."""
         if self.startup_trials is not None:
             return self.startup_trials
-        return min(10, max(2, math.ceil(self.num_samples / 4)))
+        return min(10, max(2, math.ceil(self.expected_trials / 4)))
 
 
 def _number(v: Any) -> bool:

@@ -52,6 +52,25 @@ def test_the_start_up_phase_scales_with_the_number_of_trials(n, startup):
     assert RayOptions(num_samples=n, startup_trials=7).n_startup == 7
 
 
+def test_under_a_budget_the_start_up_follows_the_trials_it_pays_for():
+    # 24 trial-epochs pay for 4 trials of 6 epochs (more with early stops): 2 start-up trials, not
+    # the 10 that 100 samples would give (then TPE would never propose within the budget).
+    assert RayOptions(num_samples=100, max_epochs=6, budget=24).n_startup == 2
+    assert RayOptions(num_samples=100, max_epochs=2, budget=40).n_startup == 5
+    assert RayOptions(num_samples=100, time_attr="seconds", budget=600).n_startup == 10
+
+
+def test_the_epoch_budget_counts_each_trial_epoch_once():
+    from search.ray_callbacks import EpochBudget
+
+    stop = EpochBudget(5)
+    results = [("a", 1), ("b", 1), ("a", 2), ("a", 2),  # a's last result passed again: once
+               ("b", 2)]
+    assert [stop(t, {"training_iteration": i}) for t, i in results] == [False] * 4 + [False]
+    assert stop.spent == 4 and not stop.stop_all()
+    assert stop("c", {"training_iteration": 1}) and stop.stop_all()
+
+
 @pytest.mark.parametrize("flags, message", [
     ({"searcher": "hill"}, "--searcher hill: must be one of"),
     ({"scheduler": "sha"}, "--scheduler sha: must be one of"),
