@@ -770,7 +770,8 @@ def _ray_args(s, ray) -> None:
                         f"(default: {ray.scheduler})")
     r.add_argument("--startup-trials", type=int, default=None,
                    help="random trials before the sampler's model proposes (TPE, CMA-ES, GP; NSGA-II's "
-                        "population) (default: a quarter of --num-samples, 2 to 10)")
+                        "population) (default: a quarter of the trials --num-samples or --budget allows, "
+                        "2 to 10)")
     r.add_argument("--warm-start", default=None, metavar="EXPERIMENT",
                    help="tell the sampler the trials of an earlier search (OUT/NAME) that lie in this "
                         "space, so it proposes from them at once")

@@ -285,7 +285,16 @@ def run_worker(side: str, python: str, job: dict, timeout: float) -> tuple[dict,
     if side == "ours":
         env |= {"KERAS_BACKEND": "jax", "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
     cmd = [python, str(Path(__file__).resolve()), "--worker", side, "--job", json.dumps(job)]
-    # stderr goes straight through (progress, warnings, a traceback), live in the session's log.
+    merged, error = collect(cmd, env, timeout, " (its share of --budget)")
+    if error:
+        log(f"{side} worker failed ({error})")
+    return merged, error
+
+
+def collect(cmd: list[str], env: dict, timeout: float, why: str = "") -> tuple[dict, str | None]:
+    """Runs a worker process and gathers its ``@@ {json}`` records by kind; the error (non-zero
+    exit, or stopped at ``timeout``) or None. Its stderr goes straight through (progress, warnings,
+    a traceback), live in the session's log. (bench_memory_gpu's workers too.)"""
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     error = None
     try:
@@ -295,16 +304,13 @@ def run_worker(side: str, python: str, job: dict, timeout: float) -> tuple[dict,
     except subprocess.TimeoutExpired:
         p.kill()
         out, _ = p.communicate()
-        error = f"stopped after {timeout:.0f} s (its share of --budget)"
-    merged: dict = {}
+        error = f"stopped after {timeout:.0f} s{why}"
+    records: dict = {}
     for line in out.splitlines():
         if line.startswith("@@ "):
             rec = json.loads(line[3:])
-            kind = rec.pop("kind")
-            merged[kind] = rec
-    if error:
-        log(f"{side} worker failed ({error})")
-    return merged, error
+            records[rec.pop("kind")] = rec
+    return records, error
 
 
 def nvidia_smi() -> dict | None:

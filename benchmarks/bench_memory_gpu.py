@@ -34,6 +34,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_gpu import collect  # noqa: E402  (the worker-process runner both benchmarks share)
 
 GIB = 1024**3
 MIN_START_S = 25  # no new configuration starts with less of --budget left
@@ -145,22 +147,7 @@ def run_worker(job: dict, timeout: float) -> tuple[dict, str | None]:
     env = {**os.environ, "KERAS_BACKEND": "jax", "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
            "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(job)]
-    # stderr goes straight through (warnings, a traceback), live in the session's log.
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-    error = None
-    try:
-        out, _ = p.communicate(timeout=max(1.0, timeout))
-        if p.returncode != 0:
-            error = f"exit {p.returncode}"
-    except subprocess.TimeoutExpired:
-        p.kill()
-        out, _ = p.communicate()
-        error = f"stopped after {timeout:.0f} s"
-    res: dict = {}
-    for line in out.splitlines():
-        if line.startswith("@@ "):
-            rec = json.loads(line[3:])
-            res[rec.pop("kind")] = rec
+    res, error = collect(cmd, env, timeout)
     if error:
         print(f"  failed ({error})", file=sys.stderr, flush=True)
     return res, error
