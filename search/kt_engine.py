@@ -28,12 +28,12 @@ from search.objective import MODE
 from search.results import TrialRow, row_from_history
 from search.spec import SearchError
 
-ALGORITHMS = ("hyperband", "bayesian")
+ALGORITHMS = ("hyperband", "bayesian", "random")
 
 
 @dataclasses.dataclass(frozen=True)
 class KerasTunerOptions:
-    algorithm: str = "hyperband"   # "hyperband" | "bayesian"
+    algorithm: str = "hyperband"   # "hyperband" | "bayesian" | "random"
     max_epochs: int = 6
     factor: int = 2                # Hyperband's reduction factor
     hyperband_iterations: int = 1
@@ -128,7 +128,8 @@ def _starts_configuration(proposal: dict[str, Any]) -> bool:
 
 def _oracle(ctx: SearchContext, opts: KerasTunerOptions, hp: Any, guard: MemoryGuard | None,
             log: Callable[[str], None]) -> Any:
-    """The Hyperband or Bayesian oracle with :class:`_Proposals`, maximising ``ctx.metric``."""
+    """The Hyperband, Bayesian or random-search oracle with :class:`_Proposals`, maximising
+    ``ctx.metric``."""
     import keras_tuner as kt
 
     from spaces.translate import nvidia_point
@@ -140,7 +141,9 @@ def _oracle(ctx: SearchContext, opts: KerasTunerOptions, hp: Any, guard: MemoryG
                        hyperband_iterations=opts.hyperband_iterations, seed=opts.seed,
                        hyperparameters=hp)
     else:
-        klass = type("UNetBayesian", (_Proposals, kt.oracles.BayesianOptimizationOracle), {})
+        base = (kt.oracles.BayesianOptimizationOracle if opts.algorithm == "bayesian"
+                else kt.oracles.RandomSearchOracle)
+        klass = type(f"UNet{base.__name__}", (_Proposals, base), {})
         oracle = klass(objective=objective, max_trials=opts.max_trials, seed=opts.seed,
                        hyperparameters=hp)
     oracle._first, oracle._names = nvidia_point(ctx.space), [p.name for p in ctx.space.params]

@@ -102,14 +102,24 @@ def test_keras_tuner_maximises_the_objective(tmp_path):
     from search.context import SearchContext
     from search.kt_engine import KerasTunerOptions, _tuner
     from spaces.presets import get_space
+    from spaces.translate import nvidia_point
 
     ctx = SearchContext(space=get_space("demo"), data="", cache="", train_ids=(), val_ids=(),
                         max_epochs=2)
-    for algorithm in ("hyperband", "bayesian"):
+    import keras_tuner as kt
+
+    oracles = {"hyperband": kt.oracles.HyperbandOracle,
+               "bayesian": kt.oracles.BayesianOptimizationOracle,
+               "random": kt.oracles.RandomSearchOracle}
+    for algorithm, base in oracles.items():
         tuner = _tuner(ctx, tmp_path / algorithm, KerasTunerOptions(algorithm=algorithm),
                        overwrite=True, log=lambda m: None)
+        assert isinstance(tuner.oracle, base)
         assert tuner.oracle.objective.name == METRIC
         assert tuner.oracle.objective.direction == "max"
+        # NVIDIA's point first, whichever oracle proposes (one proposal, no training).
+        first = tuner.oracle.populate_space("t0")
+        assert {k: first["values"][k] for k in nvidia_point(ctx.space)} == nvidia_point(ctx.space)
 
 
 @pytest.mark.slow
