@@ -354,7 +354,8 @@ def _print_search(result, spec) -> None:
         for p in s.get("pareto", []):
             second = spec.second_objective
             _print(f"  Pareto rank {p['rank']}: trial {p['trial_id']}, {p['score']:.4f}, {second} "
-                   f"{p[second]:.4g} -> {where}/pareto/rank_{p['rank']}")
+                   f"{p[second]:.4g}" + (f" -> {where}/pareto/rank_{p['rank']}" if p.get("export")
+                                         else " (no checkpoint: not exported)"))
         for k, v in result.best.params.items():
             _print(f"  {k} = {v}")
         _print(f"exported: {where}/best" if remote else f"exported: {result.best.export}")

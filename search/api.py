@@ -184,7 +184,7 @@ class Search:
             return None
         from search.retrain import retrain_best
 
-        epochs = max(1, round(self.spec.engine_options["budget"] * share))
+        epochs = self.spec.budget_split()[1]
         self.log(f"retraining the best configuration for {epochs} epochs ({share:.0%} of the "
                  f"budget of {self.spec.engine_options['budget']:g} trial-epochs)")
         return retrain_best(self.experiment.local, epochs=epochs, resume=self._resume,
@@ -239,6 +239,7 @@ class Search:
             from search import ray_engine
 
             opts = engine_settings(spec)
+            opts.check_space(self._space)  # (libraries, PBT's parameters)
             if opts.warm_start:
                 self._check_warm_start(opts)
             self._own_ray = ray_engine.connect(opts)
@@ -411,7 +412,7 @@ def engine_settings(spec: SearchSpec) -> Any:
 
         options = dict(spec.engine_options)
         if spec.retrain_share:  # the search spends the rest; the winner's retraining the share
-            options["budget"] = options["budget"] * (1 - spec.retrain_share)
+            options["budget"] = spec.budget_split()[0]
         opts = RayOptions(num_samples=spec.num_samples, max_epochs=spec.max_epochs, seed=spec.seed,
                           verbose=spec.verbose, **options)
         opts.check_objectives(spec.second_objective)

@@ -87,11 +87,13 @@ def export_best(rows: Sequence[TrialRow], ctx: SearchContext,
     return best, _export_row(best, ctx, experiment, experiment / "best")
 
 
-def export_pareto(front: Sequence[TrialRow], ctx: SearchContext, experiment: Path) -> list[Path]:
-    """Exports each trial of the Pareto front (``TrialRow.pareto`` = 1, 2, ...: best first
-    objective first) to ``<experiment>/pareto/rank_<K>`` (a model a user picks by the trade-off)."""
-    return [_export_row(r, ctx, experiment, experiment / "pareto" / f"rank_{r.pareto}")
-            for r in front if r.checkpoint]
+def export_pareto(front: Sequence[TrialRow], ctx: SearchContext,
+                  experiment: Path) -> dict[str, Path]:
+    """Exports each trial of the Pareto front that has a checkpoint (``TrialRow.pareto`` = 1, 2,
+    ...: best first objective first) to ``<experiment>/pareto/rank_<K>`` (a model a user picks by
+    the trade-off); returns {trial id: folder}."""
+    return {r.trial_id: _export_row(r, ctx, experiment, experiment / "pareto" / f"rank_{r.pareto}")
+            for r in front if r.checkpoint}
 
 
 def load_rows(experiment: Path) -> list[TrialRow]:
@@ -153,10 +155,10 @@ def finish(rows: Sequence[TrialRow], ctx: SearchContext, experiment: Path, engin
     second = getattr(ctx, "second_objective", "")
     if second:
         front = mark_pareto(rows, second)
+        paths = export_pareto(front, ctx, experiment) if export else {}
         summary["pareto"] = [{"rank": r.pareto, "trial_id": r.trial_id, "score": r.best_score,
-                              second: r.second} for r in front]
-        if export:
-            export_pareto(front, ctx, experiment)
+                              second: r.second, "export": str(paths.get(r.trial_id, ""))}
+                             for r in front]
     exported = export_best(rows, ctx, experiment) if export else None
     if exported is not None:
         best, path = exported

@@ -174,6 +174,25 @@ class MemoryGuard:
         return TrialRow(trial_id=f"pruned_{number}", params=dict(sample), status="pruned", epochs=0,
                         objective=self.ctx.objective, reason=verdict.reason, memory_gib=verdict.gib)
 
+    def refuse(self, rows: list[TrialRow], sample: Mapping[str, Any], verdict: Verdict) -> None:
+        """Records a refused configuration: a new pruned row in ``rows`` (once per configuration),
+        all of them saved to the sink (what every engine's searcher does on a refusal)."""
+        if not any(r.params == dict(sample) for r in rows):
+            rows.append(self.pruned_row(sample, verdict, len(rows) + 1))
+        self.save(rows)
+
+    def restore_rows(self, rows: list[TrialRow], gave_up: str = "") -> list[TrialRow]:
+        """A resumed searcher's pruned rows merged with those in the sink's pruned.json (a driver
+        that died after its last searcher checkpoint had written rows the checkpoint lacks),
+        renumbered in order and saved again."""
+        if self.sink is not None:
+            kept, _ = load_pruned(self.sink.parent)
+            rows.extend(r for r in kept if not any(r.params == q.params for q in rows))
+        for number, row in enumerate(rows, 1):  # one name each, in order
+            row.trial_id = f"pruned_{number}"
+        self.save(rows, gave_up)
+        return rows
+
     def give_up(self, rows: Sequence[TrialRow]) -> str:
         """Why an engine stopped sampling after :data:`MAX_REFUSALS` refusals in a row."""
         least = min((r.memory_gib for r in rows), default=math.nan)

@@ -29,20 +29,23 @@ class TrialStatuses(tune.Callback):
 
 
 class EpochBudget(tune.Stopper):
-    """The search's compute budget in trial-epochs (``--budget``): each trial's new training
-    iterations (one per epoch) are counted; once ``epochs`` of them were reported, every trial stops
-    and no new one starts (Ray's built-in stoppers count one trial's iterations or the whole run's
-    seconds, not this). A trial's result seen twice (Ray passes a finished function trainable's
-    last result again) counts once. A resumed search counts again from zero."""
+    """The search's compute budget in trial-epochs (``--budget``): each result a trial reports is
+    one epoch; once ``epochs`` of them were reported, every trial stops and no new one starts (Ray's
+    built-in stoppers count one trial's iterations or the whole run's seconds, not this). A
+    finished function trainable's last result, which Ray passes again, counts once; an epoch a
+    trial repeats after continuing from another trial's checkpoint (PBT) counts again, as it is
+    trained again. The count lives in the Tuner's saved state: a resumed search continues from the
+    count at the last experiment checkpoint."""
 
-    def __init__(self, epochs: int) -> None:
+    def __init__(self, epochs: float) -> None:
         self.epochs, self.spent = epochs, 0
-        self.seen: dict[str, int] = {}
+        self.last: dict[str, int] = {}
 
     def __call__(self, trial_id: str, result: dict) -> bool:
         it = int(result.get("training_iteration", 0))
-        self.spent += max(0, it - self.seen.get(trial_id, 0))
-        self.seen[trial_id] = max(it, self.seen.get(trial_id, 0))
+        if not (result.get("done") and self.last.get(trial_id) == it):
+            self.spent += 1
+        self.last[trial_id] = it
         return self.spent >= self.epochs
 
     def stop_all(self) -> bool:

@@ -115,7 +115,7 @@ class RayOptions:
         if self.scheduler == "bohb" and self.searcher is not None:
             raise SearchError(f"--searcher {self.searcher}: --scheduler bohb samples with its own "
                               f"searcher (TuneBOHB's kernel density model); leave --searcher out")
-        if self.scheduler in ("pbt", "pb2") and self.searcher not in (None, "random"):
+        if self.population_based and self.searcher not in (None, "random"):
             raise SearchError(f"--searcher {self.searcher}: Ray Tune runs --scheduler "
                               f"{self.scheduler} without a searcher (its population is drawn at "
                               f"random); leave --searcher out")
@@ -127,20 +127,51 @@ class RayOptions:
         if self.warm_start is not None and self.sampler == "bohb":
             raise SearchError(f"--warm-start: --scheduler {self.scheduler} brings its own searcher, "
                               f"which cannot be told earlier trials; use an Optuna searcher")
-        if self.warm_start is not None and self.scheduler in ("pbt", "pb2"):
+        if self.warm_start is not None and self.population_based:
             raise SearchError(f"--warm-start: --scheduler {self.scheduler} draws its population "
                               f"without a searcher, which cannot be told earlier trials")
+
+    @property
+    def population_based(self) -> bool:
+        """PBT or PB2: Ray runs them without a searcher, over a population drawn up front."""
+        return self.scheduler in ("pbt", "pb2")
 
     def check_objectives(self, second: str) -> None:
         """A second objective needs an Optuna sampler that searches two objectives.
 
         Raises:
-            SearchError: CMA-ES or BOHB with two objectives.
+            SearchError: CMA-ES, BOHB or PBT/PB2 with two objectives, or a warm start (its trials
+                hold one score).
         """
-        if second and self.sampler in ("cmaes", "bohb"):
-            what = "--scheduler bohb" if self.sampler == "bohb" else "--searcher cmaes"
+        if not second:
+            return
+        if self.sampler in ("cmaes", "bohb") or self.population_based:
+            what = (f"--scheduler {self.scheduler}" if self.sampler == "bohb" or self.population_based
+                    else "--searcher cmaes")
             raise SearchError(f"{what}: optimises one objective; with a second ({second}) use "
                               f"--searcher tpe, nsga2, gp or random")
+        if self.warm_start is not None:
+            raise SearchError(f"--warm-start: tells the sampler one score per earlier trial; a "
+                              f"search with a second objective ({second}) cannot start from it")
+
+    def check_space(self, space: Any) -> None:
+        """What the sampler and scheduler need, checked before anything is written: their
+        libraries, and PBT/PB2's parameters that a running trial may change.
+
+        Raises:
+            SearchError: naming --searcher or --scheduler.
+        """
+        if self.sampler == "bohb":
+            try:
+                import ConfigSpace  # noqa: F401
+                from hpbandster.optimizers.config_generators.bohb import BOHB  # noqa: F401
+            except ImportError as e:
+                raise SearchError(f"--scheduler bohb: needs the Python package {e.name!r} (pip "
+                                  f"install 'unet3d-search[searchers]')") from None
+        elif not self.population_based:
+            sampler(self)  # (raises when its library is missing)
+        if self.population_based:
+            _mutations(space, self)
 
     @property
     def sampler(self) -> str:
@@ -399,7 +430,7 @@ def searcher(space: Any, opts: RayOptions, metric: str = METRIC,
 
     from spaces.translate import nvidia_point, to_optuna
 
-    if opts.scheduler in ("pbt", "pb2"):
+    if opts.population_based:
         return None
     first = nvidia_point(space)
     if opts.sampler == "bohb":
@@ -454,9 +485,24 @@ def warm_trials(experiment: str, space: Any, metric: str) -> list[tuple[dict[str
     return out
 
 
+def mutable_fields() -> set[str]:
+    """The RunConfig fields :data:`MUTABLE` parameters set (``data.augment`` sets every
+    augmentation strength): what may differ when a PBT trial continues from another's checkpoint."""
+    from spaces.space import AUGMENT_FIELDS
+
+    return (set(MUTABLE) - {"data.augment"}) | set(AUGMENT_FIELDS)
+
+
+def mutable(space: Any) -> list[Any]:
+    """The space's parameters a PBT/PB2 trial may change while it runs (:data:`MUTABLE`); the loss
+    only when none of its choices changes the model's head (``region`` does)."""
+    return [p for p in space.params if p.name in MUTABLE
+            and not (p.name == "train.loss" and "region" in getattr(p, "values", ()))]
+
+
 def _mutations(space: Any, opts: RayOptions) -> dict[str, Any]:
-    """PBT's hyperparam_mutations / PB2's hyperparam_bounds: the space's :data:`MUTABLE`
-    parameters (PB2: the numeric ones, as [low, high]).
+    """PBT's hyperparam_mutations (a list of values per choice, the bounds' domain per number) or
+    PB2's hyperparam_bounds ([low, high], numbers only) over :func:`mutable` parameters.
 
     Raises:
         SearchError: the space has none.
@@ -464,16 +510,34 @@ def _mutations(space: Any, opts: RayOptions) -> dict[str, Any]:
     from spaces.space import Choice
     from spaces.translate import to_tune
 
-    tune_space = to_tune(space)
-    params = [p for p in space.params if p.name in MUTABLE
-              and not (opts.scheduler == "pb2" and isinstance(p, Choice))]
+    params = [p for p in mutable(space)
+              if not (opts.scheduler == "pb2" and isinstance(p, Choice))]
     if not params:
         kind = "numeric " if opts.scheduler == "pb2" else ""
         raise SearchError(f"--scheduler {opts.scheduler}: the space {space.name!r} has no {kind}"
                           f"parameter a running trial may change ({', '.join(MUTABLE)})")
     if opts.scheduler == "pb2":
         return {p.name: [p.low, p.high] for p in params}
-    return {p.name: tune_space[p.name] for p in params}
+    tune_space = to_tune(space)
+    return {p.name: list(p.values) if isinstance(p, Choice) else tune_space[p.name]
+            for p in params}
+
+
+def _within(space: Any) -> Any:
+    """PBT's custom explore: its perturbations (x0.8 / x1.2 of a number) clipped to the space's
+    bounds, integers rounded, so a perturbed trial stays a configuration of the space."""
+    from spaces.space import Choice, Int
+
+    bounds = {p.name: p for p in mutable(space) if not isinstance(p, Choice)}
+
+    def explore(config: dict) -> dict:
+        for name, p in bounds.items():
+            if name in config:
+                v = min(max(config[name], p.low), p.high)
+                config[name] = int(round(v)) if isinstance(p, Int) else float(v)
+        return config
+
+    return explore
 
 
 def scheduler(opts: RayOptions, space: Any = None) -> Any:
@@ -501,7 +565,8 @@ def scheduler(opts: RayOptions, space: Any = None) -> Any:
                                     min_samples_required=2)
     if name == "pbt":
         return s.PopulationBasedTraining(time_attr=attr, perturbation_interval=opts.grace_period,
-                                         hyperparam_mutations=_mutations(space, opts))
+                                         hyperparam_mutations=_mutations(space, opts),
+                                         custom_explore_fn=_within(space))
     if name == "pb2":
         from ray.tune.schedulers.pb2 import PB2  # (not in the package's namespace: needs sklearn)
 
@@ -558,7 +623,7 @@ def tune_config(space: Any, opts: RayOptions, metric: str = METRIC,
 def _param_space(space: Any, opts: RayOptions) -> dict[str, Any] | None:
     """Ray's own space, for the searchers that take it from the Tuner (PBT's variant generator);
     the Optuna and BOHB searchers hold theirs."""
-    if opts.scheduler not in ("pbt", "pb2"):
+    if not opts.population_based:
         return None
     from spaces.translate import to_tune
 
@@ -585,8 +650,8 @@ def population(space: Any, opts: RayOptions, guard: MemoryGuard | None) -> list[
             points.append(params)
             if len(points) == opts.num_samples:
                 break
-        elif not any(r.params == params for r in pruned):
-            pruned.append(guard.pruned_row(params, verdict, len(pruned) + 1))
+        else:
+            guard.refuse(pruned, params, verdict)
     if guard is not None:
         guard.save(pruned, "" if points else guard.give_up(pruned))
     return points
@@ -605,13 +670,13 @@ def run_config(location: str, opts: RayOptions, metric: str = METRIC) -> Any:
     epochs = opts.budget if opts.budget is not None and opts.time_attr == "epochs" else None
     return tune.RunConfig(
         name=name, storage_path=storage, verbose=opts.verbose,
-        stop=EpochBudget(int(epochs)) if epochs else None,
+        stop=EpochBudget(epochs) if epochs else None,
         callbacks=[CSVLoggerCallback(), JsonLoggerCallback(), TrialStatuses(location)],
         failure_config=tune.FailureConfig(max_failures=opts.max_failures),
         # PBT/PB2 continue trials from other trials' checkpoints, which must outlive the donor's
         # next epochs (Ray warns below 3).
         checkpoint_config=tune.CheckpointConfig(
-            num_to_keep=4 if opts.scheduler in ("pbt", "pb2") else 1,
+            num_to_keep=4 if opts.population_based else 1,
             checkpoint_score_attribute=metric, checkpoint_score_order=MODE))
 
 

@@ -48,6 +48,7 @@ class BudgetedOptunaSearch(OptunaSearch):
         self.gave_up = ""
         self._n_startup, self._origin_sink = n_startup, origin_sink
         self.origins: dict[str, str] = {}
+        self._asked_origin = ""
 
     def _setup_study(self, mode: Any) -> None:
         super()._setup_study(mode)
@@ -62,26 +63,35 @@ class BudgetedOptunaSearch(OptunaSearch):
         if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             return "nvidia"
         name = type(study.sampler).__name__.removesuffix("Sampler").lower()
-        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        # TPE's start-up counts pruned trials (the memory-refused ones too); GP's and CMA-ES's,
+        # like NSGA-II's first generation, only finished ones.
+        states = (TrialState.COMPLETE, TrialState.PRUNED) if name == "tpe" else (TrialState.COMPLETE,)
+        done = study.get_trials(deepcopy=False, states=states)
         return "random" if name == "random" or len(done) < self._n_startup else name
 
     def suggest(self, trial_id: str) -> dict | str | None:
         fresh = trial_id not in self._ot_trials and not callable(self._space)
-        origin = self._origin() if fresh else ""
         config = self._suggest(trial_id)
         if fresh and isinstance(config, dict):
-            self.origins[trial_id] = origin
+            self.origins[trial_id] = self._asked_origin
             if self._origin_sink is not None:
                 from unet3d.io_utils import atomic_write_json
 
                 atomic_write_json(self._origin_sink, self.origins)
         return config
 
+    def _ask(self, trial_id: str) -> dict | str | None:
+        """OptunaSearch's suggestion, noting where it comes from (:meth:`_origin`) when it asks
+        Optuna for a new configuration."""
+        if trial_id not in self._ot_trials and not callable(self._space):
+            self._asked_origin = self._origin()
+        return super().suggest(trial_id)
+
     def _suggest(self, trial_id: str) -> dict | str | None:
         if self._guard is None or trial_id in self._ot_trials or callable(self._space):
-            return super().suggest(trial_id)
+            return self._ask(trial_id)
         for _ in range(MAX_REFUSALS):
-            config = super().suggest(trial_id)  # asks Optuna: this trial_id's Optuna trial
+            config = self._ask(trial_id)  # asks Optuna: this trial_id's Optuna trial
             ot_trial = self._ot_trials[trial_id]
             verdict = self._guard.check(ot_trial.params)
             ot_trial.set_constraint(CONSTRAINT, verdict.excess_gib)
@@ -90,10 +100,7 @@ class BudgetedOptunaSearch(OptunaSearch):
             del self._ot_trials[trial_id]  # the same trial_id gets the next configuration
             ot_trial.set_user_attr("pruned", verdict.reason)
             self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
-            if not any(r.params == ot_trial.params for r in self.pruned):
-                self.pruned.append(self._guard.pruned_row(ot_trial.params, verdict,
-                                                          len(self.pruned) + 1))
-            self._guard.save(self.pruned)
+            self._guard.refuse(self.pruned, ot_trial.params, verdict)
         self.gave_up = self._guard.give_up(self.pruned)
         self._guard.save(self.pruned, self.gave_up)
         return Searcher.FINISHED
@@ -103,20 +110,15 @@ class BudgetedOptunaSearch(OptunaSearch):
         guard (the saved one may point at a folder the experiment was moved from), and the rows
         written again, merged with pruned.json's (a driver that died after its last searcher
         checkpoint had written rows the checkpoint lacks)."""
-        guard, sink = self._guard, self._origin_sink
+        guard, sink = self._guard, getattr(self, "_origin_sink", None)
         super().restore(checkpoint_path)
         self._guard, self._origin_sink = guard, sink
+        for name, default in (("origins", {}), ("_n_startup", 0), ("_warm", []),
+                              ("_asked_origin", "")):  # (a search saved before these existed)
+            self.__dict__.setdefault(name, default)
         rows = self.__dict__.setdefault("pruned", [])
-        if guard is None:
-            return
-        if guard.sink is not None:
-            from search.memory_budget import load_pruned
-
-            kept, _ = load_pruned(guard.sink.parent)
-            rows.extend(r for r in kept if not any(r.params == q.params for q in rows))
-            for number, row in enumerate(rows, 1):  # one name each, in order
-                row.trial_id = f"pruned_{number}"
-        guard.save(rows, self.__dict__.get("gave_up", ""))
+        if guard is not None:
+            guard.restore_rows(rows, self.__dict__.get("gave_up", ""))
 
 
 class BudgetedSearcher(Searcher):
@@ -149,9 +151,7 @@ class BudgetedSearcher(Searcher):
             if verdict.fits:
                 return config
             self.inner.on_trial_complete(trial_id, None, True)
-            if not any(r.params == config for r in self.pruned):
-                self.pruned.append(self._guard.pruned_row(config, verdict, len(self.pruned) + 1))
-            self._guard.save(self.pruned)
+            self._guard.refuse(self.pruned, config, verdict)
         self._guard.save(self.pruned, self._guard.give_up(self.pruned))
         return Searcher.FINISHED
 
@@ -172,4 +172,8 @@ class BudgetedSearcher(Searcher):
         self.inner.save(checkpoint_path)
 
     def restore(self, checkpoint_path: str) -> None:
+        """The inner searcher's state; the pruned rows from pruned.json (the inner searcher's
+        checkpoint does not hold them)."""
         self.inner.restore(checkpoint_path)
+        if self._guard is not None:
+            self.pruned = self._guard.restore_rows([])

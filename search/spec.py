@@ -128,6 +128,16 @@ class SearchSpec:
         if self.engine == "keras-tuner" and is_uri(self.out):
             raise SearchError(f"--out {self.out}: the keras-tuner engine needs a local or shared folder")
 
+    def budget_split(self) -> tuple[float | None, int]:
+        """(the search's --budget, the retraining's epochs): with ``retrain_share``, the share of
+        the budget in whole epochs for the retraining and the rest for the search; without it,
+        the budget as given (None: none) and 0."""
+        budget = self.engine_options.get("budget")
+        if not self.retrain_share:
+            return budget, 0
+        retrain = round(budget * self.retrain_share)
+        return budget - retrain, retrain
+
     @property
     def data_folder(self) -> Path:
         return Path(self.data) if self.data else DEFAULT_DATA
@@ -169,3 +179,8 @@ def _check_share(share: Any, engine: str, options: dict[str, Any]) -> None:
                   or options.get("time_attr", "epochs") != "epochs"):
         raise SearchError(f"--retrain-share {share:g}: needs --budget in trial-epochs (--engine ray, "
                           f"--time-attr epochs), the compute it splits")
+    budget = options.get("budget")
+    if share and isinstance(budget, (int, float)) and not (
+            round(budget * share) >= 1 and budget - round(budget * share) >= 1):
+        raise SearchError(f"--retrain-share {share:g}: of --budget {budget:g} leaves less than one "
+                          f"epoch to the search or to the retraining")

@@ -67,10 +67,11 @@ def train_trial(config: dict[str, Any], ctx: SearchContext) -> None:
             shutil.copy2(Path(d) / CHECKPOINT, run_dir / CHECKPOINT)
             shutil.copy2(Path(d) / "config.json", run_dir / "config.json")
         resume = True
-        if RunConfig.load(run_dir / "config.json") != cfg:
+        if _perturbed(RunConfig.load(run_dir / "config.json"), cfg):
             # Population-based training: the trial continues from a better trial's checkpoint with
             # that trial's configuration, some training settings perturbed (search.ray_engine's
-            # MUTABLE; the weights' shapes are the same). The trainer resumes under the new one.
+            # MUTABLE; the weights' shapes are the same). The trainer resumes under the new one;
+            # any other difference stays an error (the trainer's "different configuration").
             cfg.save(run_dir / "config.json")
     else:
         (run_dir / CHECKPOINT).unlink(missing_ok=True)  # a fresh attempt of a failed trial
@@ -97,6 +98,17 @@ def train_trial(config: dict[str, Any], ctx: SearchContext) -> None:
     trainer = Trainer(cfg, context.cases(context.train_ids), context.cases(context.val_ids), run_dir,
                       resume=resume, epoch_hook=report)
     trainer.fit()
+
+
+def _perturbed(saved: Any, cfg: Any) -> bool:
+    """Whether ``cfg`` differs from the checkpoint's ``saved`` config only in settings PBT may
+    change (``search.ray_engine.mutable_fields``), and does differ."""
+    from search.ray_engine import mutable_fields
+
+    a, b = saved.to_dict(), cfg.to_dict()
+    changed = {f"{section}.{k}" for section in a for k in a[section]
+               if a[section][k] != b.get(section, {}).get(k)}
+    return bool(changed) and changed <= mutable_fields()
 
 
 def _train_with_horovod(context: SearchContext, cfg: Any, run_dir: Path, resume: bool,

@@ -42,6 +42,7 @@ _SECTIONS = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig}
 DERIVED: dict[str, type] = {"data.crop": int, "data.crop_scale": float, "data.augment": float}
 # data.augment = 1 means these strengths; 0 means no augmentation.
 _AUGMENT_AT_ONE = {"flip_prob": 0.5, "intensity_scale": 0.2, "intensity_shift": 0.2, "noise_std": 0.1}
+AUGMENT_FIELDS = tuple(f"data.{k}" for k in _AUGMENT_AT_ONE)  # the config fields data.augment sets
 
 
 def _field_type(name: str) -> type | None:

@@ -212,6 +212,7 @@ class Trainer:
                 state = load_checkpoint(self.checkpoint_path, self.model)
                 self.start_epoch = int(state["epoch"])
                 self.history = list(state["history"])
+                self._resume_val_cases()
                 self.log(f"resumed from {self.checkpoint_path} after epoch {self.start_epoch}")
             if self.is_chief:
                 self._writer = tf.summary.create_file_writer(str(self.out / "tensorboard"))
@@ -286,6 +287,14 @@ class Trainer:
         self.log(msg)
         if self.epoch_hook is not None and self.is_chief:
             self.epoch_hook(epoch + 1, record)
+
+    def _resume_val_cases(self) -> None:
+        """A resumed run scores the cases its first validation kept (``data.val_seconds``), as
+        recorded in its history, not a new count."""
+        counts = [int(r["val_cases"]) for r in self.history if "val_cases" in r]
+        if counts and not self.workers.distributed:
+            self.val_cases = self.val_cases[: counts[-1]]
+            self._val_bounded = True
 
     def _evaluate(self, *, hd95: bool) -> list[dict[str, Any]]:
         """Per-case validation scores; with several workers each rank scores its share and every

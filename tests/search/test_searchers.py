@@ -63,11 +63,13 @@ def test_under_a_budget_the_start_up_follows_the_trials_it_pays_for():
 def test_the_epoch_budget_counts_each_trial_epoch_once():
     from search.ray_callbacks import EpochBudget
 
-    stop = EpochBudget(5)
-    results = [("a", 1), ("b", 1), ("a", 2), ("a", 2),  # a's last result passed again: once
-               ("b", 2)]
-    assert [stop(t, {"training_iteration": i}) for t, i in results] == [False] * 4 + [False]
-    assert stop.spent == 4 and not stop.stop_all()
+    stop = EpochBudget(6)
+    # a's last result passed again when it finishes: once; b continues from a checkpoint at
+    # iteration 1 (PBT) and trains its second epoch again: counted.
+    results = [("a", 1, False), ("b", 1, False), ("a", 2, False), ("a", 2, True),
+               ("b", 2, False), ("b", 2, False)]
+    assert [stop(t, {"training_iteration": i, "done": d}) for t, i, d in results] == [False] * 6
+    assert stop.spent == 5 and not stop.stop_all()
     assert stop("c", {"training_iteration": 1}) and stop.stop_all()
 
 
@@ -343,3 +345,63 @@ def test_bohbs_suggestions_are_plain_values_that_results_can_write():
     json.dumps(configs)
     assert all(type(v) in (int, float, str, bool) for c in configs for v in c.values())
     assert configs[0] == nvidia_point(get_space("demo"))
+
+
+# -- population-based training --------------------------------------------------------------------
+def test_pbts_perturbations_stay_inside_the_space_and_never_change_the_weights_shapes():
+    import random as stdlib_random
+
+    from ray.tune.schedulers.pbt import _explore
+
+    from search.ray_engine import _mutations, _within, mutable
+    from spaces.presets import get_space
+
+    demo = get_space("demo")
+    opts = RayOptions(scheduler="pbt")
+    mutations = _mutations(demo, opts)
+    assert set(mutations) == {"train.learning_rate", "train.loss", "data.foreground_ratio"}
+    assert mutations["train.loss"] == ["dice", "dice_ce"]  # a list: PBT shifts along it
+    explore = _within(demo)
+    stdlib_random.seed(0)
+    config = {**nvidia_point(demo), "data.foreground_ratio": 0.8, "train.learning_rate": 3e-3}
+    for _ in range(200):  # Ray's own explore step (x0.8 / x1.2, resampling), then ours
+        config, _ = _explore(dict(config), mutations, 0.25, (1.2, 0.8), explore)
+        assert demo.contains(config), config
+    # A loss that switches the model's head (region) is not PBT's to change.
+    assert "train.loss" not in {p.name for p in mutable(get_space("brats"))}
+    assert set(_mutations(demo, RayOptions(scheduler="pb2"))) == {"train.learning_rate",
+                                                                  "data.foreground_ratio"}
+    with pytest.raises(SearchError, match="no parameter a running trial may change"):
+        RayOptions(scheduler="pbt").check_space(get_space("nvidia"))
+
+
+def test_a_trial_continues_under_a_perturbed_config_only_when_pbt_may_change_it():
+    from search.trainable import _perturbed
+    from unet3d.config import preset
+
+    cfg = preset("cpu-small")
+    assert _perturbed(cfg, cfg.replace(train={"learning_rate": 0.01},
+                                       data={"noise_std": 0.02, "flip_prob": 0.1}))
+    assert not _perturbed(cfg, cfg)
+    assert not _perturbed(cfg, cfg.replace(model={"depth": 3}))
+    assert not _perturbed(cfg, cfg.replace(train={"learning_rate": 0.01, "batch_size": 4}))
+
+
+def test_combinations_with_two_objectives_or_a_split_budget_that_cannot_run():
+    from search import Search
+
+    for flags, message in (({"scheduler": "pbt"}, "optimises one objective"),
+                           ({"warm_start": "x"}, "one score per earlier trial")):
+        with pytest.raises(SearchError, match=message):
+            Search(objective="dice,latency", **flags)
+    with pytest.raises(SearchError, match="less than one epoch"):
+        Search(budget=4, retrain_share=0.9)
+    spec = Search(budget=10, retrain_share=0.33).spec
+    assert spec.budget_split() == (7, 3)  # whole epochs retrained, the rest searched
+
+
+def test_an_option_that_needs_the_space_is_refused_before_anything_is_written(tmp_path):
+    r = run_cli("search", "--space", "nvidia", "--scheduler", "pbt", "--out", str(tmp_path),
+                "--name", "x", timeout=300)
+    assert r.returncode == 2 and "--scheduler pbt: the space 'nvidia' has no parameter" in r.stderr
+    assert not (tmp_path / "x").exists()
