@@ -228,7 +228,7 @@ class Search:
                 raise SearchError(f"--workers-per-trial {spec.workers_per_trial}: "
                                   f"{distributed.INSTALL_HINT}")
         dataset = None  # the demo dataset is written later, when the request has been checked
-        if spec.data or (DEFAULT_DATA.is_dir() and any(DEFAULT_DATA.iterdir())):
+        if spec.data or _demo_written():
             dataset = discover(spec.data_folder.resolve())  # (absolute: Ray tasks may prepare it)
             labelled = len(dataset.labelled)
             if labelled < spec.folds:
@@ -383,6 +383,20 @@ class Search:
         from search import kt_engine
 
         return kt_engine.run(ctx, exp.local, opts, resume=self._resume, log=self.log, guard=guard)
+
+
+def _demo_written() -> bool:
+    """Whether the demo dataset is complete (a run stopped while writing it left fewer cases, or a
+    case without all its files: the next run completes it, keeping the complete cases)."""
+    from unet3d.data.discover import discover
+    from unet3d.errors import UserError
+
+    if not DEFAULT_DATA.is_dir():
+        return False
+    try:
+        return len(discover(DEFAULT_DATA.resolve()).labelled) >= DEMO_CASES
+    except UserError:
+        return False
 
 
 def _fit_space(space: Any, scheme: Any, log: Log) -> Any:

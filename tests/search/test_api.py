@@ -209,3 +209,21 @@ def test_an_interrupted_search_resumes_with_search_restore(tmp_path):
     assert {r.status for r in done.trials} == {"completed"}
     assert first.trials[0].trial_id in {r.trial_id for r in done.trials}
     assert done.best is not None and (exp / "best" / "model.keras").exists()
+
+
+def test_a_demo_dataset_cut_off_while_being_written_is_completed_not_searched(tmp_path, monkeypatch):
+    """The demo data written by a run stopped part-way is not taken as the user's dataset (it once
+    failed with "1 labelled cases, fewer than --folds 5"): only a complete one is."""
+    from search import api
+    from unet3d.data.synthetic import write_synthetic_dataset
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(api, "DEMO_CASES", 3)
+    assert not api._demo_written()
+    write_synthetic_dataset(api.DEFAULT_DATA, 2, (16, 16, 16), seed=0)
+    assert not api._demo_written()
+    (api.DEFAULT_DATA / "BraTS2021_00001" / "BraTS2021_00001_t2.nii.gz").unlink()
+    write_synthetic_dataset(api.DEFAULT_DATA, 3, (16, 16, 16), seed=0)  # completes it
+    assert api._demo_written()
+    (api.DEFAULT_DATA / "BraTS2021_00001" / "BraTS2021_00001_t2.nii.gz").unlink()
+    assert not api._demo_written()  # a case without all its files
