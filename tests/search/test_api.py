@@ -32,7 +32,7 @@ from search.objective import METRIC
     ({"engine": "tpe"}, "--engine tpe"),
     ({"time_attr": "steps"}, "--time-attr steps"),
     ({"engine": "keras-tuner", "grace_period": 2}, "grace_period: not an option of the keras-tuner"),
-    ({"engine": "keras-tuner", "algorithm": "random"}, "--kt-algorithm random"),
+    ({"engine": "keras-tuner", "algorithm": "grid"}, "--kt-algorithm grid"),
     ({"engine": "keras-tuner", "workers_per_trial": 2}, "--workers-per-trial needs --engine ray"),
 ])
 def test_an_option_that_cannot_work_is_refused_when_the_search_is_built(options, flag, tmp_path):
