@@ -33,16 +33,14 @@ from search.memory_budget import MAX_REFUSALS, MemoryGuard, Placement, load_prun
 from search.objective import DEFAULT, METRIC, MODE, metric_of, second_metric
 from search.results import TrialRow, row_from_history
 from search.spec import SearchError
+from search.trainable import MUTABLE
 from unet3d.errors import UserError
 
 TIME_ATTRS = ("epochs", "seconds")
 PROPOSALS = "proposals.json"  # trial id -> where its configuration came from (search.ray_searcher)
 SEARCHERS = ("tpe", "random", "cmaes", "gp", "nsga2")
 SCHEDULERS = ("asha", "hyperband", "bohb", "pbt", "pb2", "median", "none")
-# What population-based training may change in a running trial: settings that leave the weights'
-# shapes (and the memory a trial needs) as they are, so a trial continues from another's checkpoint.
-MUTABLE = ("train.learning_rate", "train.loss", "train.weight_decay", "data.foreground_ratio",
-           "data.augment")
+
 _NO_CLUSTER = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # Ray's no-cluster mode when "0" (see connect)
 
 
@@ -483,14 +481,6 @@ def warm_trials(experiment: str, space: Any, metric: str) -> list[tuple[dict[str
             continue
         out.append((params, float(score)))
     return out
-
-
-def mutable_fields() -> set[str]:
-    """The RunConfig fields :data:`MUTABLE` parameters set (``data.augment`` sets every
-    augmentation strength): what may differ when a PBT trial continues from another's checkpoint."""
-    from spaces.space import AUGMENT_FIELDS
-
-    return (set(MUTABLE) - {"data.augment"}) | set(AUGMENT_FIELDS)
 
 
 def mutable(space: Any) -> list[Any]:

