@@ -87,13 +87,33 @@ def export_best(rows: Sequence[TrialRow], ctx: SearchContext,
     return best, _export_row(best, ctx, experiment, experiment / "best")
 
 
-def export_pareto(front: Sequence[TrialRow], ctx: SearchContext,
-                  experiment: Path) -> dict[str, Path]:
+def export_pareto(front: Sequence[TrialRow], ctx: SearchContext, experiment: Path,
+                  best: tuple[TrialRow, Path] | None = None) -> dict[str, Path]:
     """Exports each trial of the Pareto front that has a checkpoint (``TrialRow.pareto`` = 1, 2,
     ...: best first objective first) to ``<experiment>/pareto/rank_<K>`` (a model a user picks by
-    the trade-off); returns {trial id: folder}."""
-    return {r.trial_id: _export_row(r, ctx, experiment, experiment / "pareto" / f"rank_{r.pareto}")
-            for r in front if r.checkpoint}
+    the trade-off); returns {trial id: folder}. The trial already exported as ``best`` (usually
+    rank 1) is copied from there rather than validated and exported again."""
+    out = {}
+    for r in front:
+        if not r.checkpoint:
+            continue
+        dest = experiment / "pareto" / f"rank_{r.pareto}"
+        if best is not None and best[0].trial_id == r.trial_id:
+            out[r.trial_id] = _copy_folder(best[1], dest)
+        else:
+            out[r.trial_id] = _export_row(r, ctx, experiment, dest)
+    return out
+
+
+def _copy_folder(src: Path, dest: Path) -> Path:
+    """``src`` copied to ``dest`` under a temporary name, then renamed into place."""
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+    return dest
 
 
 def load_rows(experiment: Path) -> list[TrialRow]:
@@ -152,17 +172,17 @@ def finish(rows: Sequence[TrialRow], ctx: SearchContext, experiment: Path, engin
                                **asha_savings(rows, ctx.max_epochs)}
     if budget is not None:
         summary["memory_budget"] = budget.to_dict()
-    second = getattr(ctx, "second_objective", "")
-    if second:
-        front = mark_pareto(rows, second)
-        paths = export_pareto(front, ctx, experiment) if export else {}
-        summary["pareto"] = [{"rank": r.pareto, "trial_id": r.trial_id, "score": r.best_score,
-                              second: r.second, "export": str(paths.get(r.trial_id, ""))}
-                             for r in front]
     exported = export_best(rows, ctx, experiment) if export else None
     if exported is not None:
         best, path = exported
         summary.update(best_trial=best.trial_id, best_score=best.best_score,
                        best_dice_mean=best.best_dice_mean, best_params=best.params, export=str(path))
+    second = getattr(ctx, "second_objective", "")
+    if second:
+        front = mark_pareto(rows, second)
+        paths = export_pareto(front, ctx, experiment, exported) if export else {}
+        summary["pareto"] = [{"rank": r.pareto, "trial_id": r.trial_id, "score": r.best_score,
+                              second: r.second, "export": str(paths.get(r.trial_id, ""))}
+                             for r in front]
     write_results(rows, experiment, summary)
     return summary

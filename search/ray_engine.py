@@ -194,7 +194,8 @@ class RayOptions:
         and at most Optuna's default of 10 (which, with 8 trials, would leave TPE nothing to
         propose)."""
         if self.startup_trials is not None:
-            return self.startup_trials
+            # (NSGA-II's population, its first generation, needs two to cross over)
+            return max(2, self.startup_trials) if self.searcher == "nsga2" else self.startup_trials
         return min(10, max(2, math.ceil(self.expected_trials / 4)))
 
 
@@ -408,7 +409,7 @@ def sampler(opts: RayOptions) -> Any:
 
             return optuna.samplers.GPSampler(seed=seed, n_startup_trials=n,
                                              deterministic_objective=False)
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(2, n))
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=n)
     except ImportError as e:
         raise SearchError(f"--searcher {name}: needs the Python package {e.name!r} (pip install "
                           f"'unet3d-search[searchers]')") from None
@@ -473,6 +474,10 @@ def warm_trials(experiment: str, space: Any, metric: str) -> list[tuple[dict[str
     except FileNotFoundError:
         raise SearchError(f"--warm-start {experiment}: no finished search there (trials.json "
                           f"missing)") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise SearchError(f"--warm-start {experiment}: its trials.json cannot be read "
+                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") \
+            from None
     out = []
     for r in rows:
         score = r.best_score if metric_of(r.objective) == metric else None

@@ -67,6 +67,8 @@ class BudgetedOptunaSearch(OptunaSearch):
         # like NSGA-II's first generation, only finished ones.
         states = (TrialState.COMPLETE, TrialState.PRUNED) if name == "tpe" else (TrialState.COMPLETE,)
         done = study.get_trials(deepcopy=False, states=states)
+        if name == "nsgaii":  # (its generations count the trials it sampled, not warm-started ones)
+            done = [t for t in done if any(k.endswith(":generation") for k in t.system_attrs)]
         return "random" if name == "random" or len(done) < self._n_startup else name
 
     def suggest(self, trial_id: str) -> dict | str | None:

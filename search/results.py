@@ -195,15 +195,21 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 
 
 def mark_pareto(rows: Sequence[TrialRow], second: str) -> list[TrialRow]:
-    """Sets each row's ``second`` (the second objective at its best epoch) and ``pareto`` (its place
+    """Sets each row's ``second`` (the second objective: its inference latency or parameters, or
+    its median training throughput) and ``pareto`` (its place
     on the front of the first and second objectives: 1 = best first objective; 0 = off it), and
     returns the front's rows in that order. Only trials that ran with both values take part."""
     from search.objective import second_metric
 
     metric, mode = second_metric(second)
     for r in rows:
-        at_best = [h for h in r.history if h.get("epoch") == r.best_epoch and finite(h.get(metric))]
-        r.second = float(at_best[-1][metric]) if at_best else math.nan
+        if metric == "throughput_vps":
+            # The row's median without epoch 1 (which includes compilation), as its table column:
+            # a trial ASHA stops after one epoch would otherwise look several times slower.
+            r.second = r.throughput_vps if finite(r.throughput_vps) else math.nan
+        else:  # (latency and parameters are the same at every validated epoch)
+            values = [h[metric] for h in r.history if finite(h.get(metric))]
+            r.second = float(values[-1]) if values else math.nan
         r.pareto = 0
     sign = -1.0 if mode == "min" else 1.0
     scored = [r for r in rows if not r.pruned and finite(r.best_score) and finite(r.second)]

@@ -135,8 +135,7 @@ class SearchSpec:
         budget = self.engine_options.get("budget")
         if not self.retrain_share:
             return budget, 0
-        retrain = round(budget * self.retrain_share)
-        return budget - retrain, retrain
+        return _split(budget, self.retrain_share)
 
     @property
     def data_folder(self) -> Path:
@@ -179,8 +178,18 @@ def _check_share(share: Any, engine: str, options: dict[str, Any]) -> None:
                   or options.get("time_attr", "epochs") != "epochs"):
         raise SearchError(f"--retrain-share {share:g}: needs --budget in trial-epochs (--engine ray, "
                           f"--time-attr epochs), the compute it splits")
-    budget = options.get("budget")
-    if share and isinstance(budget, (int, float)) and not (
-            round(budget * share) >= 1 and budget - round(budget * share) >= 1):
-        raise SearchError(f"--retrain-share {share:g}: of --budget {budget:g} leaves less than one "
-                          f"epoch to the search or to the retraining")
+    if share:
+        budget = options["budget"]
+        if not (isinstance(budget, (int, float)) and not isinstance(budget, bool)
+                and math.isfinite(budget) and budget > 0):
+            raise SearchError(f"--budget {budget}: must be a positive number of trial-epochs")
+        search, retrain = _split(budget, share)
+        if retrain < 1 or search < 1:
+            raise SearchError(f"--retrain-share {share:g}: of --budget {budget:g} leaves less than "
+                              f"one epoch to the search or to the retraining")
+
+
+def _split(budget: float, share: float) -> tuple[float, int]:
+    """(the search's trial-epochs, the retraining's whole epochs) of ``budget``."""
+    retrain = round(budget * share)
+    return budget - retrain, retrain

@@ -264,12 +264,15 @@ def test_the_pareto_front_is_the_non_dominated_trials_best_first():
     front = mark_pareto(rows, "latency")
     assert [r.trial_id for r in front] == ["a", "b", "d"]
     assert [r.pareto for r in rows] == [1, 2, 0, 3, 0, 0]
-    assert rows[0].second == 0.30  # the best epoch's latency, not another epoch's
-    # Higher is better for throughput: the same trials, the other way round.
+    assert rows[0].second == 0.30  # the latest measured latency
+    # Higher is better for throughput: the same trials, the other way round. Throughput is the
+    # row's median without epoch 1 (compilation), not its best epoch's: a trial stopped after one
+    # epoch would otherwise look several times slower.
     for r in rows:
-        for h in r.history:
-            h["throughput_vps"] = -h["latency_s"]
+        r.throughput_vps = -r.history[-1]["latency_s"]
+        r.history[0]["throughput_vps"] = -1000.0  # (epoch 1: ignored)
     assert [r.trial_id for r in mark_pareto(rows, "throughput")] == ["a", "b", "d"]
+    assert rows[0].second == -0.30
 
 
 def _search(tiny_data, name: str, *flags: str):
@@ -393,8 +396,30 @@ def test_combinations_with_two_objectives_or_a_split_budget_that_cannot_run():
             Search(objective="dice,latency", **flags)
     with pytest.raises(SearchError, match="less than one epoch"):
         Search(budget=4, retrain_share=0.9)
+    for budget in (float("nan"), float("inf"), -4, "12"):  # one line each, never a traceback
+        with pytest.raises(SearchError, match="--budget"):
+            Search(budget=budget, retrain_share=0.5)
     spec = Search(budget=10, retrain_share=0.33).spec
     assert spec.budget_split() == (7, 3)  # whole epochs retrained, the rest searched
+
+
+def test_a_warm_start_from_something_that_is_no_search_is_one_line(tmp_path):
+    from search.ray_engine import warm_trials
+
+    space = _space()
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "garbage").mkdir()
+    (tmp_path / "garbage" / "trials.json").write_text("{not json")
+    (tmp_path / "shape").mkdir()
+    (tmp_path / "shape" / "trials.json").write_text('{"trials": 5}')
+    for bad in ("file", "garbage", "shape", "missing"):
+        with pytest.raises(SearchError, match=f"--warm-start {tmp_path / bad}: "):
+            warm_trials(str(tmp_path / bad), space, "val_dice_mean")
+
+
+def test_nsga2s_first_generation_has_at_least_two_members():
+    assert RayOptions(searcher="nsga2", startup_trials=1).n_startup == 2
+    assert RayOptions(searcher="tpe", startup_trials=1).n_startup == 1
 
 
 def test_an_option_that_needs_the_space_is_refused_before_anything_is_written(tmp_path):
