@@ -4,8 +4,9 @@ Two kinds of file:
   ``model.keras``      the network alone (architecture + weights, no loss or optimizer), written by
                        :func:`save_model`, so ``keras.saving.load_model(path, safe_mode=True)``
                        loads it with no custom objects and no code from the file.
-  ``checkpoint.npz``   model weights, optimizer variables and the run state (JSON), replaced
-                       atomically after every epoch so a killed run resumes from the last one.
+  ``checkpoint.npz``   model weights, optimizer variables, random-number states (the on-device
+                       augmentation's) and the run state (JSON), replaced atomically after every
+                       epoch so a killed run resumes from the last one where it stopped.
 """
 
 from __future__ import annotations
@@ -57,10 +58,19 @@ def load_model(path: str | Path) -> keras.Model:
         raise ValueError(f"{path}: cannot load the .keras model ({msg})") from None
 
 
+def _random_states(model: keras.Model) -> list[keras.Variable]:
+    """The model's random-number generator states (keras.random.SeedGenerator counters, e.g. the
+    on-device augmentation's): its variables that are neither weights nor optimizer state."""
+    weights = {id(v) for v in model.weights}
+    return [v for v in model.variables if id(v) not in weights]
+
+
 def save_checkpoint(path: Path, model: keras.Model, state: dict[str, Any]) -> None:
-    """Writes weights, optimizer variables and ``state`` (JSON-able) to ``path`` atomically."""
+    """Writes weights, optimizer variables, random-number states and ``state`` (JSON-able) to
+    ``path`` atomically."""
     arrays = {f"w{i}": np.asarray(v) for i, v in enumerate(model.get_weights())}
     arrays.update({f"o{i}": np.asarray(v) for i, v in enumerate(model.optimizer.variables)})
+    arrays.update({f"r{i}": np.asarray(v) for i, v in enumerate(_random_states(model))})
     arrays["state"] = np.array(json.dumps(state))
     with atomic_path(path, suffix=".npz") as tmp:
         np.savez(tmp, **arrays)
@@ -103,6 +113,15 @@ def load_checkpoint(path: Path, model: keras.Model) -> dict[str, Any]:
                               f"the optimizer has {len(variables)}")
     for v, value in zip(variables, opt, strict=True):
         v.assign(value)
+    # The random-number states continue where they stopped, so a resumed run draws what the
+    # uninterrupted one would have; a checkpoint of a run augmenting elsewhere has none to restore.
+    with np.load(path) as z:
+        saved = [z[k] for k in sorted((k for k in z.files if k.startswith("r")),
+                                      key=lambda k: int(k[1:]))]
+    states = _random_states(model)
+    if len(saved) == len(states):
+        for v, value in zip(states, saved, strict=True):
+            v.assign(value)
     return state
 
 

@@ -29,7 +29,9 @@ ACTIVATIONS = ("leaky_relu", "relu", "elu", "gelu", "swish")
 UPSAMPLINGS = ("transpose", "nearest")
 HEADS = ("softmax", "regions")
 LOSSES = ("dice", "dice_ce", "region")
-PRECISIONS = ("fp32", "mixed_float16", "mixed_bfloat16")
+PRECISIONS = ("auto", "fp32", "mixed_float16", "mixed_bfloat16")
+BACKENDS = ("tensorflow", "jax")
+AUGMENT_ON = ("device", "host")
 XLA_MODES = ("on", "off", "auto")
 OBJECTIVES = ("dice", "lesionwise")
 
@@ -155,8 +157,14 @@ class TrainConfig:
         weight_decay: decoupled weight decay (AdamW) when > 0.
         loss: "dice" | "dice_ce" | "region" (a sigmoid per region of the label scheme; needs
             model.head="regions").
-        precision: "fp32" | "mixed_float16" (dynamic loss scaling) | "mixed_bfloat16".
-        xla: "on" | "off" | "auto" (on for GPU, off for CPU, where XLA is slower).
+        precision: "auto" (mixed bfloat16 on GPUs with compute capability 8.0+, mixed float16
+            on older GPUs, float32 on CPUs; see unet3d.runtime.auto_precision) | "fp32" |
+            "mixed_float16" (dynamic loss scaling) | "mixed_bfloat16".
+        xla: "on" | "off" | "auto" (on for GPU, off for CPU, where XLA is slower); under JAX
+            always on (XLA is JAX's compiler).
+        backend: the Keras backend that trains: "tensorflow" (also the only one with Horovod
+            workers) or "jax" (several GPUs of one machine data-parallel through
+            keras.distribution). Models and checkpoints load under either.
         seed: seeds weights, crops and augmentation.
         val_every: validate every N epochs (and always after the last).
         val_overlap: sliding-window overlap for validation, in [0, 1).
@@ -177,8 +185,9 @@ class TrainConfig:
     min_lr_ratio: float = 0.01
     weight_decay: float = 0.0
     loss: str = "dice_ce"
-    precision: str = "fp32"
+    precision: str = "auto"
     xla: str = "auto"
+    backend: str = "tensorflow"
     seed: int = 0
     val_every: int = 1
     val_overlap: float = 0.5
@@ -197,6 +206,7 @@ class TrainConfig:
         _check_choice("train.loss", self.loss, LOSSES)
         _check_choice("train.precision", self.precision, PRECISIONS)
         _check_choice("train.xla", self.xla, XLA_MODES)
+        _check_choice("train.backend", self.backend, BACKENDS)
         _check_range("train.seed", self.seed, 0, 2**31 - 1, integer=True)
         _check_range("train.val_every", self.val_every, 1, 100000, integer=True)
         _check_range("train.val_overlap", self.val_overlap, 0.0, 0.95)
@@ -220,6 +230,9 @@ class DataConfig:
         intensity_scale: multiplicative jitter, factor drawn from [1-s, 1+s] per channel.
         intensity_shift: additive jitter, drawn from [-s, s] per channel (data are z-scored).
         noise_std: upper bound of the Gaussian noise standard deviation.
+        augment_on: where the augmentation runs: "device" (inside the compiled training step, on
+            the GPU when there is one: the host only slices crops) or "host" (in the tf.data
+            pipeline's CPU threads, the way before).
         max_val_cases: cap on validation cases evaluated per epoch (0 = all).
         val_seconds: time budget of a validation (0 = none): the first validation stops starting
             cases once it has taken this long, and every later one scores the same cases (all of
@@ -237,6 +250,7 @@ class DataConfig:
     intensity_scale: float = 0.1
     intensity_shift: float = 0.1
     noise_std: float = 0.05
+    augment_on: str = "device"
     max_val_cases: int = 0
     val_seconds: float = 600.0
     labels: str | dict[str, Any] = "brats-legacy"
@@ -255,6 +269,7 @@ class DataConfig:
         _check_range("data.intensity_scale", self.intensity_scale, 0.0, 0.9)
         _check_range("data.intensity_shift", self.intensity_shift, 0.0, 5.0)
         _check_range("data.noise_std", self.noise_std, 0.0, 5.0)
+        _check_choice("data.augment_on", self.augment_on, AUGMENT_ON)
         _check_range("data.max_val_cases", self.max_val_cases, 0, 10**6, integer=True)
         _check_range("data.val_seconds", self.val_seconds, 0.0, 10.0**7)
         if not isinstance(self.labels, (str, dict)):
@@ -486,7 +501,7 @@ PRESETS: dict[str, RunConfig] = {
         model=ModelConfig(depth=5, base_filters=16, max_filters=256, norm="instance",
                           deep_supervision=True),
         train=TrainConfig(epochs=100, steps_per_epoch=100, batch_size=2, learning_rate=3e-4,
-                          loss="dice_ce", precision="mixed_float16", xla="auto"),
+                          loss="dice_ce", precision="auto", xla="auto"),
         data=DataConfig(crop=(96, 96, 96)),
     ),
 }

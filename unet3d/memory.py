@@ -59,6 +59,7 @@ import math
 from collections.abc import Sequence
 
 from unet3d.config import RunConfig
+from unet3d.runtime import resolve_precision
 
 GIB = 1024**3
 DEVICES = ("cpu", "gpu")
@@ -240,9 +241,15 @@ def _forward_elements(cfg: RunConfig) -> int:
     return worst + 2 * v[0] * m.out_channels
 
 
-def _compute_bytes(cfg: RunConfig) -> int:
+def _mixed(cfg: RunConfig, device: str) -> bool:
+    """Whether ``device`` trains ``cfg`` under mixed precision ("auto": on a GPU; bfloat16 and
+    float16 take the same bytes, so the GPU's generation does not matter here)."""
+    return resolve_precision(cfg.train.precision, None if device == "cpu" else 0.0) != "fp32"
+
+
+def _compute_bytes(cfg: RunConfig, device: str) -> int:
     """Bytes of an element in the compute dtype (2 under mixed precision)."""
-    return 4 if cfg.train.precision == "fp32" else 2
+    return 2 if _mixed(cfg, device) else 4
 
 
 def _pipeline_bytes(cfg: RunConfig, mapped_bytes: int) -> int:
@@ -256,7 +263,7 @@ def _train_parts(cfg: RunConfig, device: str, k: DeviceConstants,
                  mapped_bytes: int) -> dict[str, int]:
     """activations, workspace and data of the training phase."""
     act, f32 = _kept_elements(cfg, fused=device == "gpu")
-    b, batch = _compute_bytes(cfg), cfg.train.batch_size
+    b, batch = _compute_bytes(cfg, device), cfg.train.batch_size
     return {"activations": int(k.activation_factor * batch * (act * b + f32 * 4)),
             "workspace": int(k.workspace_layers * batch * largest_layer_elements(cfg) * b),
             "data": _pipeline_bytes(cfg, mapped_bytes) if device == "cpu" else 0}
@@ -276,7 +283,8 @@ def _validation_parts(cfg: RunConfig, device: str, k: DeviceConstants,
                 + _VOLUME_EXTRA_BYTES * voxels
                 + batch * crop * (4 * m.in_channels + 8 * m.out_channels)  # windows, probabilities
                 + _pipeline_bytes(cfg, mapped_bytes))
-    activations = k.activation_factor * batch * _forward_elements(cfg) * _compute_bytes(cfg)
+    activations = (k.activation_factor * batch * _forward_elements(cfg)
+                   * _compute_bytes(cfg, device))
     return {"activations": int(activations), "workspace": 0, "data": data}
 
 
@@ -308,7 +316,7 @@ def estimate(cfg: RunConfig, *, device: str = "cpu",
     if len(shape) != 3:
         raise ValueError(f"volume_shape={volume_shape!r} must be (D, H, W)")
     params = parameter_count(cfg)
-    mixed = cfg.train.precision != "fp32"
+    mixed = _mixed(cfg, device)
     common = {"runtime": int(k.runtime),
               # float32 masters; under mixed precision also their compute-dtype copies
               "weights": (6 if mixed else 4) * params,

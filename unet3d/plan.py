@@ -14,7 +14,7 @@ The rules follow nnU-Net v2's planner (experiment_planning), on our isotropic-po
 
 The prediction is kept under ``PLAN_HEADROOM`` of the budget: the memory model is within 25% of
 measurements (BENCHMARKS.md), and a plan must fit. Architecture, loss and schedule come from the base
-configuration (NVIDIA's by default); precision is mixed float16 on a GPU and float32 on a CPU.
+configuration (NVIDIA's by default); precision is auto (mixed bfloat16 or float16 on a GPU, float32 on a CPU).
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def _config(base: RunConfig, crop: tuple[int, int, int], levels: int, filters: i
     d["data"]["crop"] = list(crop)
     d["model"].update(depth=levels, base_filters=filters,
                       max_filters=max(filters, min(base.model.max_filters, filters * 10)))
-    d["train"].update(batch_size=batch, precision="mixed_float16" if device == "gpu" else "fp32")
+    d["train"].update(batch_size=batch, precision="auto")  # (memory.estimate resolves it per device)
     return RunConfig.repaired_from_dict(d)
 
 

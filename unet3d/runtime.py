@@ -1,38 +1,122 @@
-"""Device, precision and XLA policy: the one place training, inference and export ask.
+"""Device, precision, XLA and Keras-backend policy: the one place training, inference and export ask.
 
-Importing this module sets process-wide defaults that must be in place before TensorFlow loads
-(``unet3d/__init__.py`` imports it first, so every entry point gets them). TensorFlow 2.21 leaves
-its oneDNN kernels off on AMD CPUs, and 3D convolutions then run 5-7.5x slower (BENCHMARKS.md,
-"CPU training step"): turning it on is the single biggest speed setting on CPU. TF's C++ INFO
-logs are muted the same way. A user's explicit TF_ENABLE_ONEDNN_OPTS or TF_CPP_MIN_LOG_LEVEL wins.
-For that reason TensorFlow is imported inside functions, never here.
+Importing this module sets process-wide defaults that must be in place before TensorFlow or JAX
+loads (``unet3d/__init__.py`` imports it first, so every entry point gets them). TensorFlow 2.21
+leaves its oneDNN kernels off on AMD CPUs, and 3D convolutions then run 5-7.5x slower
+(BENCHMARKS.md, "CPU training step"): turning it on is the single biggest speed setting on CPU.
+TF's C++ INFO logs are muted the same way. JAX would take 75% of every GPU's memory at start-up;
+it allocates on demand instead, as TensorFlow's memory growth does, so that trials sharing a GPU
+(fractional GPUs in a search) fit. A user's explicit setting of any of these variables wins.
+For that reason TensorFlow and JAX are imported inside functions, never here.
+
+The Keras backend (``train.backend``: "tensorflow" or "jax") is fixed when Keras is first imported,
+from ``KERAS_BACKEND``: :func:`use_backend` sets it before that, or says why it cannot.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from typing import TYPE_CHECKING
+
+from unet3d.errors import UserError
 
 if TYPE_CHECKING:
     from unet3d.config import RunConfig
 
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 PREDICT_PRECISIONS: tuple[str, ...] = ("auto", "fp32", "trained")
 
 
+class BackendError(UserError, RuntimeError):
+    """The Keras backend asked for cannot be used in this process."""
+
+
+def use_backend(name: str) -> None:
+    """Makes ``name`` ("tensorflow" or "jax") this process's Keras backend.
+
+    Keras reads ``KERAS_BACKEND`` once, when it is first imported: before that this sets it; after
+    that it only checks that the running backend is ``name``.
+
+    Raises:
+        BackendError: Keras already runs on another backend in this process.
+    """
+    running = settle_backend(name)
+    if running != name:
+        raise BackendError(f"backend {name!r}: Keras already runs on {running!r} in this process "
+                           f"(start a new one with --backend {name}, or KERAS_BACKEND={name})")
+
+
+def settle_backend(name: str) -> str:
+    """Like :func:`use_backend`, but where Keras already runs on another backend, keeps that one:
+    returns the backend this process trains on."""
+    keras = sys.modules.get("keras")
+    if keras is None:
+        os.environ["KERAS_BACKEND"] = name
+        return name
+    return keras.backend.backend()
+
+
+def backend() -> str:
+    """The Keras backend this process runs on (imports Keras)."""
+    import keras
+
+    return keras.backend.backend()
+
+
+def _jax_gpus() -> list:
+    import jax
+
+    try:
+        return jax.devices("gpu")
+    except RuntimeError:  # no GPU platform
+        return []
+
+
 def gpu_available() -> bool:
-    """Whether TensorFlow sees a GPU."""
+    """Whether the Keras backend sees a GPU."""
+    if backend() == "jax":
+        return bool(_jax_gpus())
     import tensorflow as tf
 
     return bool(tf.config.list_physical_devices("GPU"))
 
 
-def configure_devices() -> None:
-    """Lets every visible GPU grow its memory on demand (fractional GPUs share a card)."""
+def gpu_capability() -> float | None:
+    """The first GPU's CUDA compute capability (e.g. 8.0 for an A100, 9.0 for an H100) as the
+    Keras backend reports it; None without a GPU, and 0.0 when the backend does not say."""
+    if backend() == "jax":
+        gpus = _jax_gpus()
+        if not gpus:
+            return None
+        try:
+            return float(getattr(gpus[0], "compute_capability", 0.0))
+        except ValueError:
+            return 0.0
     import tensorflow as tf
 
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return None
+    cc = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability")
+    return float(f"{cc[0]}.{cc[1]}") if cc else 0.0
+
+
+def configure_devices() -> None:
+    """Under TensorFlow, every visible GPU grows its memory on demand (fractional GPUs share a
+    card). Under JAX, TensorFlow (still the input pipeline's engine) is kept off the GPUs, which
+    JAX owns."""
+    import tensorflow as tf
+
+    if backend() == "jax":
+        try:
+            tf.config.set_visible_devices([], "GPU")
+        except RuntimeError:
+            pass  # TensorFlow's runtime is already up in this process
+        return
     for gpu in tf.config.list_physical_devices("GPU"):
         try:
             tf.config.experimental.set_memory_growth(gpu, True)
@@ -40,14 +124,60 @@ def configure_devices() -> None:
             pass  # already initialised by an earlier run in this process
 
 
+def limit_cpu_threads(n: int) -> None:
+    """Keeps this process's compute to ``n`` CPU threads (trials sharing a machine would otherwise
+    fight over its cores). TensorFlow takes it at any time before its runtime starts; XLA's CPU
+    client (JAX) reads it from ``XLA_FLAGS`` when JAX starts."""
+    n = max(1, int(n))
+    if n < (os.cpu_count() or n) and "jax" not in sys.modules:
+        flags = os.environ.get("XLA_FLAGS", "")
+        if "intra_op_parallelism_threads" not in flags:
+            os.environ["XLA_FLAGS"] = (f"{flags} --xla_cpu_multi_thread_eigen=false "
+                                       f"intra_op_parallelism_threads={n}").strip()
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(n)
+        tf.config.threading.set_inter_op_parallelism_threads(min(2, n))
+    except RuntimeError:
+        pass  # the runtime is already up in this worker (a reused actor): keep its setting
+
+
 def resolve_xla(mode: str) -> bool:
     """Whether to JIT-compile with XLA for ``TrainConfig.xla`` ("auto": on a GPU only, as XLA
-    is slower than oneDNN on CPU)."""
+    is slower than oneDNN on CPU). Under JAX always: XLA is JAX's only compiler (Keras would
+    otherwise run every layer eagerly, one dispatch at a time)."""
+    if backend() == "jax":
+        return True
     return gpu_available() if mode == "auto" else mode == "on"
 
 
+def auto_precision(capability: float | None) -> str:
+    """What ``precision: auto`` means on a device: float32 on a CPU (``capability`` None: its
+    half-precision convolutions have no fast kernels), mixed bfloat16 on GPUs with bfloat16 tensor
+    cores (compute capability 8.0 and later: A100, H100, ...), mixed float16 with dynamic loss
+    scaling on older ones (V100, T4)."""
+    if capability is None:
+        return "fp32"
+    return "mixed_bfloat16" if capability >= 8.0 or capability == 0.0 else "mixed_float16"
+
+
+def resolve_precision(precision: str, capability: float | None = None) -> str:
+    """``TrainConfig.precision`` made concrete for a device (see :func:`auto_precision`)."""
+    return auto_precision(capability) if precision == "auto" else precision
+
+
+def training_precision(precision: str) -> str:
+    """``precision`` resolved for this process's device (asks the Keras backend)."""
+    if precision != "auto":
+        return precision
+    return auto_precision(gpu_capability())
+
+
 def dtype_policy(precision: str) -> str:
-    """The Keras dtype policy name for ``TrainConfig.precision`` ("fp32" -> "float32")."""
+    """The Keras dtype policy name for a concrete ``TrainConfig.precision`` ("fp32" -> "float32");
+    "auto" is resolved for this process's device first."""
+    precision = training_precision(precision)
     return "float32" if precision == "fp32" else precision
 
 
@@ -57,7 +187,8 @@ def resolve_policy(precision: str, cfg: RunConfig, gpu: bool) -> str:
     Args:
         precision: "auto" uses the training precision on a GPU and float32 on a CPU (float16
             convolutions have no fast CPU kernels); "trained" always uses the training precision;
-            "fp32" always float32.
+            "fp32" always float32. A model trained with ``precision: auto`` predicts with what auto
+            means on this device.
         cfg: the configuration the model was trained with.
         gpu: whether prediction runs on a GPU.
 
@@ -117,10 +248,15 @@ def gpu_memory_gib() -> float | None:
 
 def peak_memory_gib(gpu: bool) -> float | None:
     """This process's measured peak so far: the first GPU's peak allocation when training on a
-    GPU (TensorFlow's allocator statistics), else the peak resident memory (ru_maxrss)."""
+    GPU (the backend's allocator statistics), else the peak resident memory (ru_maxrss)."""
     import resource
 
     if gpu:
+        if backend() == "jax":
+            gpus = _jax_gpus()
+            stats = gpus[0].memory_stats() if gpus else None
+            peak = (stats or {}).get("peak_bytes_in_use")
+            return None if peak is None else peak / 1024**3
         import tensorflow as tf
 
         try:

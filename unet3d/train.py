@@ -1,8 +1,11 @@
 """One training run of the 3D-UNet on cached cases.
 
-What a run does: sets the precision policy (fp32 | mixed_float16 with dynamic loss scaling |
-mixed_bfloat16) and XLA (on | off | auto: on for GPU, off for CPU where XLA is slower), builds the
-model, trains with Adam (AdamW when weight decay is set) under a linear warm-up + cosine schedule,
+What a run does: checks that Keras runs on the configured backend (TensorFlow or JAX), sets the
+precision policy (auto | fp32 | mixed_float16 with dynamic loss scaling | mixed_bfloat16; auto
+resolved for the device, see unet3d.runtime) and XLA (on | off | auto: on for GPU, off for CPU
+where XLA is slower; always under JAX), builds the model (data-parallel over every device JAX sees
+when it sees several), trains with Adam (AdamW when weight decay is set) under a linear warm-up +
+cosine schedule, augmenting on the device inside the training step (unet3d.augment) or on the host,
 validates whole volumes by sliding window every ``val_every`` epochs, writes TensorBoard scalars per
 epoch (losses, region Dice, learning rate, volumes/s) and a checkpoint after every epoch, and ends
 with ``<out>/model.keras``, ``config.json`` and ``metrics.json``.
@@ -25,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 # (unet3d/__init__.py, which always runs before this module, has set TensorFlow's CPU defaults.)
+from unet3d.augment import augmented_model
 from unet3d.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, save_model
 from unet3d.config import RunConfig
 from unet3d.data.pipeline import train_dataset
@@ -36,7 +40,15 @@ from unet3d.io_utils import atomic_write_json
 from unet3d.losses import deep_supervision_weights, get_loss
 from unet3d.metrics import region_scores, summarize
 from unet3d.model import build_unet3d, inference_model
-from unet3d.runtime import configure_devices, dtype_policy, gpu_available, peak_memory_gib, resolve_xla
+from unet3d.runtime import (
+    backend,
+    configure_devices,
+    dtype_policy,
+    gpu_available,
+    peak_memory_gib,
+    resolve_xla,
+    training_precision,
+)
 
 Log = Callable[[str], None]
 
@@ -176,7 +188,10 @@ class Trainer:
         self.is_chief = self.workers.is_chief
         self.history: list[dict[str, float]] = []
         self.start_epoch = 0
-        self.model: keras.Model | None = None
+        self.model: keras.Model | None = None  # the network (saved, validated)
+        self.train_model: keras.Model | None = None  # what fit trains (the network, or wrapped)
+        self.precision = cfg.train.precision  # resolved for the device by fit()
+        self.devices = 1
         self._writer = None
 
     @property
@@ -197,19 +212,24 @@ class Trainer:
         """Trains, writes the outputs, returns the metrics dict (also in metrics.json)."""
         cfg = self.cfg
         self._check_out()
+        self._check_backend()
         self.out.mkdir(parents=True, exist_ok=True)
         if self.is_chief:
             cfg.save(self.out / "config.json")
         configure_devices()
         self._gpu = gpu_available()
+        self.precision = training_precision(cfg.train.precision)
         previous = keras.config.dtype_policy()
-        keras.config.set_dtype_policy(dtype_policy(cfg.train.precision))
+        previous_distribution = keras.distribution.distribution()
+        keras.config.set_dtype_policy(dtype_policy(self.precision))
         try:
             keras.utils.set_random_seed(cfg.train.seed)
+            self._distribute()
             self.model = build_unet3d(cfg.model)
-            compile_model(self.model, cfg)
+            self.train_model = self._training_model()
+            compile_model(self.train_model, cfg)
             if self.resume and self.checkpoint_path.exists():
-                state = load_checkpoint(self.checkpoint_path, self.model)
+                state = load_checkpoint(self.checkpoint_path, self.train_model)
                 self.start_epoch = int(state["epoch"])
                 self.history = list(state["history"])
                 self._resume_val_cases()
@@ -217,27 +237,71 @@ class Trainer:
             if self.is_chief:
                 self._writer = tf.summary.create_file_writer(str(self.out / "tensorboard"))
             if self.start_epoch < cfg.train.epochs:
+                on_host = cfg.data.augment_on == "host"
                 ds = train_dataset(self.train_cases, cfg.data, cfg.train.batch_size,
                                    cfg.train.seed, n_outputs=len(self.model.outputs),
+                                   augment=on_host,
                                    start_index=self.start_epoch * cfg.train.steps_per_epoch
                                    * cfg.train.batch_size, shard=self.shard)
                 if self.workers.distributed:
                     self._fit_horovod(ds)
                 else:
-                    self.model.fit(ds, epochs=cfg.train.epochs, initial_epoch=self.start_epoch,
-                                   steps_per_epoch=cfg.train.steps_per_epoch, verbose=0,
-                                   shuffle=False, callbacks=[_EpochEnd(self)])
+                    self.train_model.fit(ds, epochs=cfg.train.epochs,
+                                         initial_epoch=self.start_epoch,
+                                         steps_per_epoch=cfg.train.steps_per_epoch, verbose=0,
+                                         shuffle=False, callbacks=[_EpochEnd(self)])
             return self._finish()
         finally:
             keras.config.set_dtype_policy(previous)
+            keras.distribution.set_distribution(previous_distribution)
             if self._writer is not None:
                 self._writer.close()
+
+    def _check_backend(self) -> None:
+        configured, running = self.cfg.train.backend, backend()
+        if configured != running:
+            raise TrainError(f"train.backend={configured!r} but Keras runs on {running!r} in this "
+                             f"process (the CLI's --backend picks it before Keras loads; in Python "
+                             f"set KERAS_BACKEND={configured} before importing Keras)")
+        if running == "jax" and self.workers.distributed:
+            raise TrainError("train.backend='jax' cannot train with Horovod workers (TensorFlow "
+                             "only); under JAX one process trains on all of a machine's GPUs")
+
+    def _distribute(self) -> None:
+        """Under JAX with several devices, data parallelism over all of them (keras.distribution:
+        the batch is split across the devices, the weights are replicated)."""
+        self.devices = 1
+        if backend() != "jax":
+            return
+        import jax
+
+        devices = jax.devices()
+        if len(devices) < 2:
+            return
+        batch = self.cfg.train.batch_size
+        if batch % len(devices):
+            raise TrainError(f"train.batch_size={batch} must be a multiple of the {len(devices)} "
+                             f"devices JAX trains on data-parallel")
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+        self.devices = len(devices)
+
+    def _training_model(self) -> keras.Model:
+        """The model ``fit`` trains: the network itself, or with ``data.augment_on: device`` the
+        network inside the on-device augmentation (unet3d.augment; same weights). Its draws are
+        seeded by the run's seed and the rank; the checkpoint keeps their state, so a resumed run
+        continues the same stream."""
+        data = self.cfg.data
+        if data.augment_on != "device":
+            return self.model
+        entropy = [self.cfg.train.seed, self.workers.rank]
+        seed = int(np.random.SeedSequence(entropy).generate_state(1)[0] & 0x7FFFFFFF)
+        return augmented_model(self.model, data, seed)
 
     def end_epoch(self, epoch: int, logs: dict[str, Any], seconds: float) -> None:
         cfg = self.cfg
         t = cfg.train
         record: dict[str, float] = {"epoch": epoch + 1, "loss": float(logs.get("loss", np.nan))}
-        record["learning_rate"] = float(np.asarray(self.model.optimizer.learning_rate))
+        record["learning_rate"] = float(np.asarray(self.train_model.optimizer.learning_rate))
         if not np.isfinite(record["loss"]):
             # Diverged: stop before validating or checkpointing, so the last checkpoint stays the
             # last good epoch (a resumed or retried run starts from there).
@@ -273,7 +337,7 @@ class Trainer:
                         tf.summary.scalar(k, v)
             self._writer.flush()
         if self.is_chief:
-            save_checkpoint(self.checkpoint_path, self.model,
+            save_checkpoint(self.checkpoint_path, self.train_model,
                             {"epoch": epoch + 1, "history": self.history})
         if not self.is_chief:
             return
@@ -326,7 +390,7 @@ class Trainer:
 
         from unet3d.distributed import average, broadcast_variables
 
-        cfg, model = self.cfg, self.model
+        cfg, model, net = self.cfg, self.train_model, self.model
         opt = model.optimizer
         opt.build(model.trainable_variables)
         broadcast_variables(model.variables + list(opt.variables))
@@ -360,9 +424,10 @@ class Trainer:
             losses = [float(step(*next(it))) for _ in range(cfg.train.steps_per_epoch)]
             # Batch-norm statistics are updated per rank: average them so every rank (and the
             # exported model) holds the same non-trainable state.
-            if model.non_trainable_variables:
-                for v, avg in zip(model.non_trainable_variables,
-                                  average([v.value for v in model.non_trainable_variables]),
+            # (The network's own: the augmentation's seed state differs per rank on purpose.)
+            if net.non_trainable_variables:
+                for v, avg in zip(net.non_trainable_variables,
+                                  average([v.value for v in net.non_trainable_variables]),
                                   strict=True):
                     v.assign(avg)
             loss = float(average([tf.constant(np.mean(losses), tf.float64)])[0])
@@ -372,6 +437,9 @@ class Trainer:
         cfg = self.cfg
         metrics: dict[str, Any] = {
             "epochs": cfg.train.epochs,
+            "backend": backend(),
+            "precision": self.precision,
+            "devices": self.devices * self.workers.size,
             "parameters": int(self.model.count_params()),
             "train_cases": [c.case_id for c in self.train_cases],
             "val_cases": [c.case_id for c in self.val_cases],

@@ -158,7 +158,7 @@ def _amp_worker(config, cache, ids, out):
     t = Trainer(RunConfig.from_dict(config), _cases(cache, ids[:3]), _cases(cache, ids[3:]), out,
                 workers=workers)
     metrics = t.fit()
-    return (workers.rank, type(t.model.optimizer).__name__, metrics["history"][-1]["loss"],
+    return (workers.rank, type(t.train_model.optimizer).__name__, metrics["history"][-1]["loss"],
             [np.asarray(w) for w in t.model.get_weights()])
 
 

@@ -33,7 +33,7 @@ def test_more_memory_gives_a_bigger_crop_or_batch(device, budgets):
     plans = [make_plan(BRATS, memory_gib=m, device=device) for m in budgets]
     for p in plans:
         _check(p)
-        assert p.config.train.precision == ("mixed_float16" if device == "gpu" else "fp32")
+        assert p.config.train.precision == "auto"  # (resolved per device, memory model too)
     work = [math.prod(p.config.data.crop) * p.config.train.batch_size for p in plans]
     assert work == sorted(work) and work[0] < work[-1]
     for small, big in zip(plans, plans[1:], strict=False):  # never a smaller crop for more memory
@@ -98,7 +98,7 @@ def test_cli_plan_probe_writes_a_config_train_reads(tiny_data, tmp_path):
     assert re.search(r"probe \(8 steps and validation of one case\): measured [\d.]+ GiB", r.stdout)
     saved = json.loads(out.read_text())
     cfg = RunConfig.load(out)  # what `train --config` reads
-    assert list(cfg.data.crop) == saved["data"]["crop"] and cfg.train.precision == "fp32"
+    assert list(cfg.data.crop) == saved["data"]["crop"] and cfg.train.precision == "auto"
     plan = saved["plan"]
     assert plan["memory_gib"] == 3.0 and plan["device"] == "cpu"
     assert plan["predicted"]["total_gib"] <= 3.0 * PLAN_HEADROOM

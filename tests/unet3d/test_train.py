@@ -108,7 +108,7 @@ def test_killed_training_resumes_from_its_checkpoint(synth16, tmp_path):
 
 
 def test_checkpoint_restores_weights_and_optimizer_state(synth16, tmp_path, seed):
-    from unet3d.checkpoint import CHECKPOINT
+    from unet3d.checkpoint import CHECKPOINT, _random_states
     from unet3d.data.discover import discover
     from unet3d.data.preprocess import prepare
     from unet3d.train import Trainer
@@ -124,9 +124,14 @@ def test_checkpoint_restores_weights_and_optimizer_state(synth16, tmp_path, seed
     t2.fit()  # nothing left to train: loads the checkpoint and finishes
     for a, b in zip(t1.model.get_weights(), t2.model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
-    assert int(t2.model.optimizer.iterations) == int(t1.model.optimizer.iterations) == 2
-    for a, b in zip(t1.model.optimizer.variables, t2.model.optimizer.variables, strict=True):
+    o1, o2 = t1.train_model.optimizer, t2.train_model.optimizer
+    assert int(o2.iterations) == int(o1.iterations) == 2
+    for a, b in zip(o1.variables, o2.variables, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # The on-device augmentation's random-number state too (two draws per step: it moved).
+    s1, s2 = _random_states(t1.train_model), _random_states(t2.train_model)
+    assert len(s1) == 1 and int(np.asarray(s1[0])[1]) > cfg.train.seed
+    np.testing.assert_array_equal(np.asarray(s1[0]), np.asarray(s2[0]))
 
 
 def test_resume_with_another_config_is_refused(synth16, tmp_path):
@@ -160,7 +165,7 @@ def test_mixed_precision_runs_a_step_with_loss_scaling(precision, synth16, tmp_p
     t = Trainer(cfg, entries[:1], entries[1:], tmp_path / "a")
     m = t.fit()
     assert np.isfinite(m["history"][0]["loss"])
-    scaled = isinstance(t.model.optimizer, keras.optimizers.LossScaleOptimizer)
+    scaled = isinstance(t.train_model.optimizer, keras.optimizers.LossScaleOptimizer)
     assert scaled == (precision == "mixed_float16")
     assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
 
@@ -227,6 +232,7 @@ def test_two_epochs_equal_one_epoch_plus_one_resumed(synth16, tmp_path, seed):
     for key in ("loss", "learning_rate"):
         np.testing.assert_allclose([h[key] for h in m_resumed["history"]],
                                    [h[key] for h in m_straight["history"]], rtol=1e-5, atol=1e-7)
-    assert int(resumed.model.optimizer.iterations) == int(straight.model.optimizer.iterations) == 4
+    assert int(resumed.train_model.optimizer.iterations) == 4
+    assert int(straight.train_model.optimizer.iterations) == 4
     for a, b in zip(straight.model.get_weights(), resumed.model.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)

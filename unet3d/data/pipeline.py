@@ -5,8 +5,10 @@ is reproducible whatever the parallelism, and a resumed run can continue with a 
 deterministic stream. Crops are read from memory-mapped .npy files (only the crop is touched) and
 padded with zeros where the volume is smaller than the crop. A ``foreground_ratio`` fraction of crops
 is centred on a random tumour voxel; the rest are uniform over the volume.
-Augmentation (TensorFlow ops, parallel): mirror flips per axis, per-channel intensity scale and
-shift, Gaussian noise.
+Augmentation on the host (``data.augment_on: host``; TensorFlow ops, parallel): mirror flips per
+axis, per-channel intensity scale and shift, Gaussian noise. By default the augmentation runs on
+the device instead (unet3d.augment) and the host only slices crops, passing them on as float16, the
+cache's own dtype (half the bytes to copy and to move to a GPU; cast to float32 on the device).
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ from unet3d.data.preprocess import CachedCase
 class CropSampler:
     """Draws (image crop, label crop) pairs from cached cases.
 
-    Shapes: image (D, H, W, C) float32, label (D, H, W) uint8 training classes (the cache holds file
-    label values; ``lut`` maps them, see LabelScheme.lut), (D, H, W) = ``crop``.
+    Shapes: image (D, H, W, C) ``dtype`` (float32, or float16 as cached), label (D, H, W) uint8
+    training classes (the cache holds file label values; ``lut`` maps them, see LabelScheme.lut),
+    (D, H, W) = ``crop``.
     """
 
     def __init__(self, entries: Sequence[CachedCase], crop: tuple[int, int, int],
-                 foreground_ratio: float, seed: int, lut: np.ndarray) -> None:
+                 foreground_ratio: float, seed: int, lut: np.ndarray,
+                 dtype: type = np.float32) -> None:
         if not entries:
             raise ValueError("CropSampler: no training cases")
         missing = [e.case_id for e in entries if not e.meta["labelled"]]
@@ -41,6 +45,7 @@ class CropSampler:
         self.ratio = foreground_ratio
         self.seed = seed
         self.lut = lut
+        self.dtype = dtype
         self.channels = self.images[0].shape[-1]
 
     def sample(self, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -61,7 +66,7 @@ class CropSampler:
         src_lo, src_hi = np.maximum(start, 0), np.minimum(stop, shape)
         dst_lo = src_lo - start
         dst_hi = dst_lo + (src_hi - src_lo)
-        img = np.zeros((*self.crop, self.channels), np.float32)
+        img = np.zeros((*self.crop, self.channels), self.dtype)
         lab = np.zeros(tuple(self.crop), np.uint8)
         s = tuple(slice(a, b) for a, b in zip(src_lo, src_hi, strict=True))
         d = tuple(slice(a, b) for a, b in zip(dst_lo, dst_hi, strict=True))
@@ -105,19 +110,24 @@ def train_dataset(entries: Sequence[CachedCase], cfg: DataConfig, batch_size: in
         batch_size: crops per batch.
         seed: seeds sampling and augmentation.
         n_outputs: number of model outputs (deep supervision): the label is repeated to match.
-        augment: apply the augmentation (off for benchmarks of the raw read path).
+        augment: apply the augmentation here (off when it runs on the device: the crops then
+            stay float16, as cached; unet3d.augment casts them).
         start_index: first element index; a resumed run passes where it stopped for a fresh stream.
         shard: (rank, workers): this worker draws indices rank, rank+workers, ... (distinct crops).
 
     Yields:
-        (image (B, D, H, W, C) float32, label (B, D, H, W) uint8, or a tuple of n_outputs labels).
+        (image (B, D, H, W, C) float32 (float16 without ``augment``), label (B, D, H, W) uint8, or a
+        tuple of n_outputs labels).
     """
-    sampler = CropSampler(entries, cfg.crop, cfg.foreground_ratio, seed, lut=cfg.scheme.lut())
+    dtype = np.float32 if augment else np.float16
+    sampler = CropSampler(entries, cfg.crop, cfg.foreground_ratio, seed, lut=cfg.scheme.lut(),
+                          dtype=dtype)
     crop = tuple(cfg.crop)
     rank, workers = shard
 
     def load(index):
-        img, lab = tf.numpy_function(sampler.sample, [index], [tf.float32, tf.uint8], stateful=False)
+        img, lab = tf.numpy_function(sampler.sample, [index], [tf.as_dtype(dtype), tf.uint8],
+                                     stateful=False)
         img.set_shape((*crop, sampler.channels))
         lab.set_shape(crop)
         return img, lab, index
