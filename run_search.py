@@ -227,6 +227,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = _load_config(args)
     if args.workers < 1:
         raise_user(f"--workers {args.workers}: must be at least 1")
+    if args.workers > 1 and cfg.train.backend == "jax":
+        raise_user(f"--workers {args.workers} with train.backend jax: Horovod workers train under "
+                   f"tensorflow only (under JAX one process trains on all of a machine's GPUs)")
+    _use_backend(cfg.train.backend)
     out = check_writable_dir(args.out, "--out")  # and _prepare checks --cache: before either is made
     prep = _prepare(Path(args.data), _cache_dir(args), args.labels, jobs=args.jobs)
     entries, scheme = prep.entries, prep.scheme
@@ -274,6 +278,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _use_backend(name: str) -> None:
+    """Keras's backend for this process, chosen before anything imports Keras."""
+    from unet3d.runtime import use_backend
+
+    use_backend(name)
+
+
 def _regions_line(scores: dict, scheme) -> str:
     """'WT 0.912 TC 0.874 ET 0.801 RC 0.650 mean 0.862' (the mean over the tumour regions)."""
     parts = [f"{r} {scores[f'dice_{r}']:.3f}" for r in scheme.regions if f"dice_{r}" in scores]
@@ -304,8 +315,11 @@ def cmd_search(args: argparse.Namespace) -> int:
                         name=args.name, seed=args.seed, fold=args.fold, folds=args.folds,
                         split_seed=args.split_seed, workers_per_trial=args.workers_per_trial,
                         verbose=args.verbose, objective=args.objective, labels=args.labels,
-                        memory=_gib(args.memory), retrain_share=args.retrain_share, log=_print,
-                        **options)
+                        memory=_gib(args.memory), retrain_share=args.retrain_share,
+                        backend=args.backend, log=_print, **options)
+    # The driver exports the best model (and retrains with --retrain-share) under the trials'
+    # backend; Keras is not loaded in it yet.
+    _use_backend(search.spec.backend)
     result = search.run()
     _print_search(result, search.spec)
     if result.interrupted:
@@ -395,7 +409,8 @@ def cmd_retrain_best(args: argparse.Namespace) -> int:
         raise_user(f"{experiment}: not a search experiment (search.json missing)")
     folds = None if args.folds in (None, ["all"]) else [_int_arg("--folds", f) for f in args.folds]
     try:
-        outs = retrain_best(experiment, epochs=args.epochs, folds=folds, resume=args.resume, log=_print)
+        outs = retrain_best(experiment, epochs=args.epochs, folds=folds, resume=args.resume,
+                            backend=args.backend, log=_print)
     except (FileNotFoundError, ValueError) as e:
         raise_user(str(e))
     for out in outs:
@@ -438,10 +453,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from unet3d.data.discover import discover_input
     from unet3d.data.preprocess import load_case
-    from unet3d.inference import Predictor, load_member, resolve_postprocess, write_prediction
+    from unet3d.inference import (
+        Predictor,
+        load_member,
+        load_onnx_member,
+        resolve_postprocess,
+        write_prediction,
+    )
     from unet3d.io_utils import atomic_write_json, check_writable_dir
     from unet3d.runtime import peak_memory_gib
 
+    _use_backend(args.backend)
     if not 0 <= args.overlap < 1:
         raise_user(f"--overlap {args.overlap}: must be in [0, 1)")
     if not 1 <= args.tta <= 8:
@@ -458,8 +480,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     members = []
     for f in folders:
         try:
-            members.append(load_member(f, precision=args.precision))
-        except (FileNotFoundError, ValueError) as e:
+            members.append(load_onnx_member(f) if args.runtime == "onnx"
+                           else load_member(f, precision=args.precision))
+        except (FileNotFoundError, ValueError) as e:  # (a missing model.onnx is a UserError too)
             raise_user(str(e))
     post, post_line = resolve_postprocess(members, args.postprocess, min_et_volume=args.min_et_volume,
                                           largest_wt=args.largest_wt)
@@ -475,14 +498,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
                        f"({', '.join(case.modalities)}); the model reads {want}")
     out.mkdir(parents=True, exist_ok=True)
     for m in members:
+        where = f", onnxruntime {'/'.join(m.providers)}" if args.runtime == "onnx" else ""
         _print(f"model {m.name}: {m.cfg.model.depth} levels, filters {list(m.cfg.model.filters)}, "
-               f"{m.cfg.model.head} head, windows {list(m.patch)}, {m.policy}")
+               f"{m.cfg.model.head} head, windows {list(m.patch)}, {m.policy}{where}")
     _print(f"post-processing: {post_line}")
     _print(f"predicting {len(cases)} case(s) with {len(members)} model(s), overlap {args.overlap}, "
            f"{args.tta} flip(s) -> {out}")
     atomic_write_json(out / "predict.json", {
         "models": [str(f.resolve()) for f in folders], "input": str(Path(args.input).resolve()),
         "overlap": args.overlap, "tta": args.tta, "precision": [m.policy for m in members],
+        "backend": args.backend, "runtime": args.runtime,
+        "onnx_providers": members[0].providers if args.runtime == "onnx" else None,
         "postprocess": post.to_dict(), "postprocess_source": post_line,
         "probabilities": predictor.channels if args.probabilities else None})
     t0 = time.perf_counter()
@@ -644,7 +670,8 @@ def _prepare_parser(sub) -> None:
 # train's flags that override one RunConfig field each: flag dest -> "section.field".
 TRAIN_OVERRIDES = {"epochs": "train.epochs", "steps_per_epoch": "train.steps_per_epoch",
                    "seed": "train.seed", "fold": "data.fold", "folds": "data.folds",
-                   "precision": "train.precision", "xla": "train.xla"}
+                   "precision": "train.precision", "xla": "train.xla", "backend": "train.backend",
+                   "augment_on": "data.augment_on"}
 
 
 def _plan_parser(sub) -> None:
@@ -667,7 +694,7 @@ def _plan_parser(sub) -> None:
 
 
 def _train_parser(sub) -> None:
-    from unet3d.config import PRECISIONS, PRESETS, XLA_MODES
+    from unet3d.config import AUGMENT_ON, BACKENDS, PRECISIONS, PRESETS, XLA_MODES
 
     s = _command(sub, "train", "train one 3D-UNet",
                  "Train one 3D-UNet on a fold of a dataset. Writes OUT/model.keras, config.json, "
@@ -677,7 +704,8 @@ def _train_parser(sub) -> None:
     g.add_argument("--preset", default="cpu-small", choices=sorted(PRESETS), help="named configuration")
     g.add_argument("--config", default=None, help="a RunConfig JSON/YAML file (model/train/data)")
     for dest, field in TRAIN_OVERRIDES.items():
-        choices = {"precision": PRECISIONS, "xla": XLA_MODES}.get(dest)
+        choices = {"precision": PRECISIONS, "xla": XLA_MODES, "backend": BACKENDS,
+                   "augment_on": AUGMENT_ON}.get(dest)
         s.add_argument(f"--{dest.replace('_', '-')}", type=None if choices else int, choices=choices,
                        default=None, help=f"override {field}")
     s.add_argument("--out", required=True, help="output folder")
@@ -692,6 +720,12 @@ def _train_parser(sub) -> None:
 # search flags named otherwise than the engine option they set (flag dest -> option); the engines'
 # options themselves are listed once, in search/spec.py.
 ENGINE_OPTION = {"kt_algorithm": "algorithm"}
+
+
+def _backend_arg(s: argparse.ArgumentParser, default: str | None, help: str) -> None:
+    from unet3d.config import BACKENDS
+
+    s.add_argument("--backend", choices=BACKENDS, default=default, help=help)
 
 
 def _search_parser(sub) -> None:
@@ -732,6 +766,8 @@ def _search_parser(sub) -> None:
                         "this machine's memory divided by the trials that run at once; a resumed "
                         "search keeps its budget)")
     _ray_args(s, ray)
+    _backend_arg(s, spec.backend, "the Keras backend trials train on (a space may also sample "
+                                  "train.backend, Ray engine); jax: one trial uses all its GPUs")
     s.add_argument("--retrain-share", type=float, default=spec.retrain_share, metavar="FRACTION",
                    help="spend this share of --budget retraining the winner on every labelled case "
                         "(exported to retrained/all) and the rest searching: how to spend a fixed "
@@ -813,6 +849,7 @@ def _retrain_parser(sub) -> None:
     s.add_argument("--folds", nargs="+", default=None, metavar="K",
                    help="'all' (one model on all cases; the default) or fold numbers (one model per fold)")
     s.add_argument("--resume", action="store_true", help="continue interrupted retraining runs")
+    _backend_arg(s, None, "the Keras backend to retrain on (default: the best trial's)")
 
 
 def _report_parser(sub) -> None:
@@ -850,7 +887,13 @@ def _predict_parser(sub) -> None:
     s.add_argument("--overlap", type=float, default=0.5, help="fractional overlap of windows")
     s.add_argument("--batch-size", type=int, default=2, help="windows per model call")
     s.add_argument("--precision", choices=["auto", "fp32", "trained"], default="auto",
-                   help="auto: the training precision on a GPU, float32 on a CPU")
+                   help="auto: the training precision on a GPU, float32 on a CPU (--runtime keras)")
+    s.add_argument("--runtime", choices=["keras", "onnx"], default="keras",
+                   help="keras: the network runs on the Keras backend; onnx: each export's "
+                        "model.onnx runs on onnxruntime (CUDA where it lists it, else the CPU; "
+                        "float32), with the same windows, TTA and post-processing")
+    _backend_arg(s, "tensorflow", "the Keras backend to predict on (a model trained under either "
+                                  "loads under both)")
     s.add_argument("--probabilities", action="store_true",
                    help="also write OUT/<case_id>_probabilities.nii.gz (X, Y, Z, K; quantised to 1/255): "
                         "class probabilities, or region ones (e.g. WT/TC/ET) if any model has a region "

@@ -1,17 +1,20 @@
 #!/usr/bin/env python
-"""The input path alone: NIfTI preprocessing (cases/s) and the tf.data pipeline (crops/s), against
-the model's consumption rate measured in the same run.
+"""The input path alone: NIfTI preprocessing (cases/s) and the tf.data pipeline (crops/s), old and
+new in the same run, against the model's consumption rate.
 
 1. Writes ``--cases`` synthetic full-size cases (240 x 240 x 155, BraTS-sized brain) as NIfTI and
    preprocesses them into a fresh cache, as ``run_search.py prepare`` does: cases/s.
-2. Runs the training pipeline (memory-mapped crops, foreground sampling, the full augmentation:
-   flips, intensity scale/shift, noise; the project's parallelism and prefetch defaults) over that
-   cache for each config's crop and batch, without a model: crops/s after warm-up.
-3. Measures the model's consumption for the same config (one training step of ours, as in
-   bench_train.py, fresh process) and prints pipeline / consumption: above 1 the model, not the
-   input, is the bottleneck.
+2. Runs the training pipeline (memory-mapped crops, foreground sampling; the project's parallelism
+   and prefetch defaults) over that cache for each config's crop and batch, without a model, two
+   ways: ``host`` (the old path, ``data.augment_on: host``: flips, intensity scale/shift and noise
+   in tf.data's CPU threads) and ``device`` (the default: the host only slices crops, the
+   augmentation runs inside the compiled training step, unet3d.augment). Reports crops/s after
+   warm-up and crops per CPU-second (the process's user + system time: crops/s per core).
+3. Unless ``--no-model``, measures the model's consumption for the same config (one training step
+   of ours, as in bench_train.py, fresh process) and prints pipeline / consumption: above 1 the
+   model, not the input, is the bottleneck.
 
-  python benchmarks/bench_input.py [--configs mid nvidia] [--cases 6] [--batches 30]
+  python benchmarks/bench_input.py [--configs mid nvidia] [--cases 6] [--batches 30] [--no-model]
 """
 
 from __future__ import annotations
@@ -47,16 +50,37 @@ def consumption(config: str) -> float:
     return CONFIGS[config]["batch"] / res["step_s"]
 
 
+def pipeline_rate(entries, dcfg, batch: int, batches: int, *,
+                  augment: bool) -> tuple[float, float]:
+    """(crops/s, crops per CPU-second) of the training pipeline after 5 warm-up batches."""
+    import resource
+
+    from unet3d.data.pipeline import train_dataset
+
+    def cpu_s() -> float:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    ds = iter(train_dataset(entries, dcfg, batch, seed=0, augment=augment))
+    for _ in range(5):
+        next(ds)
+    t0, c0 = time.perf_counter(), cpu_s()
+    for _ in range(batches):
+        next(ds)
+    wall, cpu = time.perf_counter() - t0, cpu_s() - c0
+    return batches * batch / wall, batches * batch / max(cpu, 1e-9)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--configs", nargs="+", default=["mid", "nvidia"], choices=list(CONFIGS))
     p.add_argument("--cases", type=int, default=6)
     p.add_argument("--batches", type=int, default=30)
+    p.add_argument("--no-model", action="store_true", help="skip the model's consumption")
     args = p.parse_args()
 
     from unet3d.config import DataConfig
     from unet3d.data.discover import discover
-    from unet3d.data.pipeline import train_dataset
     from unet3d.data.preprocess import prepare
     from unet3d.data.synthetic import write_synthetic_dataset
 
@@ -72,23 +96,21 @@ def main() -> int:
         rows = []
         for name in args.configs:
             cfg = CONFIGS[name]
-            dcfg = DataConfig(crop=(cfg["crop"],) * 3)  # the default augmentation
-            ds = iter(train_dataset(entries, dcfg, cfg["batch"], seed=0))
-            for _ in range(5):
-                next(ds)
-            t0 = time.perf_counter()
-            for _ in range(args.batches):
-                next(ds)
-            crops_s = args.batches * cfg["batch"] / (time.perf_counter() - t0)
-            rows.append((name, cfg, crops_s, consumption(name)))
+            dcfg = DataConfig(crop=(cfg["crop"],) * 3)  # the default augmentation strengths
+            rates = {way: pipeline_rate(entries, dcfg, cfg["batch"], args.batches,
+                                        augment=way == "host") for way in ("host", "device")}
+            rows.append((name, cfg, rates, None if args.no_model else consumption(name)))
 
     print(f"preprocessing: {args.cases} cases of 240x240x155 x 4 modalities from NIfTI in "
           f"{prep_s:.1f} s = {args.cases / prep_s:.2f} cases/s (brain box {'x'.join(map(str, box))})")
-    print(f"{'config':<7} {'crop':>5} {'batch':>5} {'pipeline crops/s':>17} {'model vol/s':>12} "
-          f"{'pipeline/model':>15}")
-    for name, cfg, crops_s, vps in rows:
-        print(f"{name:<7} {cfg['crop']:>4}^3 {cfg['batch']:>5} {crops_s:>17.1f} {vps:>12.2f} "
-              f"{crops_s / vps:>14.1f}x")
+    print(f"{'config':<7} {'crop':>5} {'batch':>5} {'host crops/s':>12} {'per core':>9} "
+          f"{'device crops/s':>15} {'per core':>9} {'gain/core':>9} {'model vol/s':>12} "
+          f"{'device/model':>13}")
+    for name, cfg, rates, vps in rows:
+        (h, hc), (d, dc) = rates["host"], rates["device"]
+        model = f"{vps:>12.2f} {d / vps:>12.1f}x" if vps else f"{'-':>12} {'-':>13}"
+        print(f"{name:<7} {cfg['crop']:>4}^3 {cfg['batch']:>5} {h:>12.1f} {hc:>9.1f} {d:>15.1f} "
+              f"{dc:>9.1f} {dc / hc:>8.1f}x {model}")
     print(f"\n{os.cpu_count()} CPU cores; python {sys.version.split()[0]}")
     return 0
 

@@ -94,7 +94,8 @@ class Search:
                  fold: int = 0, folds: int = 5, split_seed: int = 0,
                  cache: str | Path | None = None, workers_per_trial: int = 1, verbose: int = 1,
                  objective: str = "dice", labels: str | Path | None = None,
-                 memory: float | None = None, retrain_share: float = 0.0, log: Log | None = None,
+                 memory: float | None = None, retrain_share: float = 0.0,
+                 backend: str = "tensorflow", log: Log | None = None,
                  **engine_options: Any) -> None:
         try:
             objective, second = split_objective(objective)
@@ -106,7 +107,7 @@ class Search:
             name=name or time.strftime("search-%Y%m%d-%H%M%S"), seed=seed, fold=fold, folds=folds,
             split_seed=split_seed, workers_per_trial=workers_per_trial, verbose=verbose,
             objective=objective, second_objective=second, labels=str(labels or ""), memory=memory,
-            retrain_share=retrain_share,
+            retrain_share=retrain_share, backend=backend,
             engine_options={k: v for k, v in engine_options.items() if v is not None})
         engine_settings(self.spec)  # the engine's own options, checked now
         if self.spec.labels:  # (not on restore: the context holds the scheme, the file may be gone)
@@ -244,6 +245,14 @@ class Search:
                 self._check_warm_start(opts)
             self._own_ray = ray_engine.connect(opts)
             ray_engine.check_resources(opts, spec.workers_per_trial, self.log)
+        else:
+            if "train.backend" in {p.name for p in self._space.params}:
+                raise SearchError(f"space {self._space.name!r} samples train.backend: a backend "
+                                  f"per trial needs --engine ray (Keras Tuner trains in this "
+                                  f"process, whose Keras backend is fixed)")
+            from unet3d.runtime import use_backend
+
+            use_backend(spec.backend)  # (raises BackendError where Keras runs on another)
         return dataset
 
     def _check_warm_start(self, opts: Any) -> None:
@@ -293,7 +302,8 @@ class Search:
                              experiment="" if exp.remote else str(exp.local),
                              workers_per_trial=spec.workers_per_trial, objective=spec.objective,
                              second_objective=spec.second_objective,
-                             labels=labels_mod.to_config(scheme), in_channels=prep.channels)
+                             labels=labels_mod.to_config(scheme), in_channels=prep.channels,
+                             backend=spec.backend)
 
     def _cluster_mapper(self) -> Any:
         """On a Ray cluster (``--address``), cases are preprocessed as Ray tasks on its nodes (the

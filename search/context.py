@@ -41,6 +41,7 @@ class SearchContext:
             sized to it). None (a search.json written before schemes): the space's own scheme.
         in_channels: the modalities every case has (4; 1 for BraTS MEN-RT's T1c alone): every
             trial's ``model.in_channels``.
+        backend: the Keras backend trials train on (``train.backend``) unless the space samples it.
     """
 
     space: SearchSpace
@@ -59,6 +60,7 @@ class SearchContext:
     second_objective: str = ""
     labels: str | dict[str, Any] | None = None
     in_channels: int = 4
+    backend: str = "tensorflow"
 
     def __post_init__(self) -> None:
         metric_of(self.objective)  # raises ValueError naming --objective
@@ -82,8 +84,11 @@ class SearchContext:
         if self.labels is not None:
             cfg = cfg.with_labels(self.scheme, self.in_channels)
         cfg = cfg.with_epochs(self.max_epochs)
-        return cfg.replace(train={"seed": self.seed, "objective": self.objective,
-                                  "latency": self.second_objective == "latency"},
+        train = {"seed": self.seed, "objective": self.objective,
+                 "latency": self.second_objective == "latency"}
+        if "train.backend" not in sample:  # (a space may search the backend; see SearchSpec)
+            train["backend"] = self.backend
+        return cfg.replace(train=train,
                            data={"fold": self.fold, "folds": self.folds, "split_seed": self.split_seed})
 
     def cases(self, ids: tuple[str, ...]) -> list[CachedCase]:

@@ -67,6 +67,7 @@ def _export_row(row: TrialRow, ctx: SearchContext, experiment: Path, out: Path) 
     val = ctx.cases(ctx.val_ids)
     metrics: dict[str, Any] = {"trial_id": row.trial_id, "params": row.params,
                                "epoch": state["epoch"], "history": state["history"],
+                               "backend": cfg.train.backend,  # (what it trained under)
                                "val_cases": list(ctx.val_ids)}
     choice = None
     if val:

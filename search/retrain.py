@@ -21,9 +21,12 @@ from unet3d.io_utils import check_writable_dir
 
 
 def retrain_best(experiment: Path, *, epochs: int | None = None, folds: Sequence[int] | None = None,
-                 resume: bool = False, log: Callable[[str], None] = print) -> list[Path]:
-    from unet3d.export import export_model, validation_postprocess
-    from unet3d.train import Trainer
+                 resume: bool = False, backend: str | None = None,
+                 log: Callable[[str], None] = print) -> list[Path]:
+    """Retrains the best configuration of ``experiment`` (see the module docstring) under
+    ``backend``, by default the best trial's; where Keras already runs on another backend in this
+    process (a notebook, a search's driver), under that one, as the log says."""
+    from unet3d.runtime import settle_backend
 
     if epochs is not None and epochs < 1:  # checked before anything is read or written
         raise OptionError(f"--epochs {epochs}: must be at least 1")
@@ -33,6 +36,16 @@ def retrain_best(experiment: Path, *, epochs: int | None = None, folds: Sequence
     if not best_cfg_path.exists():
         raise FileNotFoundError(f"{best_cfg_path}: not found; the search exported no best model")
     cfg = RunConfig.load(best_cfg_path)
+    wanted = backend or cfg.train.backend
+    running = settle_backend(wanted)
+    if running != wanted:
+        log(f"retraining under {running}: Keras already runs on it in this process ({wanted} "
+            f"needs a process of its own: run_search.py retrain-best --backend {wanted})")
+    cfg = cfg.replace(train={"backend": running})
+
+    from unet3d.export import export_model, validation_postprocess
+    from unet3d.train import Trainer
+
     n_epochs = epochs if epochs is not None else 2 * cfg.train.epochs
     cfg = cfg.with_epochs(n_epochs)
     all_ids = sorted(set(ctx.train_ids) | set(ctx.val_ids))

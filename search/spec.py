@@ -14,6 +14,7 @@ from typing import Any
 
 from search.objective import OBJECTIVES, SECOND
 from search.storage import is_uri
+from unet3d.config import BACKENDS
 from unet3d.errors import UserError
 
 ENGINES = ("ray", "keras-tuner")
@@ -68,6 +69,9 @@ class SearchSpec:
             instead of searching (``--retrain-share``): the search gets the rest, then the best
             configuration trains that many epochs on every labelled case (``retrain-best``), exported
             to ``retrained/all``; how a user spends a fixed budget. 0: search only.
+        backend: the Keras backend trials train on ("tensorflow" or "jax"; ``train.backend``),
+            unless the space samples ``train.backend`` itself (Ray engine: each trial is a process
+            of its own).
         engine_options: the engine's own options (RAY_OPTIONS / KERAS_TUNER_OPTIONS by name).
     """
 
@@ -90,6 +94,7 @@ class SearchSpec:
     labels: str = ""
     memory: float | None = None
     retrain_share: float = 0.0
+    backend: str = "tensorflow"
     engine_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -125,6 +130,12 @@ class SearchSpec:
         _check_share(self.retrain_share, self.engine, self.engine_options)
         if self.workers_per_trial > 1 and self.engine != "ray":
             raise SearchError("--workers-per-trial needs --engine ray")
+        if self.backend not in BACKENDS:
+            raise SearchError(f"--backend {self.backend}: must be one of {', '.join(BACKENDS)}")
+        if self.backend == "jax" and self.workers_per_trial > 1:
+            raise SearchError(f"--backend jax with --workers-per-trial {self.workers_per_trial}: "
+                              f"Horovod workers train under tensorflow only (under JAX one trial "
+                              f"uses all the GPUs it is given)")
         if self.engine == "keras-tuner" and is_uri(self.out):
             raise SearchError(f"--out {self.out}: the keras-tuner engine needs a local or shared folder")
 

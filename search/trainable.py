@@ -29,29 +29,21 @@ MUTABLE = ("train.learning_rate", "train.loss", "train.weight_decay", "data.fore
            "data.augment")
 
 
-def _limit_threads(cpus: float) -> None:
-    """Keeps a trial's TensorFlow to its CPU share (two trials on two cores would otherwise fight)."""
-    import tensorflow as tf
-
-    n = max(1, int(cpus))
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(n)
-        tf.config.threading.set_inter_op_parallelism_threads(min(2, n))
-    except RuntimeError:
-        pass  # the runtime is already up in this worker (a reused actor): keep its setting
-
-
 def train_trial(config: dict[str, Any], ctx: SearchContext) -> None:
     """Ray Tune function trainable. ``config``: the sampled parameters; ``ctx``: what every trial
     shares (data, split, the parsed space)."""
     from ray import tune
 
-    import unet3d  # noqa: F401  (runtime defaults before TensorFlow loads)
+    from unet3d.runtime import limit_cpu_threads, use_backend  # (defaults before TF/JAX load)
 
     context = ctx
+    cfg = context.run_config(config)
+    # Each trial is a process of its own, so its backend can be the trial's (a space may sample
+    # train.backend); Keras is not loaded in it yet.
+    use_backend(cfg.train.backend)
     tctx = tune.get_context()
     resources = tctx.get_trial_resources().required_resources if tctx.get_trial_resources() else {}
-    _limit_threads(resources.get("CPU", os.cpu_count() or 1))
+    limit_cpu_threads(resources.get("CPU", os.cpu_count() or 1))
 
     import keras
 
@@ -60,7 +52,6 @@ def train_trial(config: dict[str, Any], ctx: SearchContext) -> None:
     from unet3d.config import RunConfig
     from unet3d.train import Trainer
 
-    cfg = context.run_config(config)
     trial_dir = Path(tctx.get_trial_dir())
     # Ray's trial dir is a local staging folder synced to storage later; write where users look.
     base = Path(context.experiment) / trial_dir.name if context.experiment else trial_dir

@@ -206,3 +206,17 @@ def test_evaluate_rejects_zero_jobs(synth16, tmp_path):
     (tmp_path / "pred").mkdir()
     _fails("evaluate", "--pred", str(tmp_path / "pred"), "--data", str(synth16), "--jobs", "0",
            names="--jobs 0", untouched=(tmp_path, synth16))
+
+
+# Backends: a combination that cannot train is one line, before anything is written ---------------
+
+@pytest.mark.parametrize("case", ["train", "search"])
+def test_horovod_workers_under_jax_are_one_line(case, synth16, tmp_path):
+    args = {"train": ["train", "--data", str(synth16), "--cache", str(tmp_path / "cache"),
+                      "--backend", "jax", "--workers", "2", "--out", str(tmp_path / "o")],
+            "search": ["search", "--data", str(synth16), "--cache", str(tmp_path / "cache"),
+                       "--backend", "jax", "--workers-per-trial", "2", "--out", str(tmp_path / "o")]}
+    names = {"train": "--workers 2 with train.backend jax", "search": "--backend jax with "
+             "--workers-per-trial 2"}[case]
+    line = _fails(*args[case], names=names, untouched=(tmp_path, synth16))
+    assert "Horovod workers train under tensorflow only" in line

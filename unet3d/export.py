@@ -3,6 +3,8 @@
 An export folder holds:
   model.keras       the network (main output only), loadable with Keras safe mode
   saved_model/      a TensorFlow SavedModel (``model.export``) for TF Serving / other runtimes
+  model.onnx        the same network as ONNX (float32, free batch and spatial size) for onnxruntime,
+                    checked against Keras at export (see :mod:`unet3d.onnx_runtime`)
   config.json       the exact RunConfig it was trained with
   metrics.json      its metrics (validation Dice/HD95, history, ...)
   postprocess.json  the post-processing chosen on its validation cases (``predict`` applies it) and
@@ -15,7 +17,10 @@ half-written export and an earlier export at the same path survives a failed one
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +32,9 @@ from unet3d.checkpoint import load_model, save_model
 from unet3d.config import RunConfig
 from unet3d.io_utils import atomic_write_json
 from unet3d.model import inference_model
+from unet3d.onnx_runtime import FILE as ONNX_FILE
+from unet3d.onnx_runtime import OPSET as ONNX_OPSET
+from unet3d.onnx_runtime import check_onnx, write_onnx
 from unet3d.postprocess import FILE as POSTPROCESS_FILE
 from unet3d.postprocess import Chooser, PostProcessChoice
 
@@ -105,10 +113,36 @@ def _model_card(cfg: RunConfig, metrics: dict[str, Any], params: int, source: st
               "- `model.keras`: `keras.saving.load_model('model.keras', safe_mode=True)`",
               "- `saved_model/`: TensorFlow SavedModel, signature `serve` (float32 N x D x H x W x "
               f"{m.in_channels})",
+              f"- `model.onnx`: ONNX (opset {ONNX_OPSET}, float32 N x D x H x W x "
+              f"{m.in_channels}, any batch and D/H/W multiples of {m.downsample_factor}) for "
+              "onnxruntime; `predict --runtime onnx` runs it",
               "- `config.json`: the exact training configuration; `metrics.json`: full metrics",
               *(["- `postprocess.json`: the post-processing choice and every candidate's "
                  "validation scores"] if postprocess is not None else []), ""]
     return "\n".join(lines)
+
+
+def write_runtimes(model: keras.Model, cfg: RunConfig, folder: Path) -> None:
+    """``folder/saved_model`` (TensorFlow SavedModel) and ``folder/model.onnx`` of ``model``, whose
+    ``model.keras`` and ``config.json`` ``folder`` already holds.
+
+    Under TensorFlow, in this process. Under JAX neither jax2tf nor jax2onnx can export the free
+    spatial size (they cannot prove an upsampled map and its skip connection the same shape), so
+    TensorFlow exports ``model.keras`` in a fresh process, both files at once (TensorFlow starts
+    once): the same files either way. The ONNX file is then also checked here against the JAX
+    model itself.
+    """
+    if keras.backend.backend() == "tensorflow":
+        model.export(str(folder / "saved_model"), format="tf_saved_model", verbose=False)
+        write_onnx(model, cfg, folder / ONNX_FILE)
+        return
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
+    r = subprocess.run([sys.executable, "-m", "unet3d.export", str(folder)],
+                       env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"SavedModel/ONNX export of {folder / 'model.keras'} under TensorFlow "
+                           f"failed:\n{r.stderr[-2000:]}")
+    check_onnx(model, cfg, folder / ONNX_FILE)
 
 
 def export_model(model: keras.Model, cfg: RunConfig, metrics: dict[str, Any], out: str | Path,
@@ -122,8 +156,8 @@ def export_model(model: keras.Model, cfg: RunConfig, metrics: dict[str, Any], ou
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         save_model(model, tmp / "model.keras")
-        model.export(str(tmp / "saved_model"), format="tf_saved_model", verbose=False)
         cfg.save(tmp / "config.json")
+        write_runtimes(model, cfg, tmp)
         atomic_write_json(tmp / "metrics.json", metrics)
         if postprocess is not None:
             atomic_write_json(tmp / POSTPROCESS_FILE, postprocess.to_dict())
@@ -148,3 +182,9 @@ def load_export(folder: str | Path) -> tuple[keras.Model, RunConfig, dict[str, A
     cfg = RunConfig.load(folder / "config.json")
     metrics = json.loads((folder / "metrics.json").read_text())
     return load_model(folder / "model.keras"), cfg, metrics
+
+
+if __name__ == "__main__":  # python -m unet3d.export FOLDER: write_runtimes's TensorFlow worker
+    _folder = Path(sys.argv[1])
+    write_runtimes(load_model(_folder / "model.keras"), RunConfig.load(_folder / "config.json"),
+                   _folder)

@@ -182,15 +182,11 @@ class Member(Protocol):
                       progress: ProgressFn | None = None) -> np.ndarray: ...
 
 
-@dataclasses.dataclass
-class KerasMember:
-    """A trained 3D-UNet as an ensemble member; windows are the size it was trained on."""
+class _WindowedMember:
+    """What a member built from an export (``config.json``) shares whatever runs its network: the
+    head, labels, inputs and windows of its config, and sliding windows over a ``predict_fn``."""
 
-    model: keras.Model
     cfg: RunConfig
-    name: str = ""
-    policy: str = "float32"
-    postprocess: PostProcess | None = None  # saved with the export (postprocess.json), if any
 
     @property
     def head(self) -> str:
@@ -208,6 +204,9 @@ class KerasMember:
     def patch(self) -> tuple[int, int, int]:
         return self.cfg.data.crop
 
+    def predict_fn(self) -> PredictFn:
+        raise NotImplementedError
+
     def windows(self, shape: Sequence[int], overlap: float, tta: int) -> int:
         return count_windows(shape, self.patch, overlap) * tta
 
@@ -215,9 +214,67 @@ class KerasMember:
                       progress: ProgressFn | None = None) -> np.ndarray:
         """(D, H, W, out_channels) float32 probabilities of a (D, H, W, C) preprocessed image."""
         step = None if progress is None else (lambda n: progress(n * tta))
-        return sliding_window_predict(keras_predict_fn(self.model), image, self.patch,
+        return sliding_window_predict(self.predict_fn(), image, self.patch,
                                       self.cfg.model.out_channels, overlap=overlap,
                                       batch_size=batch_size, tta=tta, progress=step)
+
+
+@dataclasses.dataclass
+class KerasMember(_WindowedMember):
+    """A trained 3D-UNet as an ensemble member; windows are the size it was trained on."""
+
+    model: keras.Model
+    cfg: RunConfig
+    name: str = ""
+    policy: str = "float32"
+    postprocess: PostProcess | None = None  # saved with the export (postprocess.json), if any
+
+    def predict_fn(self) -> PredictFn:
+        return keras_predict_fn(self.model)
+
+
+@dataclasses.dataclass
+class OnnxMember(_WindowedMember):
+    """An export's ``model.onnx`` run by onnxruntime as an ensemble member: the same windows, TTA
+    and post-processing as its :class:`KerasMember`, without TensorFlow or JAX running the network
+    (``predict --runtime onnx``). Always float32 (the file is)."""
+
+    session: Any  # onnxruntime.InferenceSession
+    cfg: RunConfig
+    name: str = ""
+    postprocess: PostProcess | None = None
+    policy: str = "float32"
+
+    @property
+    def providers(self) -> list[str]:
+        return list(self.session.get_providers())
+
+    def predict_fn(self) -> PredictFn:
+        from unet3d.onnx_runtime import session_predict_fn
+
+        return session_predict_fn(self.session)
+
+
+def load_onnx_member(folder: str | Path) -> OnnxMember:
+    """An export folder's ``model.onnx`` (+ ``config.json``, ``postprocess.json``) as an ensemble
+    member on onnxruntime's best provider here (CUDA where it lists it, else the CPU).
+
+    Raises:
+        OnnxMissingError: the folder has no ``model.onnx`` (a UserError: one line, exit 2).
+        FileNotFoundError: no ``config.json``.
+        ValueError: the config or postprocess.json is invalid.
+    """
+    from unet3d.config import RunConfig
+    from unet3d.onnx_runtime import FILE, missing, session
+
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder / 'config.json'}: not found; --model must be an export "
+                                f"folder, e.g. <experiment>/best")
+    if not (folder / FILE).is_file():
+        raise missing(folder)
+    return OnnxMember(session=session(folder / FILE), cfg=RunConfig.load(folder / "config.json"),
+                      name=str(folder), postprocess=read_saved(folder))
 
 
 def load_member(folder: str | Path, *, precision: str = "auto") -> KerasMember:

@@ -201,9 +201,9 @@ def shared_ray():
 
 
 # Every searcher and every scheduler once (BOHB and PBT/PB2 bring or need their own searcher),
-# through the Python API on the shared Ray.
-COMBOS = [("random", "none"), ("cmaes", "median"), ("gp", "hyperband"), ("nsga2", "asha"),
-          (None, "bohb"), (None, "pbt"), (None, "pb2")]
+# through the Python API on the shared Ray; random (+ the budget stopper) and NSGA-II (+ none, two
+# objectives) run in the CLI tests below, TPE + ASHA in every other search test.
+COMBOS = [("cmaes", "median"), ("gp", "hyperband"), (None, "bohb"), (None, "pbt"), (None, "pb2")]
 
 
 @pytest.mark.slow
@@ -214,18 +214,25 @@ def test_each_searcher_and_scheduler_runs_a_tiny_search(tiny_data, shared_ray, s
 
     options = {"searcher": searcher_name} if searcher_name else {}
     n = 3 if scheduler_name == "pbt" else 2  # (PBT exploits the worst of three)
+    # One of them trains under Keras's JAX backend (each trial is a process of its own; this
+    # process's Keras stays on TensorFlow and exports the best).
+    backend = "jax" if searcher_name == "cmaes" else "tensorflow"
     result = Search(data=tiny_data["data"], cache=tiny_data["cache"], space=tiny_data["space"],
                     num_samples=n, max_epochs=2, folds=4, out=tiny_data["root"] / "results",
                     name=f"{searcher_name or 'own'}-{scheduler_name}", verbose=0, grace_period=1,
-                    scheduler=scheduler_name, **options).run()
+                    scheduler=scheduler_name, backend=backend, **options).run()
     rows = result.trials
     assert len(rows) == n and all(t.status in ("completed", "stopped") for t in rows), rows
     assert result.best is not None and (result.best.export / "model.keras").exists()
+    assert result.best.config.train.backend == backend
+    for run in result.experiment.glob("trial_*/run"):  # (a stopped trial writes no metrics.json)
+        assert json.loads((run / "config.json").read_text())["train"]["backend"] == backend
+    assert json.loads((result.best.export / "metrics.json").read_text())["backend"] == backend
     nvidia = nvidia_point(space_from_dict(yaml.safe_load(TINY), source="tiny"))
     first = min(rows, key=lambda t: t.index)
     if scheduler_name not in ("pbt", "pb2"):  # (PBT's rows hold the perturbed, final configs)
         assert first.params == nvidia, "NVIDIA's point is evaluated first"
-    if searcher_name in ("random", "cmaes", "gp", "nsga2"):  # (the Optuna searchers say so)
+    if searcher_name in ("cmaes", "gp"):  # (the Optuna searchers say so)
         assert first.proposed_by == "nvidia"
     # (Whether PBT exploits within 3 short trials depends on their timing; the perturbation and the
     # continuation under a perturbed config are tested without Ray below.)
@@ -286,10 +293,12 @@ def test_a_two_objective_search_exports_a_non_dominated_pareto_set(tiny_data):
     from search.finish import load_rows
 
     r = _search(tiny_data, "pareto", "--objective", "dice,latency", "--num-samples", "4",
-                "--max-epochs", "2", "--scheduler", "none")
+                "--max-epochs", "2", "--scheduler", "none", "--searcher", "nsga2")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     exp = tiny_data["root"] / "results" / "pareto"
     rows = [x for x in load_rows(exp) if not x.pruned]
+    origins = [x.proposed_by for x in sorted(rows, key=lambda x: x.index)]
+    assert origins[0] == "nvidia" and set(origins) <= {"nvidia", "random", "nsgaii"}, origins
     assert all(math.isfinite(x.second) and x.second > 0 for x in rows)  # measured latency, s
     front = sorted((x for x in rows if x.pareto), key=lambda x: x.pareto)
     assert front and [x.pareto for x in front] == list(range(1, len(front) + 1))
@@ -307,8 +316,12 @@ def test_a_two_objective_search_exports_a_non_dominated_pareto_set(tiny_data):
 
 @pytest.mark.slow
 def test_a_warm_started_search_proposes_from_the_earlier_trials_at_once(tiny_data):
-    first = _search(tiny_data, "warm-a", "--num-samples", "3", "--max-epochs", "1")
+    # (The earlier search trained under JAX: its trials warm-start a TensorFlow one all the same.)
+    first = _search(tiny_data, "warm-a", "--num-samples", "3", "--max-epochs", "1", "--backend", "jax")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    warm_a = tiny_data["root"] / "results" / "warm-a"
+    assert json.loads((warm_a / "best" / "metrics.json").read_text())["backend"] == "jax"
+    assert (warm_a / "best" / "saved_model" / "saved_model.pb").exists()  # (TensorFlow wrote it)
     r = _search(tiny_data, "warm-b", "--num-samples", "2", "--max-epochs", "1", "--warm-start",
                 str(tiny_data["root"] / "results" / "warm-a"), "--startup-trials", "3")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -323,10 +336,13 @@ def test_a_warm_started_search_proposes_from_the_earlier_trials_at_once(tiny_dat
 @pytest.mark.slow
 def test_a_budget_split_between_searching_and_retraining_the_winner(tiny_data):
     r = _search(tiny_data, "share", "--budget", "6", "--retrain-share", "0.5", "--num-samples", "20",
-                "--max-epochs", "2", "--max-concurrent", "1")
+                "--max-epochs", "2", "--max-concurrent", "1", "--searcher", "random")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     exp = tiny_data["root"] / "results" / "share"
-    summary = json.loads((exp / "trials.json").read_text())["summary"]
+    trials = json.loads((exp / "trials.json").read_text())
+    summary = trials["summary"]
+    origins = [t["proposed_by"] for t in sorted(trials["trials"], key=lambda t: t["index"])]
+    assert origins == ["nvidia"] + ["random"] * (summary["trials"] - 1), origins
     # Half of 6 trial-epochs searching: the budget stops the search after 3 (of 20 trials' 40).
     assert summary["trial_epochs_run"] == 3 and summary["trials"] <= 2
     retrained = json.loads((exp / "retrained" / "all" / "metrics.json").read_text())
@@ -427,3 +443,32 @@ def test_an_option_that_needs_the_space_is_refused_before_anything_is_written(tm
                 "--name", "x", timeout=300)
     assert r.returncode == 2 and "--scheduler pbt: the space 'nvidia' has no parameter" in r.stderr
     assert not (tmp_path / "x").exists()
+
+
+# -- the Keras backend: the search's, or sampled per trial ------------------------------------------
+BACKEND_SPACE = TINY + "  train.backend: {type: choice, values: [tensorflow, jax]}\n"
+
+
+def test_a_trial_trains_under_the_searchs_backend_unless_the_space_samples_it():
+    from search.context import SearchContext
+
+    space = space_from_dict(yaml.safe_load(BACKEND_SPACE), source="test")
+    ctx = SearchContext(space=space, data="d", cache="c", train_ids=("a",), val_ids=("b",),
+                        max_epochs=2, backend="jax")
+    point = nvidia_point(space)
+    assert ctx.run_config({**point, "train.backend": "tensorflow"}).train.backend == "tensorflow"
+    fixed = space_from_dict(yaml.safe_load(TINY), source="test")
+    ctx = SearchContext(space=fixed, data="d", cache="c", train_ids=("a",), val_ids=("b",),
+                        max_epochs=2, backend="jax")
+    assert ctx.run_config(nvidia_point(fixed)).train.backend == "jax"
+
+
+def test_keras_tuner_cannot_sample_the_backend(tiny_data, tmp_path):
+    from search import Search
+
+    (tmp_path / "space.yaml").write_text(BACKEND_SPACE)
+    with pytest.raises(SearchError, match="samples train.backend: a backend per trial needs "
+                                          "--engine ray"):
+        Search(data=tiny_data["data"], cache=tmp_path / "cache", space=tmp_path / "space.yaml",
+               engine="keras-tuner", out=tmp_path / "out", name="x").run()
+    assert not (tmp_path / "out" / "x").exists() and not (tmp_path / "cache").exists()
