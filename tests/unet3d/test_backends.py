@@ -89,31 +89,27 @@ def test_both_backends_take_the_same_training_steps(lockstep):
     assert jax_["dice_mean"] == pytest.approx(tf_["dice_mean"], abs=0.02)
 
 
-@pytest.fixture(scope="module")
-def jax_run(synth16, tmp_path_factory) -> Path:
-    """A CLI training under JAX that sees two devices (XLA's host platform split in two), so it
+@pytest.mark.slow
+def test_train_under_jax_through_the_cli_data_parallel_on_two_devices(synth16, tmp_path):
+    """CLI train --backend jax where JAX sees two devices (XLA's host platform split in two): it
     trains data-parallel through keras.distribution, one crop of the batch of 2 on each, as on a
-    machine with 2 GPUs. (TensorFlow's CLI training: tests/unet3d/test_train.py.)"""
-    out = tmp_path_factory.mktemp("jax") / "run"
-    r = run_cli("train", "--data", str(synth16), "--cache", str(out.parent / "cache"), "--preset",
-                "cpu-small", "--epochs", "2", "--steps-per-epoch", "20", "--backend", "jax",
-                "--out", str(out), timeout=900,
+    machine with 2 GPUs, and records it. (That JAX learns as TensorFlow does is the lockstep test
+    above; TensorFlow's CLI training is tests/unet3d/test_train.py.)"""
+    config = preset("cpu-small").replace(
+        model={"depth": 2, "base_filters": 4, "max_filters": 8},
+        train={"epochs": 1, "steps_per_epoch": 4}, data={"crop": (16, 16, 16), "max_val_cases": 1})
+    config.save(tmp_path / "tiny.json")
+    out = tmp_path / "run"
+    r = run_cli("train", "--data", str(synth16), "--cache", str(tmp_path / "cache"), "--config",
+                str(tmp_path / "tiny.json"), "--backend", "jax", "--out", str(out), timeout=600,
                 env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
     assert r.returncode == 0, r.stderr[-3000:]
-    return out
-
-
-@pytest.mark.slow
-def test_jax_trains_through_the_cli_on_two_devices_and_records_itself(jax_run):
-    metrics = json.loads((jax_run / "metrics.json").read_text())
-    cfg = RunConfig.load(jax_run / "config.json")
+    metrics = json.loads((out / "metrics.json").read_text())
+    cfg = RunConfig.load(out / "config.json")
     assert cfg.train.backend == "jax" and metrics["backend"] == "jax"
     assert metrics["precision"] == "fp32" and cfg.train.precision == "auto"  # (on a CPU)
     assert cfg.data.augment_on == "device" and metrics["devices"] == 2
-    history = [h["val_dice_mean"] for h in metrics["history"]]
-    print("validation mean Dice by epoch", history)
-    # 40 steps: far above the untrained network (about 0.1), not converged.
-    assert metrics["final"]["dice_mean"] > 0.4
+    assert np.isfinite(metrics["history"][0]["loss"]) and "dice_mean" in metrics["final"]
 
 
 def _labels(folder: Path) -> np.ndarray:
@@ -122,14 +118,15 @@ def _labels(folder: Path) -> np.ndarray:
 
 
 @pytest.mark.slow
-def test_a_model_trained_under_one_backend_predicts_the_same_under_the_other(lockstep, jax_run,
-                                                                           synth16, tmp_path):
+def test_a_model_trained_under_one_backend_predicts_the_same_under_the_other(lockstep, synth16,
+                                                                           tmp_path):
     """predict --backend jax (CLI) against predict under TensorFlow (this process), for a model
     trained under each backend."""
     from run_search import main
 
     case = sorted(p for p in synth16.iterdir() if p.is_dir())[0]
-    for trained_under, model in (("jax", jax_run), ("tensorflow", lockstep["tensorflow"]["model"])):
+    for trained_under in BACKENDS:
+        model = lockstep[trained_under]["model"]
         labels = {}
         for backend in BACKENDS:
             out = tmp_path / f"{trained_under}-on-{backend}"
@@ -144,4 +141,4 @@ def test_a_model_trained_under_one_backend_predicts_the_same_under_the_other(loc
             labels[backend] = _labels(out)
         same = np.mean(labels["tensorflow"] == labels["jax"])
         print(trained_under, "trained: labels equal under both backends on", same, "of voxels")
-        assert same > 0.999 and len(np.unique(labels["jax"])) > 2
+        assert same > 0.999 and len(np.unique(labels["jax"])) > 1  # (not all background)

@@ -20,11 +20,13 @@ pytestmark = pytest.mark.slow
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 # Instance norm and a batch-separable loss: the mean loss over 2b crops is the average of two
-# means over b crops, so two workers with batch b and one with 2b follow the same gradients.
+# means over b crops, so two workers with batch b and one with 2b follow the same gradients. The
+# augmentation runs on the host, where each crop's draws follow its index in the stream whatever
+# the batch and rank (on the device each rank draws from its own generator, by design).
 CFG = RunConfig(model=ModelConfig(depth=3, base_filters=4, norm="instance"),
                 train=TrainConfig(epochs=1, steps_per_epoch=4, batch_size=2, learning_rate=1e-3,
                                   warmup_epochs=0, min_lr_ratio=1.0, xla="off"),
-                data=DataConfig(crop=(16, 16, 16)))
+                data=DataConfig(crop=(16, 16, 16), augment_on="host"))
 
 
 def _cases(cache, ids):

@@ -5,15 +5,12 @@ the labels ``predict`` does."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import ROOT, run_cli
+from conftest import run_cli
 
 from unet3d.config import RunConfig, preset
 from unet3d.data.discover import discover
@@ -184,27 +181,3 @@ def test_cli_predict_runtime_onnx_writes_the_labels_predict_does(exported, case_
         f"error: {old}: no model.onnx (exported before exports carried ONNX); re-export it or "
         f"predict with --runtime keras"]
     assert not (tmp_path / "none").exists()
-
-
-@pytest.mark.slow
-def test_an_export_under_jax_carries_a_checked_model_onnx(tmp_path):
-    """Under JAX TensorFlow writes model.onnx in a fresh process; export checks it against the JAX
-    model too."""
-    script = (
-        "import sys, keras, numpy as np\n"
-        "from unet3d.config import preset\n"
-        "from unet3d.model import build_unet3d\n"
-        "from unet3d.export import export_model\n"
-        "from unet3d.onnx_runtime import max_difference\n"
-        "assert keras.backend.backend() == 'jax'\n"
-        "cfg = preset('cpu-small').replace(model={'base_filters': 4, 'max_filters': 16, 'depth': 2},"
-        " data={'crop': (16, 16, 16)}, train={'precision': 'fp32'})\n"
-        "m = build_unet3d(cfg.model)\n"
-        "out = export_model(m, cfg, {}, sys.argv[1])\n"
-        "print('diff', max_difference(m, out / 'model.onnx', (16, 24, 32), batch=2))\n")
-    r = subprocess.run([sys.executable, "-c", script, str(tmp_path / "export")], cwd=ROOT,
-                       env={**os.environ, "KERAS_BACKEND": "jax"}, capture_output=True, text=True,
-                       timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert float(r.stdout.split("diff")[-1]) <= 1e-4
-    assert (tmp_path / "export" / "saved_model" / "saved_model.pb").is_file()
