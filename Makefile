@@ -18,7 +18,7 @@ PANOPTICA := .venv-panoptica
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
-	$(BIN)/python -m pip install --quiet -e '.[dev,searchers]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,searchers,tracking]'
 	touch $@
 
 $(HVD): $(STAMP) scripts/install_horovod.sh

@@ -316,7 +316,8 @@ def cmd_search(args: argparse.Namespace) -> int:
                         split_seed=args.split_seed, workers_per_trial=args.workers_per_trial,
                         verbose=args.verbose, objective=args.objective, labels=args.labels,
                         memory=_gib(args.memory), retrain_share=args.retrain_share,
-                        backend=args.backend, log=_print, **options)
+                        backend=args.backend, mlflow=args.mlflow, wandb=args.wandb, log=_print,
+                        **options)
     # The driver exports the best model (and retrains with --retrain-share) under the trials'
     # backend; Keras is not loaded in it yet.
     _use_backend(search.spec.backend)
@@ -381,6 +382,11 @@ def _print_search(result, spec) -> None:
     if result.report is not None:
         _print(f"report: {where}/report.html" if remote else f"report: {result.report}")
     _print(f"tensorboard --logdir {where} --host 127.0.0.1")
+    if not remote and (result.experiment / "optuna.log").exists():
+        _print(f"optuna-dashboard {result.experiment / 'optuna.log'} --host 127.0.0.1")
+    if spec.mlflow:
+        store = "MLFLOW_ALLOW_FILE_STORE=true " if spec.mlflow.startswith("file:") else ""
+        _print(f"{store}mlflow ui --backend-store-uri {spec.mlflow} --host 127.0.0.1")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -775,6 +781,15 @@ def _search_parser(sub) -> None:
     s.add_argument("--workers-per-trial", type=int, default=spec.workers_per_trial,
                    help="Horovod workers per trial (Ray actors; one GPU each with --gpus-per-trial, else "
                         "one CPU each)")
+    t = s.add_argument_group("tracking (besides TensorBoard)")
+    t.add_argument("--mlflow", default=None, metavar="URI",
+                   help="log the search to MLflow: a parent run (options, best model as artifact) "
+                        "and a child run per trial (parameters, per-epoch metrics, status, node); "
+                        "file:FOLDER, http://HOST:PORT, sqlite:///FILE (experiment "
+                        "$MLFLOW_EXPERIMENT_NAME, default unet3d-search)")
+    t.add_argument("--wandb", default=None, metavar="PROJECT",
+                   help="log each trial as a W&B run (Ray engine), written offline into the "
+                        "trial's folder (wandb sync uploads it) unless WANDB_MODE=online")
     k = s.add_argument_group("Keras Tuner engine")
     k.add_argument("--kt-algorithm", choices=ALGORITHMS, default=None,
                    help="Keras Tuner algorithm (default: hyperband)")

@@ -95,7 +95,8 @@ class Search:
                  cache: str | Path | None = None, workers_per_trial: int = 1, verbose: int = 1,
                  objective: str = "dice", labels: str | Path | None = None,
                  memory: float | None = None, retrain_share: float = 0.0,
-                 backend: str = "tensorflow", log: Log | None = None,
+                 backend: str = "tensorflow", mlflow: str | None = None,
+                 wandb: str | None = None, log: Log | None = None,
                  **engine_options: Any) -> None:
         try:
             objective, second = split_objective(objective)
@@ -107,7 +108,7 @@ class Search:
             name=name or time.strftime("search-%Y%m%d-%H%M%S"), seed=seed, fold=fold, folds=folds,
             split_seed=split_seed, workers_per_trial=workers_per_trial, verbose=verbose,
             objective=objective, second_objective=second, labels=str(labels or ""), memory=memory,
-            retrain_share=retrain_share, backend=backend,
+            retrain_share=retrain_share, backend=backend, mlflow=mlflow or "", wandb=wandb or "",
             engine_options={k: v for k, v in engine_options.items() if v is not None})
         engine_settings(self.spec)  # the engine's own options, checked now
         if self.spec.labels:  # (not on restore: the context holds the scheme, the file may be gone)
@@ -118,6 +119,7 @@ class Search:
         self._resume, self._own_ray = False, False
         self._context: SearchContext | None = None
         self._budget: MemoryBudget | None = None
+        self._mlflow: Any = None
 
     @classmethod
     def restore(cls, experiment: str | Path, *, log: Log | None = None,
@@ -140,6 +142,7 @@ class Search:
         self.spec = dataclasses.replace(spec, out=out or ".", name=name, engine_options=options)
         self.log = log or (lambda _msg: None)
         self._resume, self._context, self._own_ray = True, ctx, False
+        self._mlflow = None
         self._budget = load_budget(where.local)  # None (saved before budgets): resolved in run()
         return self
 
@@ -171,6 +174,8 @@ class Search:
 
             report = build_report(exp.local).html
         retrained = self._retrain(summary, interrupted)
+        if self._mlflow is not None:
+            self._mlflow.close(rows, summary, exp.local, interrupted)
         exp.upload()
         return SearchResult(experiment=exp.local, location=exp.location, trials=rows,
                             best=_best(summary), summary=summary, report=report,
@@ -236,6 +241,7 @@ class Search:
                 raise SearchError(f"{spec.data_folder}: {labelled} labelled cases, fewer than "
                                   f"--folds {spec.folds}")
         check_writable_dir(spec.cache_folder, "--cache")
+        self._check_tracking()
         if spec.engine == "ray":
             from search import ray_engine
 
@@ -254,6 +260,34 @@ class Search:
 
             use_backend(spec.backend)  # (raises BackendError where Keras runs on another)
         return dataset
+
+    def _check_tracking(self) -> None:
+        """--mlflow's URI (saved absolute) and --wandb's package and mode."""
+        from search import tracking
+
+        if self.spec.mlflow:
+            self.spec = dataclasses.replace(self.spec, mlflow=tracking.check_mlflow(self.spec.mlflow))
+        if self.spec.wandb:
+            tracking.check_wandb(self.spec.wandb)
+
+    def _tracking(self, exp: Experiment) -> list[Any]:
+        """The MLflow parent run (opened again on --resume) and the Ray callbacks that log trials."""
+        from search import tracking
+
+        spec, callbacks = self.spec, []
+        if spec.mlflow:
+            options = {k: v for k, v in spec.to_dict().items()
+                       if k not in ("engine_options", "mlflow", "wandb", "verbose")}
+            self._mlflow = tracking.MlflowSearch.open(
+                spec.mlflow, exp.local, spec.name,
+                {**options, **spec.engine_options, "experiment": exp.location})
+            self.log(f"MLflow: run {self._mlflow.parent} at {spec.mlflow}")
+            callbacks.append(self._mlflow.ray_callback())
+        if spec.wandb:
+            self.log(f"W&B: project {spec.wandb}, {tracking.wandb_mode()} (a run per trial in its "
+                     f"folder)")
+            callbacks.append(tracking.wandb_callback(spec.wandb, spec.name))
+        return callbacks
 
     def _check_warm_start(self, opts: Any) -> None:
         """--warm-start names a finished search with trials inside this search's space."""
@@ -384,15 +418,17 @@ class Search:
             self._budget = memory_budget(self.spec)
         self.log(self._budget.describe())
         guard = MemoryGuard.for_search(ctx, self._budget, exp.local / PRUNED_FILE)
+        callbacks = self._tracking(exp)
         if self.spec.engine == "ray":
             from search import ray_engine
 
             self._own_ray = ray_engine.connect(opts) or self._own_ray
             return ray_engine.run(ctx, exp.location, opts, resume=self._resume, log=self.log,
-                                  guard=guard)
+                                  guard=guard, callbacks=callbacks)
         from search import kt_engine
 
-        return kt_engine.run(ctx, exp.local, opts, resume=self._resume, log=self.log, guard=guard)
+        return kt_engine.run(ctx, exp.local, opts, resume=self._resume, log=self.log, guard=guard,
+                             tracker=self._mlflow)
 
 
 def _demo_written() -> bool:

@@ -153,7 +153,7 @@ def _oracle(ctx: SearchContext, opts: KerasTunerOptions, hp: Any, guard: MemoryG
 
 def _tuner(ctx: SearchContext, experiment: Path, opts: KerasTunerOptions, overwrite: bool,
            log: Callable[[str], None], ctrl_c: list[bool] | None = None,
-           guard: MemoryGuard | None = None):
+           guard: MemoryGuard | None = None, tracker: Any = None):
     import keras_tuner as kt
 
     from spaces.translate import define_keras_tuner
@@ -185,9 +185,25 @@ def _tuner(ctx: SearchContext, experiment: Path, opts: KerasTunerOptions, overwr
             keras.backend.clear_session()
             t0 = time.perf_counter()
             _stop_if(ctrl_c)
-            metrics = Trainer(cfg, ctx.cases(ctx.train_ids), ctx.cases(ctx.val_ids), run_dir,
-                              resume=resume, log=lambda m: log(f"  {trial.trial_id} {m}"),
-                              epoch_hook=lambda _epoch, _record: _stop_if(ctrl_c)).fit()
+
+            def epoch_end(epoch: int, record: dict[str, Any]) -> None:
+                if tracker is not None:
+                    tracker.log_epoch(trial.trial_id, epoch, record)
+                _stop_if(ctrl_c)
+
+            if tracker is not None:  # (MLflow: search.tracking; Ray's trials log through Ray)
+                tracker.start_trial(trial.trial_id, sample)
+            try:
+                metrics = Trainer(cfg, ctx.cases(ctx.train_ids), ctx.cases(ctx.val_ids), run_dir,
+                                  resume=resume, log=lambda m: log(f"  {trial.trial_id} {m}"),
+                                  epoch_hook=epoch_end).fit()
+            except BaseException as e:
+                if tracker is not None:
+                    tracker.end_trial(trial.trial_id,
+                                      "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+                raise
+            if tracker is not None:
+                tracker.end_trial(trial.trial_id, "FINISHED")
             (run_dir / "wall_s").write_text(f"{time.perf_counter() - t0:.3f}\n")
             scored = [h for h in metrics["history"] if metric in h]
             if not scored:
@@ -213,13 +229,15 @@ def run_dir_of(experiment: Path, trial_id: str) -> Path:
 
 def run(ctx: SearchContext, experiment: Path, opts: KerasTunerOptions, *, resume: bool = False,
         log: Callable[[str], None] = print,
-        guard: MemoryGuard | None = None) -> tuple[list[TrialRow], bool]:
+        guard: MemoryGuard | None = None, tracker: Any = None) -> tuple[list[TrialRow], bool]:
     """Runs (or resumes) the search in ``experiment``: a row per trial, and whether Ctrl-C ended it
     (the trial cut off is then "interrupted"; ``run(..., resume=True)`` continues it from its last
     epoch checkpoint). With ``guard`` (the memory budget), configurations predicted over it are
-    never trained: rows with status "pruned" after the trials' (see :class:`_Proposals`)."""
+    never trained: rows with status "pruned" after the trials' (see :class:`_Proposals`).
+    ``tracker``: logs each trial and its epochs (``search.tracking.MlflowSearch``; --mlflow)."""
     ctrl_c: list[bool] = []
-    tuner = _tuner(ctx, experiment, opts, overwrite=not resume, log=log, ctrl_c=ctrl_c, guard=guard)
+    tuner = _tuner(ctx, experiment, opts, overwrite=not resume, log=log, ctrl_c=ctrl_c, guard=guard,
+                   tracker=tracker)
     with _recording_ctrl_c(ctrl_c, log):
         try:
             tuner.search()

@@ -1,4 +1,4 @@
-"""A Ray Tune callback and stopper of the search (imported only once Ray is set up: it imports ray.tune).
+"""The Ray Tune callbacks and stopper of the search (imported only once Ray is set up: it imports ray.tune).
 
 When a run is interrupted, Ray ends every trial on its way out (running ones become TERMINATED,
 like trials a scheduler stopped) and tells no callback. So the callback keeps each trial's status
@@ -6,6 +6,8 @@ as of the end of every step of the tuning loop: after an interrupted run, the tr
 seen status was not TERMINATED or ERROR (running, paused, or pending and never started) are the ones
 Ctrl-C cut off. The record is module state keyed by the experiment, not the callback's own: a
 resumed Tuner calls its own unpickled copy of the callback, which records into the same place.
+
+:class:`MlflowTrials` logs each trial as an MLflow run (``--mlflow``; ``search.tracking``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from ray import tune
+from ray.air.integrations.mlflow import MLflowLoggerCallback
 
 _STATUS: dict[str, dict[str, str]] = {}
 _ENDED = ("TERMINATED", "ERROR")
@@ -55,3 +58,45 @@ class EpochBudget(tune.Stopper):
 def cut_off_trials(key: str) -> set[str]:
     """The trials of ``key`` that had not ended when its run stopped (and forgets the record)."""
     return {tid for tid, status in _STATUS.pop(key, {}).items() if status not in _ENDED}
+
+
+class MlflowTrials(MLflowLoggerCallback):
+    """Ray Tune's MLflow callback with each trial's run a child of the search's parent run
+    (``search.tracking.MlflowSearch``), tagged with its trial ID and the node that ran it, and
+    found again by that tag when a resumed search continues the trial (Ray's callback would open
+    a second run: its record of runs is not part of the Tuner's saved state)."""
+
+    def __init__(self, uri: str, experiment_id: str, parent: str) -> None:
+        super().__init__(uri, tags={"mlflow.parentRunId": parent})
+        self.experiment_id, self.parent = experiment_id, parent
+
+    def setup(self, *args: Any, **kwargs: Any) -> None:
+        import os
+
+        if self.tracking_uri.startswith("file:"):  # (search.tracking.check_mlflow)
+            os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
+        self.mlflow_util.setup_mlflow(tracking_uri=self.tracking_uri,
+                                      experiment_id=self.experiment_id)
+        self._trial_runs: dict[Any, str] = {}
+        self._nodes: set[tuple[str, str]] = set()
+
+    def log_trial_start(self, trial: Any) -> None:
+        if trial not in self._trial_runs:
+            client = self.mlflow_util._get_client()
+            found = client.search_runs(
+                [self.experiment_id], max_results=1,
+                filter_string=f"tags.mlflow.parentRunId = '{self.parent}' and "
+                              f"tags.trial_id = '{trial.trial_id}'")
+            if found:
+                self._trial_runs[trial] = found[0].info.run_id
+                client.update_run(found[0].info.run_id, status="RUNNING")
+                return  # (its parameters are logged: MLflow refuses to log them twice)
+            self.tags = {"mlflow.parentRunId": self.parent, "trial_id": trial.trial_id}
+        super().log_trial_start(trial)
+
+    def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
+        super().log_trial_result(iteration, trial, result)
+        node = result.get("node_ip") or result.get("hostname")
+        if node and (trial.trial_id, node) not in self._nodes:
+            self._nodes.add((trial.trial_id, node))
+            self.mlflow_util._get_client().set_tag(self._trial_runs[trial], "node", node)

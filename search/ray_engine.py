@@ -422,9 +422,10 @@ def searcher(space: Any, opts: RayOptions, metric: str = METRIC,
     start already measured it), at most max_concurrent at once, maximising ``metric`` (the search
     objective's, ``search.objective``); with ``guard``, only configurations predicted to fit its
     memory budget become trials (``search.ray_searcher``). ``sink``: where each suggestion's origin
-    is recorded (``proposals.json``). ``second``: a second objective (``search.objective.SECOND``):
-    the Optuna sampler then searches both (multi-objective TPE, NSGA-II, GP, random). None for
-    PBT/PB2 (Ray runs them without a searcher)."""
+    is recorded (``proposals.json``), the Optuna study kept beside it (``optuna.log``).
+    ``second``: a second objective (``search.objective.SECOND``): the Optuna sampler then searches
+    both (multi-objective TPE, NSGA-II, GP, random). None for PBT/PB2 (Ray runs them without a
+    searcher)."""
     from ray.tune.search import ConcurrencyLimiter
 
     from spaces.translate import nvidia_point, to_optuna
@@ -444,7 +445,7 @@ def searcher(space: Any, opts: RayOptions, metric: str = METRIC,
     else:
         import optuna
 
-        from search.ray_searcher import BudgetedOptunaSearch
+        from search.ray_searcher import JOURNAL, BudgetedOptunaSearch
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         warm = warm_trials(opts.warm_start, space, metric) if opts.warm_start else []
@@ -456,7 +457,8 @@ def searcher(space: Any, opts: RayOptions, metric: str = METRIC,
         alg = BudgetedOptunaSearch(space=to_optuna(space), metric=metrics, mode=modes,
                                    points_to_evaluate=[] if known else [first],
                                    sampler=sampler(opts), guard=guard, warm=warm,
-                                   n_startup=opts.n_startup, origin_sink=sink)
+                                   n_startup=opts.n_startup, origin_sink=sink,
+                                   journal=sink.parent / JOURNAL if sink is not None else None)
     return ConcurrencyLimiter(alg, max_concurrent=opts.max_concurrent) if opts.max_concurrent else alg
 
 
@@ -652,10 +654,12 @@ def population(space: Any, opts: RayOptions, guard: MemoryGuard | None) -> list[
     return points
 
 
-def run_config(location: str, opts: RayOptions, metric: str = METRIC) -> Any:
+def run_config(location: str, opts: RayOptions, metric: str = METRIC,
+               callbacks: list[Any] | None = None) -> Any:
     """Where trials go, retries, the one checkpoint kept per trial: its best epoch's (by the
-    objective's ``metric``), which is what best/ exports; and the search's budget in trial-epochs
-    (``--budget`` with --time-attr epochs; in seconds it is the TuneConfig's time budget)."""
+    objective's ``metric``), which is what best/ exports; the search's budget in trial-epochs
+    (``--budget`` with --time-attr epochs; in seconds it is the TuneConfig's time budget); and
+    ``callbacks`` besides our own (MLflow's, W&B's: ``search.tracking``)."""
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
@@ -666,7 +670,8 @@ def run_config(location: str, opts: RayOptions, metric: str = METRIC) -> Any:
     return tune.RunConfig(
         name=name, storage_path=storage, verbose=opts.verbose,
         stop=EpochBudget(epochs) if epochs else None,
-        callbacks=[CSVLoggerCallback(), JsonLoggerCallback(), TrialStatuses(location)],
+        callbacks=[CSVLoggerCallback(), JsonLoggerCallback(), TrialStatuses(location),
+                   *(callbacks or [])],
         failure_config=tune.FailureConfig(max_failures=opts.max_failures),
         # PBT/PB2 continue trials from other trials' checkpoints, which must outlive the donor's
         # next epochs (Ray warns below 3).
@@ -676,15 +681,16 @@ def run_config(location: str, opts: RayOptions, metric: str = METRIC) -> Any:
 
 
 def run(ctx: SearchContext, location: str, opts: RayOptions, *, resume: bool = False,
-        log: Callable[[str], None] = print,
-        guard: MemoryGuard | None = None) -> tuple[list[TrialRow], bool]:
+        log: Callable[[str], None] = print, guard: MemoryGuard | None = None,
+        callbacks: list[Any] | None = None) -> tuple[list[TrialRow], bool]:
     """Runs (or resumes) the search at ``location`` (an absolute path or a URI).
 
     Returns a row per trial and whether Ctrl-C ended the run: Ray Tune then saves its state first,
     the trials cut off get status "interrupted", and ``run(..., resume=True)`` continues them.
     With ``guard`` (the memory budget), configurations predicted over it never reach Ray: they
     are rows with status "pruned" after the trials' (read back from ``guard.sink``), and every
-    row has its predicted memory. A resumed search keeps the guard it was created with.
+    row has its predicted memory. A resumed search keeps the guard it was created with, and the
+    ``callbacks`` (tracking) it was created with: Ray restores them with the Tuner.
     """
     # Ray's TensorBoardX logger would write a second HParams session per trial (at trial end only);
     # the trials write their own, from the first epoch. CSV/JSON loggers are added explicitly.
@@ -705,7 +711,7 @@ def run(ctx: SearchContext, location: str, opts: RayOptions, *, resume: bool = F
         t = tune.Tuner(_trainable(ctx, opts), param_space=_param_space(ctx.space, opts),
                        tune_config=tune_config(ctx.space, opts, ctx.metric, guard, sink,
                                                ctx.second_objective),
-                       run_config=run_config(location, opts, ctx.metric))
+                       run_config=run_config(location, opts, ctx.metric, callbacks))
     with _graceful_ctrl_c() as interrupted:
         grid = t.fit()
     from search.ray_callbacks import cut_off_trials

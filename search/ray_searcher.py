@@ -16,20 +16,38 @@ It also records where each trial's configuration came from (``proposals.json``: 
 point, the sampler's random start-up, or the sampler's model), so a search shows whether TPE (or
 CMA-ES, GP, NSGA-II) proposed any of its trials, and takes an earlier experiment's trials as a warm
 start (Ray's ``add_evaluated_point``: finished Optuna trials the sampler learns from).
+
+The Optuna study lives in the experiment folder (``optuna.log``, Optuna's journal file storage:
+``optuna-dashboard EXPERIMENT/optuna.log`` opens it, during the search too), named after the
+experiment; a resumed search opens the same study again, and a trial the journal holds but Ray's
+saved state does not (the driver died between Ray's checkpoints; Ray starts such a trial afresh
+under a new ID) is marked failed.
+
 :class:`BudgetedSearcher` puts the same memory check in front of any other Ray searcher (BOHB's).
 """
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
+import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from search.memory_budget import CONSTRAINT, MAX_REFUSALS, MemoryGuard
 from search.results import TrialRow
+
+JOURNAL = "optuna.log"
+
+
+def journal_storage(path: Path) -> Any:
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    return JournalStorage(JournalFileBackend(str(path)))
 
 
 class BudgetedOptunaSearch(OptunaSearch):
@@ -40,8 +58,12 @@ class BudgetedOptunaSearch(OptunaSearch):
 
     def __init__(self, *args: Any, guard: MemoryGuard | None = None,
                  warm: list[tuple[dict[str, Any], float]] | None = None, n_startup: int = 0,
-                 origin_sink: Path | None = None, **kwargs: Any) -> None:
+                 origin_sink: Path | None = None, journal: Path | None = None,
+                 **kwargs: Any) -> None:
         self._warm = list(warm or [])
+        self._journal = str(journal or "")
+        if journal is not None:
+            kwargs.update(storage=journal_storage(journal), study_name=journal.parent.name)
         super().__init__(*args, **kwargs)
         self._guard = guard
         self.pruned: list[TrialRow] = []
@@ -107,14 +129,55 @@ class BudgetedOptunaSearch(OptunaSearch):
         self._guard.save(self.pruned, self.gave_up)
         return Searcher.FINISHED
 
+    # With a journal, the saved state holds the trials' IDs in it rather than the study (which
+    # would replay the journal from the path it was saved with): Ray pickles the searcher with the
+    # Tuner (tuner.pkl) and saves it with save() at each experiment checkpoint.
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        if state.get("_journal"):
+            state["_ot_study"] = state["_storage"] = None
+            state["_ot_trials"] = {k: getattr(t, "_trial_id", t)
+                                   for k, t in self._ot_trials.items()}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if state.get("_journal") and Path(state["_journal"]).exists():
+            # (Ray's restore() follows, with the trials of its last checkpoint: only it can tell
+            # which of the journal's unfinished trials Ray lost)
+            self._open_journal(Path(state["_journal"]), lost=False)
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__getstate__(), f)
+
+    def _open_journal(self, path: Path, *, lost: bool = True) -> None:
+        """The study from the journal at ``path``, the trials Ray knows bound to it, and
+        (``lost``) any other unfinished trial in it marked failed (see the module docstring)."""
+        sampler = self._sampler or (self._ot_study.sampler if self._ot_study else None)
+        study = optuna.load_study(study_name=self._study_name, storage=journal_storage(path),
+                                  sampler=sampler)
+        # (Optuna's Trial is a handle: the study and the trial's ID in its storage)
+        ids = {k: getattr(t, "_trial_id", t) for k, t in self._ot_trials.items()}
+        self._ot_trials = {k: optuna.Trial(study, i) for k, i in ids.items()}
+        known = set(ids.values())
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if lost and t._trial_id not in known:
+                study.tell(t.number, state=TrialState.FAIL)
+        self._ot_study, self._storage, self._journal = study, study._storage, str(path)
+
     def restore(self, checkpoint_path: str) -> None:
         """Ray's resume: the saved state (Optuna's study and the pruned rows) back, with this run's
-        guard (the saved one may point at a folder the experiment was moved from), and the rows
-        written again, merged with pruned.json's (a driver that died after its last searcher
-        checkpoint had written rows the checkpoint lacks)."""
+        guard (the saved one may point at a folder the experiment was moved from), the study
+        opened from the journal in the experiment folder, and the rows written again, merged with
+        pruned.json's (a driver that died after its last searcher checkpoint had written rows the
+        checkpoint lacks)."""
         guard, sink = self._guard, getattr(self, "_origin_sink", None)
         super().restore(checkpoint_path)
         self._guard, self._origin_sink = guard, sink
+        if self.__dict__.get("_journal"):  # (checkpoint_path is in a staging copy: not there)
+            self._open_journal(Path(self._journal))
         for name, default in (("origins", {}), ("_n_startup", 0), ("_warm", []),
                               ("_asked_origin", "")):  # (a search saved before these existed)
             self.__dict__.setdefault(name, default)

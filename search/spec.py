@@ -72,6 +72,10 @@ class SearchSpec:
         backend: the Keras backend trials train on ("tensorflow" or "jax"; ``train.backend``),
             unless the space samples ``train.backend`` itself (Ray engine: each trial is a process
             of its own).
+        mlflow: an MLflow tracking URI (``--mlflow``; "" = none): the search a parent run, each
+            trial a child run (``search.tracking``).
+        wandb: a W&B project (``--wandb``; "" = none; Ray engine): a W&B run per trial, offline
+            unless WANDB_MODE=online.
         engine_options: the engine's own options (RAY_OPTIONS / KERAS_TUNER_OPTIONS by name).
     """
 
@@ -95,6 +99,8 @@ class SearchSpec:
     memory: float | None = None
     retrain_share: float = 0.0
     backend: str = "tensorflow"
+    mlflow: str = ""
+    wandb: str = ""
     engine_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -136,6 +142,12 @@ class SearchSpec:
             raise SearchError(f"--backend jax with --workers-per-trial {self.workers_per_trial}: "
                               f"Horovod workers train under tensorflow only (under JAX one trial "
                               f"uses all the GPUs it is given)")
+        for name in ("mlflow", "wandb"):
+            if not isinstance(getattr(self, name), str):
+                raise SearchError(f"--{name} {getattr(self, name)!r}: must be a string")
+        if self.wandb and self.engine != "ray":
+            raise SearchError(f"--wandb {self.wandb}: needs --engine ray (Ray Tune's W&B callback; "
+                              f"the keras-tuner engine tracks with --mlflow)")
         if self.engine == "keras-tuner" and is_uri(self.out):
             raise SearchError(f"--out {self.out}: the keras-tuner engine needs a local or shared folder")
 

@@ -176,7 +176,8 @@ def test_a_search_through_the_python_api_returns_the_best_and_restores(tmp_path)
 @pytest.mark.slow
 def test_an_interrupted_search_resumes_with_search_restore(tmp_path):
     """Ctrl-C (SIGINT) during the first trial of an in-process search: run() returns with the trial
-    "interrupted" and nothing exported; Search.restore(folder).run() finishes the same search."""
+    "interrupted" and nothing exported; Search.restore(folder).run() finishes the same search, in
+    the same Optuna study and the same MLflow runs."""
     import os
     import signal
     import threading
@@ -200,7 +201,7 @@ def test_an_interrupted_search_resumes_with_search_restore(tmp_path):
     # (5 epochs: time for Ray to act on the Ctrl-C before the trial ends, even on a busy machine)
     first = Search(data=tmp_path / "data", space=tmp_path / "tiny.yaml", num_samples=2,
                    max_epochs=5, out=tmp_path / "results", name="cut", folds=4, verbose=0,
-                   max_concurrent=1, grace_period=5).run()
+                   max_concurrent=1, grace_period=5, mlflow=f"file:{tmp_path / 'mlruns'}").run()
     assert first.interrupted and first.best is None and not (exp / "best").exists()
     assert [r.status for r in first.trials] == ["interrupted"]
 
@@ -209,6 +210,17 @@ def test_an_interrupted_search_resumes_with_search_restore(tmp_path):
     assert {r.status for r in done.trials} == {"completed"}
     assert first.trials[0].trial_id in {r.trial_id for r in done.trials}
     assert done.best is not None and (exp / "best" / "model.keras").exists()
+    # The same Optuna study continued (its journal in the folder), the same MLflow runs.
+    import optuna
+    from test_tracking import check_trial_runs, mlflow_runs
+
+    from search.ray_searcher import JOURNAL, journal_storage
+
+    study = optuna.load_study(study_name="cut", storage=journal_storage(exp / JOURNAL))
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    client, parent, children = mlflow_runs((tmp_path / "mlruns").as_uri())
+    check_trial_runs(client, children, [r.to_dict() for r in done.trials])
+    assert parent.info.status == "FINISHED" and client.list_artifacts(parent.info.run_id, "best_model")
 
 
 def test_a_demo_dataset_cut_off_while_being_written_is_completed_not_searched(tmp_path, monkeypatch):

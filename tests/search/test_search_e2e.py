@@ -66,7 +66,8 @@ def test_search_prints_results_best_config_export_and_tensorboard_line(ray_searc
     assert "3 trials in" in out and "trial-epochs run of 6 without early stopping" in out
     assert "best trial" in out and "model.depth = " in out
     assert f"exported: {exp / 'best'}" in out
-    assert out.strip().splitlines()[-1] == f"tensorboard --logdir {exp} --host 127.0.0.1"
+    assert out.strip().splitlines()[-2:] == [f"tensorboard --logdir {exp} --host 127.0.0.1",
+                                             f"optuna-dashboard {exp}/optuna.log --host 127.0.0.1"]
     rows = (exp / "results.csv").read_text().strip().splitlines()
     assert len(rows) == 4 and rows[0].startswith("trial_id,index,status,epochs")
 
