@@ -62,8 +62,8 @@ def cut_off_trials(key: str) -> set[str]:
 
 class MlflowTrials(MLflowLoggerCallback):
     """Ray Tune's MLflow callback with each trial's run a child of the search's parent run
-    (``search.tracking.MlflowSearch``), tagged with its trial ID and the node that ran it, and
-    found again by that tag when a resumed search continues the trial (Ray's callback would open
+    (``search.tracking.MlflowSearch``), tagged with its trial ID and the node that ran it, its
+    metrics stepped by epoch, and found again by that tag when a resumed search continues the trial (Ray's callback would open
     a second run: its record of runs is not part of the Tuner's saved state)."""
 
     def __init__(self, uri: str, experiment_id: str, parent: str) -> None:
@@ -95,7 +95,11 @@ class MlflowTrials(MLflowLoggerCallback):
         super().log_trial_start(trial)
 
     def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
-        super().log_trial_result(iteration, trial, result)
+        # The step is the trial's epoch, not Ray's iteration count: a trial resumed from an earlier
+        # epoch's checkpoint than its last report (Ctrl-C mid-save, a retry) counts on in Ray.
+        run_id = self._trial_runs[trial]
+        self.mlflow_util.log_metrics(run_id=run_id, metrics_to_log=result,
+                                     step=int(result.get("epoch") or iteration))
         node = result.get("node_ip") or result.get("hostname")
         if node and (trial.trial_id, node) not in self._nodes:
             self._nodes.add((trial.trial_id, node))
