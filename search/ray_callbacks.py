@@ -63,8 +63,9 @@ def cut_off_trials(key: str) -> set[str]:
 class MlflowTrials(MLflowLoggerCallback):
     """Ray Tune's MLflow callback with each trial's run a child of the search's parent run
     (``search.tracking.MlflowSearch``), tagged with its trial ID and the node that ran it, its
-    metrics stepped by epoch, and found again by that tag when a resumed search continues the trial (Ray's callback would open
-    a second run: its record of runs is not part of the Tuner's saved state)."""
+    metrics stepped by epoch, and found again by that tag when a resumed search continues the
+    trial (Ray's callback would open a second run: its record of runs is not part of the Tuner's
+    saved state)."""
 
     def __init__(self, uri: str, experiment_id: str, parent: str) -> None:
         super().__init__(uri, tags={"mlflow.parentRunId": parent})

@@ -14,21 +14,9 @@ from pathlib import Path
 
 import pytest
 from conftest import run_cli
+from tiny_space import SPACE3 as TINY
 
 from search.spec import SearchError
-
-TINY = """
-name: tiny
-base: cpu-small
-fixed:
-  train: {steps_per_epoch: 2, val_every: 1, warmup_epochs: 0}
-  data: {crop: [16, 16, 16], max_val_cases: 2}
-  model: {base_filters: 4, norm: batch}
-params:
-  model.depth: {type: int, low: 2, high: 3}
-  train.learning_rate: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}
-  data.foreground_ratio: {type: float, low: 0.2, high: 0.8}
-"""
 
 
 def mlflow_runs(uri: str) -> tuple[object, object, list]:
