@@ -72,10 +72,9 @@ class MlflowTrials(MLflowLoggerCallback):
         self.experiment_id, self.parent = experiment_id, parent
 
     def setup(self, *args: Any, **kwargs: Any) -> None:
-        import os
+        from search.tracking import allow_file_store
 
-        if self.tracking_uri.startswith("file:"):  # (search.tracking.check_mlflow)
-            os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
+        allow_file_store(self.tracking_uri)
         self.mlflow_util.setup_mlflow(tracking_uri=self.tracking_uri,
                                       experiment_id=self.experiment_id)
         self._trial_runs: dict[Any, str] = {}
@@ -83,14 +82,13 @@ class MlflowTrials(MLflowLoggerCallback):
 
     def log_trial_start(self, trial: Any) -> None:
         if trial not in self._trial_runs:
+            from search.tracking import trial_runs
+
             client = self.mlflow_util._get_client()
-            found = client.search_runs(
-                [self.experiment_id], max_results=1,
-                filter_string=f"tags.mlflow.parentRunId = '{self.parent}' and "
-                              f"tags.trial_id = '{trial.trial_id}'")
+            found = trial_runs(client, self.experiment_id, self.parent, trial.trial_id)
             if found:
-                self._trial_runs[trial] = found[0].info.run_id
-                client.update_run(found[0].info.run_id, status="RUNNING")
+                self._trial_runs[trial] = found[trial.trial_id]
+                client.update_run(found[trial.trial_id], status="RUNNING")
                 return  # (its parameters are logged: MLflow refuses to log them twice)
             self.tags = {"mlflow.parentRunId": self.parent, "trial_id": trial.trial_id}
         super().log_trial_start(trial)

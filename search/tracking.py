@@ -30,6 +30,24 @@ MLFLOW_EXPERIMENT = "unet3d-search"  # unless MLFLOW_EXPERIMENT_NAME says otherw
 _SCHEMES = ("file", "http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks")
 
 
+def allow_file_store(uri: str) -> None:
+    """MLflow 3 keeps its folder store in maintenance mode and refuses it unless allowed: it is the
+    store that needs no server and no database (a shared folder on a cluster)."""
+    if uri.startswith("file:"):
+        os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
+
+
+def trial_runs(client: Any, experiment_id: str, parent: str,
+               trial_id: str | None = None) -> dict[str, str]:
+    """trial ID -> MLflow run ID of the parent run's trial runs (of ``trial_id`` only, if given)."""
+    where = f"tags.mlflow.parentRunId = '{parent}'"
+    if trial_id is not None:
+        where += f" and tags.trial_id = '{trial_id}'"
+    return {r.data.tags["trial_id"]: r.info.run_id
+            for r in client.search_runs([experiment_id], filter_string=where)
+            if "trial_id" in r.data.tags}
+
+
 def check_mlflow(uri: str) -> str:
     """``--mlflow``'s tracking URI, made absolute (a file: URI or a bare folder); MLflow installed,
     a file: folder writable, a server answering. Touches nothing.
@@ -57,9 +75,7 @@ def check_mlflow(uri: str) -> str:
             raise SearchError(f"--mlflow {uri}: {folder} is a file, not a folder")
         if not probe.is_dir() or not os.access(probe, os.W_OK):
             raise SearchError(f"--mlflow {uri}: cannot write to {probe}")
-        # MLflow 3 keeps its file store in maintenance mode and refuses it unless allowed: it is
-        # the store that needs no server and no database (a shared folder on a cluster).
-        os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
+        allow_file_store(uri)
         return folder.as_uri()
     if scheme in ("http", "https"):
         _ping(uri)
@@ -137,8 +153,7 @@ class MlflowSearch:
 
         from unet3d.io_utils import atomic_write_json
 
-        if uri.startswith("file:"):
-            os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
+        allow_file_store(uri)
         saved = experiment / MLFLOW_FILE
         client = MlflowClient(uri)
         if saved.exists():
@@ -167,7 +182,7 @@ class MlflowSearch:
     # Keras Tuner: the engine calls these (Ray Tune's callback does the same for Ray trials).
 
     def start_trial(self, trial_id: str, params: dict[str, Any]) -> None:
-        run_id = self.trial_run(trial_id)
+        run_id = trial_runs(self.client, self.experiment_id, self.parent, trial_id).get(trial_id)
         if run_id is None:
             run_id = self.client.create_run(
                 self.experiment_id, run_name=f"trial_{trial_id}",
@@ -189,14 +204,6 @@ class MlflowSearch:
         """``status``: MLflow's (FINISHED, FAILED, KILLED)."""
         self.client.set_terminated(self._runs.pop(trial_id), status)
 
-    def trial_run(self, trial_id: str) -> str | None:
-        """The child run of ``trial_id`` if one was logged (a resumed trial logs into it)."""
-        found = self.client.search_runs(
-            [self.experiment_id], max_results=1,
-            filter_string=f"tags.mlflow.parentRunId = '{self.parent}' and "
-                          f"tags.trial_id = '{trial_id}'")
-        return found[0].info.run_id if found else None
-
     def close(self, rows: list[Any], summary: dict[str, Any], experiment: Path,
               interrupted: bool) -> None:
         """Each trial run tagged with the search's status for it (completed, stopped early,
@@ -204,10 +211,9 @@ class MlflowSearch:
         gets the search's summary metrics, the best model (best/, and retrained/all if any) and the
         report as artifacts, and ends (KILLED when Ctrl-C ended the search: --resume reopens it)."""
         c, pid = self.client, self.parent
+        runs = trial_runs(c, self.experiment_id, pid)
         for r in rows:
-            if r.pruned:
-                continue
-            run_id = self.trial_run(r.trial_id)
+            run_id = runs.get(r.trial_id)  # (a configuration pruned for memory has none)
             if run_id is not None:
                 c.set_tag(run_id, "status", r.status)
                 if r.error:
