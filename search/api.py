@@ -282,7 +282,10 @@ class Search:
                 spec.mlflow, exp.local, spec.name,
                 {**options, **spec.engine_options, "experiment": exp.location})
             self.log(f"MLflow: run {self._mlflow.parent} at {spec.mlflow}")
-            callbacks.append(self._mlflow.ray_callback())
+            from search.ray_callbacks import MlflowTrials
+
+            m = self._mlflow
+            callbacks.append(MlflowTrials(m.uri, m.experiment_id, m.parent))
         if spec.wandb:
             self.log(f"W&B: project {spec.wandb}, {tracking.wandb_mode()} (a run per trial in its "
                      f"folder)")

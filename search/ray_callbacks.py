@@ -17,6 +17,8 @@ from typing import Any
 from ray import tune
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 
+from search.tracking import allow_file_store, trial_runs
+
 _STATUS: dict[str, dict[str, str]] = {}
 _ENDED = ("TERMINATED", "ERROR")
 
@@ -72,8 +74,6 @@ class MlflowTrials(MLflowLoggerCallback):
         self.experiment_id, self.parent = experiment_id, parent
 
     def setup(self, *args: Any, **kwargs: Any) -> None:
-        from search.tracking import allow_file_store
-
         allow_file_store(self.tracking_uri)
         self.mlflow_util.setup_mlflow(tracking_uri=self.tracking_uri,
                                       experiment_id=self.experiment_id)
@@ -82,8 +82,6 @@ class MlflowTrials(MLflowLoggerCallback):
 
     def log_trial_start(self, trial: Any) -> None:
         if trial not in self._trial_runs:
-            from search.tracking import trial_runs
-
             client = self.mlflow_util._get_client()
             found = trial_runs(client, self.experiment_id, self.parent, trial.trial_id)
             if found:

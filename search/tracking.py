@@ -133,9 +133,9 @@ class MlflowSearch:
     """The search's parent run in MLflow and its trials' child runs.
 
     Created (or, for a resumed search, reopened from ``mlflow.json``) by :meth:`open`; the
-    engines log trials through :meth:`ray_callback` (Ray) or :meth:`start_trial` /
-    :meth:`log_epoch` / :meth:`end_trial` (Keras Tuner); :meth:`close` tags every trial run with
-    the search's status for it, logs the best model and ends the parent run.
+    engines log trials through :class:`search.ray_callbacks.MlflowTrials` (Ray) or
+    :meth:`start_trial` / :meth:`log_epoch` / :meth:`end_trial` (Keras Tuner); :meth:`close` tags
+    every trial run with the search's status for it, logs the best model and ends the parent run.
     """
 
     def __init__(self, uri: str, experiment_id: str, parent: str) -> None:
@@ -171,13 +171,6 @@ class MlflowSearch:
         atomic_write_json(saved, {"tracking_uri": uri, "experiment_id": eid,
                                   "parent_run_id": pid})
         return cls(uri, eid, pid)
-
-    def ray_callback(self) -> Any:
-        """Ray Tune's MLflow callback, its runs children of the parent run (see
-        :class:`search.ray_callbacks.MlflowTrials`)."""
-        from search.ray_callbacks import MlflowTrials
-
-        return MlflowTrials(self.uri, self.experiment_id, self.parent)
 
     # Keras Tuner: the engine calls these (Ray Tune's callback does the same for Ray trials).
 
