@@ -2,19 +2,19 @@
 """The memory model's GPU check: ``unet3d.memory.estimate(cfg, device="gpu")`` against the peak a
 training run really reaches on the GPU (Keras 3, JAX backend, XLA).
 
-memory.py's GPU constants (runtime 0.5 GiB, activation factor 1, 2 workspace layers) were derived,
-never measured. Here each configuration runs in a fresh process (XLA_PYTHON_CLIENT_PREALLOCATE=false,
-so JAX's allocator grows on demand): build the model, compile the train step with XLA, a few
-optimizer steps on random data fed from the host as in training, then, where the estimate peaks in
-validation (or with --validation always), one forward pass of ``val_batch_size`` crop-sized windows.
-Two measurements:
+memory.py's GPU constants were fitted on this script's "process" column (its first run, on an
+NVIDIA H200: BENCHMARKS.md, "GPU memory"). Each configuration runs in a fresh process
+(XLA_PYTHON_CLIENT_PREALLOCATE=false, so JAX's allocator grows on demand): build the model,
+compile the train step with XLA, a few optimizer steps on random data fed from the host as in
+training, then, where the estimate peaks in validation (or with --validation always), one forward
+pass of ``val_batch_size`` crop-sized windows. Two measurements:
   alloc    JAX's allocator peak, ``jax.devices()[0].memory_stats()['peak_bytes_in_use']``: the
            run's tensors (weights, optimizer state, activations, XLA's temporaries and cuDNN
            workspaces, autotuning's scratch at compile time); compare with the estimate less its
            ``runtime`` part.
   process  the GPU's used memory (nvidia-smi) at the end of the run less before it: the above,
            the allocator's pool rounding, and the CUDA context with its libraries; compare with the
-           whole estimate.
+           whole estimate (the constants are fitted on this one).
 Error % is (predicted - measured) / measured: positive over-predicts (safe), negative under-predicts.
 
   python benchmarks/bench_memory_gpu.py [--json out.json] [--budget 165] [--configs NAME ...]
@@ -54,11 +54,12 @@ def configs() -> dict[str, dict]:
     """The measured configurations, the most telling first (a short --budget drops the last)."""
     return {
         "nvidia 128^3 b2 bf16": _cfg("nvidia", train={"precision": "mixed_bfloat16"}),
-        "nvidia 128^3 b2 fp32": _cfg("nvidia"),
-        "gpu-mid 96^3 b2 fp16 ds": _cfg("gpu-mid"),
+        "nvidia 128^3 b2 fp32": _cfg("nvidia", train={"precision": "fp32"}),
+        "gpu-mid 96^3 b2 fp16 ds": _cfg("gpu-mid", train={"precision": "mixed_float16"}),
         # peaks in validation (8 windows a pass): the one row that checks that phase
         "d4 f16 64^3 b1 fp32 val8": _cfg(model={"depth": 4, "base_filters": 16},
-                                         train={"batch_size": 1, "val_batch_size": 8},
+                                         train={"batch_size": 1, "val_batch_size": 8,
+                                                "precision": "fp32"},
                                          data={"crop": [64, 64, 64]}),
         "d5 f24 128^3 b1 bf16": _cfg(model={"depth": 5, "base_filters": 24},
                                      train={"batch_size": 1, "precision": "mixed_bfloat16"},

@@ -43,11 +43,14 @@ so the calibration does not tell these two choices apart.
 
 Devices. "cpu" predicts the training process's peak resident memory, with constants measured on the
 2-core CPU machine (BENCHMARKS.md, "Training memory: predicted vs measured (CPU)"). "gpu" predicts
-the device memory TensorFlow allocates; it assumes XLA (``xla: auto`` turns it on with a GPU),
-which fuses normalisation and activation into the convolution's consumers, so a block keeps two
-tensors, not three, all in the compute dtype. Its constants are NOT measured yet (no GPU here):
-the runtime is a typical CUDA context with cuDNN/cuBLAS, the factors are the derivation's 1 and 2;
-``plan --probe`` on a GPU is to measure them.
+the GPU memory the training process holds (what nvidia-smi shows, what must fit on the card next
+to other trials): it assumes XLA (``xla: auto`` turns it on with a GPU), which fuses normalisation
+and activation into the convolution's consumers, so a block keeps two tensors, not three, all in
+the compute dtype. Its constants are fitted on 4 runs on an NVIDIA H200 under the Keras JAX
+backend (``benchmarks/bench_memory_gpu.py``; BENCHMARKS.md, "GPU memory"): the process holds
+about 2.9 bytes per derived activation byte (the allocator's peak is about 1; its pool keeps what
+XLA's temporaries and convolution autotuning took) and 2.4 GiB of CUDA context and libraries.
+TensorFlow on a GPU is not measured yet; ``plan --probe`` measures the device's peak allocation.
 
 Nothing here imports TensorFlow: the search prunes configurations with it before any trial starts.
 """
@@ -100,9 +103,11 @@ CONSTANTS: dict[str, DeviceConstants] = {
     # 1.7 +- 2.2 and the same errors).
     "cpu": DeviceConstants(runtime=0.999 * GIB, activation_factor=1.122, workspace_layers=2.0,
                            measured=True),
-    # Not measured: a CUDA context with cuDNN and cuBLAS handles, the derivation's factors.
-    "gpu": DeviceConstants(runtime=0.5 * GIB, activation_factor=1.0, workspace_layers=2.0,
-                           measured=False),
+    # runtime and activation_factor: least squares on the GPU process's memory (4 rows, NVIDIA
+    # H200, Keras JAX, 2026-11-27; errors -9..+15%); workspace_layers: the derivation's 2. Fitted
+    # on the allocator's peak instead they would be 1.14 GiB and 0.97 (the derivation's 1).
+    "gpu": DeviceConstants(runtime=2.44 * GIB, activation_factor=2.90, workspace_layers=2.0,
+                           measured=True),
 }
 
 
