@@ -41,12 +41,13 @@ chromium:
 panoptica:
 	PANOPTICA_VENV=$(PANOPTICA) bash scripts/panoptica_env.sh
 
-# Two pytest-xdist workers, a test file per worker at a time (module fixtures are built once): the
-# end-to-end tests wait on Ray, subprocesses and I/O a good part of their time (33 -> 24-29 minutes
-# on 2 cores). TEST_WORKERS=0 runs them in one process. The slowest 30 are listed at the end.
+# Two pytest-xdist workers, a test file per worker at a time (module fixtures are built once), the
+# longest files first (tests/conftest.py): the end-to-end tests wait on Ray, subprocesses and I/O a
+# good part of their time (33 -> 24-27 minutes on 2 cores). TEST_WORKERS=0 runs them in one
+# process. The slowest 30 are listed at the end.
 TEST_WORKERS ?= 2
 test: setup chromium panoptica
-	$(BIN)/python -m pytest -ra -n $(TEST_WORKERS) --dist loadfile --durations=30
+	$(BIN)/python -m pytest -ra -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=30
 
 bench: setup
 	$(BIN)/python benchmarks/bench_train_step.py
