@@ -12,8 +12,9 @@ The rules follow nnU-Net v2's planner (experiment_planning), on our isotropic-po
 - with memory to spare, the batch grows while it fits, up to 5% of the dataset's brain-box voxels
   per step (nnU-Net's cap, so a step never sees most of a small dataset) and at least 2.
 
-The prediction is kept under ``PLAN_HEADROOM`` of the budget: the memory model is within 25% of
-measurements (BENCHMARKS.md), and a plan must fit. Architecture, loss and schedule come from the base
+The prediction is kept under ``PLAN_HEADROOM`` of the budget: the memory model's worst
+under-prediction is about 10% (BENCHMARKS.md, "Training memory" and "GPU memory"), and a plan must
+fit. Architecture, loss and schedule come from the base
 configuration (NVIDIA's by default); precision is auto (mixed bfloat16 or float16 on a GPU, float32 on a CPU).
 """
 
