@@ -94,6 +94,19 @@ def read_checkpoint(path: Path) -> tuple[list[np.ndarray], list[np.ndarray], dic
     return weights, opt, state
 
 
+def read_state(path: Path) -> dict[str, Any]:
+    """The run state alone (epoch, history) of a checkpoint file, without its arrays.
+
+    Raises:
+        CheckpointError: the file is missing or not a checkpoint.
+    """
+    try:
+        with np.load(path) as z:  # (an .npz is a zip: only the "state" member is read)
+            return json.loads(str(z["state"]))
+    except (OSError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({e})") from None
+
+
 def set_weights_checked(model: keras.Model, weights: list[np.ndarray], source: Path) -> None:
     """``model.set_weights`` that names ``source`` when the weights do not fit."""
     try:

@@ -34,6 +34,7 @@ BACKENDS = ("tensorflow", "jax")
 AUGMENT_ON = ("device", "host")
 XLA_MODES = ("on", "off", "auto")
 OBJECTIVES = ("dice", "lesionwise")
+SCHEDULES = ("cosine", "wsd")  # unet3d.schedules
 
 
 class ConfigError(UserError, ValueError):
@@ -152,8 +153,14 @@ class TrainConfig:
         steps_per_epoch: optimizer steps per epoch (crops are sampled, so an epoch is a step count).
         batch_size: crops per step.
         learning_rate: peak Adam learning rate (after warm-up).
-        warmup_epochs: linear warm-up length; then cosine decay to ``min_lr_ratio * learning_rate``.
+        warmup_epochs: linear warm-up length (from 1% of the peak rate).
         min_lr_ratio: final learning rate as a fraction of the peak.
+        schedule: after the warm-up, "cosine" (decay to ``min_lr_ratio`` of the peak over the rest
+            of the run; every rate depends on ``epochs``) or "wsd" (warmup-stable-decay: the peak
+            held, then a cool-down over the last ``cooldown_epochs``; a run can be continued to
+            more epochs until its cool-down starts; see unet3d.schedules).
+        cooldown_epochs: "wsd" only: the epochs at the end whose rate decays to ``min_lr_ratio`` of
+            the peak; 0 = constant to the end (a run meant to be continued).
         weight_decay: decoupled weight decay (AdamW) when > 0.
         loss: "dice" | "dice_ce" | "region" (a sigmoid per region of the label scheme; needs
             model.head="regions").
@@ -183,6 +190,8 @@ class TrainConfig:
     learning_rate: float = 2e-4
     warmup_epochs: int = 1
     min_lr_ratio: float = 0.01
+    schedule: str = "cosine"
+    cooldown_epochs: int = 0
     weight_decay: float = 0.0
     loss: str = "dice_ce"
     precision: str = "auto"
@@ -202,6 +211,12 @@ class TrainConfig:
         _check_range("train.learning_rate", self.learning_rate, 0.0, 1.0, lo_open=True)
         _check_range("train.warmup_epochs", self.warmup_epochs, 0, self.epochs, integer=True)
         _check_range("train.min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
+        _check_choice("train.schedule", self.schedule, SCHEDULES)
+        _check_range("train.cooldown_epochs", self.cooldown_epochs, 0,
+                     self.epochs - self.warmup_epochs, integer=True)
+        if self.cooldown_epochs and self.schedule != "wsd":
+            raise ConfigError(f"train.cooldown_epochs={self.cooldown_epochs} needs "
+                              f"train.schedule='wsd' (cosine decays over the whole run)")
         _check_range("train.weight_decay", self.weight_decay, 0.0, 1.0)
         _check_choice("train.loss", self.loss, LOSSES)
         _check_choice("train.precision", self.precision, PRECISIONS)
@@ -426,7 +441,8 @@ class RunConfig:
         """Like :meth:`from_dict`, after repairing the fields a sampler or override cannot know
         depend on each other (``d`` is not changed):
 
-        - ``train.warmup_epochs`` is clamped to ``train.epochs``;
+        - ``train.warmup_epochs`` is clamped to ``train.epochs``, then ``train.cooldown_epochs`` to
+          the epochs after the warm-up;
         - every ``data.crop`` edge is rounded up to a multiple of 2**(model.depth-1);
         - ``model.deep_supervision_heads`` is capped at depth-2, and deep supervision is turned
           off below depth 3;
@@ -463,6 +479,9 @@ def _repaired(d: Any) -> Any:
         epochs = train.get("epochs", TrainConfig.epochs)
         if train.get("warmup_epochs", TrainConfig.warmup_epochs) > epochs:
             train["warmup_epochs"] = epochs
+        room = epochs - train.get("warmup_epochs", TrainConfig.warmup_epochs)
+        if train.get("cooldown_epochs", TrainConfig.cooldown_epochs) > room:
+            train["cooldown_epochs"] = max(0, room)
     except TypeError:
         pass  # a value of the wrong type: validation reports it with its field name
     return out

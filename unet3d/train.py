@@ -5,14 +5,15 @@ precision policy (auto | fp32 | mixed_float16 with dynamic loss scaling | mixed_
 resolved for the device, see unet3d.runtime) and XLA (on | off | auto: on for GPU, off for CPU
 where XLA is slower; always under JAX), builds the model (data-parallel over every device JAX sees
 when it sees several), trains with Adam (AdamW when weight decay is set) under a linear warm-up +
-cosine schedule, augmenting on the device inside the training step (unet3d.augment) or on the host,
+cosine schedule or warmup-stable-decay (unet3d.schedules: a run that can be continued to more
+epochs), augmenting on the device inside the training step (unet3d.augment) or on the host,
 validates whole volumes by sliding window every ``val_every`` epochs, writes TensorBoard scalars per
 epoch (losses, region Dice, learning rate, volumes/s) and a checkpoint after every epoch, and ends
 with ``<out>/model.keras``, ``config.json`` and ``metrics.json``.
 
 Checkpoints are one ``.npz`` file (model weights, optimizer variables and the run state; see
 unet3d.checkpoint) replaced atomically each epoch, so a killed run resumes from the last finished
-epoch with ``resume=True``.
+epoch with ``resume=True``; a ``wsd`` run resumed under a longer schedule continues to it.
 Nothing here prints: progress goes to the optional ``log`` callable.
 """
 
@@ -29,7 +30,7 @@ import tensorflow as tf
 
 # (unet3d/__init__.py, which always runs before this module, has set TensorFlow's CPU defaults.)
 from unet3d.augment import augmented_model
-from unet3d.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, save_model
+from unet3d.checkpoint import CHECKPOINT, load_checkpoint, read_state, save_checkpoint, save_model
 from unet3d.config import RunConfig
 from unet3d.data.pipeline import train_dataset
 from unet3d.data.preprocess import CachedCase, open_cases
@@ -49,6 +50,7 @@ from unet3d.runtime import (
     resolve_xla,
     training_precision,
 )
+from unet3d.schedules import continues, make_schedule
 
 Log = Callable[[str], None]
 
@@ -58,18 +60,10 @@ class TrainError(UserError, RuntimeError):
 
 
 def make_optimizer(cfg: RunConfig) -> keras.optimizers.Optimizer:
-    t = cfg.train
-    total = t.epochs * t.steps_per_epoch
-    warmup = t.warmup_epochs * t.steps_per_epoch
-    schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=t.learning_rate * 0.01 if warmup else t.learning_rate,
-        decay_steps=max(1, total - warmup),
-        alpha=t.min_lr_ratio,
-        warmup_target=t.learning_rate if warmup else None,
-        warmup_steps=warmup,
-    )
-    if t.weight_decay > 0:
-        return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=t.weight_decay)
+    """Adam (AdamW with weight decay) under ``cfg.train``'s schedule (:mod:`unet3d.schedules`)."""
+    schedule = make_schedule(cfg)
+    if cfg.train.weight_decay > 0:
+        return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.train.weight_decay)
     return keras.optimizers.Adam(learning_rate=schedule)
 
 
@@ -206,7 +200,18 @@ class Trainer:
         if self.resume and ckpt.exists():
             saved = self.out / "config.json"
             if saved.exists() and RunConfig.load(saved) != self.cfg:
-                raise TrainError(f"{saved}: the run being resumed used a different configuration")
+                before = RunConfig.load(saved)
+                steps = int(read_state(ckpt)["epoch"]) * before.train.steps_per_epoch
+                if not continues(before, self.cfg, steps):
+                    raise TrainError(
+                        f"{saved}: the run being resumed used a different configuration (only a "
+                        f"train.schedule 'wsd' run that has not started its cool-down can be "
+                        f"continued with other train.epochs / train.cooldown_epochs)")
+                # A longer (or cooled-down) schedule: every step taken so far had the rate the
+                # new one gives it, so the run goes on as if it had been this long from the start.
+                self.log(f"continuing {self.out} (epoch {steps // before.train.steps_per_epoch}) "
+                         f"to {self.cfg.train.epochs} epochs, cool-down "
+                         f"{self.cfg.train.cooldown_epochs}")
 
     def fit(self) -> dict[str, Any]:
         """Trains, writes the outputs, returns the metrics dict (also in metrics.json)."""
