@@ -28,6 +28,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from unet3d.config import DataConfig, ModelConfig, RunConfig, TrainConfig, preset
 from unet3d.errors import UserError
 
@@ -93,6 +95,18 @@ class Int:
         return (isinstance(v, int) and not isinstance(v, bool) and self.low <= v <= self.high
                 and (v - self.low) % self.step == 0)
 
+    def sample(self, rng: np.random.Generator) -> int:
+        """A value drawn uniformly (log-uniformly with ``log``)."""
+        if self.log:
+            v = math.exp(rng.uniform(math.log(self.low), math.log(self.high + 1)))
+            return min(max(int(v), self.low), self.high)
+        return self.low + self.step * int(rng.integers(0, (self.high - self.low) // self.step + 1))
+
+    def neighbour(self, v: int, rng: np.random.Generator) -> int:
+        """One step up or down from ``v`` (the other way at a bound; ``v`` if there is no other)."""
+        moves = [u for u in (v - self.step, v + self.step) if self.low <= u <= self.high]
+        return int(moves[int(rng.integers(len(moves)))]) if moves else v
+
 
 @dataclasses.dataclass(frozen=True)
 class Float:
@@ -118,6 +132,24 @@ class Float:
     def contains(self, v: Any) -> bool:
         return isinstance(v, (int, float)) and not isinstance(v, bool) and \
             self.low <= float(v) <= self.high
+
+    def sample(self, rng: np.random.Generator) -> float:
+        """A value drawn uniformly (log-uniformly with ``log``)."""
+        if self.log:
+            v = math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
+        else:
+            v = rng.uniform(self.low, self.high)
+        return float(min(max(v, self.low), self.high))  # (exp(log(x)) may overshoot by an ulp)
+
+    def neighbour(self, v: float, rng: np.random.Generator, scale: float = 0.25) -> float:
+        """``v`` moved by a normal step of ``scale`` times the range (on the log scale with
+        ``log``: a factor), clipped to the bounds."""
+        if self.log:
+            width = math.log(self.high / self.low)
+            u = math.exp(math.log(v) + rng.normal(0.0, scale * width))
+        else:
+            u = v + rng.normal(0.0, scale * (self.high - self.low))
+        return float(min(max(u, self.low), self.high))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +182,22 @@ class Choice:
 
     def contains(self, v: Any) -> bool:
         return any(v == c and type(v) is type(c) for c in self.values)
+
+    def sample(self, rng: np.random.Generator) -> Any:
+        """One of the values, each as likely."""
+        return self.values[int(rng.integers(len(self.values)))]
+
+    def neighbour(self, v: Any, rng: np.random.Generator) -> Any:
+        """Another value: for numbers, the next one up or down in order; otherwise any other."""
+        others = [c for c in self.values if not (c == v and type(c) is type(v))]
+        if not others:
+            return v
+        numbers = all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in self.values)
+        if numbers and self.contains(v):
+            order = sorted(self.values)
+            i = order.index(v)
+            others = [order[j] for j in (i - 1, i + 1) if 0 <= j < len(order)]
+        return others[int(rng.integers(len(others)))]
 
 
 Param = Int | Float | Choice
@@ -243,6 +291,26 @@ class SearchSpace:
 
     def contains(self, sample: Mapping[str, Any]) -> bool:
         return set(sample) == set(self.names) and all(p.contains(sample[p.name]) for p in self.params)
+
+    def sample(self, rng: np.random.Generator) -> dict[str, Any]:
+        """A configuration drawn at random, each parameter independently."""
+        return {p.name: p.sample(rng) for p in self.params}
+
+    def neighbour(self, point: Mapping[str, Any], rng: np.random.Generator,
+                  changes: int = 2) -> dict[str, Any]:
+        """A configuration near ``point`` (a sample of this space): 1 to ``changes`` of its
+        parameters, picked at random, each moved to a neighbouring value (:meth:`Int.neighbour`,
+        ...); ``point`` itself only if no parameter can move."""
+        out = dict(point)
+        movable = [p for p in self.params if not (isinstance(p, Choice) and len(p.values) == 1)
+                   and not (isinstance(p, (Int, Float)) and p.low == p.high)]
+        if not movable:
+            return out
+        k = int(rng.integers(1, min(changes, len(movable)) + 1))
+        for i in rng.choice(len(movable), size=k, replace=False):
+            p = movable[int(i)]
+            out[p.name] = p.neighbour(out[p.name], rng)
+        return out
 
     def to_run_config(self, sample: Mapping[str, Any]) -> RunConfig:
         """The RunConfig for one sample (unknown names raise; then ``RunConfig.repaired_from_dict``)."""

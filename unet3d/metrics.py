@@ -106,6 +106,14 @@ def hd95(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float] = (1.0, 1.0
 REGION_METRICS: tuple[str, ...] = ("dice", "hd95", "nsd", "lesion_tp", "lesion_fp", "lesion_fn",
                                    "lesion_f1", "lesionwise_dice", "lesionwise_hd95", "lesionwise_nsd")
 LESION_COUNTS = ("lesion_tp", "lesion_fp", "lesion_fn")
+# A training objective (train.objective) -> the prefix of the region_scores keys it averages:
+# "<prefix>_mean" is a case's objective score (the mean over the scheme's tumour regions).
+OBJECTIVE_KEYS = {"dice": "dice", "lesionwise": "lesionwise_dice"}
+
+
+def objective_score(scores: dict[str, float], objective: str) -> float:
+    """A case's score for ``objective`` ("dice" | "lesionwise") from its :func:`region_scores`."""
+    return float(scores[f"{OBJECTIVE_KEYS[objective]}_mean"])
 
 
 def region_scores(pred_classes: np.ndarray, ref_classes: np.ndarray,

@@ -38,7 +38,7 @@ import numpy as np
 from scipy import ndimage
 
 from unet3d.labels import DEFAULT, LabelScheme
-from unet3d.metrics import region_scores
+from unet3d.metrics import OBJECTIVE_KEYS, region_scores
 
 _CONNECTIVITY = ndimage.generate_binary_structure(3, 3)  # 26-connected
 
@@ -131,8 +131,6 @@ FILE = "postprocess.json"  # in an export folder, next to model.keras
 # few hundred voxels (1 mm^3 each at BraTS's spacing); the grid spans specks to 500 mm^3.
 ET_THRESHOLDS_MM3: tuple[float, ...] = (0.0, 10.0, 25.0, 50.0, 100.0, 200.0, 500.0)
 MARGIN = 1e-3  # a step must beat the simpler choice by more than this (mean score over cases)
-# objective -> the region_scores key prefix it averages ("<key>_mean": over the tumour regions)
-OBJECTIVE_KEYS = {"dice": "dice", "lesionwise": "lesionwise_dice"}
 
 
 def candidates(scheme: LabelScheme = DEFAULT,

@@ -39,7 +39,7 @@ from unet3d.errors import UserError
 from unet3d.inference import keras_predict_fn, probabilities_to_classes, sliding_window_predict
 from unet3d.io_utils import atomic_write_json
 from unet3d.losses import deep_supervision_weights, get_loss
-from unet3d.metrics import region_scores, summarize
+from unet3d.metrics import objective_score, region_scores, summarize
 from unet3d.model import build_unet3d, inference_model
 from unet3d.runtime import (
     backend,
@@ -320,8 +320,11 @@ class Trainer:
         last = epoch + 1 == t.epochs
         if self.val_cases and ((epoch + 1) % t.val_every == 0 or last):
             v0 = time.perf_counter()
-            scores = mean_scores(self._evaluate(hd95=False))
-            record.update({f"val_{k}": v for k, v in scores.items()})
+            per_case = self._evaluate(hd95=False)
+            record.update({f"val_{k}": v for k, v in mean_scores(per_case).items()})
+            # Each case's objective score, in the validation cases' order: what a search compares
+            # trials on case by case (search.race); not a scalar, so not in TensorBoard.
+            record["val_per_case"] = [objective_score(c, t.objective) for c in per_case]
             record["val_seconds"] = time.perf_counter() - v0
             record["val_cases"] = len(self.val_cases)
             record["params"] = float(self.model.count_params())
@@ -338,7 +341,7 @@ class Trainer:
         if self._writer is not None:
             with self._writer.as_default(step=epoch + 1):
                 for k, v in record.items():
-                    if k != "epoch":
+                    if k != "epoch" and not isinstance(v, list):
                         tf.summary.scalar(k, v)
             self._writer.flush()
         if self.is_chief:

@@ -166,6 +166,9 @@ def test_the_trainable_reports_every_epoch_with_a_checkpoint(ray_search):
             for k in ("val_dice_mean", *REGIONS, "loss", "throughput_vps", "learning_rate"):
                 assert np.isfinite(h[k]), (k, h)
             assert h["val_dice_mean"] == pytest.approx(np.mean([h[r] for r in REGIONS]))
+            # Every validation case's score, in the validation cases' order (the race's pairs).
+            assert len(h["val_per_case"]) == 2  # (max_val_cases)
+            assert np.mean(h["val_per_case"]) == pytest.approx(h["val_dice_mean"])
         assert t["node"] == "127.0.0.1"
         ckpt = Path(t["checkpoint"])
         assert (ckpt / "checkpoint.npz").exists() and (ckpt / "config.json").exists()

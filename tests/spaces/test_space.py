@@ -382,6 +382,37 @@ def test_random_samples_give_the_sampled_config(name, custom_space):
             assert len(seen) > 100 and min(seen) == p.low and max(seen) == p.high, p.name
 
 
+@pytest.mark.parametrize("name", sorted(SPACES) + ["custom"])
+def test_neighbours_move_one_or_two_parameters_one_step_inside_the_space(name, custom_space):
+    space = custom_space if name == "custom" else SPACES[name]
+    rng = np.random.default_rng(7)
+    movable = [p for p in space.params if not (isinstance(p, Choice) and len(p.values) == 1)]
+    for _ in range(300):
+        point = space.sample(rng)
+        near = space.neighbour(point, rng)
+        assert space.contains(near), near
+        moved = [p for p in space.params if near[p.name] != point[p.name]]
+        assert len(moved) <= 2 and (moved or not movable), (point, near)
+        for p in moved:
+            if isinstance(p, Int):
+                assert abs(near[p.name] - point[p.name]) == p.step
+            elif isinstance(p, Choice) and all(isinstance(v, (int, float)) and not isinstance(
+                    v, bool) for v in p.values):
+                order = sorted(p.values)  # numbers: the next value up or down
+                assert abs(order.index(near[p.name]) - order.index(point[p.name])) == 1
+
+
+def test_a_float_neighbour_is_a_small_step_on_its_scale():
+    rng = np.random.default_rng(0)
+    lr = Float("train.learning_rate", 1e-4, 1e-2, log=True)
+    ratios = [lr.neighbour(1e-3, rng) / 1e-3 for _ in range(2000)]
+    # 0.25 of the range's log width (a factor 100) as the step's standard deviation: x3.2
+    assert 0.9 < float(np.exp(np.std(np.log(ratios)))) < 3.5 and min(ratios) >= 0.1
+    assert all(lr.low <= lr.neighbour(1e-2, rng) <= lr.high for _ in range(200))
+    assert Int("model.depth", 3, 3).neighbour(3, rng) == 3
+    assert Choice("model.norm", ("batch",)).neighbour("batch", rng) == "batch"
+
+
 @pytest.mark.parametrize("sample, want", [
     ({"model.depth": 6, "data.crop": 33}, dict(crop=64)),
     ({"model.depth": 6, "data.crop": 100}, dict(crop=128)),
