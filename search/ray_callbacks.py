@@ -20,17 +20,28 @@ from ray.air.integrations.mlflow import MLflowLoggerCallback
 from search.tracking import allow_file_store, trial_runs
 
 _STATUS: dict[str, dict[str, str]] = {}
+_SAVING: dict[str, set[str]] = {}  # experiment -> trials stopped by the budget, checkpoint pending
 _ENDED = ("TERMINATED", "ERROR")
 
 
 class TrialStatuses(tune.Callback):
-    """Records the status of every trial of experiment ``key`` after each tuning step."""
+    """Records the status of every trial of experiment ``key`` after each tuning step, and tells
+    the budget (:class:`EpochBudget`) when a trial's checkpoint has been registered."""
 
     def __init__(self, key: str) -> None:
         self.key = key
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         _STATUS[self.key] = {t.trial_id: str(t.status) for t in trials}
+
+    def on_trial_save(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        checkpoint_saved(self.key, trial.trial_id)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        checkpoint_saved(self.key, trial.trial_id)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        checkpoint_saved(self.key, trial.trial_id)
 
 
 class EpochBudget(tune.Stopper):
@@ -40,10 +51,18 @@ class EpochBudget(tune.Stopper):
     finished function trainable's last result, which Ray passes again, counts once; an epoch a
     trial repeats after continuing from another trial's checkpoint (PBT) counts again, as it is
     trained again. The count lives in the Tuner's saved state: a resumed search continues from the
-    count at the last experiment checkpoint."""
+    count at the last experiment checkpoint.
 
-    def __init__(self, epochs: float) -> None:
-        self.epochs, self.spent = epochs, 0
+    The trial whose result spends the budget is stopped as a scheduler stops one (Ray registers the
+    checkpoint that came with the result first); only then does :meth:`stop_all` end the others.
+    Ray's stop-all ends every trial at once and drops a checkpoint still being registered, which
+    made a trial stopped at its best epoch export the epoch before (its checkpoint folder was
+    written, but never became the trial's best). ``key``: the experiment, whose
+    :class:`TrialStatuses` callback reports the registered checkpoints (:func:`checkpoint_saved`).
+    """
+
+    def __init__(self, epochs: float, key: str = "") -> None:
+        self.epochs, self.spent, self.key = epochs, 0, key
         self.last: dict[str, int] = {}
 
     def __call__(self, trial_id: str, result: dict) -> bool:
@@ -51,10 +70,20 @@ class EpochBudget(tune.Stopper):
         if not (result.get("done") and self.last.get(trial_id) == it):
             self.spent += 1
         self.last[trial_id] = it
-        return self.spent >= self.epochs
+        if self.spent < self.epochs:
+            return False
+        if result.get("should_checkpoint"):  # (Ray registers it before it acts on the stop)
+            _SAVING.setdefault(self.key, set()).add(trial_id)
+        return True
 
     def stop_all(self) -> bool:
-        return self.spent >= self.epochs
+        return self.spent >= self.epochs and not _SAVING.get(self.key)
+
+
+def checkpoint_saved(key: str, trial_id: str) -> None:
+    """Ray has registered ``trial_id``'s checkpoint (or the trial ended): the budget may end the
+    rest of the search (:meth:`EpochBudget.stop_all`)."""
+    _SAVING.get(key, set()).discard(trial_id)
 
 
 def cut_off_trials(key: str) -> set[str]:

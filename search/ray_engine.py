@@ -669,7 +669,7 @@ def run_config(location: str, opts: RayOptions, metric: str = METRIC,
     epochs = opts.budget if opts.budget is not None and opts.time_attr == "epochs" else None
     return tune.RunConfig(
         name=name, storage_path=storage, verbose=opts.verbose,
-        stop=EpochBudget(epochs) if epochs else None,
+        stop=EpochBudget(epochs, location) if epochs else None,
         callbacks=[CSVLoggerCallback(), JsonLoggerCallback(), TrialStatuses(location),
                    *(callbacks or [])],
         failure_config=tune.FailureConfig(max_failures=opts.max_failures),
@@ -797,6 +797,8 @@ def rows_from_grid(grid: Any, max_epochs: int, scheme: str = "", *, objective: s
             ck = result.checkpoint
         if ck is not None:
             best_ckpt = scheme + ck.path if scheme else ck.path
+            if not scheme:
+                best_ckpt = _checkpoint_of_best_epoch(best_ckpt, history, metric)
         m = result.metrics or {}
         error = ""
         if result.error is not None:
@@ -809,3 +811,30 @@ def rows_from_grid(grid: Any, max_epochs: int, scheme: str = "", *, objective: s
             run_dir=scheme + result.path if scheme else str(result.path)))
     return rows
 
+
+def _checkpoint_of_best_epoch(path: str, history: list[dict[str, Any]], metric: str) -> str:
+    """The trial's checkpoint folder holding its best epoch (by ``metric``): ``path`` (Ray's best
+    checkpoint) when it does, else the sibling ``checkpoint_*`` folder that does. Ray drops a
+    checkpoint still being registered when it stops every trial at once (a time budget; before
+    :class:`search.ray_callbacks.EpochBudget` waited for it, the epoch budget too): its folder is
+    written but never becomes the trial's best, and the best epoch would be exported from the
+    epoch before. ``path`` as it is when no folder holds that epoch."""
+    from unet3d.checkpoint import CHECKPOINT, CheckpointError, read_state
+
+    scored = [h for h in history if isinstance(h.get(metric), (int, float))
+              and math.isfinite(h[metric])]
+    if not scored:
+        return path
+    epoch = int(max(scored, key=lambda h: h[metric]).get("epoch", 0))
+
+    def holds(folder: Path) -> bool:
+        try:
+            return int(read_state(folder / CHECKPOINT)["epoch"]) == epoch
+        except CheckpointError:
+            return False
+
+    given = Path(path)
+    if holds(given):
+        return path
+    found = next((f for f in sorted(given.parent.glob("checkpoint_*")) if holds(f)), None)
+    return str(found) if found is not None else path
