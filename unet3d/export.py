@@ -69,7 +69,9 @@ def _postprocess_card(choice: PostProcessChoice | None) -> list[str]:
     lines.append(f"- validation {what} over {len(choice.cases)} cases: "
                  f"{choice.baseline_score:.4f} without post-processing, "
                  f"{choice.chosen_score:.4f} with the choice ({len(choice.table)} candidates "
-                 f"tried, a step must gain more than {choice.margin:g}; see `postprocess.json`)")
+                 f"tried; a step must improve more cases than it worsens, gain more than "
+                 f"{choice.margin:g} and still gain without its best case, and may not remove a "
+                 f"region from every case predicted with it; see `postprocess.json`)")
     return lines
 
 

@@ -17,9 +17,15 @@ Which steps a model gets is chosen on its validation cases, as nnU-Net does (:cl
 :func:`choose_postprocess`): every candidate (largest-WT rule off/on x ET threshold in
 ``ET_THRESHOLDS_MM3``) is applied to the model's predicted class maps and scored with
 :func:`unet3d.metrics.region_scores` against the reference, by the training objective ("dice": mean
-region Dice of the scheme's tumour regions; "lesionwise": mean lesion-wise Dice). The simplest
-candidate within ``margin`` of the best mean score wins, so a step that does not help on validation
-by more than the margin is never chosen (no post-processing on ties). The ET rule is per component;
+region Dice of the scheme's tumour regions; "lesionwise": mean lesion-wise Dice). A validation
+fold is a handful of cases, so a candidate is compared with no post-processing case by case and
+allowed only when (1) it leaves every region in at least one of the cases the model predicted it
+in (erasing all enhancing tumour scores 1.0 on a case without any and would be "chosen" on one
+such case while it zeroes every other case's ET), (2) it improves more cases than it worsens, (3)
+its mean gain is still positive without its most-improved case (a gain from one case is noise
+this rule cannot tell from an effect), and (4) that gain exceeds ``margin``. Among the allowed
+candidates, the simplest within ``margin`` of the best mean score wins (no post-processing when
+none is allowed, and on ties). The ET rule is per component;
 the BraTS-2020 nnU-Net rule (all ET of a case becomes core when the case's ET volume is below a
 threshold) is the same whenever a case's ET is one component. The choice and every candidate's
 scores go to ``postprocess.json`` in the export folder (:data:`FILE`), which ``predict`` applies.
@@ -208,6 +214,8 @@ class Chooser:
         self.cases: list[str] = []
         self.rows: list[list[dict[str, float]]] = []  # per case, per candidate
         self.changed: list[list[bool]] = []
+        self.present: list[list[frozenset[str]]] = []  # per case, per candidate: regions left
+        self.predicted: list[frozenset[str]] = []  # per case: regions the model predicted
 
     def add(self, case_id: str, pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> None:
         """Scores each candidate's output of one case's predicted class map ``pred`` (D, H, W)
@@ -217,24 +225,56 @@ class Chooser:
         if any(c.largest_wt for c in self.candidates):
             base[True] = keep_largest_wt(pred, self.scheme)
         raw = _digest(pred)
-        seen: dict[bytes, dict[str, float]] = {}
-        rows, changed = [], []
+        seen: dict[bytes, tuple[dict[str, float], frozenset[str]]] = {}
+        rows, changed, present = [], [], []
         for c in self.candidates:
             out = base[c.largest_wt]
             if c.min_et_volume > 0:
                 out = remove_small_et(out, spacing, c.min_et_volume, self.scheme)
             d = _digest(out)
             if d not in seen:
-                seen[d] = region_scores(out, ref, self.scheme, spacing=spacing,
-                                        lesionwise=self.objective == "lesionwise", distances=False)
-            rows.append(seen[d])
+                seen[d] = (region_scores(out, ref, self.scheme, spacing=spacing,
+                                         lesionwise=self.objective == "lesionwise", distances=False),
+                           self._regions_in(out))
+            rows.append(seen[d][0])
+            present.append(seen[d][1])
             changed.append(d != raw)
         self.cases.append(case_id)
         self.rows.append(rows)
         self.changed.append(changed)
+        self.present.append(present)
+        self.predicted.append(self._regions_in(pred))
+
+    def _regions_in(self, classes: np.ndarray) -> frozenset[str]:
+        """The scheme's regions that ``classes`` is not empty in."""
+        any_voxel = self.scheme.classes_to_regions(classes).reshape(-1, len(self.scheme.regions))
+        return frozenset(r for r, hit in zip(self.scheme.regions, any_voxel.any(axis=0),
+                                             strict=True) if hit)
+
+    def _refusal(self, i: int) -> str:
+        """Why candidate ``i`` may not be chosen over no post-processing ("" if it may): every
+        rule of the module docstring it breaks, "; "-separated."""
+        key = f"{self.key}_mean"
+        gains = [case[i][key] - case[0][key] for case in self.rows]
+        why = []
+        for region in self.scheme.regions:
+            had = [k for k, regions in enumerate(self.predicted) if region in regions]
+            if had and not any(region in self.present[k][i] for k in had):
+                why.append(f"removes {region} from every case it was predicted in ({len(had)})")
+        up, down = sum(g > 0 for g in gains), sum(g < 0 for g in gains)
+        if up <= down:
+            why.append(f"improves {up} case(s), worsens {down}")
+        if len(gains) < 2 or (sum(gains) - max(gains)) / (len(gains) - 1) <= 0:
+            top = self.cases[int(np.argmax(gains))]
+            why.append(f"its gain comes from one case ({top}); without it, none")
+        if float(np.mean(gains)) <= self.margin:
+            why.append(f"gains {float(np.mean(gains)):.4f}, not more than the margin "
+                       f"{self.margin:g}")
+        return "; ".join(why)
 
     def choose(self) -> PostProcessChoice:
-        """The simplest candidate whose mean score is within ``margin`` of the best one's.
+        """Among the candidates :meth:`_refusal` allows, the simplest whose mean score is within
+        ``margin`` of the best one's; no post-processing when none is allowed.
 
         Raises:
             ValueError: no case was added.
@@ -245,10 +285,16 @@ class Chooser:
         table = []
         for i, c in enumerate(self.candidates):
             means = {n: float(np.mean([case[i][n] for case in self.rows])) for n in names}
+            gains = [case[i][names[-1]] - case[0][names[-1]] for case in self.rows]
+            refused = self._refusal(i) if i else ""
             table.append({**c.to_dict(), "score": means[f"{self.key}_mean"], **means,
-                          "cases_changed": int(sum(ch[i] for ch in self.changed))})
-        best = max(r["score"] for r in table)
-        pick = next(i for i, r in enumerate(table) if r["score"] >= best - self.margin)
+                          "cases_changed": int(sum(ch[i] for ch in self.changed)),
+                          "cases_improved": int(sum(g > 0 for g in gains)),
+                          "cases_worsened": int(sum(g < 0 for g in gains)),
+                          "allowed": not refused, "refused": refused})
+        best = max(r["score"] for r in table if r["allowed"])
+        pick = next(i for i, r in enumerate(table)
+                    if r["allowed"] and r["score"] >= best - self.margin)
         for i, r in enumerate(table):
             r["chosen"] = i == pick
         return PostProcessChoice(postprocess=self.candidates[pick], objective=self.objective,
