@@ -348,10 +348,13 @@ def _print_search(result, spec) -> None:
     _print(format_table(result.trials))
     _print("")
     origins = collections.Counter(r.proposed_by for r in result.trials if r.proposed_by)
-    _print(f"{s['trials']} trials in {result.seconds:.0f} s; {s['trials_stopped_early']} "
-           f"stopped early; {s['trial_epochs_run']} trial-epochs run of "
-           f"{s['trial_epochs_without_early_stopping']} without early stopping "
-           f"({s['trial_epochs_saved']} saved)")
+    if "race" in s:
+        _print_race(s, result)
+    else:
+        _print(f"{s['trials']} trials in {result.seconds:.0f} s; {s['trials_stopped_early']} "
+               f"stopped early; {s['trial_epochs_run']} trial-epochs run of "
+               f"{s['trial_epochs_without_early_stopping']} without early stopping "
+               f"({s['trial_epochs_saved']} saved)")
     if origins:
         _print("proposed by: " + ", ".join(f"{k} {v}" for k, v in origins.items()))
     if s.get("trials_pruned"):
@@ -365,7 +368,13 @@ def _print_search(result, spec) -> None:
         from search.objective import describe
 
         what = describe(result.summary.get("objective", "dice"), result.best.config.scheme.tumour)
-        _print(f"best trial {result.best.trial_id}: {what} {result.best.score:.4f}")
+        cont = s.get("race", {}).get("continuation") or {}
+        if cont.get("continuation_trial") == result.best.trial_id:
+            _print(f"final model: the race's winner {cont['trial_id']} continued to epoch "
+                   f"{cont['epochs']} (trial {result.best.trial_id}): {what} "
+                   f"{result.best.score:.4f}")
+        else:
+            _print(f"best trial {result.best.trial_id}: {what} {result.best.score:.4f}")
         for p in s.get("pareto", []):
             second = spec.second_objective
             _print(f"  Pareto rank {p['rank']}: trial {p['trial_id']}, {p['score']:.4f}, {second} "
@@ -387,6 +396,18 @@ def _print_search(result, spec) -> None:
     if spec.mlflow:
         store = "MLFLOW_ALLOW_FILE_STORE=true " if spec.mlflow.startswith("file:") else ""
         _print(f"{store}mlflow ui --backend-store-uri {spec.mlflow} --host 127.0.0.1")
+
+
+def _print_race(s: dict, result) -> None:
+    """The race in a few lines: what it trained and lost, its events, the continuation."""
+    race = s["race"]
+    st = race["settings"]
+    _print(f"race: {s['trials']} trials in {result.seconds:.0f} s, {race['trial_epochs']} of "
+           f"{st['budget']:g} trial-epochs ({race['race_trial_epochs']} racing at "
+           f"{st['race_epochs']} epochs per trial, {race['lost_trial_epochs']} of them lost; "
+           f"{race['continuation_trial_epochs']} continuing the winner)")
+    for line in race["events"]:
+        _print(f"  {line}")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -431,17 +452,25 @@ def cmd_retrain_best(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resolve_models(paths: list[str], top_k: int) -> list[Path]:
+def _resolve_models(paths: list[str], top_k: int | None) -> list[Path]:
     """Export folders from --model arguments: an export folder, a folder of export folders (e.g.
-    EXPERIMENT/retrained: its folds), or a search experiment (its top-k trials, exported on demand)."""
+    EXPERIMENT/retrained: its folds), or a search experiment (its top-k trials, exported on demand;
+    without --top-k, its final model: best/, or the ensemble the search chose)."""
     folders: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if (path / "search.json").exists():
+            from search.ensemble import final_members
             from search.finish import export_top
 
+            chosen = final_members(path) if top_k is None else None
+            if chosen:
+                _print(f"--model {raw}: the ensemble the search chose on validation "
+                       f"({len(chosen)} members, {path / 'ensemble'})")
+                folders += chosen
+                continue
             try:
-                folders += export_top(path, top_k, log=_print)
+                folders += export_top(path, top_k or 1, log=_print)
             except (FileNotFoundError, ValueError) as e:
                 raise_user(f"--model {raw}: {e}")
         elif (path / "model.keras").exists():
@@ -478,7 +507,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise_user(f"--batch-size {args.batch_size}: must be at least 1")
     if args.min_et_volume is not None and not args.min_et_volume >= 0:  # NaN too
         raise_user(f"--min-et-volume {args.min_et_volume}: must be >= 0 mm^3")
-    if args.top_k < 1:  # checked here too: only a search experiment as --model reaches export_top
+    if args.top_k is not None and args.top_k < 1:  # (only an experiment reaches export_top)
         raise_user(f"--top-k {args.top_k}: must be at least 1")
     out = check_writable_dir(args.out, "--out")
     cases = discover_input(args.input)
@@ -586,7 +615,9 @@ def _int_arg(flag: str, v: str) -> int:
 
 def cmd_default(args: argparse.Namespace) -> int:
     """The default job: synthetic data if absent, then a Ray Tune search of the demo space."""
-    ns = build_parser().parse_args(["search"])
+    from search.spec import DEMO_BUDGET
+
+    ns = build_parser().parse_args(["search", "--budget", str(DEMO_BUDGET)])
     return cmd_search(ns)
 
 
@@ -816,10 +847,24 @@ def _ray_args(s, ray) -> None:
                         "for trials at once), random, cmaes, gp (Gaussian process; needs PyTorch), "
                         "nsga2 (default: tpe; --scheduler bohb brings its own, pbt/pb2 draw at random)")
     r.add_argument("--scheduler", choices=SCHEDULERS, default=None,
-                   help=f"Ray Tune scheduler that stops or perturbs trials: asha, hyperband, bohb "
-                        f"(HyperBand + BOHB's searcher), pbt, pb2 (population-based: perturb learning "
-                        f"rate, loss, augmentation every --grace-period), median (stopping rule), none "
-                        f"(default: {ray.scheduler})")
+                   help="how trials are run and stopped: race (the baseline first: NVIDIA's "
+                        "configuration, the plan's with --space auto; then a portfolio and "
+                        "neighbours of the incumbent, each raced against it on the same "
+                        "validation cases; the winner continued to the end of --budget), asha, "
+                        "hyperband, bohb (HyperBand + BOHB's searcher), pbt, pb2 (population-based: "
+                        "perturb learning rate, loss, augmentation every --grace-period), median "
+                        "(stopping rule), none (default: race with a --budget in trial-epochs and no "
+                        "--searcher, else asha)")
+    r.add_argument("--race-epochs", type=int, default=None,
+                   help="race: epochs every trial races, compared with the incumbent at each "
+                        "(default: the portfolio's, learned by its rank agreement with full-budget "
+                        "results; 2 without one)")
+    r.add_argument("--race-share", type=float, default=None,
+                   help="race: the share of --budget challengers may lose (default: 0.25)")
+    r.add_argument("--portfolio", default=None, metavar="FILE|none",
+                   help="race: configurations tried first, after the baseline (a JSON file as "
+                        "benchmarks/portfolio_study.py writes; default: the one shipped for the "
+                        "space, spaces/portfolios/SPACE.json, if any)")
     r.add_argument("--startup-trials", type=int, default=None,
                    help="random trials before the sampler's model proposes (TPE, CMA-ES, GP; NSGA-II's "
                         "population) (default: a quarter of the trials --num-samples or --budget allows, "
@@ -829,8 +874,10 @@ def _ray_args(s, ray) -> None:
                         "space, so it proposes from them at once")
     r.add_argument("--budget", type=float, default=None,
                    help="the whole search's compute, in trial-epochs (or seconds with --time-attr "
-                        "seconds): once spent, running trials stop and no new one starts, so searches "
-                        "can be compared at equal compute (default: none; --num-samples bounds it)")
+                        "seconds): the race spends all of it (what the trials leave goes to the "
+                        "winner); other schedulers stop running trials and start no new one once it "
+                        "is spent, so searches can be compared at equal compute (default: none; "
+                        "--num-samples bounds it)")
     r.add_argument("--grace-period", type=int, default=None,
                    help=f"ASHA / median: epochs (or seconds) before a trial can be stopped; PBT / PB2: "
                         f"the perturbation interval (default: {ray.grace_period})")
@@ -892,9 +939,10 @@ def _predict_parser(sub) -> None:
                    help="an export folder (EXPERIMENT/best, a train --out folder), a folder of exports "
                         "(EXPERIMENT/retrained: every fold), or a search experiment (its --top-k best "
                         "trials); repeat to ensemble")
-    s.add_argument("--top-k", type=int, default=1,
+    s.add_argument("--top-k", type=int, default=None,
                    help="with a search experiment as --model: ensemble its K best trials (ranks 2..K "
-                        "are exported to EXPERIMENT/top/ on first use)")
+                        "are exported to EXPERIMENT/top/ on first use) (default: the search's final "
+                        "model, best/, or the ensemble it chose on validation, EXPERIMENT/ensemble)")
     s.add_argument("--input", required=True, help="a case folder or a dataset folder")
     s.add_argument("--out", required=True, help="output folder for <case_id>.nii.gz")
     s.add_argument("--tta", type=int, nargs="?", const=8, default=1, metavar="N",

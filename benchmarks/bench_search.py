@@ -1,33 +1,44 @@
 #!/usr/bin/env python
-"""Does a search beat NVIDIA's configuration trained alone, at equal compute, on held-out cases?
+"""Is the model a search gives better than the default configuration trained alone with the same
+compute? Paired replicates on held-out cases, per budget (issue 24's benchmark).
 
-Issue 15's benchmark. Data: ``--cases`` hard synthetic 64^3 cases to search and train on, and
-``--heldout`` hard cases from another seed that no search or training ever sees, both written once
-under ``--work`` and reused (with the preprocessed cache of the training cases). Per seed in
-``--seeds``, every method spends ``--budget`` trial-epochs (one trial-epoch = one epoch of the demo
-space's ``steps_per_epoch`` steps) in the ``demo`` space:
+Each replicate k draws its own data: ``--cases`` hard synthetic ``--shape``^3 cases to search and
+train on (seed 1000 + k) and ``--heldout`` hard cases (seed 2000 + k) that no search or training
+sees. On that data, for a budget of B trial-epochs (one trial-epoch = one epoch of the ``demo``
+space's steps), every method spends B:
 
-  nvidia             NVIDIA's configuration projected into the space (the point every search tries
-                     first), trained alone for ``--budget`` epochs on every training case.
-  random             random search, no early stopping (Ray Tune, --searcher random --scheduler none).
-  tpe-asha           the defaults: multivariate TPE + ASHA.
-  bohb               --scheduler bohb (HyperBand with TuneBOHB's own searcher).
-  kt-hyperband       Keras Tuner's Hyperband; it has no budget option, so its max-epochs and factor
-                     are the ones whose Hyperband schedule is nearest the budget (what it ran is
-                     read back from the search's summary).
-  search-then-train  TPE + ASHA on half the budget, the winner retrained on every labelled case for
-                     the other half (``retrain_share=0.5``; its model is ``retrained/all``).
+  default            NVIDIA's configuration projected into the space (the point every search
+                     tries first), trained alone for B epochs on every training case, as
+                     ``run_search.py train`` trains (cosine schedule).
+  race               ``search --budget B``: the race (search.race), the default of a budget: the
+                     default first, the shipped portfolio, neighbours of the incumbent, the winner
+                     continued to B.
+  tpe-asha           ``search --budget B --scheduler asha``: TPE + ASHA, trials of at most
+                     max(6, B/4) epochs, the best trial's best epoch exported (as before issue 24).
+  search-then-train  the same with ``--retrain-share 0.5``: TPE + ASHA on half of B, the winner
+                     retrained from scratch on every case for the other half.
 
-Every search: the same training folder and cache, ``folds=4`` (a quarter of the cases validate),
-``max_epochs`` per trial, the seed. Each method's final model (a search's ``best/``, search-then-
-train's ``retrained/all``, the nvidia run's folder) predicts every held-out case as ``run_search.py
-predict`` does (sliding window, overlap 0.5, the export's saved post-processing) and is scored as
-``run_search.py evaluate`` scores (whole-image Dice of WT, TC, ET on the original grid; their mean),
-averaged over the held-out cases. The table gives mean +- std over seeds; ``--json`` keeps every
-per-seed number.
+Every search: the replicate's training cases, ``folds=4`` (a quarter validates), seed k. Each
+method's final model predicts every held-out case as ``run_search.py predict`` does (sliding
+window, overlap 0.5, the export's saved post-processing) and is scored as ``evaluate`` scores
+(whole-image Dice of WT, TC, ET on the original grid; their mean), averaged over the cases.
 
-  python benchmarks/bench_search.py [--seeds 0 1 2] [--budget 24] [--methods nvidia tpe-asha ...]
-  python benchmarks/bench_search.py --quick      # plumbing check in a few minutes
+The default is also trained alone for every budget of ``--curve`` (its own curve). The table, per
+budget and method: the held-out Dice, the paired difference to the default (its mean with a 95%
+bootstrap interval over replicates, the share of replicates the method wins, the worst one), the
+share of the budget a search spent before its final model's own training (the race's trials
+before the continuation; TPE + ASHA's whole search; search-then-train's half); then the rank
+agreement of the race's cheap fidelities with full-budget results (Kendall tau, measured by
+``benchmarks/portfolio_study.py`` on other data, read from the shipped portfolio) and a figure of
+held-out Dice against trial-epochs (``--figure``).
+
+Resumable: every finished (method, budget, replicate) is appended to ``WORK/results.jsonl`` and a
+rerun skips it, so the hours it takes can be spread over several sittings. ``--report`` prints the
+table of what is there without running anything.
+
+  python benchmarks/bench_search.py                      # 8 replicates at B=24, 4 at B=96
+  python benchmarks/bench_search.py --report             # the table so far
+  python benchmarks/bench_search.py --smoke              # plumbing check in minutes (own --work)
 """
 
 from __future__ import annotations
@@ -36,7 +47,7 @@ import argparse
 import dataclasses
 import gc
 import json
-import math
+import random
 import statistics
 import sys
 import time
@@ -50,162 +61,122 @@ if str(ROOT) not in sys.path:
 
 import unet3d  # noqa: E402, F401, I001  (first: runtime defaults before TensorFlow loads)
 
-METHODS = ("nvidia", "random", "tpe-asha", "bohb", "kt-hyperband", "search-then-train")
+METHODS = ("default", "race", "tpe-asha", "search-then-train")
 SPACE = "demo"
 FOLDS = 4
 RETRAIN_SHARE = 0.5
-NUM_SAMPLES = 100  # the budget, not the trial count, ends a Ray search
-TRAIN_SEED, HELDOUT_SEED = 1000, 2000  # data seeds (the searches' seeds are --seeds)
-QUICK = dict(cases=8, heldout=2, shape=32, budget=4, max_epochs=2, seeds=[0],
-             methods=["nvidia", "search-then-train", "kt-hyperband"])
-FULL = dict(cases=24, heldout=8, shape=64, budget=24, max_epochs=6, seeds=[0, 1, 2],
-            methods=list(METHODS))
-
-
-@dataclasses.dataclass(frozen=True)
-class Setup:
-    """What every method of the run shares."""
-
-    train: Path
-    heldout: Path
-    cache: Path
-    results: Path
-    budget: int
-    max_epochs: int
+NUM_SAMPLES = 100  # the budget, not the trial count, ends a TPE + ASHA search
+TRAIN_SEED, HELDOUT_SEED = 1000, 2000  # + the replicate
+PLAN = {24: 8, 96: 4}  # budget -> replicates
+CURVE = (12, 24, 48, 96)  # the default alone, on the replicates of the largest budget
+SMOKE = dict(cases=8, heldout=2, shape=32, plan={4: 2}, curve=(2, 4))
 
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-# ------------------------------------------------------------------------------------------ data
+@dataclasses.dataclass(frozen=True)
+class Replicate:
+    """One replicate's data: training cases (and their cache), held-out cases."""
+
+    k: int
+    train: Path
+    heldout: Path
+    cache: Path
 
 
-def prepare(args: argparse.Namespace) -> Setup:
-    """Writes (once) the training and held-out sets and the training set's preprocessed cache."""
+def replicate(work: Path, k: int, cases: int, heldout: int, shape: int) -> Replicate:
+    """Writes (once) replicate ``k``'s training and held-out sets and the training cache."""
     from unet3d.data.discover import discover
     from unet3d.data.preprocess import prepare_dataset
     from unet3d.data.synthetic import write_synthetic_dataset
 
-    work, edge = Path(args.work), args.shape
-    shape = (edge, edge, edge)
-    train = work / "data" / f"train_hard_{edge}_s{TRAIN_SEED}_n{args.cases}"
-    heldout = work / "data" / f"heldout_hard_{edge}_s{HELDOUT_SEED}_n{args.heldout}"
-    t0 = time.perf_counter()
-    write_synthetic_dataset(train, args.cases, shape, seed=TRAIN_SEED, difficulty="hard")
-    write_synthetic_dataset(heldout, args.heldout, shape, seed=HELDOUT_SEED, difficulty="hard",
+    train = work / "data" / f"train_hard_{shape}_s{TRAIN_SEED + k}_n{cases}"
+    held = work / "data" / f"heldout_hard_{shape}_s{HELDOUT_SEED + k}_n{heldout}"
+    write_synthetic_dataset(train, cases, (shape,) * 3, seed=TRAIN_SEED + k, difficulty="hard")
+    write_synthetic_dataset(held, heldout, (shape,) * 3, seed=HELDOUT_SEED + k, difficulty="hard",
                             prefix="HeldOut")
     cache = work / "cache" / train.name
-    prep = prepare_dataset(discover(train), cache, jobs=1)
-    log(f"data: {args.cases} training cases {train}, {args.heldout} held-out {heldout}, cache "
-        f"{cache} ({len(prep.entries) - prep.reused} preprocessed) in {time.perf_counter() - t0:.0f} s")
-    results = work / "results" / time.strftime("run-%Y%m%d-%H%M%S")
-    return Setup(train=train, heldout=heldout, cache=cache, results=results, budget=args.budget,
-                 max_epochs=args.max_epochs)
+    prepare_dataset(discover(train), cache, jobs=1)
+    return Replicate(k=k, train=train, heldout=held, cache=cache)
 
 
 # --------------------------------------------------------------------------------------- methods
 
 
-def train_nvidia(setup: Setup, seed: int) -> dict[str, Any]:
-    """NVIDIA's point of the space trained alone for the whole budget on every training case (no
-    validation cases: nothing is held out of its training, as with retrain-best's ``all``)."""
+def train_default(rep: Replicate, budget: int, out: Path) -> dict[str, Any]:
+    """NVIDIA's point of the space trained alone for ``budget`` epochs on every training case."""
     import keras
 
+    from search.ray_engine import default_point
     from spaces.presets import get_space
-    from spaces.translate import nvidia_point
     from unet3d.data.discover import discover
     from unet3d.data.preprocess import prepare_dataset
     from unet3d.train import Trainer
 
-    prep = prepare_dataset(discover(setup.train), setup.cache, jobs=1)  # (all reused)
+    prep = prepare_dataset(discover(rep.train), rep.cache, jobs=1)  # (all reused)
     space = get_space(SPACE)
-    point = nvidia_point(space)
+    point, _ = default_point(space)
     cfg = space.to_run_config(point).with_labels(prep.scheme, prep.channels)
-    cfg = cfg.with_epochs(setup.budget).replace(train={"seed": seed})
+    cfg = cfg.with_epochs(budget).replace(train={"seed": rep.k})
     labelled = [e for e in prep.entries if e.meta["labelled"]]
-    out = setup.results / f"nvidia_s{seed}"
     keras.backend.clear_session()
-    Trainer(cfg, labelled, [], out, log=lambda m: log(f"  nvidia s{seed} {m}")).fit()
-    return {"export": str(out), "compute": setup.budget, "params": point,
-            "detail": {"train_cases": len(labelled), "epochs": setup.budget}}
+    Trainer(cfg, labelled, [], out, resume=(out / "checkpoint.npz").exists(),
+            log=lambda m: log(f"    default {m}")).fit()
+    return {"export": str(out), "compute": budget, "params": point, "before_final": 0.0,
+            "detail": {"train_cases": len(labelled), "epochs": budget}}
 
 
-def hyperband_schedule(budget: int, max_epochs: int) -> tuple[int, int, int]:
-    """(max_epochs, factor, trial-epochs) of the Keras Tuner Hyperband schedule (one iteration,
-    every trial trained from scratch as our tuner does) nearest ``budget``; ties go to the longest
-    trials up to ``max_epochs``. The arithmetic is Keras Tuner's HyperbandOracle's."""
-    def cost(m: int, f: int) -> int:
-        brackets, e = 0, float(m)
-        while e >= 1:
-            e, brackets = e / f, brackets + 1
-        end0 = math.ceil(1 + math.log(m, f))
-        return sum(math.ceil(end0 / (b + 1) * f ** (b - r)) * math.ceil(m / f ** (b - r))
-                   for b in range(brackets) for r in range(b + 1))
-
-    options = [(abs(cost(m, f) - budget), -m, f, cost(m, f))
-               for m in range(2, max(2, max_epochs) + 1) for f in range(2, 9)]
-    _, neg_m, f, c = min(options)
-    return -neg_m, f, c
-
-
-def ray_options(method: str, budget: int) -> dict[str, Any]:
-    if method == "random":
-        return dict(searcher="random", scheduler="none", budget=budget)
-    if method == "bohb":
-        return dict(scheduler="bohb", budget=budget)
-    if method == "search-then-train":
-        return dict(budget=budget, retrain_share=RETRAIN_SHARE)
-    return dict(budget=budget)  # tpe-asha: the defaults
-
-
-def run_search(setup: Setup, method: str, seed: int) -> dict[str, Any]:
-    """One search of ``method``; its final model and the compute it used (retraining included)."""
+def run_search(rep: Replicate, method: str, budget: int, out: Path) -> dict[str, Any]:
+    """One search of ``method``; its final model, its compute and what it spent before it."""
     from search import Search
 
-    max_epochs, options = setup.max_epochs, {}
-    if method == "kt-hyperband":
-        max_epochs, factor, planned = hyperband_schedule(setup.budget, setup.max_epochs)
-        options = dict(engine="keras-tuner", algorithm="hyperband", reduction_factor=factor)
-        log(f"  kt-hyperband: max_epochs {max_epochs}, factor {factor} ({planned} trial-epochs "
-            f"planned for a budget of {setup.budget})")
-    else:
-        options = ray_options(method, setup.budget)
-    result = Search(data=setup.train, cache=setup.cache, space=SPACE, num_samples=NUM_SAMPLES,
-                    max_epochs=max_epochs, out=setup.results, name=f"{method}_s{seed}", seed=seed,
-                    folds=FOLDS, verbose=0, log=lambda m: log(f"  {method} s{seed} {m}"),
-                    **options).run()
+    options: dict[str, Any] = {"budget": budget}
+    if method in ("tpe-asha", "search-then-train"):
+        options.update(scheduler="asha", max_epochs=max(6, budget // 4))
+    if method == "search-then-train":
+        options["retrain_share"] = RETRAIN_SHARE
+    exp = out.parent / out.name
+    restore = (exp / "search.json").exists() and not (exp / "trials.json").exists()
+    search = (Search.restore(exp, log=lambda m: log(f"    {m}")) if restore else
+              Search(data=rep.train, cache=rep.cache, space=SPACE, num_samples=NUM_SAMPLES,
+                     out=out.parent, name=out.name, seed=rep.k, folds=FOLDS, verbose=0,
+                     log=lambda m: log(f"    {m}"), **options))
+    result = search.run()
     if result.best is None:
-        raise RuntimeError(f"{method} seed {seed}: the search exported no best model "
+        raise RuntimeError(f"{method}: the search exported no best model "
                            f"(interrupted={result.interrupted})")
     s = result.summary
     searched = int(s.get("trial_epochs_run", 0))
-    retrain = 0
-    export = result.best.export
+    export, retrain, before = result.best.export, 0, 1.0
     if method == "search-then-train":
         if result.retrained is None:
-            raise RuntimeError(f"{method} seed {seed}: no retrained model")
-        export, retrain = result.retrained, max(1, round(setup.budget * RETRAIN_SHARE))
-    rows = [r for r in result.trials if r.status != "pruned"]
-    detail = {"experiment": str(result.experiment), "trials": len(rows),
-              "stopped_early": sum(r.status == "stopped" for r in rows),
-              "errors": sum(r.status == "error" for r in rows),
+            raise RuntimeError(f"{method}: no retrained model")
+        export, retrain = result.retrained, budget - searched
+        before = searched / budget
+    race = s.get("race")
+    if race is not None:
+        before = race["race_trial_epochs"] / budget
+    detail = {"experiment": str(result.experiment), "trials": len(result.trials),
               "best_trial": result.best.trial_id, "best_val_score": result.best.score,
               "search_trial_epochs": searched, "retrain_epochs": retrain,
-              "search_seconds": result.seconds}
-    if method == "kt-hyperband":
-        detail.update(kt_max_epochs=max_epochs, kt_factor=options["reduction_factor"])
+              "search_seconds": result.seconds,
+              "proposed_by": [r.proposed_by for r in result.trials]}
+    if race is not None:
+        detail["race"] = {k: race[k] for k in ("race_trial_epochs", "lost_trial_epochs",
+                                               "continuation", "events")}
     return {"export": str(export), "compute": searched + retrain, "params": result.best.params,
-            "detail": detail}
+            "before_final": before, "detail": detail}
 
 
 # --------------------------------------------------------------------------------------- scoring
 
 
 def score_heldout(export: str | Path, heldout: Path) -> dict[str, Any]:
-    """The export predicts every held-out case as ``run_search.py predict`` does (overlap 0.5, one
-    flip, batch 2, the saved post-processing) and is scored as ``evaluate`` scores: whole-image
-    Dice per region on the original grid, the tumour mean; means over cases."""
+    """The export predicts every held-out case as ``run_search.py predict`` does (overlap 0.5,
+    batch 2, its saved post-processing) and is scored as ``evaluate`` scores: whole-image Dice
+    per region on the original grid, the tumour mean; means over cases."""
     import keras
     import numpy as np
 
@@ -234,22 +205,25 @@ def score_heldout(export: str | Path, heldout: Path) -> dict[str, Any]:
     return {**means, "postprocess": post_line, "per_case": per_case}
 
 
-def run_one(setup: Setup, method: str, seed: int) -> dict[str, Any]:
-    log(f"{method} seed {seed}: start")
+def run_one(rep: Replicate, method: str, budget: int, work: Path) -> dict[str, Any]:
+    key = f"{method}/B{budget}/r{rep.k}"
+    out = work / "runs" / f"{method}_B{budget}_r{rep.k}"
+    log(f"{key}: start")
     t0 = time.perf_counter()
     try:
-        out = train_nvidia(setup, seed) if method == "nvidia" else run_search(setup, method, seed)
+        res = (train_default(rep, budget, out) if method == "default"
+               else run_search(rep, method, budget, out))
         wall = time.perf_counter() - t0
-        scores = score_heldout(out["export"], setup.heldout)
-    except Exception as e:  # noqa: BLE001  (one broken method must not lose the others' numbers)
+        scores = score_heldout(res["export"], rep.heldout)
+    except Exception as e:  # noqa: BLE001  (one broken run must not lose the others)
         traceback.print_exc()
-        log(f"{method} seed {seed}: FAILED after {time.perf_counter() - t0:.0f} s: {e}")
-        return {"method": method, "seed": seed, "error": f"{type(e).__name__}: {e}",
-                "wall_s": time.perf_counter() - t0}
-    rec = {"method": method, "seed": seed, "wall_s": wall,
-           "score_s": time.perf_counter() - t0 - wall, **out, **scores}
-    log(f"{method} seed {seed}: held-out Dice mean {rec['dice_mean']:.4f} (WT {rec['dice_WT']:.3f} "
-        f"TC {rec['dice_TC']:.3f} ET {rec['dice_ET']:.3f}), {rec['compute']} trial-epochs, "
+        log(f"{key}: FAILED after {time.perf_counter() - t0:.0f} s: {e}")
+        return {"key": key, "method": method, "budget": budget, "replicate": rep.k,
+                "error": f"{type(e).__name__}: {e}", "wall_s": time.perf_counter() - t0}
+    rec = {"key": key, "method": method, "budget": budget, "replicate": rep.k, "wall_s": wall,
+           **res, **scores}
+    log(f"{key}: held-out Dice {rec['dice_mean']:.4f} (WT {rec['dice_WT']:.3f} TC "
+        f"{rec['dice_TC']:.3f} ET {rec['dice_ET']:.3f}), {rec['compute']} trial-epochs, "
         f"{wall:.0f} s")
     return rec
 
@@ -257,129 +231,215 @@ def run_one(setup: Setup, method: str, seed: int) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------- report
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    if not values:
-        return float("nan"), float("nan")
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+def bootstrap_ci(values: list[float], n: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """The 95% percentile interval of the mean of ``values`` (resampled with replacement)."""
+    if len(values) < 2:
+        return (values[0], values[0]) if values else (float("nan"), float("nan"))
+    rng = random.Random(seed)
+    means = sorted(statistics.fmean(rng.choices(values, k=len(values))) for _ in range(n))
+    return means[int(0.025 * n)], means[int(0.975 * n) - 1]
 
 
-def aggregate(records: list[dict[str, Any]], methods: list[str]) -> list[dict[str, Any]]:
-    """One row per method: mean (and std of the mean Dice) over the seeds that finished."""
-    rows = []
-    for m in methods:
-        ok = [r for r in records if r["method"] == m and "error" not in r]
-        failed = [r["seed"] for r in records if r["method"] == m and "error" in r]
-        mean, std = _mean_std([r["dice_mean"] for r in ok])
-        rows.append({"method": m, "dice_mean": mean, "dice_std": std,
-                     **{k: _mean_std([r[k] for r in ok])[0] for k in ("dice_WT", "dice_TC",
-                                                                     "dice_ET", "compute", "wall_s")},
-                     "seeds": [r["seed"] for r in ok], "failed_seeds": failed})
-    return rows
+def paired(records: list[dict[str, Any]], method: str, budget: int) -> dict[str, Any] | None:
+    """``method`` - default at ``budget`` over the replicates both finished."""
+    ok = {(r["method"], r["budget"], r["replicate"]): r for r in records if "error" not in r}
+    reps = sorted(k for (m, b, k) in ok if m == method and b == budget
+                  and ("default", budget, k) in ok)
+    if not reps:
+        return None
+    diffs = [ok[(method, budget, k)]["dice_mean"] - ok[("default", budget, k)]["dice_mean"]
+             for k in reps]
+    lo, hi = bootstrap_ci(diffs)
+    return {"method": method, "budget": budget, "replicates": reps, "diffs": diffs,
+            "mean": statistics.fmean(diffs), "ci": (lo, hi),
+            "wins": sum(d > 0 for d in diffs) / len(diffs), "worst": min(diffs),
+            "dice": statistics.fmean(ok[(method, budget, k)]["dice_mean"] for k in reps),
+            "default": statistics.fmean(ok[("default", budget, k)]["dice_mean"] for k in reps),
+            "before_final": statistics.fmean(ok[(method, budget, k)].get("before_final", 0.0)
+                                             for k in reps),
+            "compute": statistics.fmean(ok[(method, budget, k)]["compute"] for k in reps)}
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    head = (f"{'method':<18} {'held-out Dice':>15} {'WT':>6} {'TC':>6} {'ET':>6} "
-            f"{'trial-epochs':>12} {'wall s':>7}  seeds")
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        seeds = " ".join(map(str, r["seeds"])) or "-"
-        if r["failed_seeds"]:
-            seeds += f" (failed: {' '.join(map(str, r['failed_seeds']))})"
-        lines.append(f"{r['method']:<18} {r['dice_mean']:>7.4f} ± {r['dice_std']:.4f} "
-                     f"{r['dice_WT']:>6.3f} {r['dice_TC']:>6.3f} {r['dice_ET']:>6.3f} "
-                     f"{r['compute']:>12.1f} {r['wall_s']:>7.0f}  {seeds}")
+def table(records: list[dict[str, Any]], plan: dict[int, int], curve: tuple[int, ...]) -> str:
+    ok = [r for r in records if "error" not in r]
+    lines = ["default trained alone (its curve): held-out Dice mean over replicates"]
+    for b in sorted({*curve, *plan}):
+        vals = [r["dice_mean"] for r in ok if r["method"] == "default" and r["budget"] == b]
+        if vals:
+            lines.append(f"  B={b:<4} {statistics.fmean(vals):.4f}  ({len(vals)} replicates)")
+    head = (f"{'budget':>6} {'method':<18} {'reps':>4} {'held-out':>8} {'default':>8} "
+            f"{'diff':>8} {'95% CI':>18} {'wins':>5} {'worst':>8} {'spent before final':>18} "
+            f"{'compute':>7}")
+    lines += ["", head, "-" * len(head)]
+    for b in sorted(plan):
+        for m in METHODS[1:]:
+            p = paired(records, m, b)
+            if p is None:
+                continue
+            lines.append(f"{b:>6} {m:<18} {len(p['replicates']):>4} {p['dice']:>8.4f} "
+                         f"{p['default']:>8.4f} {p['mean']:>+8.4f} "
+                         f"[{p['ci'][0]:+.4f}, {p['ci'][1]:+.4f}] {p['wins']:>5.0%} "
+                         f"{p['worst']:>+8.4f} {p['before_final']:>18.0%} {p['compute']:>7.1f}")
+    failed = [r["key"] for r in records if "error" in r]
+    if failed:
+        lines.append(f"failed: {', '.join(failed)}")
     return "\n".join(lines)
 
 
-def verdict(records: list[dict[str, Any]], rows: list[dict[str, Any]]) -> str:
-    """Whether the best search method beats nvidia at equal compute, by how much, per seed."""
-    by = {(r["method"], r["seed"]): r for r in records if "error" not in r}
-    base = next((r for r in rows if r["method"] == "nvidia" and r["seeds"]), None)
-    searches = [r for r in rows if r["method"] != "nvidia" and r["seeds"]]
-    if base is None or not searches:
-        return "verdict: needs nvidia and at least one search method that finished"
-    best = max(searches, key=lambda r: r["dice_mean"])
-    seeds = [s for s in best["seeds"] if ("nvidia", s) in by]
-    diffs = [by[(best["method"], s)]["dice_mean"] - by[("nvidia", s)]["dice_mean"] for s in seeds]
-    delta = best["dice_mean"] - base["dice_mean"]
-    wins = sum(d > 0 for d in diffs)
-    spread = _mean_std(diffs)[1] if len(diffs) > 1 else float("nan")
-    word = "BEATS" if delta > 0 and wins == len(diffs) else (
-        "does not clearly beat" if delta > 0 else "does NOT beat")
-    per_seed = ", ".join(f"seed {s}: {by[(best['method'], s)]['dice_mean']:.4f} vs "
-                         f"{by[('nvidia', s)]['dice_mean']:.4f} ({d:+.4f})"
-                         for s, d in zip(seeds, diffs, strict=True))
-    return (f"verdict: the best search method, {best['method']} ({best['dice_mean']:.4f}, "
-            f"{best['compute']:.1f} trial-epochs), {word} nvidia trained alone ({base['dice_mean']:.4f}, "
-            f"{base['compute']:.1f} trial-epochs) on held-out data: {delta:+.4f} mean region Dice "
-            f"(paired std over seeds {spread:.4f}; better on {wins}/{len(diffs)} seeds). "
-            f"Per seed: {per_seed}"
-            + (f". Only {len(diffs)} seed(s): no claim either way" if len(diffs) < 3 else ""))
+def verdict(records: list[dict[str, Any]]) -> str:
+    """Issue 24's acceptance: non-inferior at B=24 (CI low end >= -0.01), a win at B=96 (mean
+    >= +0.01 and ahead in >= 75% of the replicates)."""
+    out = []
+    small, large = paired(records, "race", 24), paired(records, "race", 96)
+    if small is not None:
+        ok = small["ci"][0] >= -0.01
+        out.append(f"B=24: race - default {small['mean']:+.4f}, 95% CI [{small['ci'][0]:+.4f}, "
+                   f"{small['ci'][1]:+.4f}] over {len(small['replicates'])} replicates: "
+                   f"{'non-inferior' if ok else 'NOT shown non-inferior'} (needs CI low >= -0.01)")
+    if large is not None:
+        ok = large["mean"] >= 0.01 and large["wins"] >= 0.75
+        out.append(f"B=96: race - default {large['mean']:+.4f}, ahead in {large['wins']:.0%} of "
+                   f"{len(large['replicates'])} replicates: {'a win' if ok else 'NOT a win'} "
+                   f"(needs mean >= +0.01 and >= 75%)")
+    return "\n".join(out) or "verdict: no race and default pair finished yet"
+
+
+def fidelity_table() -> str:
+    """The race's cheap fidelities' rank agreement, from the shipped portfolio's study."""
+    path = ROOT / "spaces" / "portfolios" / f"{SPACE}.json"
+    if not path.exists():
+        return "(no shipped portfolio: no fidelity study)"
+    d = json.loads(path.read_text())
+    lines = [f"rank agreement with full-budget results ({d.get('produced_by', '?')}, "
+             f"{len(d.get('datasets', []))} datasets, {len(d.get('candidates', []))} "
+             f"configurations; Kendall tau mean over datasets):"]
+    for r in d.get("fidelities", []):
+        lines.append(f"  {r['fidelity']:<36} {r['epochs']:>4g} epochs  tau {r['mean_tau']:+.3f}  "
+                     f"{r['mean_seconds']:.0f} s")
+    race = d.get("race", {})
+    lines.append(f"race epochs chosen: {race.get('epochs')} ({race.get('rule', '')})")
+    return "\n".join(lines)
+
+
+def figure(records: list[dict[str, Any]], plan: dict[int, int], curve: tuple[int, ...],
+           path: Path) -> None:
+    """Held-out Dice against trial-epochs: the default's curve, each method at each budget (mean
+    over replicates with the bootstrap interval of the mean)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in records if "error" not in r]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, m in enumerate(METHODS):
+        budgets = sorted({*curve, *plan}) if m == "default" else sorted(plan)
+        xs, ys, lo, hi = [], [], [], []
+        for b in budgets:
+            vals = [r["dice_mean"] for r in ok if r["method"] == m and r["budget"] == b]
+            if vals:
+                c = bootstrap_ci(vals)
+                xs.append(b * (1 + 0.03 * (i - 1.5)))
+                ys.append(statistics.fmean(vals))
+                lo.append(ys[-1] - c[0])
+                hi.append(c[1] - ys[-1])
+        if xs:
+            ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=m,
+                        linestyle="-" if m == "default" else "none")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("trial-epochs spent (budget B)")
+    ax.set_ylabel("held-out mean region Dice")
+    ax.set_title("search vs the default trained alone, hard synthetic data")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 # ------------------------------------------------------------------------------------------ main
 
 
+def load(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    out: dict[str, dict[str, Any]] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            out[r["key"]] = r  # (a later line of a key replaces an earlier failure)
+    return list(out.values())
+
+
+def schedule(plan: dict[int, int], curve: tuple[int, ...],
+             methods: list[str]) -> list[tuple[str, int, int]]:
+    """(method, budget, replicate) in the order they run: the smaller budgets' replicates first
+    (each replicate's methods together), then the default's curve on the largest budget's."""
+    runs = []
+    for b in sorted(plan):
+        for k in range(plan[b]):
+            runs += [(m, b, k) for m in methods]
+    if "default" in methods:
+        for k in range(max(plan.values())):
+            for b in curve:
+                if b not in plan and k < plan[max(plan)]:
+                    runs.append(("default", b, k))
+    return runs
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cases", type=int, help=f"training cases (default {FULL['cases']})")
-    p.add_argument("--heldout", type=int, help=f"held-out cases (default {FULL['heldout']})")
-    p.add_argument("--shape", type=int, help=f"case edge in voxels (default {FULL['shape']})")
-    p.add_argument("--seeds", type=int, nargs="+", help=f"default {FULL['seeds']}")
-    p.add_argument("--budget", type=int, help=f"trial-epochs per method (default {FULL['budget']})")
-    p.add_argument("--max-epochs", type=int, help=f"per trial (default {FULL['max_epochs']})")
-    p.add_argument("--methods", nargs="+", choices=METHODS, help="default: all")
-    p.add_argument("--work", default="/tmp/bench_search", help="data, cache and results folder")
-    p.add_argument("--json", help="write every per-seed number here")
-    p.add_argument("--quick", action="store_true",
-                   help=f"plumbing check: {QUICK['cases']}+{QUICK['heldout']} cases of "
-                        f"{QUICK['shape']}^3, budget {QUICK['budget']}, seed 0, "
-                        f"{', '.join(QUICK['methods'])}")
+    p.add_argument("--cases", type=int, default=24, help="training cases per replicate")
+    p.add_argument("--heldout", type=int, default=16, help="held-out cases per replicate")
+    p.add_argument("--shape", type=int, default=48, help="case edge in voxels")
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    p.add_argument("--work", default="/tmp/bench_search24", help="data, runs and results.jsonl")
+    p.add_argument("--report", action="store_true", help="print the table of what is there")
+    p.add_argument("--figure", default=None, help="write the figure here (PNG)")
+    p.add_argument("--only-budget", type=int, default=None, help="run this budget's runs only")
+    p.add_argument("--smoke", action="store_true",
+                   help=f"{SMOKE['cases']}+{SMOKE['heldout']} cases of {SMOKE['shape']}^3, budget "
+                        f"4 twice, the curve at 2 and 4 (own --work/smoke)")
     args = p.parse_args(argv)
-    for k, v in (QUICK if args.quick else FULL).items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
-    if args.budget < 1 or args.max_epochs < 1 or args.cases < 2 * FOLDS or args.heldout < 1:
-        p.error(f"--budget/--max-epochs/--heldout must be >= 1 and --cases >= {2 * FOLDS}")
+    args.plan, args.curve = dict(PLAN), CURVE
+    if args.smoke:
+        args.cases, args.heldout, args.shape = SMOKE["cases"], SMOKE["heldout"], SMOKE["shape"]
+        args.plan, args.curve = dict(SMOKE["plan"]), SMOKE["curve"]
+        args.work = str(Path(args.work) / "smoke")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    import search
-
-    log(f"code: {Path(search.__file__).parent.parent} (python {sys.executable}); methods "
-        f"{' '.join(args.methods)}; seeds {args.seeds}; budget {args.budget} trial-epochs, "
-        f"max {args.max_epochs} epochs per trial, space {SPACE}, folds {FOLDS}")
-    setup = prepare(args)
-    records: list[dict[str, Any]] = []
-    t0 = time.perf_counter()
-    for seed in args.seeds:
-        for method in args.methods:
-            records.append(run_one(setup, method, seed))
-            if args.json:
-                write_json(args, setup, records)
-    rows = aggregate(records, args.methods)
-    print(f"\nbench_search: {args.cases} training / {args.heldout} held-out hard "
-          f"{args.shape}^3 cases, space {SPACE}, budget {args.budget} trial-epochs, max "
-          f"{args.max_epochs} epochs per trial, seeds {args.seeds}, "
-          f"{time.perf_counter() - t0:.0f} s in all")
-    print(table(rows))
-    print(verdict(records, rows))
-    if args.json:
-        write_json(args, setup, records, rows)
-        print(f"per-seed numbers: {args.json}")
+    work = Path(args.work)
+    results = work / "results.jsonl"
+    records = load(results)
+    if not args.report:
+        done = {r["key"] for r in records if "error" not in r}
+        todo = [(m, b, k) for m, b, k in schedule(args.plan, args.curve, args.methods)
+                if f"{m}/B{b}/r{k}" not in done
+                and (args.only_budget is None or b == args.only_budget)]
+        log(f"bench_search: {len(done)} runs done, {len(todo)} to run; work {work}")
+        reps: dict[int, Replicate] = {}
+        for m, b, k in todo:
+            if k not in reps:
+                reps[k] = replicate(work, k, args.cases, args.heldout, args.shape)
+            rec = run_one(reps[k], m, b, work)
+            results.parent.mkdir(parents=True, exist_ok=True)
+            with results.open("a") as f:
+                f.write(json.dumps(rec, default=str) + "\n")
+            records = load(results)
+    print(f"\nbench_search ({args.cases} training / {args.heldout} held-out hard {args.shape}^3 "
+          f"cases per replicate, space {SPACE}, folds {FOLDS}; {results}):")
+    print(table(records, args.plan, args.curve))
+    print(verdict(records))
+    print(fidelity_table())
+    if args.figure:
+        figure(records, args.plan, args.curve, Path(args.figure))
+        print(f"figure: {args.figure}")
     return 1 if any("error" in r for r in records) else 0
-
-
-def write_json(args: argparse.Namespace, setup: Setup, records: list[dict[str, Any]],
-               rows: list[dict[str, Any]] | None = None) -> None:
-    out = {"args": vars(args), "setup": {k: str(v) for k, v in dataclasses.asdict(setup).items()},
-           "records": records, "table": rows}
-    path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=1, default=str))
 
 
 if __name__ == "__main__":

@@ -220,6 +220,54 @@ def portfolio(runs: dict[str, dict[str, Any]], datasets: list[str], configs: int
     return chosen[1:], steps
 
 
+def simulate_race(runs: dict[str, dict[str, Any]], datasets: list[str], configs: int,
+                  size: int, race_epochs: int, margin: float, alpha: float) -> dict[str, Any]:
+    """The race's rules replayed on the study's runs, one dataset at a time: the portfolio learned
+    on the other datasets (leave one out) is raced first, then every other configuration (the
+    stand-ins for neighbours) in a seeded order, against NVIDIA's point as the first incumbent,
+    with the per-case scores the runs recorded. Reported: how the winner's full-budget score
+    compares with the default's, and the epochs lost."""
+    import random
+
+    from search.race import compare
+
+    out = []
+    for d in datasets:
+        others = [x for x in datasets if x != d]
+        picks, _ = portfolio(runs, others, configs, size)
+        rest = [c for c in range(1, configs) if c not in picks]
+        random.Random(0).shuffle(rest)
+        order = picks + rest
+
+        def curve(c: int, d: str = d) -> dict[int, list[float]]:
+            run = runs[f"{d}/{c}/full"]
+            return {int(h["epoch"]): h["per_case"] for h in run["history"]
+                    if float(h["epoch"]).is_integer()}
+
+        inc, lost = 0, 0
+        for c in order:
+            ch, ic = curve(c), curve(inc)
+            verdict = "lost"
+            for e in range(1, race_epochs + 1):
+                cmp = compare(ch[e], ic[e], e)
+                if e < race_epochs and cmp.behind():
+                    lost += e
+                    break
+                if e == race_epochs:
+                    lost += race_epochs
+                    if cmp.better(margin, alpha):
+                        verdict = "won"
+            if verdict == "won":
+                inc = c
+        final = {c: runs[f"{d}/{c}/full"]["final"] for c in range(configs)}
+        out.append({"dataset": d, "winner": inc, "gain": final[inc] - final[0],
+                    "best_gain": max(final.values()) - final[0], "lost": lost})
+    return {"race_epochs": race_epochs, "margin": margin, "alpha": alpha,
+            "mean_gain": statistics.fmean(r["gain"] for r in out),
+            "worst_gain": min(r["gain"] for r in out),
+            "mean_lost": statistics.fmean(r["lost"] for r in out), "per_dataset": out}
+
+
 def race_epochs(rows: list[dict[str, Any]]) -> dict[str, Any]:
     plain = [r for r in rows if r["fidelity"] == "epochs" and r["epochs"] >= 1]
     best = max(r["mean_tau"] for r in plain)
@@ -252,8 +300,24 @@ def report(runs: dict[str, dict[str, Any]], args: argparse.Namespace, cands: lis
     race = race_epochs(rows) if rows else {}
     print(f"\nportfolio (race order): {picks}; greedy steps {steps}")
     print(f"race epochs: {race}")
+    sims = []
+    if len(datasets) > 1 and all(f"{d}/{c}/full" in runs for d in datasets
+                                 for c in range(len(cands))):
+        print("\nthe race's rules replayed on these runs (leave-one-dataset-out portfolio, every "
+              "other configuration after it), every challenger raced to the end:")
+        print(f"{'epochs':>6} {'margin':>6} {'alpha':>5} {'mean gain':>9} {'worst':>8} "
+              f"{'lost epochs':>11}  winners")
+        for r in (1, 2, 3, 4):
+            for margin in (0.0, 0.01, 0.02, 0.05):
+                for alpha in (0.01, 0.05, 0.1):
+                    sim = simulate_race(runs, datasets, len(cands), args.portfolio, r, margin,
+                                        alpha)
+                    sims.append(sim)
+                    print(f"{r:>6} {margin:>6.2f} {alpha:>5.2f} {sim['mean_gain']:>+9.4f} "
+                          f"{sim['worst_gain']:>+8.4f} {sim['mean_lost']:>11.1f}  "
+                          f"{[x['winner'] for x in sim['per_dataset']]}")
     return {"space": SPACE, "configs": [cands[c] for c in picks], "race": race,
-            "greedy": steps, "fidelities": rows,
+            "greedy": steps, "fidelities": rows, "race_replays": sims,
             "full_budget": {f"{d}/{c}": runs[f"{d}/{c}/full"]["final"]
                             for d in datasets for c in range(len(cands)) if f"{d}/{c}/full" in runs},
             "candidates": cands, "datasets": datasets}

@@ -110,7 +110,12 @@ class Search:
             objective=objective, second_objective=second, labels=str(labels or ""), memory=memory,
             retrain_share=retrain_share, backend=backend, mlflow=mlflow or "", wandb=wandb or "",
             engine_options={k: v for k, v in engine_options.items() if v is not None})
-        engine_settings(self.spec)  # the engine's own options, checked now
+        opts = engine_settings(self.spec)  # the engine's own options, checked now
+        if engine == "ray" and "scheduler" not in self.spec.engine_options:
+            # The scheduler the defaults chose is saved with the search (search.json), so a
+            # resumed search keeps it whatever a later release's default is.
+            self.spec = dataclasses.replace(self.spec, engine_options={
+                **self.spec.engine_options, "scheduler": opts.scheduler})
         if self.spec.labels:  # (not on restore: the context holds the scheme, the file may be gone)
             from unet3d.labels import resolve
 
@@ -139,6 +144,8 @@ class Search:
         spec, ctx = load_search(where.local)
         self = cls.__new__(cls)
         options = {**spec.engine_options, **({"address": address} if address else {})}
+        if spec.engine == "ray":  # (saved before the race: the scheduler was asha by default)
+            options.setdefault("scheduler", "asha")
         self.spec = dataclasses.replace(spec, out=out or ".", name=name, engine_options=options)
         self.log = log or (lambda _msg: None)
         self._resume, self._context, self._own_ray = True, ctx, False
@@ -209,8 +216,24 @@ class Search:
         cases = self._check(exp)
         ctx = self._prepare(cases, exp)
         ctx = self._fit_budget(ctx)
+        ctx = self._race(ctx)
         self._create(exp, ctx)
         return ctx
+
+    def _race(self, ctx: SearchContext) -> SearchContext:
+        """With the race (``search.race``; the default of a --budget in trial-epochs), trials
+        train its race epochs under warmup-stable-decay, which the race continues; its portfolio
+        is checked here, before anything is written."""
+        if self.spec.engine != "ray" or engine_settings(self.spec).scheduler != "race":
+            return ctx
+        from search.ray_engine import race_plan
+
+        settings, portfolio = race_plan(ctx.space, engine_settings(self.spec))
+        self.log(f"race: the default first, then {portfolio.describe()}, then neighbours of the "
+                 f"incumbent; {settings.race_epochs} epochs each, challengers may lose "
+                 f"{settings.race_share:.0%} of the budget of {settings.budget:g} trial-epochs; "
+                 f"the winner is continued to the budget")
+        return dataclasses.replace(ctx, max_epochs=settings.race_epochs, schedule="wsd")
 
     def _check(self, exp: Experiment) -> Any:
         """Everything that can be wrong, before anything is written; returns the discovered data."""
@@ -247,6 +270,10 @@ class Search:
 
             opts = engine_settings(spec)
             opts.check_space(self._space)  # (libraries, PBT's parameters)
+            if opts.scheduler == "race" and spec.space not in ("auto", "brats"):
+                from search.ray_engine import race_plan
+
+                race_plan(self._space, opts)  # (--portfolio checked against the space, early)
             if opts.warm_start:
                 self._check_warm_start(opts)
             self._own_ray = ray_engine.connect(opts)
@@ -476,6 +503,9 @@ def engine_settings(spec: SearchSpec) -> Any:
         options = dict(spec.engine_options)
         if spec.retrain_share:  # the search spends the rest; the winner's retraining the share
             options["budget"] = spec.budget_split()[0]
+        if options.get("scheduler") is None and (spec.retrain_share or spec.second_objective):
+            # (the race is the default with a budget; it spends all of it and races one objective)
+            options["scheduler"] = "asha"
         opts = RayOptions(num_samples=spec.num_samples, max_epochs=spec.max_epochs, seed=spec.seed,
                           verbose=spec.verbose, **options)
         opts.check_objectives(spec.second_objective)

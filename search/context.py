@@ -42,6 +42,9 @@ class SearchContext:
         in_channels: the modalities every case has (4; 1 for BraTS MEN-RT's T1c alone): every
             trial's ``model.in_channels``.
         backend: the Keras backend trials train on (``train.backend``) unless the space samples it.
+        schedule: the trials' learning-rate schedule (``train.schedule``): "cosine" over
+            ``max_epochs``, or "wsd" held at its peak with no cool-down (the race's trials, which
+            the race continues from their checkpoints; ``search.race``).
     """
 
     space: SearchSpace
@@ -61,6 +64,7 @@ class SearchContext:
     labels: str | dict[str, Any] | None = None
     in_channels: int = 4
     backend: str = "tensorflow"
+    schedule: str = "cosine"
 
     def __post_init__(self) -> None:
         metric_of(self.objective)  # raises ValueError naming --objective
@@ -85,7 +89,8 @@ class SearchContext:
             cfg = cfg.with_labels(self.scheme, self.in_channels)
         cfg = cfg.with_epochs(self.max_epochs)
         train = {"seed": self.seed, "objective": self.objective,
-                 "latency": self.second_objective == "latency"}
+                 "latency": self.second_objective == "latency", "schedule": self.schedule,
+                 "cooldown_epochs": 0}
         if "train.backend" not in sample:  # (a space may search the backend; see SearchSpec)
             train["backend"] = self.backend
         return cfg.replace(train=train,

@@ -79,13 +79,40 @@ def _export_row(row: TrialRow, ctx: SearchContext, experiment: Path, out: Path) 
                         source=f"search {experiment.name}, trial {row.trial_id}, epoch {state['epoch']}")
 
 
-def export_best(rows: Sequence[TrialRow], ctx: SearchContext,
-                experiment: Path) -> tuple[TrialRow, Path] | None:
-    """Exports the best trial's best checkpoint to ``<experiment>/best``."""
-    best = best_row(rows)
+def export_best(rows: Sequence[TrialRow], ctx: SearchContext, experiment: Path,
+                final: str = "") -> tuple[TrialRow, Path] | None:
+    """Exports the best trial's best checkpoint to ``<experiment>/best``; ``final``: the trial
+    whose checkpoint is the search's model whatever the ranking says (the race's winner, continued
+    to the budget), when it has one."""
+    chosen = next((r for r in rows if r.trial_id == final and r.checkpoint), None) if final else None
+    best = chosen or best_row(rows)
     if best is None:
         return None
     return best, _export_row(best, ctx, experiment, experiment / "best")
+
+
+def race_summary(experiment: Path) -> dict[str, Any] | None:
+    """What the race did (``race.json``; None for a search that did not race): its settings, the
+    trial-epochs it trained and lost, the winner and its continuation, each trial's verdict, and
+    its events in order."""
+    from search.race import load_race
+
+    race = load_race(experiment)
+    if race is None:
+        return None
+    cont = race.get("continuation") or {}
+    trials = {t["trial_id"]: t for t in race["trials"]}
+    done = trials.get(cont.get("continuation_trial", ""), {}).get("epochs", 0)
+    trained = max(0, done - int(cont.get("from_epoch", 0))) if cont else 0
+    return {"settings": race["settings"], "incumbent": race["incumbent"],
+            "race_trial_epochs": race["spent"], "lost_trial_epochs": race["lost"],
+            "continuation": cont, "continuation_trial_epochs": trained,
+            "trial_epochs": race["spent"] + trained,
+            "final_trial": cont.get("continuation_trial") or race["incumbent"] or "",
+            "verdicts": {t["trial_id"]: (t["verdict"] or ("incumbent" if t["trial_id"] ==
+                                                          race["incumbent"] else ""), t["why"])
+                         for t in race["trials"]},
+            "events": race["events"]}
 
 
 def export_pareto(front: Sequence[TrialRow], ctx: SearchContext, experiment: Path,
@@ -173,11 +200,25 @@ def finish(rows: Sequence[TrialRow], ctx: SearchContext, experiment: Path, engin
                                **asha_savings(rows, ctx.max_epochs)}
     if budget is not None:
         summary["memory_budget"] = budget.to_dict()
-    exported = export_best(rows, ctx, experiment) if export else None
+    race = race_summary(experiment)
+    if race is not None:
+        summary["race"] = race
+        summary["trial_epochs_run"] = race["trial_epochs"]
+    final = race["final_trial"] if race is not None else ""
+    exported = export_best(rows, ctx, experiment, final) if export else None
     if exported is not None:
         best, path = exported
         summary.update(best_trial=best.trial_id, best_score=best.best_score,
                        best_dice_mean=best.best_dice_mean, best_params=best.params, export=str(path))
+        if race is not None:  # the race's other trained models may still help, as an ensemble
+            from search.ensemble import choose_ensemble
+
+            settings = race["settings"]
+            record = choose_ensemble(
+                rows, best, path, ctx, experiment,
+                lambda r, folder: _export_row(r, ctx, experiment, folder),
+                margin=settings["margin"], alpha=settings["alpha"])
+            summary["ensemble"] = {k: record.get(k) for k in ("chosen", "members", "why")}
     second = getattr(ctx, "second_objective", "")
     if second:
         front = mark_pareto(rows, second)

@@ -117,8 +117,19 @@ class MlflowTrials(MLflowLoggerCallback):
                 self._trial_runs[trial] = found[trial.trial_id]
                 client.update_run(found[trial.trial_id], status="RUNNING")
                 return  # (its parameters are logged: MLflow refuses to log them twice)
+            from search.race import continuation_of
+
             self.tags = {"mlflow.parentRunId": self.parent, "trial_id": trial.trial_id}
-        super().log_trial_start(trial)
+            cont = continuation_of(trial.config)
+            if cont is not None:  # (the race's winner continued: its parameters are the winner's)
+                self.tags["continues"] = str(cont["trial_id"])
+            tags = {**self.tags, "trial_name": str(trial)}
+            run = self.mlflow_util.start_run(tags=tags, run_name=str(trial))
+            self._trial_runs[trial] = run.info.run_id
+        from search.race import sampled
+
+        self.mlflow_util.log_params(run_id=self._trial_runs[trial],
+                                    params_to_log=sampled(trial.config))
 
     def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
         # The step is the trial's epoch, not Ray's iteration count: a trial resumed from an earlier

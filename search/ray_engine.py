@@ -37,9 +37,10 @@ from search.trainable import MUTABLE
 from unet3d.errors import UserError
 
 TIME_ATTRS = ("epochs", "seconds")
+RACE_TRIALS = 10_000  # the race's trials are bounded by its budget (its searcher ends the search)
 PROPOSALS = "proposals.json"  # trial id -> where its configuration came from (search.ray_searcher)
 SEARCHERS = ("tpe", "random", "cmaes", "gp", "nsga2")
-SCHEDULERS = ("asha", "hyperband", "bohb", "pbt", "pb2", "median", "none")
+SCHEDULERS = ("race", "asha", "hyperband", "bohb", "pbt", "pb2", "median", "none")
 
 _NO_CLUSTER = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # Ray's no-cluster mode when "0" (see connect)
 
@@ -67,12 +68,19 @@ class RayOptions:
     seed: int = 0
     verbose: int = 1
     searcher: str | None = None        # None: tpe (bohb's own with --scheduler bohb; pbt: random)
-    scheduler: str = "asha"
+    scheduler: str | None = None       # None: race with a --budget in trial-epochs, else asha
     startup_trials: int | None = None  # random start-up trials; None: scaled to num_samples
     warm_start: str | None = None      # an earlier experiment whose trials the sampler is told
     budget: float | None = None        # the whole search's trial-epochs (or seconds); None: none
+    race_epochs: int | None = None     # race: epochs each trial races; None: the portfolio's (2)
+    race_share: float | None = None    # race: share of the budget challengers may lose (0.25)
+    portfolio: str | None = None       # race: a portfolio file, "none", None: the space's own
 
     def __post_init__(self) -> None:
+        if self.scheduler is None:  # (resolved once; search.json keeps the options as given)
+            race = (self.budget is not None and self.time_attr == "epochs"
+                    and self.searcher is None and self.warm_start is None)
+            object.__setattr__(self, "scheduler", "race" if race else "asha")
         _at_least("num_samples", self.num_samples, 1)
         _at_least("max_epochs", self.max_epochs, 1)
         _at_least("grace_period", self.grace_period, 1)
@@ -110,6 +118,13 @@ class RayOptions:
             raise SearchError(f"--searcher {self.searcher}: must be one of {', '.join(SEARCHERS)}")
         if self.scheduler not in SCHEDULERS:
             raise SearchError(f"--scheduler {self.scheduler}: must be one of {', '.join(SCHEDULERS)}")
+        if self.scheduler == "race":
+            self._check_race()
+        else:
+            for name in ("race_epochs", "race_share", "portfolio"):
+                if getattr(self, name) is not None:
+                    raise SearchError(f"--{name.replace('_', '-')}: only with --scheduler race (the "
+                                      f"default with a --budget in trial-epochs)")
         if self.scheduler == "bohb" and self.searcher is not None:
             raise SearchError(f"--searcher {self.searcher}: --scheduler bohb samples with its own "
                               f"searcher (TuneBOHB's kernel density model); leave --searcher out")
@@ -129,6 +144,31 @@ class RayOptions:
             raise SearchError(f"--warm-start: --scheduler {self.scheduler} draws its population "
                               f"without a searcher, which cannot be told earlier trials")
 
+    def _check_race(self) -> None:
+        """The race spends a --budget in trial-epochs and proposes its own configurations."""
+        if self.budget is None or self.time_attr != "epochs":
+            raise SearchError("--scheduler race: needs --budget in trial-epochs (--time-attr "
+                              "epochs): the race spends it")
+        if self.searcher is not None:
+            raise SearchError(f"--searcher {self.searcher}: the race proposes its own "
+                              f"configurations (the default, the portfolio, neighbours of the "
+                              f"incumbent); leave --searcher out or choose another --scheduler")
+        if self.warm_start is not None:
+            raise SearchError("--warm-start: the race starts from the default and its portfolio; "
+                              "use --scheduler asha to start from an earlier search")
+        if self.startup_trials is not None:
+            raise SearchError("--startup-trials: the race has no random start-up")
+        self.race_settings(2)  # (checks --race-epochs, --race-share against --budget)
+
+    def race_settings(self, learned_epochs: int | None = None) -> Any:
+        """The race's :class:`search.race.RaceSettings`: --race-epochs (else ``learned_epochs``,
+        the portfolio's, else 2) and --race-share (else 0.25) of --budget."""
+        from search.race import RaceSettings
+
+        epochs = self.race_epochs if self.race_epochs is not None else (learned_epochs or 2)
+        share = self.race_share if self.race_share is not None else 0.25
+        return RaceSettings(budget=self.budget, race_epochs=epochs, race_share=share)
+
     @property
     def population_based(self) -> bool:
         """PBT or PB2: Ray runs them without a searcher, over a population drawn up front."""
@@ -143,6 +183,9 @@ class RayOptions:
         """
         if not second:
             return
+        if self.scheduler == "race":
+            raise SearchError(f"--scheduler race: races one objective; with a second ({second}) "
+                              f"use --scheduler asha (the default without --budget)")
         if self.sampler in ("cmaes", "bohb") or self.population_based:
             what = (f"--scheduler {self.scheduler}" if self.sampler == "bohb" or self.population_based
                     else "--searcher cmaes")
@@ -339,6 +382,8 @@ def _trainable(ctx: SearchContext, opts: RayOptions):
 
     trainable = tune.with_parameters(train_trial, ctx=ctx)  # the parsed space travels along
     n = ctx.workers_per_trial
+    if n <= 1 and opts.scheduler == "race":
+        return tune.with_resources(trainable, _race_resources(opts))
     if n <= 1:
         return tune.with_resources(trainable, {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
     # The trial itself only coordinates: its bundle reserves memory, no CPU (Ray refuses all-zero
@@ -348,6 +393,28 @@ def _trainable(ctx: SearchContext, opts: RayOptions):
         worker["GPU"] = 1.0
     return tune.with_resources(trainable, tune.PlacementGroupFactory(
         [{"memory": 256 * 2**20}] + [dict(worker) for _ in range(n)], strategy="PACK"))
+
+
+def _race_resources(opts: RayOptions) -> Callable[[dict], Any]:
+    """A race trial's resources, or for the winner's continuation, which trains alone once the
+    race is over, the CPUs of every trial that raced at once (as many as one node has)."""
+    import ray
+    from ray.tune import PlacementGroupFactory
+
+    from search.race import CONTINUE
+
+    node_cpus = max((n.get("Resources", {}).get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")),
+                    default=opts.cpus_per_trial)
+    alone = max(opts.cpus_per_trial, min(opts.cpus_per_trial * max(1, opts.max_concurrent),
+                                         node_cpus))
+
+    def resources(config: dict) -> Any:
+        bundle = {"CPU": alone if CONTINUE in config else opts.cpus_per_trial}
+        if opts.gpus_per_trial:
+            bundle["GPU"] = opts.gpus_per_trial
+        return PlacementGroupFactory([bundle])
+
+    return resources
 
 
 def check_resources(opts: RayOptions, workers_per_trial: int, log: Callable[[str], None]) -> None:
@@ -413,6 +480,52 @@ def sampler(opts: RayOptions) -> Any:
     except ImportError as e:
         raise SearchError(f"--searcher {name}: needs the Python package {e.name!r} (pip install "
                           f"'unet3d-search[searchers]')") from None
+
+
+def default_point(space: Any) -> tuple[dict[str, Any], str]:
+    """The configuration every search tries first, and its origin: the plan's for ``auto``
+    (the space is built around it), otherwise NVIDIA's projected into the space."""
+    from spaces.presets import AUTO
+    from spaces.translate import nvidia_point
+
+    if space.name == AUTO:
+        return space.default_sample(), "plan"
+    return nvidia_point(space), "nvidia"
+
+
+def race_plan(space: Any, opts: RayOptions) -> tuple[Any, Any]:
+    """The race's settings and portfolio for ``space``: ``--portfolio`` (else the space's own,
+    ``spaces.portfolio``) and its learned race epochs unless --race-epochs is given."""
+    from spaces.portfolio import portfolio_for
+
+    portfolio = portfolio_for(space, opts.portfolio)
+    return opts.race_settings(portfolio.race_epochs), portfolio
+
+
+def race_searcher(space: Any, opts: RayOptions, metric: str, guard: MemoryGuard | None,
+                  sink: Path | None, key: str) -> Any:
+    """The race's searcher (``search.ray_race``): its proposals (the default, the portfolio,
+    neighbours of the incumbent, seeded) go through an Optuna searcher with the memory guard and
+    the journal; at most --max-concurrent trials at once."""
+    import optuna
+    from ray.tune.search import ConcurrencyLimiter
+
+    from search.race import RACE_FILE, Proposals, Race
+    from search.ray_race import RaceSearcher
+    from search.ray_searcher import JOURNAL, BudgetedOptunaSearch
+    from spaces.translate import to_optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    settings, portfolio = race_plan(space, opts)
+    first, origin = default_point(space)
+    inner = BudgetedOptunaSearch(space=to_optuna(space), metric=metric, mode=MODE,
+                                 sampler=sampler(opts), guard=guard, n_startup=opts.n_startup,
+                                 journal=sink.parent / JOURNAL if sink is not None else None)
+    race = Race(settings, Proposals(space, first, portfolio.configs, seed=opts.seed,
+                                    default_origin=origin),
+                sink=sink.parent / RACE_FILE if sink is not None else None)
+    alg = RaceSearcher(race, inner, key, sink)
+    return ConcurrencyLimiter(alg, max_concurrent=opts.max_concurrent) if opts.max_concurrent else alg
 
 
 def searcher(space: Any, opts: RayOptions, metric: str = METRIC,
@@ -597,12 +710,21 @@ def _graceful_ctrl_c() -> Iterator[list[bool]]:
 
 def tune_config(space: Any, opts: RayOptions, metric: str = METRIC,
                 guard: MemoryGuard | None = None, sink: Path | None = None,
-                second: str = "") -> Any:
+                second: str = "", key: str = "") -> Any:
     """The searcher (with the memory ``guard``, if any) and the scheduler, both maximising the
     objective's ``metric`` (given here, late: the scheduler gets it from the TuneConfig). PBT and
-    PB2 get Ray's basic variant generator over a population drawn up front (:func:`population`)."""
+    PB2 get Ray's basic variant generator over a population drawn up front (:func:`population`).
+    The race's searcher and scheduler share its state under ``key`` (the experiment)."""
     from ray import tune
 
+    if opts.scheduler == "race":
+        from search.ray_race import RaceScheduler
+
+        return tune.TuneConfig(
+            metric=metric, mode=MODE, search_alg=race_searcher(space, opts, metric, guard, sink, key),
+            scheduler=RaceScheduler(key, metric), num_samples=RACE_TRIALS,
+            max_concurrent_trials=opts.max_concurrent or None,
+            trial_dirname_creator=trial_dirname, trial_name_creator=trial_name)
     alg, n = searcher(space, opts, metric, guard, sink=sink, second=second), opts.num_samples
     if alg is None:
         from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -667,6 +789,8 @@ def run_config(location: str, opts: RayOptions, metric: str = METRIC,
 
     storage, name = location.rstrip("/").rsplit("/", 1)
     epochs = opts.budget if opts.budget is not None and opts.time_attr == "epochs" else None
+    if opts.scheduler == "race":
+        epochs = None  # (the race spends its budget exactly; a stopper would hide its last result)
     return tune.RunConfig(
         name=name, storage_path=storage, verbose=opts.verbose,
         stop=EpochBudget(epochs, location) if epochs else None,
@@ -674,10 +798,11 @@ def run_config(location: str, opts: RayOptions, metric: str = METRIC,
                    *(callbacks or [])],
         failure_config=tune.FailureConfig(max_failures=opts.max_failures),
         # PBT/PB2 continue trials from other trials' checkpoints, which must outlive the donor's
-        # next epochs (Ray warns below 3).
-        checkpoint_config=tune.CheckpointConfig(
-            num_to_keep=4 if opts.population_based else 1,
-            checkpoint_score_attribute=metric, checkpoint_score_order=MODE))
+        # next epochs (Ray warns below 3). The race compares and continues trials at their last
+        # epoch: it keeps the latest.
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1) if opts.scheduler == "race" else
+        tune.CheckpointConfig(num_to_keep=4 if opts.population_based else 1,
+                              checkpoint_score_attribute=metric, checkpoint_score_order=MODE))
 
 
 def run(ctx: SearchContext, location: str, opts: RayOptions, *, resume: bool = False,
@@ -710,7 +835,7 @@ def run(ctx: SearchContext, location: str, opts: RayOptions, *, resume: bool = F
         sink = Path(ctx.experiment) / PROPOSALS if ctx.experiment else None
         t = tune.Tuner(_trainable(ctx, opts), param_space=_param_space(ctx.space, opts),
                        tune_config=tune_config(ctx.space, opts, ctx.metric, guard, sink,
-                                               ctx.second_objective),
+                                               ctx.second_objective, key=location),
                        run_config=run_config(location, opts, ctx.metric, callbacks))
     with _graceful_ctrl_c() as interrupted:
         grid = t.fit()
@@ -723,7 +848,7 @@ def run(ctx: SearchContext, location: str, opts: RayOptions, *, resume: bool = F
             log(f"warning: {left} Horovod worker process(es) still alive after the search")
     scheme = location.split("://", 1)[0] + "://" if "://" in location else ""
     rows = rows_from_grid(grid, ctx.max_epochs, scheme, objective=ctx.objective,
-                          regions=ctx.scheme.region_names)
+                          regions=ctx.scheme.region_names, last=opts.scheduler == "race")
     if interrupted:
         for r in rows:
             if r.trial_id in cut_off and r.status == "stopped":
@@ -770,10 +895,13 @@ def horovod_workers_alive(wait_s: float = 10.0) -> int:
 
 
 def rows_from_grid(grid: Any, max_epochs: int, scheme: str = "", *, objective: str = DEFAULT,
-                   regions: tuple[str, ...] = ()) -> list[TrialRow]:
+                   regions: tuple[str, ...] = (), last: bool = False) -> list[TrialRow]:
     """Rows from Ray's ResultGrid, ranked by ``objective``, their region scores in the order of
     ``regions`` (the label scheme's); checkpoint paths get ``scheme`` (a URI scheme, ``s3://``)
-    back for remote storage."""
+    back for remote storage. ``last``: each trial's scores and checkpoint are its last epoch's
+    (the race compares, continues and exports trials at their last epoch); otherwise its best
+    epoch's by the objective."""
+    from search.race import sampled
     metric = metric_of(objective)
     rows = []
     for result in grid:
@@ -787,17 +915,17 @@ def rows_from_grid(grid: Any, max_epochs: int, scheme: str = "", *, objective: s
                                                           "params"))]
             history = df[keep].to_dict("records")
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name.split("_")[1]
-        params = {k: v for k, v in (result.config or {}).items()}
+        params = sampled(result.config or {})
         best_ckpt = ""
         try:
-            ck = result.get_best_checkpoint(metric, MODE)
+            ck = None if last else result.get_best_checkpoint(metric, MODE)
         except Exception:  # noqa: BLE001  (no scored checkpoint)
             ck = None
         if ck is None:
             ck = result.checkpoint
         if ck is not None:
             best_ckpt = scheme + ck.path if scheme else ck.path
-            if not scheme:
+            if not scheme and not last:
                 best_ckpt = _checkpoint_of_best_epoch(best_ckpt, history, metric)
         m = result.metrics or {}
         error = ""
@@ -808,7 +936,7 @@ def rows_from_grid(grid: Any, max_epochs: int, scheme: str = "", *, objective: s
             trial_id, params, history, max_epochs, objective=objective, regions=regions, error=error,
             index=int(m.get("trial_index", 0)), wall_s=float(m.get("time_total_s", 0.0)),
             node=str(m.get("node_ip", "")), node_id=str(m.get("node_id", "")), checkpoint=best_ckpt,
-            run_dir=scheme + result.path if scheme else str(result.path)))
+            run_dir=scheme + result.path if scheme else str(result.path), best_is_last=last))
     return rows
 
 

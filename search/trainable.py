@@ -34,10 +34,16 @@ def train_trial(config: dict[str, Any], ctx: SearchContext) -> None:
     shares (data, split, the parsed space)."""
     from ray import tune
 
+    from search.race import continuation_of, sampled
     from unet3d.runtime import limit_cpu_threads, use_backend  # (defaults before TF/JAX load)
 
     context = ctx
+    cont = continuation_of(config)
+    config = sampled(config)
     cfg = context.run_config(config)
+    if cont is not None:  # the race's winner, continued to the end of the budget (search.race)
+        cfg = cfg.with_epochs(cont["epochs"]).replace(
+            train={"cooldown_epochs": cont["cooldown_epochs"]})
     # Each trial is a process of its own, so its backend can be the trial's (a space may sample
     # train.backend); Keras is not loaded in it yet.
     use_backend(cfg.train.backend)
@@ -70,6 +76,12 @@ def train_trial(config: dict[str, Any], ctx: SearchContext) -> None:
             # MUTABLE; the weights' shapes are the same). The trainer resumes under the new one;
             # any other difference stays an error (the trainer's "different configuration").
             cfg.save(run_dir / "config.json")
+    elif cont is not None:
+        # The winner's last checkpoint: the trainer resumes it under the longer schedule (a wsd
+        # run that has not cooled down continues exactly; unet3d.schedules.continues).
+        _fetch(cont["checkpoint"], run_dir)
+        resume = True
+        write_hparams(run_dir / "tensorboard", config, tctx.get_trial_id())
     else:
         (run_dir / CHECKPOINT).unlink(missing_ok=True)  # a fresh attempt of a failed trial
         write_hparams(run_dir / "tensorboard", config, tctx.get_trial_id())
@@ -95,6 +107,17 @@ def train_trial(config: dict[str, Any], ctx: SearchContext) -> None:
     trainer = Trainer(cfg, context.cases(context.train_ids), context.cases(context.val_ids), run_dir,
                       resume=resume, epoch_hook=report)
     trainer.fit()
+
+
+def _fetch(checkpoint: str, run_dir: Path) -> None:
+    """A trial checkpoint (a folder or a storage URI, as Ray names it) copied into ``run_dir``."""
+    from ray import tune
+
+    from unet3d.checkpoint import CHECKPOINT
+
+    with tune.Checkpoint(checkpoint).as_directory() as d:
+        shutil.copy2(Path(d) / CHECKPOINT, run_dir / CHECKPOINT)
+        shutil.copy2(Path(d) / "config.json", run_dir / "config.json")
 
 
 def mutable_fields() -> set[str]:

@@ -161,7 +161,7 @@ def test_a_search_through_the_python_api_returns_the_best_and_restores(tmp_path)
     assert not ray.is_initialized()
     # search.json holds the whole specification, engine options included.
     saved = json.loads((result.experiment / "search.json").read_text())["spec"]
-    assert saved["engine_options"] == {"grace_period": 1, "max_concurrent": 1}
+    assert saved["engine_options"] == {"grace_period": 1, "max_concurrent": 1, "scheduler": "asha"}
     assert saved["num_samples"] == 2 and saved["space"] == str(tmp_path / "tiny.yaml")
 
     # Restoring a finished search changes nothing: the same trials, best and checkpoints.
@@ -175,9 +175,10 @@ def test_a_search_through_the_python_api_returns_the_best_and_restores(tmp_path)
 
 @pytest.mark.slow
 def test_an_interrupted_search_resumes_with_search_restore(tmp_path):
-    """Ctrl-C (SIGINT) during the first trial of an in-process search: run() returns with the trial
-    "interrupted" and nothing exported; Search.restore(folder).run() finishes the same search, in
-    the same Optuna study and the same MLflow runs."""
+    """A budgeted search (the race, the default of a --budget) through the Python API. Ctrl-C
+    (SIGINT) during its first trial: run() returns with the trial "interrupted" and nothing
+    exported; Search.restore(folder).run() finishes the same search, in the same Optuna study and
+    the same MLflow runs, and its model is the race's winner continued to the whole budget."""
     import os
     import signal
     import threading
@@ -198,18 +199,30 @@ def test_an_interrupted_search_resumes_with_search_restore(tmp_path):
         os.kill(os.getpid(), signal.SIGINT)
 
     threading.Thread(target=ctrl_c_after_the_first_epoch, daemon=True).start()
-    # (5 epochs: time for Ray to act on the Ctrl-C before the trial ends, even on a busy machine)
-    first = Search(data=tmp_path / "data", space=tmp_path / "tiny.yaml", num_samples=2,
-                   max_epochs=5, out=tmp_path / "results", name="cut", folds=4, verbose=0,
-                   max_concurrent=1, grace_period=5, mlflow=f"file:{tmp_path / 'mlruns'}").run()
+    # (5 epochs a race trial: time for Ray to act on the Ctrl-C before the trial ends, even on a
+    # busy machine.) 12 trial-epochs: the default races 5, one challenger's 5 may be lost (half
+    # of 12), the winner is continued with what is left.
+    first = Search(data=tmp_path / "data", space=tmp_path / "tiny.yaml", out=tmp_path / "results",
+                   name="cut", folds=4, verbose=0, max_concurrent=1, budget=12, race_epochs=5,
+                   race_share=0.5, mlflow=f"file:{tmp_path / 'mlruns'}").run()
     assert first.interrupted and first.best is None and not (exp / "best").exists()
     assert [r.status for r in first.trials] == ["interrupted"]
 
     done = Search.restore(exp).run()
-    assert not done.interrupted and len(done.trials) == 2
-    assert {r.status for r in done.trials} == {"completed"}
-    assert first.trials[0].trial_id in {r.trial_id for r in done.trials}
-    assert done.best is not None and (exp / "best" / "model.keras").exists()
+    assert not done.interrupted and len(done.trials) == 3
+    rows = sorted(done.trials, key=lambda r: r.index)
+    assert [r.proposed_by for r in rows] == ["nvidia", "local", "continued"]
+    assert first.trials[0].trial_id == rows[0].trial_id and rows[0].status == "completed"
+    race = done.summary["race"]
+    assert race["trial_epochs"] == 12 and race["race_trial_epochs"] == 5 + rows[1].epochs
+    cont = race["continuation"]
+    assert cont["continuation_trial"] == rows[2].trial_id == done.best.trial_id
+    assert cont["trial_id"] == race["incumbent"] and cont["from_epoch"] == 5
+    assert cont["epochs"] == 5 + 12 - race["race_trial_epochs"] == rows[2].epochs
+    metrics = json.loads((exp / "best" / "metrics.json").read_text())
+    assert metrics["epoch"] == cont["epochs"] and len(metrics["history"]) == cont["epochs"]
+    assert done.best.config.train.schedule == "wsd"
+    assert done.best.config.train.cooldown_epochs == cont["cooldown_epochs"] >= 1
     # The same Optuna study continued (its journal in the folder), the same MLflow runs.
     import optuna
     from test_tracking import check_trial_runs, mlflow_runs
@@ -217,7 +230,7 @@ def test_an_interrupted_search_resumes_with_search_restore(tmp_path):
     from search.ray_searcher import JOURNAL, journal_storage
 
     study = optuna.load_study(study_name="cut", storage=journal_storage(exp / JOURNAL))
-    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]  # (the race's two)
     client, parent, children = mlflow_runs((tmp_path / "mlruns").as_uri())
     check_trial_runs(client, children, [r.to_dict() for r in done.trials])
     assert parent.info.status == "FINISHED" and client.list_artifacts(parent.info.run_id, "best_model")

@@ -29,6 +29,15 @@ def _files(root) -> set[str]:
     (["--name", "../../x"], "--name '../../x': must be a plain folder name"),
     (["--engine", "keras-tuner", "--grace-period", "2"],
      "--grace-period: not an option of --engine keras-tuner"),
+    (["--scheduler", "race"], "--scheduler race: needs --budget in trial-epochs"),
+    (["--budget", "2"], "--budget 2.0: the race needs at least --race-epochs + 1 = 3"),
+    (["--budget", "24", "--race-share", "1"], "--race-share 1.0: must be a fraction in [0, 1)"),
+    (["--race-epochs", "2"], "--race-epochs: only with --scheduler race"),
+    (["--budget", "24", "--searcher", "tpe", "--scheduler", "race"],
+     "--searcher tpe: the race proposes its own configurations"),
+    (["--budget", "24", "--objective", "dice,latency", "--scheduler", "race"],
+     "--scheduler race: races one objective"),
+    (["--budget", "24", "--portfolio", "missing.json"], "missing.json: portfolio file not found"),
 ])
 def test_an_impossible_search_option_is_one_line_and_writes_nothing(tmp_path, flags, starts):
     (tmp_path / "out").mkdir()

@@ -134,7 +134,7 @@ def test_each_searcher_name_builds_its_optuna_sampler():
     assert tpe._n_startup_trials == 3 and tpe._multivariate and tpe._constant_liar
     assert RayOptions(scheduler="bohb").sampler == "bohb"
     assert RayOptions(scheduler="pbt").sampler == "random"
-    assert set(SCHEDULERS) == {"asha", "hyperband", "bohb", "pbt", "pb2", "median", "none"}
+    assert set(SCHEDULERS) == {"race", "asha", "hyperband", "bohb", "pbt", "pb2", "median", "none"}
 
 
 def _drive(alg, n: int) -> list[dict]:
