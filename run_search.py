@@ -860,7 +860,7 @@ def _ray_args(s, ray) -> None:
                         "(default: the portfolio's, learned by its rank agreement with full-budget "
                         "results; 2 without one)")
     r.add_argument("--race-share", type=float, default=None,
-                   help="race: the share of --budget challengers may lose (default: 0.25)")
+                   help="race: the share of --budget challengers may lose (default: 0.15)")
     r.add_argument("--portfolio", default=None, metavar="FILE|none",
                    help="race: configurations tried first, after the baseline (a JSON file as "
                         "benchmarks/portfolio_study.py writes; default: the one shipped for the "

@@ -17,16 +17,21 @@ From those runs:
   cool-down; a fidelity (its score after e epochs at the constant rate, the same on half the
   validation cases, the proxy's after e epochs) is judged by its rank agreement with it: Kendall's
   tau over the configurations, per dataset, then averaged; its cost is the seconds it takes;
-- the portfolio: greedily, starting from NVIDIA's point (the race's incumbent, always raced), the
-  configuration that most raises the mean over datasets of the best full-budget score of the set
-  so far, up to ``--portfolio`` of them (each must add > 0.005); their order is the order the race
-  tries them in;
-- the race's epochs: the fewest constant-rate epochs whose mean tau is within ``TAU_SLACK`` of the
-  best tau of any constant-rate fidelity measured.
+- the race is replayed on the runs (its own rule, ``search.race``, on the per-case scores they
+  recorded): for each race length of ``RACE_EPOCHS``, the portfolio is built greedily, each step
+  adding the configuration that most raises the replayed race's mean gain over NVIDIA's point
+  (the winner's full-budget score minus the default's), by more than ``MIN_GAIN``, up to
+  ``--portfolio`` of them and at least ``MIN_PORTFOLIO``; a configuration that wins only at the
+  end (a slow starter) never wins a race. Each length is judged on a leave-one-dataset-out replay
+  (portfolio learned on the other datasets, then the remaining configurations as stand-ins for
+  neighbours); the length with the best held-out gain is the race's (fewer epochs on a tie), with
+  its portfolio.
 
 Every run is appended to ``WORK/runs.jsonl`` as it finishes, and a rerun skips the runs already
 there, so the study can be completed across several sittings. The result goes to ``--out``
 (default ``spaces/portfolios/demo.json``, which the search ships and loads), with this command line.
+The runs behind the shipped file are ``benchmarks/results/portfolio_study_runs.jsonl.gz``:
+``gunzip -c`` it to ``WORK/runs.jsonl`` and the study's analysis reruns without training.
 
   python benchmarks/portfolio_study.py [--work /tmp/portfolio_study] [--jobs 2]
   python benchmarks/portfolio_study.py --smoke    # plumbing check in a minute, writes nothing shipped
@@ -50,13 +55,17 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from search.race import RaceSettings  # noqa: E402
+
 SPACE = "demo"
+MARGIN, ALPHA = RaceSettings.margin, RaceSettings.alpha  # the race's own rule
 DATASETS = [("easy", 3101), ("medium", 3102), ("hard", 3103), ("hard", 3104)]
 COOLDOWN = 0.2  # of the epochs
 PROXY_EPOCHS = 4
 FIDELITY_EPOCHS = (0.5, 1, 1.5, 2, 3, 4, 6)
-TAU_SLACK = 0.1
-MIN_GAIN = 0.005
+MIN_GAIN = 0.002
+MIN_PORTFOLIO = 2
+RACE_EPOCHS = (1, 2, 3, 4)
 
 
 def log(msg: str) -> None:
@@ -196,91 +205,105 @@ def fidelities(runs: dict[str, dict[str, Any]], datasets: list[str],
     return rows
 
 
-def portfolio(runs: dict[str, dict[str, Any]], datasets: list[str], configs: int,
-              size: int) -> tuple[list[int], list[dict[str, Any]]]:
-    """Greedy portfolio from NVIDIA's point (config 0): each step adds the configuration that most
-    raises the mean over datasets of the set's best full-budget score (by more than MIN_GAIN)."""
-    final = {(d, c): runs[f"{d}/{c}/full"]["final"] for d in datasets for c in range(configs)
-             if f"{d}/{c}/full" in runs}
-    complete = [c for c in range(configs) if all((d, c) in final for d in datasets)]
+def _curve(runs: dict[str, dict[str, Any]], d: str, c: int) -> dict[int, list[float]]:
+    """Per-case scores of configuration ``c`` on dataset ``d`` after each whole epoch."""
+    return {int(h["epoch"]): h["per_case"] for h in runs[f"{d}/{c}/full"]["history"]
+            if float(h["epoch"]).is_integer()}
 
-    def value(chosen: list[int]) -> float:
-        return statistics.fmean(max(final[(d, c)] for c in chosen) for d in datasets)
 
-    chosen, steps = [0], [{"config": 0, "value": value([0])}]
-    while len(chosen) < size + 1:
-        options = [(value(chosen + [c]), c) for c in complete if c not in chosen]
+def replay(runs: dict[str, dict[str, Any]], d: str, order: list[int], race_epochs: int,
+           margin: float = MARGIN, alpha: float = ALPHA) -> dict[str, Any]:
+    """The race's rules (``search.race``) replayed on dataset ``d``'s runs: NVIDIA's point
+    (configuration 0) is the first incumbent, the configurations of ``order`` race it in turn on
+    the per-case scores the runs recorded (behind by more than one standard error before the last
+    race epoch: lost; at it, ahead by ``margin`` at ``alpha``: the new incumbent). Returns the
+    winner, its full-budget score's gain over the default's, and the epochs the losers trained."""
+    from search.race import compare
+
+    inc, lost = 0, 0
+    for c in order:
+        ch, ic = _curve(runs, d, c), _curve(runs, d, inc)
+        for e in range(1, race_epochs + 1):
+            cmp = compare(ch[e], ic[e], e)
+            if e < race_epochs and cmp.behind():
+                lost += e
+                break
+            if e == race_epochs:
+                if cmp.better(margin, alpha):
+                    lost += race_epochs  # (the dethroned incumbent's epochs)
+                    inc = c
+                else:
+                    lost += race_epochs
+    final = runs[f"{d}/{inc}/full"]["final"] - runs[f"{d}/0/full"]["final"]
+    return {"dataset": d, "winner": inc, "gain": final, "lost": lost}
+
+
+def portfolio(runs: dict[str, dict[str, Any]], datasets: list[str], configs: int, size: int,
+              race_epochs: int) -> tuple[list[int], list[dict[str, Any]]]:
+    """Greedy portfolio for a race of ``race_epochs``: each step appends the configuration that
+    most raises the mean over ``datasets`` of the replayed race's gain (:func:`replay`: what the
+    race would have made of the portfolio so far, then it), by more than MIN_GAIN. So a
+    configuration enters only if the race can tell it is better early and it is better at the end
+    (a slow starter that wins at the end never wins a race)."""
+    complete = [c for c in range(1, configs)
+                if all(f"{d}/{c}/full" in runs for d in datasets)]
+
+    def value(order: list[int]) -> float:
+        return statistics.fmean(replay(runs, d, order, race_epochs)["gain"] for d in datasets)
+
+    def mean_final(c: int) -> float:
+        return statistics.fmean(runs[f"{d}/{c}/full"]["final"] for d in datasets)
+
+    chosen: list[int] = []
+    steps = [{"config": 0, "value": 0.0}]
+    while len(chosen) < size:
+        # (ties: the better full-budget mean; below MIN_PORTFOLIO, a step that adds nothing on
+        # these datasets still gives the race a second configuration to try)
+        options = [(value(chosen + [c]), mean_final(c), c) for c in complete if c not in chosen]
         if not options:
             break
-        v, c = max(options)
-        if v - steps[-1]["value"] <= MIN_GAIN:
+        v, _, c = max(options)
+        if v - steps[-1]["value"] <= MIN_GAIN and len(chosen) >= MIN_PORTFOLIO:
             break
         chosen.append(c)
         steps.append({"config": c, "value": v})
-    return chosen[1:], steps
+    return chosen, steps
 
 
-def simulate_race(runs: dict[str, dict[str, Any]], datasets: list[str], configs: int,
-                  size: int, race_epochs: int, margin: float, alpha: float) -> dict[str, Any]:
-    """The race's rules replayed on the study's runs, one dataset at a time: the portfolio learned
-    on the other datasets (leave one out) is raced first, then every other configuration (the
-    stand-ins for neighbours) in a seeded order, against NVIDIA's point as the first incumbent,
-    with the per-case scores the runs recorded. Reported: how the winner's full-budget score
-    compares with the default's, and the epochs lost."""
+def choose_race(runs: dict[str, dict[str, Any]], datasets: list[str], configs: int,
+                size: int) -> dict[str, Any]:
+    """The race epochs and portfolio: for each epoch count, the greedy portfolio and its
+    leave-one-dataset-out replay (the portfolio learned on the other datasets, raced on the
+    held-out one, then the remaining configurations as stand-ins for neighbours, in a seeded
+    order); the epochs with the best held-out gain win (fewer epochs on a tie within MIN_GAIN)."""
     import random
 
-    from search.race import compare
-
-    out = []
-    for d in datasets:
-        others = [x for x in datasets if x != d]
-        picks, _ = portfolio(runs, others, configs, size)
-        rest = [c for c in range(1, configs) if c not in picks]
-        random.Random(0).shuffle(rest)
-        order = picks + rest
-
-        def curve(c: int, d: str = d) -> dict[int, list[float]]:
-            run = runs[f"{d}/{c}/full"]
-            return {int(h["epoch"]): h["per_case"] for h in run["history"]
-                    if float(h["epoch"]).is_integer()}
-
-        inc, lost = 0, 0
-        for c in order:
-            ch, ic = curve(c), curve(inc)
-            verdict = "lost"
-            for e in range(1, race_epochs + 1):
-                cmp = compare(ch[e], ic[e], e)
-                if e < race_epochs and cmp.behind():
-                    lost += e
-                    break
-                if e == race_epochs:
-                    lost += race_epochs
-                    if cmp.better(margin, alpha):
-                        verdict = "won"
-            if verdict == "won":
-                inc = c
-        final = {c: runs[f"{d}/{c}/full"]["final"] for c in range(configs)}
-        out.append({"dataset": d, "winner": inc, "gain": final[inc] - final[0],
-                    "best_gain": max(final.values()) - final[0], "lost": lost})
-    return {"race_epochs": race_epochs, "margin": margin, "alpha": alpha,
-            "mean_gain": statistics.fmean(r["gain"] for r in out),
-            "worst_gain": min(r["gain"] for r in out),
-            "mean_lost": statistics.fmean(r["lost"] for r in out), "per_dataset": out}
-
-
-def race_epochs(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    plain = [r for r in rows if r["fidelity"] == "epochs" and r["epochs"] >= 1]
-    best = max(r["mean_tau"] for r in plain)
-    pick = min((r for r in plain if r["mean_tau"] >= best - TAU_SLACK), key=lambda r: r["epochs"])
-    return {"epochs": int(pick["epochs"]), "mean_tau": pick["mean_tau"], "best_tau": best,
-            "rule": f"the fewest whole constant-rate epochs whose mean Kendall tau with the "
-                    f"full-budget result is within {TAU_SLACK} of the best measured"}
+    table = []
+    for r in RACE_EPOCHS:
+        picks, steps = portfolio(runs, datasets, configs, size, r)
+        held = []
+        for d in datasets:
+            others = [x for x in datasets if x != d]
+            own, _ = portfolio(runs, others, configs, size, r)
+            rest = [c for c in range(1, configs) if c not in own]
+            random.Random(0).shuffle(rest)
+            held.append(replay(runs, d, own + rest, r))
+        table.append({"epochs": r, "portfolio": picks, "greedy": steps,
+                      "held_out": held,
+                      "held_out_gain": statistics.fmean(x["gain"] for x in held),
+                      "held_out_worst": min(x["gain"] for x in held),
+                      "held_out_lost": statistics.fmean(x["lost"] for x in held)})
+    best = max(t["held_out_gain"] for t in table)
+    pick = min((t for t in table if t["held_out_gain"] >= best - MIN_GAIN),
+               key=lambda t: t["epochs"])
+    return {"epochs": pick["epochs"], "portfolio": pick["portfolio"], "table": table,
+            "rule": f"the race epochs whose leave-one-dataset-out replay gains most (the fewest "
+                    f"within {MIN_GAIN} of the best), with the greedy portfolio for them"}
 
 
 def report(runs: dict[str, dict[str, Any]], args: argparse.Namespace, cands: list[dict[str, Any]],
            datasets: list[str]) -> dict[str, Any]:
     rows = fidelities(runs, datasets, len(cands))
-    picks, steps = portfolio(runs, datasets, len(cands), args.portfolio)
     print(f"\nfull-budget validation Dice ({args.epochs} epochs, cool-down {COOLDOWN:.0%}) per "
           f"configuration and dataset:")
     print(f"{'config':>6} " + " ".join(f"{d:>16}" for d in datasets) + "    mean  params")
@@ -297,27 +320,22 @@ def report(runs: dict[str, dict[str, Any]], args: argparse.Namespace, cands: lis
         per = " ".join(f"{d.split('_')[0]}:{t:+.2f}" for d, t in r["tau"].items())
         print(f"{r['fidelity']:<36} {r['epochs']:>6g} {r['mean_tau']:>8.3f} "
               f"{r['mean_seconds']:>8.1f}  {per}")
-    race = race_epochs(rows) if rows else {}
-    print(f"\nportfolio (race order): {picks}; greedy steps {steps}")
-    print(f"race epochs: {race}")
-    sims = []
-    if len(datasets) > 1 and all(f"{d}/{c}/full" in runs for d in datasets
-                                 for c in range(len(cands))):
-        print("\nthe race's rules replayed on these runs (leave-one-dataset-out portfolio, every "
-              "other configuration after it), every challenger raced to the end:")
-        print(f"{'epochs':>6} {'margin':>6} {'alpha':>5} {'mean gain':>9} {'worst':>8} "
-              f"{'lost epochs':>11}  winners")
-        for r in (1, 2, 3, 4):
-            for margin in (0.0, 0.01, 0.02, 0.05):
-                for alpha in (0.01, 0.05, 0.1):
-                    sim = simulate_race(runs, datasets, len(cands), args.portfolio, r, margin,
-                                        alpha)
-                    sims.append(sim)
-                    print(f"{r:>6} {margin:>6.2f} {alpha:>5.2f} {sim['mean_gain']:>+9.4f} "
-                          f"{sim['worst_gain']:>+8.4f} {sim['mean_lost']:>11.1f}  "
-                          f"{[x['winner'] for x in sim['per_dataset']]}")
-    return {"space": SPACE, "configs": [cands[c] for c in picks], "race": race,
-            "greedy": steps, "fidelities": rows, "race_replays": sims,
+    race = choose_race(runs, datasets, len(cands), args.portfolio)
+    print(f"\nthe race replayed on these runs (search.race's rules: behind by one standard error "
+          f"before its last epoch, or not ahead by {MARGIN} at p < {ALPHA} at it, a challenger "
+          f"loses); per race length, the greedy portfolio and its leave-one-dataset-out replay:")
+    print(f"{'epochs':>6} {'portfolio':<14} {'held-out gain':>13} {'worst':>8} {'lost':>6}  "
+          f"winners per dataset")
+    for t in race["table"]:
+        print(f"{t['epochs']:>6} {str(t['portfolio']):<14} {t['held_out_gain']:>+13.4f} "
+              f"{t['held_out_worst']:>+8.4f} {t['held_out_lost']:>6.1f}  "
+              f"{[x['winner'] for x in t['held_out']]}")
+    print(f"race epochs: {race['epochs']}, portfolio (race order): {race['portfolio']} "
+          f"({race['rule']})")
+    return {"space": SPACE, "configs": [cands[c] for c in race["portfolio"]],
+            "race": {"epochs": race["epochs"], "rule": race["rule"],
+                     "margin": MARGIN, "alpha": ALPHA},
+            "race_replays": race["table"], "fidelities": rows,
             "full_budget": {f"{d}/{c}": runs[f"{d}/{c}/full"]["final"]
                             for d in datasets for c in range(len(cands)) if f"{d}/{c}/full" in runs},
             "candidates": cands, "datasets": datasets}

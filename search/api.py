@@ -1,16 +1,17 @@
 """The library entry point of a search: ``Search(...).run()``, as a notebook or a script uses it.
 
     from search import Search
-    result = Search(data="BraTS2021", space="demo", num_samples=8, max_epochs=8,
-                    out="results", name="demo", grace_period=1).run()
-    result.best.score, result.best.config, result.experiment
+    result = Search(data="BraTS2021", space="demo", budget=48, out="results", name="demo").run()
+    result.best.score, result.best.config, result.experiment, result.summary["race"]
 
 ``Search`` owns the whole pipeline (like MONAI's AutoRunner): it validates the whole specification
 before anything is written (options, space, data, split, output folder, cluster, GPUs), prepares the
 preprocessed cache, splits the cases, sets the memory budget (``memory=``, ``--memory``; a search
 none of whose configurations fits it is refused before its folder is created, and configurations
 predicted over it are recorded as pruned, never started: ``search.memory_budget``), runs the engine
-(Ray Tune + Optuna + ASHA, or Keras Tuner), exports the best trial to ``EXPERIMENT/best``, writes
+(Ray Tune: with a ``budget`` in trial-epochs the race of ``search.race``, which spends all of it and
+continues its winner; otherwise Optuna + ASHA or another scheduler; or Keras Tuner), exports the
+final model to ``EXPERIMENT/best``, writes
 results and the HTML report, and returns a :class:`SearchResult`. The specification, engine
 options included, is saved in ``EXPERIMENT/search.json``, so ``Search.restore(EXPERIMENT).run()``
 (the CLI's ``--resume``) and ``retrain-best`` need no option repeated.

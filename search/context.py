@@ -14,6 +14,9 @@ from unet3d.data.preprocess import CachedCase, open_cases
 from unet3d.labels import LabelScheme
 
 
+WSD_FLOOR = 0.01  # where a wsd cool-down ends for a configuration whose rate never decays
+
+
 @dataclasses.dataclass(frozen=True)
 class SearchContext:
     """Plain data (it travels to Ray workers and is saved as ``<experiment>/search.json``).
@@ -91,6 +94,9 @@ class SearchContext:
         train = {"seed": self.seed, "objective": self.objective,
                  "latency": self.second_objective == "latency", "schedule": self.schedule,
                  "cooldown_epochs": 0}
+        if self.schedule == "wsd" and cfg.train.min_lr_ratio >= 1.0:
+            # (NVIDIA's configuration keeps its rate constant: the race's cool-down still anneals)
+            train["min_lr_ratio"] = WSD_FLOOR
         if "train.backend" not in sample:  # (a space may search the backend; see SearchSpec)
             train["backend"] = self.backend
         return cfg.replace(train=train,

@@ -41,6 +41,7 @@ import numpy as np
 from search.spec import SearchError
 
 RACE_FILE = "race.json"
+RACE_SHARE = 0.15  # of the budget, what challengers may lose by default
 CONTINUED = "continued"  # proposed_by of the winner's continuation trial
 CONTINUE = "__race_continue"  # the config key that makes a trial the winner's continuation
 
@@ -73,7 +74,7 @@ class RaceSettings:
 
     budget: float
     race_epochs: int = 2
-    race_share: float = 0.25
+    race_share: float = RACE_SHARE
     margin: float = 0.02
     alpha: float = 0.05
     cooldown: float = 0.2
@@ -342,6 +343,13 @@ class Race:
         if self.incumbent is None:
             return
         r = self.settings.race_epochs
+        inc = self.trials[self.incumbent]
+        if not inc.alive and r not in inc.per_case and inc.verdict != "error":
+            # (ended short of its race, e.g. a retried trial that gave up: as if it failed)
+            inc.verdict, inc.why = "error", f"ended at epoch {inc.epochs} without a score at epoch {r}"
+            self._replace_failed_incumbent()
+            if self.incumbent is None:
+                return
         for t in self._race_trials():
             if not t.racing or t.trial_id == self.incumbent:
                 continue

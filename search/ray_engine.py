@@ -73,7 +73,7 @@ class RayOptions:
     warm_start: str | None = None      # an earlier experiment whose trials the sampler is told
     budget: float | None = None        # the whole search's trial-epochs (or seconds); None: none
     race_epochs: int | None = None     # race: epochs each trial races; None: the portfolio's (2)
-    race_share: float | None = None    # race: share of the budget challengers may lose (0.25)
+    race_share: float | None = None    # race: share of the budget challengers may lose (0.15)
     portfolio: str | None = None       # race: a portfolio file, "none", None: the space's own
 
     def __post_init__(self) -> None:
@@ -162,11 +162,11 @@ class RayOptions:
 
     def race_settings(self, learned_epochs: int | None = None) -> Any:
         """The race's :class:`search.race.RaceSettings`: --race-epochs (else ``learned_epochs``,
-        the portfolio's, else 2) and --race-share (else 0.25) of --budget."""
-        from search.race import RaceSettings
+        the portfolio's, else 2) and --race-share (else the race's default) of --budget."""
+        from search.race import RACE_SHARE, RaceSettings
 
         epochs = self.race_epochs if self.race_epochs is not None else (learned_epochs or 2)
-        share = self.race_share if self.race_share is not None else 0.25
+        share = self.race_share if self.race_share is not None else RACE_SHARE
         return RaceSettings(budget=self.budget, race_epochs=epochs, race_share=share)
 
     @property

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from search.finish import load_context
+from search.finish import load_context, race_summary
 from search.memory_budget import MemoryBudget, load_pruned
 from search.objective import DEFAULT, HEADERS, describe
 from search.results import (
@@ -288,10 +288,14 @@ def build_report(experiment: str | Path, out: str | Path | None = None) -> Repor
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.stem}.", dir=out.parent))
     try:
         figs = _figures(rows, ctx, tmp, out.stem)
-        # The exported trial; while none is exportable yet, the best scored one.
-        best = best_row(rows) or next((r for r in ranked(rows) if finite(r.best_score)), None)
+        # The exported trial (the race's continued winner); while none is exportable yet, the best
+        # scored one.
+        race = race_summary(experiment)
+        final = next((r for r in rows if race and r.trial_id == race["final_trial"]), None)
+        best = final or best_row(rows) or next((r for r in ranked(rows) if finite(r.best_score)),
+                                               None)
         parts = [*_header(experiment, ctx, extra, rows, summary, finished),
-                 *_results_table(rows, ctx, best)]
+                 *_results_table(rows, ctx, best), *_race_section(race)]
         for key in FIGURES:
             parts.append(f"<h2 id='{key}'>{TITLES[key]}</h2><img src='{figs[key].name}' "
                          f"alt='{TITLES[key]}'>")
@@ -307,6 +311,23 @@ def build_report(experiment: str | Path, out: str | Path | None = None) -> Repor
         shutil.rmtree(tmp, ignore_errors=True)
     pruned = sum(r.pruned for r in rows)
     return Report(html=out, figures=placed, trials=len(rows) - pruned, pruned=pruned)
+
+
+def _race_section(race: dict[str, Any] | None) -> list[str]:
+    """What the race did with the budget (``search.race``): its spending and its events."""
+    if race is None:
+        return []
+    st = race["settings"]
+    parts = ["<h2 id='race'>The race</h2>",
+             f"<p id='race-budget'>{race['trial_epochs']} of {st['budget']:g} trial-epochs: "
+             f"{race['race_trial_epochs']} racing ({st['race_epochs']} epochs per trial, compared "
+             f"with the incumbent case by case: ahead by more than {st['margin']:g} at p &lt; "
+             f"{st['alpha']:g} to replace it), {race['lost_trial_epochs']} of them lost (at most "
+             f"{st['race_share']:.0%} of the budget), {race['continuation_trial_epochs']} "
+             f"continuing the winner.</p>", "<ol id='race-events'>"]
+    parts += [f"<li>{_e(line)}</li>" for line in race["events"]]
+    parts.append("</ol>")
+    return parts
 
 
 TITLES = {"learning_curves": "Learning curves", "objective": "Objective by trial",

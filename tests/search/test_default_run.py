@@ -1,6 +1,7 @@
-"""`python run_search.py` with no arguments, what `make search` runs: the demo search (issue 15's
-acceptance). A file of its own: the suite's longest test, so pytest-xdist starts it early on a
-worker of its own (--dist loadfile keeps a file on one worker)."""
+"""`python run_search.py` with no arguments, what `make search` runs: the demo search, a race of
+the default configuration against its portfolio and neighbours for a budget of DEMO_BUDGET
+trial-epochs (issue 24). A file of its own: the suite's longest test, so pytest-xdist starts it
+early on a worker of its own (--dist loadfile keeps a file on one worker)."""
 
 from __future__ import annotations
 
@@ -8,23 +9,36 @@ import json
 
 from conftest import run_cli
 
+from search.spec import DEMO_BUDGET
 
-def test_the_default_run_searches_with_asha_stopping_trials_early(tmp_path):
+
+def test_the_default_run_races_the_default_and_continues_the_winner_to_the_budget(tmp_path):
     """`python run_search.py` with no arguments: what `make search` runs."""
-    r = run_cli(timeout=1200, cwd=tmp_path)
+    r = run_cli(timeout=1500, cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     exp = next((tmp_path / "results").iterdir())
     trials = json.loads((exp / "trials.json").read_text())
-    summary = trials["summary"]
-    assert summary["trials"] == 8 and summary["trials_stopped_early"] >= 1
-    assert summary["trial_epochs_run"] < summary["trial_epochs_without_early_stopping"]
-    assert any(t["status"] == "stopped" and t["epochs"] < 8 for t in trials["trials"])
-    assert (exp / "best" / "model.keras").exists()
-    # The demo data is hard enough for configurations to differ (no ceiling near 0.99), and TPE
-    # proposes trials (its start-up is 2 of the 8: NVIDIA's point and one random).
-    scores = [t["best_score"] for t in trials["trials"]]
-    assert max(scores) < 0.97 and max(scores) - min(scores) > 0.1, scores
-    assert sum(t["proposed_by"] == "tpe" for t in trials["trials"]) >= 3
-    assert (exp / "best" / "postprocess.json").exists()
-    assert "stopped early" in r.stdout and "tensorboard --logdir" in r.stdout
+    summary, rows = trials["summary"], sorted(trials["trials"], key=lambda t: t["index"])
+    race = summary["race"]
+    # The whole budget is spent: the race's trials, then the winner continued with the rest.
+    assert race["trial_epochs"] == DEMO_BUDGET == summary["trial_epochs_run"]
+    assert race["race_trial_epochs"] + race["continuation_trial_epochs"] == DEMO_BUDGET
+    assert race["lost_trial_epochs"] <= race["settings"]["race_share"] * DEMO_BUDGET
+    # The default first, the shipped portfolio next, then neighbours; the winner continued last.
+    origins = [t["proposed_by"] for t in rows]
+    assert origins[0] == "nvidia" and origins[-1] == "continued"
+    assert origins[1] == "portfolio" and "local" in origins, origins
+    cont = race["continuation"]
+    assert cont["trial_id"] == race["incumbent"] and summary["best_trial"] == rows[-1]["trial_id"]
+    assert cont["epochs"] == cont["from_epoch"] + race["continuation_trial_epochs"]
+    metrics = json.loads((exp / "best" / "metrics.json").read_text())
+    assert metrics["epoch"] == cont["epochs"]
+    # The race's trials differ (no ceiling near 0.99); every verdict is recorded with its reason.
+    scores = [t["best_score"] for t in rows[:-1]]
+    assert max(scores) < 0.97 and max(scores) - min(scores) > 0.05, scores
+    assert all(why for verdict, why in race["verdicts"].values() if verdict == "lost")
+    assert (exp / "best" / "postprocess.json").exists() and (exp / "ensemble.json").exists()
+    assert "race: " in r.stdout and "final model: the race's winner" in r.stdout
+    assert "id='race-events'" in (exp / "report.html").read_text()
+    assert "tensorboard --logdir" in r.stdout
     print(r.stdout[-2500:])
