@@ -370,9 +370,12 @@ def _print_search(result, spec) -> None:
         what = describe(result.summary.get("objective", "dice"), result.best.config.scheme.tumour)
         cont = s.get("race", {}).get("continuation") or {}
         if cont.get("continuation_trial") == result.best.trial_id:
-            _print(f"final model: the race's winner {cont['trial_id']} continued to epoch "
-                   f"{cont['epochs']} (trial {result.best.trial_id}): {what} "
-                   f"{result.best.score:.4f}")
+            on = ("every labelled case" if cont.get("data") == "all" else
+                  f"the training cases (validation {what} {result.best.score:.4f})")
+            _print(f"final model: the race's winner {cont['trial_id']} ({what} "
+                   f"{cont.get('score', float('nan')):.4f} at its race epoch "
+                   f"{cont['from_epoch']}) continued on {on} to epoch {cont['epochs']} "
+                   f"(trial {result.best.trial_id})")
         else:
             _print(f"best trial {result.best.trial_id}: {what} {result.best.score:.4f}")
         for p in s.get("pareto", []):
@@ -839,6 +842,7 @@ def _search_parser(sub) -> None:
 
 def _ray_args(s, ray) -> None:
     """The search command's Ray Tune engine flags (``ray``: RayOptions' defaults)."""
+    from search.race import FINAL_DATA
     from search.ray_engine import SCHEDULERS, SEARCHERS, TIME_ATTRS
 
     r = s.add_argument_group("Ray Tune engine")
@@ -861,6 +865,11 @@ def _ray_args(s, ray) -> None:
                         "results; 2 without one)")
     r.add_argument("--race-share", type=float, default=None,
                    help="race: the share of --budget challengers may lose (default: 0.15)")
+    r.add_argument("--final-data", choices=FINAL_DATA, default=None,
+                   help="race: what the winner is continued on: all (every labelled case, as a "
+                        "configuration trained alone would use them; no held-out case is then left to "
+                        "choose a post-processing or an ensemble on) or train (the validation "
+                        "cases stay held out for those choices) (default: all)")
     r.add_argument("--portfolio", default=None, metavar="FILE|none",
                    help="race: configurations tried first, after the baseline (a JSON file as "
                         "benchmarks/portfolio_study.py writes; default: the one shipped for the "

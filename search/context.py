@@ -13,7 +13,6 @@ from unet3d.config import RunConfig
 from unet3d.data.preprocess import CachedCase, open_cases
 from unet3d.labels import LabelScheme
 
-
 WSD_FLOOR = 0.01  # where a wsd cool-down ends for a configuration whose rate never decays
 
 

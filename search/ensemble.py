@@ -91,6 +91,15 @@ def choose_ensemble(rows: Sequence[TrialRow], final: TrialRow, best: Path, ctx: 
     return record
 
 
+def no_ensemble(experiment: Path, best: Path, why: str) -> dict[str, Any]:
+    """Records that no ensemble was tried for the final model ``best``, and why."""
+    from unet3d.io_utils import atomic_write_json
+
+    record = {"chosen": False, "members": [str(best)], "tried": [], "why": why}
+    atomic_write_json(experiment / FILE, record)
+    return record
+
+
 def _write_folder(experiment: Path, members: Sequence[Path]) -> None:
     """``EXPERIMENT/ensemble/member_K`` -> the members (relative links), built under a temporary
     name and renamed into place."""

@@ -52,10 +52,13 @@ def load_search(experiment: Path) -> tuple[SearchSpec, SearchContext]:
     return spec, ctx
 
 
-def _export_row(row: TrialRow, ctx: SearchContext, experiment: Path, out: Path) -> Path:
+def _export_row(row: TrialRow, ctx: SearchContext, experiment: Path, out: Path, *,
+                held_out: bool = True) -> Path:
     """Exports ``row``'s best checkpoint to ``out`` with full validation metrics (Dice and HD95 per
     case, computed on the exported weights) and the post-processing chosen on those same
-    validation predictions for the search objective (``postprocess.json``)."""
+    validation predictions for the search objective (``postprocess.json``). ``held_out`` False:
+    the trial trained on the validation cases too (the race's winner continued on every case):
+    neither is computed, as for ``retrain-best``'s ``all``."""
     from search.storage import local_copy
     from unet3d.checkpoint import model_from_run
     from unet3d.export import export_model, validation_postprocess
@@ -64,11 +67,13 @@ def _export_row(row: TrialRow, ctx: SearchContext, experiment: Path, out: Path) 
     staged = experiment / f".{out.name}_checkpoint"
     model, cfg, state = model_from_run(local_copy(row.checkpoint, staged))
     shutil.rmtree(staged, ignore_errors=True)  # only a download of a remote checkpoint lands here
-    val = ctx.cases(ctx.val_ids)
+    val = ctx.cases(ctx.val_ids) if held_out else []
     metrics: dict[str, Any] = {"trial_id": row.trial_id, "params": row.params,
                                "epoch": state["epoch"], "history": state["history"],
                                "backend": cfg.train.backend,  # (what it trained under)
-                               "val_cases": list(ctx.val_ids)}
+                               "val_cases": list(ctx.val_ids) if held_out else [],
+                               "train_cases": sorted(ctx.train_ids) if held_out else
+                               sorted(set(ctx.train_ids) | set(ctx.val_ids))}
     choice = None
     if val:
         # chosen for cfg.train.objective: the search objective, which every trial trains with
@@ -80,15 +85,16 @@ def _export_row(row: TrialRow, ctx: SearchContext, experiment: Path, out: Path) 
 
 
 def export_best(rows: Sequence[TrialRow], ctx: SearchContext, experiment: Path,
-                final: str = "") -> tuple[TrialRow, Path] | None:
+                final: str = "", held_out: bool = True) -> tuple[TrialRow, Path] | None:
     """Exports the best trial's best checkpoint to ``<experiment>/best``; ``final``: the trial
     whose checkpoint is the search's model whatever the ranking says (the race's winner, continued
-    to the budget), when it has one."""
+    to the budget), when it has one; ``held_out`` False: it trained on the validation cases too."""
     chosen = next((r for r in rows if r.trial_id == final and r.checkpoint), None) if final else None
     best = chosen or best_row(rows)
     if best is None:
         return None
-    return best, _export_row(best, ctx, experiment, experiment / "best")
+    return best, _export_row(best, ctx, experiment, experiment / "best",
+                             held_out=held_out or chosen is None)
 
 
 def race_summary(experiment: Path) -> dict[str, Any] | None:
@@ -105,6 +111,7 @@ def race_summary(experiment: Path) -> dict[str, Any] | None:
     done = trials.get(cont.get("continuation_trial", ""), {}).get("epochs", 0)
     trained = max(0, done - int(cont.get("from_epoch", 0))) if cont else 0
     return {"settings": race["settings"], "incumbent": race["incumbent"],
+            "winner_score": cont.get("score"),
             "race_trial_epochs": race["spent"], "lost_trial_epochs": race["lost"],
             "continuation": cont, "continuation_trial_epochs": trained,
             "trial_epochs": race["spent"] + trained,
@@ -205,19 +212,22 @@ def finish(rows: Sequence[TrialRow], ctx: SearchContext, experiment: Path, engin
         summary["race"] = race
         summary["trial_epochs_run"] = race["trial_epochs"]
     final = race["final_trial"] if race is not None else ""
-    exported = export_best(rows, ctx, experiment, final) if export else None
+    held_out = race is None or race["continuation"].get("data", "train") != "all"
+    exported = export_best(rows, ctx, experiment, final, held_out) if export else None
     if exported is not None:
         best, path = exported
         summary.update(best_trial=best.trial_id, best_score=best.best_score,
                        best_dice_mean=best.best_dice_mean, best_params=best.params, export=str(path))
         if race is not None:  # the race's other trained models may still help, as an ensemble
-            from search.ensemble import choose_ensemble
+            from search.ensemble import choose_ensemble, no_ensemble
 
             settings = race["settings"]
-            record = choose_ensemble(
+            record = (choose_ensemble(
                 rows, best, path, ctx, experiment,
                 lambda r, folder: _export_row(r, ctx, experiment, folder),
-                margin=settings["margin"], alpha=settings["alpha"])
+                margin=settings["margin"], alpha=settings["alpha"]) if held_out else
+                no_ensemble(experiment, path, "the final model was continued on every labelled "
+                            "case: no held-out validation case is left to compare an ensemble on"))
             summary["ensemble"] = {k: record.get(k) for k in ("chosen", "members", "why")}
     second = getattr(ctx, "second_objective", "")
     if second:

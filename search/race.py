@@ -21,7 +21,9 @@ incumbent's): a challenger starts only when its whole race fits in what is left 
 When no challenger can start and none runs, the race ends and its winner is *continued* from its
 last checkpoint to the end of the budget (``budget`` minus every epoch the race trained), the last
 ``cooldown`` of its epochs cooling down: no retraining from scratch, so at worst the search loses
-the losers' epochs. The state is plain data (saved with the searcher, and written to
+the losers' epochs. It is continued on every labelled case by default (``final_data``): a model
+trained alone would use the validation cases too (on hard synthetic data, 18 instead of 24 cases
+cost 0.003-0.034 held-out Dice at 24 epochs). The state is plain data (saved with the searcher, and written to
 ``race.json`` after every change for people and the report).
 
 Engine-neutral: ``search.ray_race`` drives it from Ray Tune's scheduler and searcher.
@@ -42,6 +44,7 @@ from search.spec import SearchError
 
 RACE_FILE = "race.json"
 RACE_SHARE = 0.15  # of the budget, what challengers may lose by default
+FINAL_DATA = ("all", "train")  # what the winner is continued on (RaceSettings.final_data)
 CONTINUED = "continued"  # proposed_by of the winner's continuation trial
 CONTINUE = "__race_continue"  # the config key that makes a trial the winner's continuation
 
@@ -49,7 +52,7 @@ CONTINUE = "__race_continue"  # the config key that makes a trial the winner's c
 def continuation_of(config: dict[str, Any]) -> dict[str, Any] | None:
     """The continuation a trial's config carries (None for any other trial): the winner's
     ``trial_id``, ``checkpoint`` (folder) and ``from_epoch``, the ``epochs`` and
-    ``cooldown_epochs`` it is continued to."""
+    ``cooldown_epochs`` it is continued to, and on what ``data`` ("all" | "train")."""
     spec = config.get(CONTINUE)
     return spec if isinstance(spec, dict) else None
 
@@ -70,6 +73,10 @@ class RaceSettings:
         margin: what a challenger must be ahead by, mean over the validation cases.
         alpha: the one-sided paired t-test's level.
         cooldown: the share of the winner's final epochs that cool down.
+        final_data: what the winner is continued on: "all" (every labelled case: the validation
+            cases too, as the default trained alone would use them; then no held-out cases are
+            left to choose a post-processing or an ensemble on) or "train" (the training cases;
+            the validation cases stay held out for those choices).
     """
 
     budget: float
@@ -78,8 +85,12 @@ class RaceSettings:
     margin: float = 0.02
     alpha: float = 0.05
     cooldown: float = 0.2
+    final_data: str = "all"
 
     def __post_init__(self) -> None:
+        if self.final_data not in FINAL_DATA:
+            raise SearchError(f"--final-data {self.final_data}: must be one of "
+                              f"{', '.join(FINAL_DATA)}")
         if not (isinstance(self.race_epochs, int) and not isinstance(self.race_epochs, bool)
                 and self.race_epochs >= 1):
             raise SearchError(f"--race-epochs {self.race_epochs}: must be an integer >= 1")
@@ -275,8 +286,10 @@ class Race:
         left = max(0, int(math.floor(self.settings.budget - self.spent + 1e-9)))
         total = inc.epochs + left
         cooldown = min(max(1, round(self.settings.cooldown * total)), left)
+        score = inc.scores.get(max(inc.scores)) if inc.scores else math.nan
         return {"trial_id": inc.trial_id, "checkpoint": inc.checkpoint, "from_epoch": inc.epochs,
-                "epochs": total, "cooldown_epochs": cooldown, "params": dict(inc.params)}
+                "epochs": total, "cooldown_epochs": cooldown, "data": self.settings.final_data,
+                "score": score, "params": dict(inc.params)}
 
     def continuing(self, trial_id: str, spec: dict[str, Any]) -> None:
         """The continuation started as trial ``trial_id``."""

@@ -75,6 +75,7 @@ class RayOptions:
     race_epochs: int | None = None     # race: epochs each trial races; None: the portfolio's (2)
     race_share: float | None = None    # race: share of the budget challengers may lose (0.15)
     portfolio: str | None = None       # race: a portfolio file, "none", None: the space's own
+    final_data: str | None = None      # race: the winner continued on "all" cases (default), "train"
 
     def __post_init__(self) -> None:
         if self.scheduler is None:  # (resolved once; search.json keeps the options as given)
@@ -121,7 +122,7 @@ class RayOptions:
         if self.scheduler == "race":
             self._check_race()
         else:
-            for name in ("race_epochs", "race_share", "portfolio"):
+            for name in ("race_epochs", "race_share", "portfolio", "final_data"):
                 if getattr(self, name) is not None:
                     raise SearchError(f"--{name.replace('_', '-')}: only with --scheduler race (the "
                                       f"default with a --budget in trial-epochs)")
@@ -167,7 +168,8 @@ class RayOptions:
 
         epochs = self.race_epochs if self.race_epochs is not None else (learned_epochs or 2)
         share = self.race_share if self.race_share is not None else RACE_SHARE
-        return RaceSettings(budget=self.budget, race_epochs=epochs, race_share=share)
+        return RaceSettings(budget=self.budget, race_epochs=epochs, race_share=share,
+                            final_data=self.final_data or "all")
 
     @property
     def population_based(self) -> bool:

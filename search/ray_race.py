@@ -99,7 +99,7 @@ class RaceSearcher(Searcher):
             self.race.continuing(trial_id, arg)
             self._origin(trial_id, CONTINUED)
             return {**arg["params"], CONTINUE: {k: arg[k] for k in (
-                "trial_id", "checkpoint", "from_epoch", "epochs", "cooldown_epochs")}}
+                "trial_id", "checkpoint", "from_epoch", "epochs", "cooldown_epochs", "data")}}
         params, origin = arg
         self.inner._ot_study.enqueue_trial(params, skip_if_exists=False)
         config = self.inner.suggest(trial_id)

@@ -20,13 +20,13 @@ from unet3d.errors import UserError
 ENGINES = ("ray", "keras-tuner")
 DEFAULT_DATA = Path("data/synthetic-medium")  # the demo dataset, written on first use
 DEMO_CASES, DEMO_DIFFICULTY = 24, "medium"  # (hard enough that configurations separate)
-DEMO_BUDGET = 48  # trial-epochs of the default job (`make search`): the race spends them
+DEMO_BUDGET = 32  # trial-epochs of the default job (`make search`): the race spends them
 DEFAULT_OUT = "results"
 # Engine options a user may pass (besides the common ones); each engine validates their values.
 RAY_OPTIONS = ("grace_period", "reduction_factor", "time_attr", "max_trial_seconds", "cpus_per_trial",
                "gpus_per_trial", "max_concurrent", "max_failures", "address", "num_cpus", "searcher",
                "scheduler", "startup_trials", "warm_start", "budget", "race_epochs", "race_share",
-               "portfolio")
+               "portfolio", "final_data")
 KERAS_TUNER_OPTIONS = ("algorithm", "reduction_factor", "hyperband_iterations")
 ENGINE_OPTIONS = {"ray": RAY_OPTIONS, "keras-tuner": KERAS_TUNER_OPTIONS}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")

@@ -41,9 +41,13 @@ def train_trial(config: dict[str, Any], ctx: SearchContext) -> None:
     cont = continuation_of(config)
     config = sampled(config)
     cfg = context.run_config(config)
+    train_ids, val_ids = context.train_ids, context.val_ids
     if cont is not None:  # the race's winner, continued to the end of the budget (search.race)
         cfg = cfg.with_epochs(cont["epochs"]).replace(
             train={"cooldown_epochs": cont["cooldown_epochs"]})
+        if cont.get("data", "train") == "all":
+            # on every labelled case, as a model trained alone would be: no held-out case is left
+            train_ids, val_ids = tuple(sorted(set(train_ids) | set(val_ids))), ()
     # Each trial is a process of its own, so its backend can be the trial's (a space may sample
     # train.backend); Keras is not loaded in it yet.
     use_backend(cfg.train.backend)
@@ -92,7 +96,9 @@ def train_trial(config: dict[str, Any], ctx: SearchContext) -> None:
             "trial_index": trial_index}
 
     def report(epoch: int, record: dict[str, float], checkpoint_file: Path | None = None) -> None:
-        metrics = {**record, **node, "epoch": epoch}
+        # (an epoch without validation, e.g. the race's winner continued on every case, still
+        # names the objective: Ray requires it in every result)
+        metrics = {context.metric: float("nan"), **record, **node, "epoch": epoch}
         with tempfile.TemporaryDirectory() as d:
             shutil.copy2(checkpoint_file or run_dir / CHECKPOINT, Path(d) / CHECKPOINT)
             shutil.copy2(run_dir / "config.json", Path(d) / "config.json")
@@ -101,10 +107,10 @@ def train_trial(config: dict[str, Any], ctx: SearchContext) -> None:
 
     trainer = None
     if context.workers_per_trial > 1:
-        _train_with_horovod(context, cfg, run_dir, resume, report, resources)
+        _train_with_horovod(context, cfg, run_dir, resume, report, resources, train_ids, val_ids)
         return
     keras.backend.clear_session()
-    trainer = Trainer(cfg, context.cases(context.train_ids), context.cases(context.val_ids), run_dir,
+    trainer = Trainer(cfg, context.cases(train_ids), context.cases(val_ids), run_dir,
                       resume=resume, epoch_hook=report)
     trainer.fit()
 
@@ -138,7 +144,8 @@ def _perturbed(saved: Any, cfg: Any) -> bool:
 
 
 def _train_with_horovod(context: SearchContext, cfg: Any, run_dir: Path, resume: bool,
-                        report: Any, resources: dict[str, float]) -> None:
+                        report: Any, resources: dict[str, float], train_ids: tuple[str, ...],
+                        val_ids: tuple[str, ...]) -> None:
     """Trains the trial with ``workers_per_trial`` Horovod workers (Ray actors in this trial's
     placement group). Rank 0 hard-links each epoch's checkpoint and sends the epoch's record
     through a Ray queue; this function reports both to Tune. When Tune stops the trial (ASHA), this
@@ -174,8 +181,8 @@ def _train_with_horovod(context: SearchContext, cfg: Any, run_dir: Path, resume:
     executor.start()
     try:
         refs = executor.run_remote(train_worker, kwargs=dict(
-            config=cfg.to_dict(), cache=context.cache, train_ids=list(context.train_ids),
-            val_ids=list(context.val_ids), out=str(run_dir), resume=resume, epoch_hook=hook,
+            config=cfg.to_dict(), cache=context.cache, train_ids=list(train_ids),
+            val_ids=list(val_ids), out=str(run_dir), resume=resume, epoch_hook=hook,
             log_epochs=False))
         pending = list(refs)
         while True:

@@ -204,7 +204,7 @@ def test_an_interrupted_search_resumes_with_search_restore(tmp_path):
     # of 12), the winner is continued with what is left.
     first = Search(data=tmp_path / "data", space=tmp_path / "tiny.yaml", out=tmp_path / "results",
                    name="cut", folds=4, verbose=0, max_concurrent=1, budget=12, race_epochs=5,
-                   race_share=0.5, mlflow=f"file:{tmp_path / 'mlruns'}").run()
+                   race_share=0.5, final_data="train", mlflow=f"file:{tmp_path / 'mlruns'}").run()
     assert first.interrupted and first.best is None and not (exp / "best").exists()
     assert [r.status for r in first.trials] == ["interrupted"]
 
@@ -223,6 +223,13 @@ def test_an_interrupted_search_resumes_with_search_restore(tmp_path):
     assert metrics["epoch"] == cont["epochs"] and len(metrics["history"]) == cont["epochs"]
     assert done.best.config.train.schedule == "wsd"
     assert done.best.config.train.cooldown_epochs == cont["cooldown_epochs"] >= 1
+    # Continued on the training cases (final_data="train"): the validation cases stayed held out,
+    # so the export is validated, its post-processing chosen, and an ensemble of it and the other
+    # race trial compared with it case by case (the same rule; whichever way it went, recorded).
+    assert metrics["val_cases"] and "final" in metrics and (exp / "best" / "postprocess.json").exists()
+    record = json.loads((exp / "ensemble.json").read_text())
+    assert len(record["tried"]) == 1 and len(record["tried"][0]["per_case"]) == len(record["alone"])
+    assert (exp / "ensemble").exists() == record["chosen"] == done.summary["ensemble"]["chosen"]
     # The same Optuna study continued (its journal in the folder), the same MLflow runs.
     import optuna
     from test_tracking import check_trial_runs, mlflow_runs

@@ -33,11 +33,16 @@ def test_the_default_run_races_the_default_and_continues_the_winner_to_the_budge
     assert cont["epochs"] == cont["from_epoch"] + race["continuation_trial_epochs"]
     metrics = json.loads((exp / "best" / "metrics.json").read_text())
     assert metrics["epoch"] == cont["epochs"]
+    # Continued on every labelled case, as the default trained alone would be: no held-out case
+    # is left, so neither a post-processing nor an ensemble is chosen on one.
+    assert cont["data"] == "all" and len(metrics["train_cases"]) == 24 and not metrics["val_cases"]
+    assert not (exp / "best" / "postprocess.json").exists() and "final" not in metrics
+    assert "no held-out validation case" in summary["ensemble"]["why"]
     # The race's trials differ (no ceiling near 0.99); every verdict is recorded with its reason.
     scores = [t["best_score"] for t in rows[:-1]]
     assert max(scores) < 0.97 and max(scores) - min(scores) > 0.05, scores
     assert all(why for verdict, why in race["verdicts"].values() if verdict == "lost")
-    assert (exp / "best" / "postprocess.json").exists() and (exp / "ensemble.json").exists()
+    assert (exp / "ensemble.json").exists()
     assert "race: " in r.stdout and "final model: the race's winner" in r.stdout
     assert "id='race-events'" in (exp / "report.html").read_text()
     assert "tensorboard --logdir" in r.stdout
