@@ -40,14 +40,7 @@ def train_trial(config: dict[str, Any], ctx: SearchContext) -> None:
     context = ctx
     cont = continuation_of(config)
     config = sampled(config)
-    cfg = context.run_config(config)
-    train_ids, val_ids = context.train_ids, context.val_ids
-    if cont is not None:  # the race's winner, continued to the end of the budget (search.race)
-        cfg = cfg.with_epochs(cont["epochs"]).replace(
-            train={"cooldown_epochs": cont["cooldown_epochs"]})
-        if cont.get("data", "train") == "all":
-            # on every labelled case, as a model trained alone would be: no held-out case is left
-            train_ids, val_ids = tuple(sorted(set(train_ids) | set(val_ids))), ()
+    cfg, train_ids, val_ids = _trial_plan(context, config, cont)
     # Each trial is a process of its own, so its backend can be the trial's (a space may sample
     # train.backend); Keras is not loaded in it yet.
     use_backend(cfg.train.backend)
@@ -113,6 +106,22 @@ def train_trial(config: dict[str, Any], ctx: SearchContext) -> None:
     trainer = Trainer(cfg, context.cases(train_ids), context.cases(val_ids), run_dir,
                       resume=resume, epoch_hook=report)
     trainer.fit()
+
+
+def _trial_plan(context: SearchContext, config: dict[str, Any],
+                cont: dict[str, Any] | None) -> tuple[Any, tuple[str, ...], tuple[str, ...]]:
+    """The trial's RunConfig and its training and validation case IDs: the search's, or for the
+    race's winner continued to the end of the budget (``cont``, search.race) its longer schedule,
+    on every labelled case with ``data`` "all" (as a model trained alone would be; no held-out
+    case is left)."""
+    cfg = context.run_config(config)
+    train_ids, val_ids = context.train_ids, context.val_ids
+    if cont is not None:
+        cfg = cfg.with_epochs(cont["epochs"]).replace(
+            train={"cooldown_epochs": cont["cooldown_epochs"]})
+        if cont.get("data", "train") == "all":
+            train_ids, val_ids = tuple(sorted(set(train_ids) | set(val_ids))), ()
+    return cfg, train_ids, val_ids
 
 
 def _fetch(checkpoint: str, run_dir: Path) -> None:
