@@ -49,17 +49,18 @@ def _scores(folders: Sequence[Path], ctx: SearchContext, objective: str) -> list
 
 def choose_ensemble(rows: Sequence[TrialRow], final: TrialRow, best: Path, ctx: SearchContext,
                     experiment: Path, export: Callable[[TrialRow, Path], Path], *,
-                    margin: float, alpha: float) -> dict[str, Any]:
+                    margin: float, alpha: float, same: str = "") -> dict[str, Any]:
     """Compares ``best`` (the export of ``final``) with ensembles of it and the next-best trials
-    that have a checkpoint (2 and then 3 members); writes the record (and the ensemble folder if
-    one is chosen) and returns the record. ``export(row, folder)`` exports a trial."""
+    that have a checkpoint (2 and then 3 members; not ``same``, the trial ``final`` continued: an
+    earlier snapshot of the same model); writes the record (and the ensemble folder if one is
+    chosen) and returns the record. ``export(row, folder)`` exports a trial."""
     from search.race import compare
     from unet3d.io_utils import atomic_write_json
     from unet3d.metrics import objective_score
 
     metrics = json.loads((best / "metrics.json").read_text())
     alone = [objective_score(c, ctx.objective) for c in metrics.get("per_case", [])]
-    others = [r for r in ranked(rows, exportable=True) if r.trial_id != final.trial_id]
+    others = [r for r in ranked(rows, exportable=True) if r.trial_id not in (final.trial_id, same)]
     record: dict[str, Any] = {"chosen": False, "members": [str(best)], "alone": alone,
                               "tried": []}
     if not alone or not others:

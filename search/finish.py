@@ -225,7 +225,8 @@ def finish(rows: Sequence[TrialRow], ctx: SearchContext, experiment: Path, engin
             record = (choose_ensemble(
                 rows, best, path, ctx, experiment,
                 lambda r, folder: _export_row(r, ctx, experiment, folder),
-                margin=settings["margin"], alpha=settings["alpha"]) if held_out else
+                margin=settings["margin"], alpha=settings["alpha"],
+                same=race["continuation"].get("trial_id", "")) if held_out else
                 no_ensemble(experiment, path, "the final model was continued on every labelled "
                             "case: no held-out validation case is left to compare an ensemble on"))
             summary["ensemble"] = {k: record.get(k) for k in ("chosen", "members", "why")}

@@ -270,7 +270,7 @@ class Race:
         if self.incumbent is None:
             self.incumbent = trial_id
             self._event(f"{trial_id} ({origin}) is the incumbent")
-        self._save()
+        self.save()
 
     def refused(self) -> None:
         """The engine could not start the last proposal (e.g. over the memory budget): the next
@@ -299,7 +299,7 @@ class Race:
                     f"({self.lost} lost); continued as {trial_id} from epoch "
                     f"{spec['from_epoch']} to {spec['epochs']} (cool-down "
                     f"{spec['cooldown_epochs']})")
-        self._save()
+        self.save()
 
     # -- results ---------------------------------------------------------------------------------
 
@@ -318,7 +318,7 @@ class Race:
                 if c is not None and c.behind():
                     self._lose(t, f"behind the incumbent at {c.describe()}")
             self._resolve()
-        self._save()
+        self.save()
         # (a trial judged at its last race epoch ends by itself: stop only those cut short)
         return t.verdict != "lost" or epoch >= self.settings.race_epochs
 
@@ -328,7 +328,7 @@ class Race:
             return
         t.alive, t.checkpoint = False, checkpoint or t.checkpoint
         self._resolve()
-        self._save()
+        self.save()
 
     def errored(self, trial_id: str) -> None:
         t = self.trials.get(trial_id)
@@ -338,7 +338,7 @@ class Race:
         if trial_id == self.incumbent:
             self._replace_failed_incumbent()
         self._resolve()
-        self._save()
+        self.save()
 
     def _against_incumbent(self, t: RaceTrial) -> Comparison | None:
         """``t`` against the incumbent at the latest epoch both have scores for."""
@@ -419,7 +419,8 @@ class Race:
                             "scores": {str(k): v for k, v in t.scores.items()}}
                            for t in self.trials.values()]}
 
-    def _save(self) -> None:
+    def save(self) -> None:
+        """Writes :meth:`to_dict` to ``sink`` (atomically), when there is one."""
         if self.sink is not None:
             from unet3d.io_utils import atomic_write_json
 

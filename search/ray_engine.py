@@ -841,6 +841,10 @@ def run(ctx: SearchContext, location: str, opts: RayOptions, *, resume: bool = F
                        run_config=run_config(location, opts, ctx.metric, callbacks))
     with _graceful_ctrl_c() as interrupted:
         grid = t.fit()
+    if opts.scheduler == "race" and ctx.experiment:
+        from search.ray_race import write_record
+
+        write_record(location, Path(ctx.experiment), Path(ctx.experiment) / PROPOSALS)
     from search.ray_callbacks import cut_off_trials
 
     cut_off = cut_off_trials(location) if interrupted else set()

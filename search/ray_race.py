@@ -23,7 +23,7 @@ from typing import Any
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
-from search.race import CONTINUE, CONTINUED, Race
+from search.race import CONTINUE, CONTINUED, RACE_FILE, Race
 
 _RACES: dict[str, Race] = {}
 
@@ -154,3 +154,17 @@ class RaceSearcher(Searcher):
         self.race, self.origins = state["race"], state["origins"]
         self.race.sink = sink
         _RACES[self.key] = self.race
+
+
+def write_record(key: str, experiment: Path, proposals: Path) -> None:
+    """Writes the race of experiment ``key`` (``race.json``) and its trials' origins
+    (``proposals``) once Ray Tune has finished: a resumed search's Ray syncs its staged copy of the
+    experiment folder back over it, with the files as they were when it was interrupted."""
+    from unet3d.io_utils import atomic_write_json
+
+    race = _RACES.get(key)
+    if race is None:
+        return
+    race.sink = experiment / RACE_FILE
+    race.save()
+    atomic_write_json(proposals, {t.trial_id: t.origin for t in race.trials.values()})
