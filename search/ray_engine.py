@@ -478,7 +478,9 @@ def sampler(opts: RayOptions) -> Any:
 
             return optuna.samplers.GPSampler(seed=seed, n_startup_trials=n,
                                              deterministic_objective=False)
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=n)
+        from search.ray_searcher import PicklableNSGAII
+
+        return PicklableNSGAII(seed=seed, population_size=n)
     except ImportError as e:
         raise SearchError(f"--searcher {name}: needs the Python package {e.name!r} (pip install "
                           f"'unet3d-search[searchers]')") from None

@@ -38,6 +38,24 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from search.memory_budget import CONSTRAINT, MAX_REFUSALS, MemoryGuard
+
+
+class PicklableNSGAII(optuna.samplers.NSGAIISampler):
+    """Optuna's NSGA-II sampler, which Ray Tune can save with the searcher: since Optuna 5.1 the
+    genetic samplers hold a ``threading.Lock`` (their generation cache), which cannot be pickled,
+    and Ray pickles the search algorithm when the Tuner starts and at every checkpoint. The lock
+    guards a cache only, so a restored sampler gets a new one."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_thread_lock", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        import threading
+
+        self.__dict__.update(state)
+        self._thread_lock = threading.Lock()
 from search.results import TrialRow
 
 JOURNAL = "optuna.log"
@@ -84,7 +102,9 @@ class BudgetedOptunaSearch(OptunaSearch):
         study = self._ot_study
         if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             return "nvidia"
-        name = type(study.sampler).__name__.removesuffix("Sampler").lower()
+        optuna_class = next(c for c in type(study.sampler).__mro__  # (ours subclass Optuna's)
+                            if c.__module__.startswith("optuna."))
+        name = optuna_class.__name__.removesuffix("Sampler").lower()
         # TPE's start-up counts pruned trials (the memory-refused ones too); GP's and CMA-ES's,
         # like NSGA-II's first generation, only finished ones.
         states = (TrialState.COMPLETE, TrialState.PRUNED) if name == "tpe" else (TrialState.COMPLETE,)
