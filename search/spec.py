@@ -20,7 +20,7 @@ from unet3d.errors import UserError
 ENGINES = ("ray", "keras-tuner")
 DEFAULT_DATA = Path("data/synthetic-medium")  # the demo dataset, written on first use
 DEMO_CASES, DEMO_DIFFICULTY = 24, "medium"  # (hard enough that configurations separate)
-DEMO_BUDGET = 32  # trial-epochs of the default job (`make search`): the race spends them
+DEMO_BUDGET = 24  # trial-epochs of the default job (`make search`), the benchmark's small budget
 DEFAULT_OUT = "results"
 # Engine options a user may pass (besides the common ones); each engine validates their values.
 RAY_OPTIONS = ("grace_period", "reduction_factor", "time_attr", "max_trial_seconds", "cpus_per_trial",
