@@ -9,8 +9,8 @@ Slow: each searcher and scheduler runs a tiny search end to end (one shared loca
 from __future__ import annotations
 
 import json
-import pickle
 import math
+import pickle
 import random
 from pathlib import Path
 
