@@ -407,7 +407,8 @@ def _print_race(s: dict, result) -> None:
     st = race["settings"]
     _print(f"race: {s['trials']} trials in {result.seconds:.0f} s, {race['trial_epochs']} of "
            f"{st['budget']:g} trial-epochs ({race['race_trial_epochs']} racing at "
-           f"{st['race_epochs']} epochs per trial, {race['lost_trial_epochs']} of them lost; "
+           f"{st['race_epochs']} epoch{'s' * (st['race_epochs'] != 1)} per trial, "
+           f"{race['lost_trial_epochs']} of them lost; "
            f"{race['continuation_trial_epochs']} continuing the winner)")
     for line in race["events"]:
         _print(f"  {line}")

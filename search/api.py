@@ -231,7 +231,8 @@ class Search:
 
         settings, portfolio = race_plan(ctx.space, engine_settings(self.spec))
         self.log(f"race: the default first, then {portfolio.describe()}, then neighbours of the "
-                 f"incumbent; {settings.race_epochs} epoch(s) each, challengers may lose "
+                 f"incumbent; {settings.race_epochs} epoch{'s' * (settings.race_epochs != 1)} each, "
+                 f"challengers may lose "
                  f"{settings.race_share:.0%} of the budget of {settings.budget:g} trial-epochs; "
                  f"the winner is continued to the budget")
         return dataclasses.replace(ctx, max_epochs=settings.race_epochs, schedule="wsd")

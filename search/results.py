@@ -293,6 +293,12 @@ def write_results(rows: Sequence[TrialRow], experiment: Path, summary: dict[str,
                       {"summary": summary, "trials": [r.to_dict() for r in rows]})
 
 
+def _cell(value: float, width: int, spec: str) -> str:
+    """A number right-aligned in its column; "-" where there is none (a failed trial, a race's
+    winner continued on every labelled case, with no held-out case left to score)."""
+    return f"{'-' if math.isnan(value) else format(value, spec):>{width}} "
+
+
 def format_table(rows: Sequence[TrialRow]) -> str:
     """A fixed-width table, best first: the objective (headed "Dice" or "LW Dice"; with the mean
     Dice beside it when the objective is lesion-wise), one Dice column per region of the label
@@ -324,8 +330,8 @@ def format_table(rows: Sequence[TrialRow]) -> str:
         if r.pruned:  # the whole reason, even where it is wider than the columns it replaces
             measured = f"{r.reason:<{span - 1}} "
         else:
-            measured = ("".join(f"{get(r):>{w}.3f} " for (_, get), w in zip(scores, widths, strict=True))
-                        + f"{r.throughput_vps:>6.1f} ")
+            measured = ("".join(_cell(get(r), w, ".3f") for (_, get), w in zip(scores, widths, strict=True))
+                        + _cell(r.throughput_vps, 6, ".1f"))
         lines.append(f"{r.trial_id[:10]:<10} {r.status:<9} {r.epochs:>3} {measured}{node}"
                      + " ".join(vals))
     for r in rows:

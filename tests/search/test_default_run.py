@@ -44,6 +44,8 @@ def test_the_default_run_races_the_default_and_continues_the_winner_to_the_budge
     assert all(why for verdict, why in race["verdicts"].values() if verdict == "lost")
     assert (exp / "ensemble.json").exists()
     assert "race: " in r.stdout and "final model: the race's winner" in r.stdout
+    final_line = next(x for x in r.stdout.splitlines() if x.startswith(race["final_trial"] + " "))
+    assert "nan" not in final_line and " - " in final_line  # (no score: no held-out case)
     assert "id='race-events'" in (exp / "report.html").read_text()
     assert "tensorboard --logdir" in r.stdout
     print(r.stdout[-2500:])

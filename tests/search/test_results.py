@@ -124,6 +124,10 @@ def test_table_ranks_trials_by_their_best_score():
     order = [line.split()[0] for line in lines[2:5]]
     assert order == ["a", "b", "e"]
     assert lines[-1] == "trial e failed: diverged"
+    # A trial with no score (the errored one; a race's winner continued on every labelled case)
+    # shows "-" where a scored one shows its Dice, in the same columns.
+    assert lines[4].split()[3:8] == ["-", "-", "-", "-", "-"] and "nan" not in lines[4]
+    assert lines[4].index("-") == lines[2].index("0.800") + 4  # (right-aligned like the scores)
 
 
 def test_asha_savings_counts_epochs_of_non_failed_trials():
