@@ -291,16 +291,22 @@ def verdict(records: list[dict[str, Any]]) -> str:
     >= +0.01 and ahead in >= 75% of the replicates)."""
     out = []
     small, large = paired(records, "race", 24), paired(records, "race", 96)
+
+    def so_far(pair: dict[str, Any], budget: int) -> str:  # (the issue's replicate count)
+        n = len(pair["replicates"])
+        return "" if n >= PLAN[budget] else f" so far ({n} of the {PLAN[budget]} replicates)"
+
     if small is not None:
         ok = small["ci"][0] >= -0.01
         out.append(f"B=24: race - default {small['mean']:+.4f}, 95% CI [{small['ci'][0]:+.4f}, "
                    f"{small['ci'][1]:+.4f}] over {len(small['replicates'])} replicates: "
-                   f"{'non-inferior' if ok else 'NOT shown non-inferior'} (needs CI low >= -0.01)")
+                   f"{'non-inferior' if ok else 'NOT shown non-inferior'}{so_far(small, 24)} "
+                   f"(needs CI low >= -0.01)")
     if large is not None:
         ok = large["mean"] >= 0.01 and large["wins"] >= 0.75
         out.append(f"B=96: race - default {large['mean']:+.4f}, ahead in {large['wins']:.0%} of "
-                   f"{len(large['replicates'])} replicates: {'a win' if ok else 'NOT a win'} "
-                   f"(needs mean >= +0.01 and >= 75%)")
+                   f"{len(large['replicates'])} replicates: {'a win' if ok else 'NOT a win'}"
+                   f"{so_far(large, 96)} (needs mean >= +0.01 and >= 75%)")
     return "\n".join(out) or "verdict: no race and default pair finished yet"
 
 
