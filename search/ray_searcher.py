@@ -29,6 +29,7 @@ under a new ID) is marked failed.
 from __future__ import annotations
 
 import pickle
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from search.memory_budget import CONSTRAINT, MAX_REFUSALS, MemoryGuard
+from search.results import TrialRow
 
 
 class PicklableNSGAII(optuna.samplers.NSGAIISampler):
@@ -52,11 +54,9 @@ class PicklableNSGAII(optuna.samplers.NSGAIISampler):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        import threading
-
         self.__dict__.update(state)
         self._thread_lock = threading.Lock()
-from search.results import TrialRow
+
 
 JOURNAL = "optuna.log"
 
