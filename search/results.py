@@ -139,6 +139,21 @@ def _nan(v: Any) -> float:
     return float(v) if finite(v) else math.nan
 
 
+def latest_per_epoch(history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``history`` with one record per epoch, the last one reported for it, in the order reported.
+
+    A trial restored after an interruption resumes from its last checkpoint and reports again
+    the epochs it had reported after it (Ray appends them to the same progress file): the
+    earlier report belongs to weights no checkpoint holds, so it must neither be the trial's
+    best epoch nor count twice. Records without an epoch are kept where they are.
+    """
+    last: dict[Any, int] = {}
+    for i, h in enumerate(history):
+        if "epoch" in h:
+            last[h["epoch"]] = i
+    return [h for i, h in enumerate(history) if "epoch" not in h or last[h["epoch"]] == i]
+
+
 def row_from_history(trial_id: str, params: dict[str, Any], history: Sequence[dict[str, Any]],
                      max_epochs: int, *, objective: str = DEFAULT, error: str = "",
                      wall_s: float = 0.0, node: str = "", node_id: str = "", checkpoint: str = "",
@@ -149,9 +164,12 @@ def row_from_history(trial_id: str, params: dict[str, Any], history: Sequence[di
     The best epoch is the one with the highest ``objective`` metric (``best_is_last``: the last
     validated epoch, for an engine that keeps and scores a trial's last weights, as Keras Tuner
     does; a non-finite score there leaves the trial unscored). ``regions``: the label scheme's
-    regions, the order of ``best_regions`` (see :func:`region_names`).
+    regions, the order of ``best_regions`` (see :func:`region_names`). An epoch reported twice
+    (a restored trial re-runs the epochs after its last checkpoint) counts once, as its last
+    report: see :func:`latest_per_epoch`.
     """
     metric = metric_of(objective)
+    history = latest_per_epoch(history)
     scored = [h for h in history if finite(h.get(metric))]
     if best_is_last:
         best = next((h for h in reversed(history) if metric in h), {})

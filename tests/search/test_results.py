@@ -80,6 +80,18 @@ def test_row_best_ignores_unscored_epochs_and_a_shuffled_order():
     assert row.last_score == pytest.approx(0.40)  # the last *scored* epoch
 
 
+def test_an_epoch_reported_again_after_a_restore_counts_once_as_its_last_report():
+    """A restored trial re-runs the epochs after its last checkpoint: Ray's history holds epoch
+    3 twice. The first report's weights are in no checkpoint, so it can be neither the best epoch
+    nor a second entry (CI, stop 31: a resumed trial's 6 records for 5 epochs)."""
+    rerun = {**RISE_FALL[2], METRIC: 0.45}
+    history = [dict(h) for h in RISE_FALL[:3]] + [rerun] + [dict(h) for h in RISE_FALL[3:]]
+    row = row_from_history("t", {}, history, max_epochs=5)
+    assert [h["epoch"] for h in row.history] == [1, 2, 3, 4, 5]
+    assert row.history[2] == rerun and row.epochs == 5
+    assert row.best_epoch == 4 and row.best_score == pytest.approx(RISE_FALL[3][METRIC])
+
+
 def test_row_status_and_empty_history():
     assert row_from_history("t", {}, RISE_FALL[:4], max_epochs=5).status == "stopped"
     assert row_from_history("t", {}, RISE_FALL, max_epochs=5, error="boom").status == "error"

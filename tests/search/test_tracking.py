@@ -44,9 +44,10 @@ def check_trial_runs(client, children: list, trials: list[dict]) -> None:
         run = by_id[t["trial_id"]]
         assert run.info.status == "FINISHED" and run.data.tags["status"] == t["status"]
         assert run.data.params == {k: str(v) for k, v in t["params"].items()}
-        logged = {m.step: m.value
-                  for m in client.get_metric_history(run.info.run_id, "val_dice_mean")}
-        # (steps are the trial's epochs; the race's continuation starts after its winner's)
+        # (steps are the trial's epochs; the race's continuation starts after its winner's; a
+        # restored trial logs again the epochs after its checkpoint: the later value stands)
+        logged = {m.step: m.value for m in sorted(
+            client.get_metric_history(run.info.run_id, "val_dice_mean"), key=lambda m: m.timestamp)}
         assert logged == pytest.approx({int(h["epoch"]): h["val_dice_mean"] for h in t["history"]})
         assert len(logged) == len(t["history"]) and max(logged) == t["epochs"]
         assert run.data.tags["node"]
