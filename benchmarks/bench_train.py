@@ -16,7 +16,7 @@ MONAI runs in its own environment (``bash benchmarks/peer_env.sh`` makes ``.venv
 2.13 CPU build + MONAI), each measurement in a fresh process, alternating ours / peer for
 ``--rounds`` rounds, so both see the same machine state. The table gives the median over rounds.
 
-  python benchmarks/bench_train.py [--configs small mid nvidia] [--rounds 3] [--variants ours xla]
+  python benchmarks/bench_train.py [--configs small mid nvidia] [--rounds 3] [--variants ours keras_ct]
 """
 
 from __future__ import annotations
@@ -43,6 +43,9 @@ VARIANTS = {
     "ours": dict(env={}, xla="auto", precision="fp32"),
     "xla": dict(env={}, xla="on", precision="fp32"),
     "bf16": dict(env={}, xla="auto", precision="mixed_bfloat16"),
+    # the defaults with Keras's Conv3DTranspose as the up-sampling, the layer before issue 25's
+    # UpConv3D (one GEMM + depth-to-space): before and after in one run
+    "keras_ct": dict(env={}, xla="auto", precision="fp32", keras_upsampling=True),
 }
 
 
@@ -69,6 +72,13 @@ def ours(cfg: dict, variant: dict, steps: int, warmup: int) -> dict:
     keras.utils.set_random_seed(0)
     policy = "float32" if run.train.precision == "fp32" else run.train.precision
     keras.config.set_dtype_policy(policy)
+    if variant.get("keras_upsampling"):
+        import unet3d.model
+
+        def keras_layer(filters: int, **kwargs):  # (same weights, same names)
+            return keras.layers.Conv3DTranspose(filters, 2, strides=2, padding="same", **kwargs)
+
+        unet3d.model.UpConv3D = keras_layer
     model = build_unet3d(run.model)
     compile_model(model, run)
     rng = np.random.default_rng(0)

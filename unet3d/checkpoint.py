@@ -22,7 +22,7 @@ import numpy as np
 from unet3d.config import RunConfig
 from unet3d.errors import UserError
 from unet3d.io_utils import atomic_path
-from unet3d.model import build_unet3d, inference_model
+from unet3d.model import build_unet3d, inference_model, portable
 
 CHECKPOINT = "checkpoint.npz"
 
@@ -36,9 +36,10 @@ def save_model(model: keras.Model, path: str | Path) -> None:
 
     A compiled model's file would name our loss functions, and Keras safe mode refuses to load a
     file that names functions it does not know; a fresh functional view over the same layers is
-    uncompiled and shares the weights, and the caller's model keeps its own state.
+    uncompiled and shares the weights, and the caller's model keeps its own state. Its
+    up-sampling layers are Keras's own (:func:`unet3d.model.portable`): the file needs Keras only.
     """
-    bare = keras.Model(model.input, model.output, name=model.name)
+    bare = portable(model)
     with atomic_path(Path(path), suffix=".keras") as tmp:
         bare.save(tmp)
 

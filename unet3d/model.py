@@ -3,7 +3,8 @@
 Layout (channels-last, input N x D x H x W x C, D/H/W multiples of 2**(depth-1)):
   level 0:      conv3 -> conv3                       (each conv: Conv3D -> norm -> activation)
   level i > 0:  conv3 stride 2 -> conv3
-  decoder i:    upsample x2 (Conv3DTranspose k2 s2 with bias, no norm/act), concat skip, conv3 -> conv3
+  decoder i:    upsample x2 (a k2 s2 transposed convolution with bias, no norm/act: UpConv3D),
+                concat skip, conv3 -> conv3
   head:         Conv3D (k1 or k3) to the output channels, softmax (or sigmoid for region heads), float32
 With NVIDIA's settings (6 levels, 32..320 filters, instance norm, k3 head) this is their network,
 31,196,196 parameters.
@@ -17,6 +18,70 @@ from keras import layers
 from unet3d.config import ModelConfig
 
 _INIT = "glorot_uniform"
+
+
+@keras.saving.register_keras_serializable(package="unet3d")
+class UpConv3D(layers.Conv3DTranspose):
+    """Keras's ``Conv3DTranspose(filters, 2, strides=2, padding="same")`` computed as one GEMM and
+    a depth-to-space: the same (2, 2, 2, filters, in) kernel and bias, the same outputs.
+
+    With kernel = stride = 2 the output blocks do not overlap: output voxel (2d+a, 2h+b, 2w+c) is
+    ``x[d, h, w] @ kernel[a, b, c].T``, so the layer is one (voxels x in) by (in x 8 filters)
+    matrix product whose columns are then moved into space. Keras computes it as a convolution of
+    the input dilated with zeros (``lhs_dilation`` 2 under JAX), and XLA's GPU compiler cannot map
+    that convolution's weight gradient to cuDNN's backward-filter kernels: it becomes a forward
+    convolution over a zero-stuffed tensor with the whole output gradient as its "filter", the
+    step's dominant cost on a GPU (issue 25; jax-ml/jax#31662). The product's gradients are
+    products too. Written as reshape + ``matmul`` + transpose rather than ``einsum``: tf2onnx
+    exports the former at once and did not finish the latter in minutes.
+
+    Only kernel 2, stride 2, "same", channels-last exists here: the model uses nothing else (an
+    overlapping kernel would not be one product). :func:`portable` saves it as the Keras layer,
+    which holds the same weights, so ``model.keras`` loads without this package.
+    """
+
+    def __init__(self, filters: int, kernel_size=2, strides=2, padding: str = "same", **kwargs):
+        super().__init__(filters, kernel_size, strides=strides, padding=padding, **kwargs)
+        if (tuple(self.kernel_size) != (2, 2, 2) or tuple(self.strides) != (2, 2, 2)
+                or self.padding != "same" or tuple(self.dilation_rate) != (1, 1, 1)
+                or self.data_format != "channels_last" or self.output_padding is not None):
+            raise ValueError("UpConv3D is the kernel 2, stride 2, 'same', channels-last transposed "
+                             f"convolution only; got {self.get_config()}")
+
+    def call(self, inputs):
+        from keras import ops
+
+        n, d, h, w = (ops.shape(inputs)[i] for i in range(4))
+        k_in, f = self.kernel.shape[-1], self.filters
+        # kernel (a, b, c, f, in) -> (in, a*b*c*f): column (a, b, c, f) of the product
+        kernel = ops.reshape(ops.transpose(self.kernel, (4, 0, 1, 2, 3)), (k_in, 8 * f))
+        y = ops.matmul(ops.reshape(inputs, (-1, k_in)), kernel)
+        y = ops.transpose(ops.reshape(y, (n, d, h, w, 2, 2, 2, f)), (0, 1, 4, 2, 5, 3, 6, 7))
+        y = ops.reshape(y, (n, 2 * d, 2 * h, 2 * w, f))
+        return y + self.bias if self.use_bias else y
+
+
+def portable(model: keras.Model) -> keras.Model:
+    """``model`` with every :class:`UpConv3D` replaced by Keras's own ``Conv3DTranspose`` holding
+    the same weights (an uncompiled functional copy; other layers are shared, not copied): what
+    ``model.keras`` files hold, so that ``keras.saving.load_model`` reads them without this
+    package, and the files written before UpConv3D existed are the same kind of file."""
+    bare = keras.Model(model.input, model.output, name=model.name)
+    if not any(isinstance(layer, UpConv3D) for layer in model.layers):
+        return bare
+    swapped: list[tuple[layers.Layer, layers.Layer]] = []
+
+    def clone(layer: layers.Layer) -> layers.Layer:
+        if not isinstance(layer, UpConv3D):
+            return layer
+        stock = layers.Conv3DTranspose.from_config(layer.get_config())
+        swapped.append((layer, stock))
+        return stock
+
+    copy = keras.models.clone_model(bare, clone_function=clone)
+    for mine, stock in swapped:
+        stock.set_weights(mine.get_weights())
+    return copy
 
 
 def _norm(cfg: ModelConfig, name: str) -> layers.Layer | None:
@@ -79,8 +144,7 @@ def build_unet3d(cfg: ModelConfig, *, name: str = "unet3d") -> keras.Model:
     for level in range(cfg.depth - 2, -1, -1):
         f = filters[level]
         if cfg.upsampling == "transpose":
-            x = layers.Conv3DTranspose(f, 2, strides=2, padding="same", use_bias=True,
-                                       kernel_initializer=_INIT, name=f"dec{level}_up")(x)
+            x = UpConv3D(f, use_bias=True, kernel_initializer=_INIT, name=f"dec{level}_up")(x)
         else:
             x = layers.UpSampling3D(2, name=f"dec{level}_up")(x)
             x = layers.Conv3D(f, 1, padding="same", kernel_initializer=_INIT,
