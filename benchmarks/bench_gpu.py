@@ -22,13 +22,20 @@ Then the GPU's bf16 peak from a large matrix product (JAX), and the fraction of 
 training reaches, taking ~2.9 TFLOP per 128^3 volume per training step (NVIDIA's 3D-UNet: forward
 ~0.97 TFLOP, x 3 with the backward pass).
 
-  python benchmarks/bench_gpu.py [--json out.json] [--budget 210] [--no-peer]
+Ours runs in up to three variants, each its own worker (``--variants``; default all three on a
+GPU): ``bf16`` (mixed_bfloat16, the model's UpConv3D up-sampling), ``fp32`` (float32, the same
+model: does bf16 pay?) and ``bf16-keras-ct`` (mixed_bfloat16 with Keras's own Conv3DTranspose, the
+layer before issue 25: the before/after of that change in one run). ``--profile DIR``: the first
+variant also records a jax.profiler trace of a few training steps in DIR
+(benchmarks/gpu_profile_report.py turns it into the per-kernel table).
+
+  python benchmarks/bench_gpu.py [--json out.json] [--budget 330] [--no-peer] [--variants bf16 fp32]
   python benchmarks/bench_gpu.py --smoke     # CPU: 32^3 crops, 64x32x32 inference, float32, 2 steps
 
 The MONAI side runs with this interpreter when it imports torch and monai, else with
 ``.venv-peer`` (``bash benchmarks/peer_env.sh``), else it is skipped with one line. The MONAI
-worker runs first (at most 90 s), ours gets the rest of --budget (default 210 s); a worker that runs
-past its share is stopped and the table shows what it had measured.
+worker runs first (at most 90 s), our variants share the rest of --budget (default 330 s); a worker
+that runs past its share is stopped and the table shows what it had measured.
 """
 
 from __future__ import annotations
@@ -59,6 +66,18 @@ FULL = dict(crop=128, batch=2, infer=(224, 224, 160), steps=20, warmup=3, infer_
 SMOKE = dict(crop=32, batch=1, infer=(64, 32, 32), steps=2, warmup=1, infer_reps=1, matmul=512,
              precision="float32")
 PEER_SHARE_S = 90  # at most, of --budget, for the MONAI worker (it runs first; ours gets the rest)
+# Our variants: Keras dtype policy, and whether the up-sampling is Keras's Conv3DTranspose (the layer
+# before issue 25) instead of the model's UpConv3D.
+VARIANTS = {
+    "bf16": dict(precision="mixed_bfloat16", keras_upsampling=False),
+    "fp32": dict(precision="float32", keras_upsampling=False),
+    "fp16": dict(precision="mixed_float16", keras_upsampling=False),
+    "bf16-keras-ct": dict(precision="mixed_bfloat16", keras_upsampling=True),
+    "fp32-keras-ct": dict(precision="float32", keras_upsampling=True),
+}
+GPU_VARIANTS = ["bf16", "fp32", "bf16-keras-ct"]
+SMOKE_VARIANTS = ["fp32"]  # (each variant compiles the whole network: a minute on a CPU)
+PROFILE_STEPS = 3
 
 
 def emit(**record) -> None:
@@ -117,6 +136,13 @@ def worker_ours(job: dict) -> None:
          versions={"jax": jax.__version__, "jaxlib": _version("jaxlib"), "keras": keras.__version__})
     keras.utils.set_random_seed(0)
     keras.config.set_dtype_policy(job["precision"])
+    if job.get("keras_upsampling"):
+        import unet3d.model
+
+        def keras_layer(filters: int, **kwargs):  # (same weights, same names)
+            return keras.layers.Conv3DTranspose(filters, 2, strides=2, padding="same", **kwargs)
+
+        unet3d.model.UpConv3D = keras_layer
     model = build_unet3d(preset("nvidia").model)
     optimizer = keras.optimizers.Adam(2e-4)
     if job["precision"] == "mixed_float16":
@@ -138,6 +164,11 @@ def worker_ours(job: dict) -> None:
     step = _median_time(lambda: last.update(loss=model.train_on_batch(x, y)), job["steps"])
     emit(kind="train", step_s=step, compile_s=compile_s, loss=float(np.asarray(last["loss"])))
     log(f"  ours: {step * 1000:.1f} ms/step")
+    if job.get("profile"):
+        with jax.profiler.trace(job["profile"]):
+            for _ in range(PROFILE_STEPS):
+                model.train_on_batch(x, y)
+        emit(kind="profile", dir=job["profile"], steps=PROFILE_STEPS)
 
     trainable = [v.value for v in model.trainable_variables]
     non_trainable = [v.value for v in model.non_trainable_variables]
@@ -339,6 +370,32 @@ def row(label: str, res: dict, job: dict, error: str | None) -> dict:
             "peak_gib": res.get("memory", {}).get("peak_gib"), "error": error}
 
 
+def ratio_lines(ours: dict[str, dict], peer: dict | None) -> list[str]:
+    """What issue 25's acceptance reads: each variant's training volumes/s and inference time
+    against MONAI's; bf16 against fp32; the model's up-sampling against Keras's layer."""
+    def speed(a: dict | None, b: dict | None, key: str, inverse: bool = False) -> str:
+        if not (a and b and a.get(key) and b.get(key)):
+            return "-"
+        return f"{(b[key] / a[key]) if inverse else (a[key] / b[key]):.2f}x"
+
+    lines = []
+    if peer is not None:
+        for name, r in ours.items():
+            same = r.get("train_crop") == peer.get("train_crop")  # (the smoke run's differ)
+            train = speed(r, peer, "volumes_per_s") if same else "- (other crops)"
+            lines.append(f"ours {name} / MONAI: training {train}, "
+                         f"inference {speed(r, peer, 'infer_ms', inverse=True)} as fast")
+    for low, full in (("bf16", "fp32"), ("bf16-keras-ct", "fp32-keras-ct")):
+        if low in ours and full in ours:
+            lines.append(f"{low} / {full}: training {speed(ours[low], ours[full], 'volumes_per_s')}")
+    for mine, keras_ct in (("bf16", "bf16-keras-ct"), ("fp32", "fp32-keras-ct")):
+        if mine in ours and keras_ct in ours:
+            lines.append(f"UpConv3D / Keras's Conv3DTranspose ({mine}): training "
+                         f"{speed(ours[mine], ours[keras_ct], 'volumes_per_s')}, inference "
+                         f"{speed(ours[mine], ours[keras_ct], 'infer_ms', inverse=True)} as fast")
+    return lines
+
+
 def _fmt(v, spec: str, width: int) -> str:
     return f"{'-' if v is None else format(v, spec):>{width}}"
 
@@ -361,6 +418,12 @@ def main() -> int:
                    help=f"seconds for both workers together (default 210, --smoke 1200); MONAI "
                    f"runs first, for at most {PEER_SHARE_S} s, ours gets the rest")
     p.add_argument("--no-peer", action="store_true", help="measure ours only")
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS),
+                   help=f"our variants, each its own worker (default {' '.join(GPU_VARIANTS)}; "
+                   f"--smoke {' '.join(SMOKE_VARIANTS)}; --precision: that one only)")
+    p.add_argument("--profile", type=Path, metavar="DIR",
+                   help=f"the first variant records a jax.profiler trace of {PROFILE_STEPS} "
+                   "training steps in DIR (benchmarks/gpu_profile_report.py reads it)")
     p.add_argument("--peer-python", help="interpreter with torch and monai ('none': skip the peer)")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--worker", choices=["ours", "monai"], help=argparse.SUPPRESS)
@@ -385,7 +448,14 @@ def main() -> int:
     smi = nvidia_smi()
     python, why_not = (None, "--no-peer") if args.no_peer else peer_python(args.peer_python)
 
-    budget = args.budget or (1200.0 if args.smoke else 210.0)
+    if args.precision:
+        variants = [next(k for k, v in VARIANTS.items() if v["precision"] == args.precision
+                         and not v["keras_upsampling"])]
+        if args.variants:
+            p.error("--precision and --variants: give one of them")
+    else:
+        variants = args.variants or (SMOKE_VARIANTS if args.smoke else GPU_VARIANTS)
+    budget = args.budget or (1200.0 if args.smoke else 330.0)
     monai_res, monai_err = {}, None
     if python:  # first: its time is the more predictable (eager, no compile)
         log(f"MONAI DynUNet ({python}) ...")
@@ -393,17 +463,26 @@ def main() -> int:
                                           budget / 2 if args.smoke else min(PEER_SHARE_S, budget / 2))
     else:
         print(f"MONAI DynUNet skipped: {why_not}")
-    log(f"ours: Keras JAX, {job['precision']}, XLA ...")
-    ours, ours_err = run_worker("ours", sys.executable, job,
-                                max(budget - (time.perf_counter() - t_start), 30.0))
-
-    rows = [row("ours (Keras 3 JAX, XLA)", ours, job, ours_err)]
+    rows, results, errors = [], [], []
+    for i, name in enumerate(variants):
+        v = VARIANTS[name]
+        vjob = {**job, "precision": v["precision"], "keras_upsampling": v["keras_upsampling"],
+                "profile": str(args.profile.resolve()) if args.profile and i == 0 else None,
+                "matmul": job["matmul"] if i == 0 else 0}
+        log(f"ours {name}: Keras JAX, {v['precision']}, XLA ...")
+        left = budget - (time.perf_counter() - t_start)
+        res, err = run_worker("ours", sys.executable, vjob, max(left / (len(variants) - i), 30.0))
+        rows.append(row(f"ours {name} (Keras JAX, XLA)", res, vjob, err))
+        results.append(res)
+        errors.append(err)
+    ours = next((r for r in results if r.get("info")), results[0])
+    ours_err = next((e for e in errors if e), None)
     if python:
         rows.append(row("MONAI DynUNet (PyTorch)", monai_res, job, monai_err))
     versions = {"python": platform.python_version(), **ours.get("info", {}).get("versions", {}),
                 **monai_res.get("info", {}).get("versions", {})}
     device = (smi or {}).get("name") or ours.get("info", {}).get("device") or "unknown"
-    matmul = ours.get("matmul")
+    matmul = next((r["matmul"] for r in results if r.get("matmul")), None)
 
     print(f"device: {device}" + (f" ({smi['memory']}, driver {smi['driver']})" if smi else "")
           + f"; jax sees {ours.get('info', {}).get('device')} "
@@ -411,15 +490,16 @@ def main() -> int:
     print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v is not None))
     print(f"train: {job['crop']}^3, batch {job['batch']}, Dice+CE, Adam, median of {job['steps']} "
           f"steps after {job['warmup']} warm-up; inference: 1x{'x'.join(map(str, job['infer']))}, "
-          f"median of {job['infer_reps']}; ours {job['precision']}, MONAI "
-          + ("bf16 autocast" if monai_res.get("info", {}).get("amp", "bf16") == "bf16" else "fp32")
-          + ", channels_last_3d")
-    print(f"{'framework':<26} {'params':>11} {'train ms/step':>14} {'volumes/s':>10} "
+          f"median of {job['infer_reps']}"
+          + ("" if not python else "; MONAI "
+             + ("bf16 autocast" if monai_res.get("info", {}).get("amp", "bf16") == "bf16" else "fp32")
+             + ", channels_last_3d"))
+    print(f"{'framework':<36} {'params':>11} {'train ms/step':>14} {'volumes/s':>10} "
           f"{'infer ms':>9} {'compile s':>10} {'peak GiB':>9}")
     for r in rows:
         compile_s = None if r["train_compile_s"] is None else r["train_compile_s"] + (
             r["infer_compile_s"] or 0)
-        print(f"{r['framework']:<26} {_fmt(r['params'], ',', 11)} {_fmt(r['train_ms'], '.1f', 14)} "
+        print(f"{r['framework']:<36} {_fmt(r['params'], ',', 11)} {_fmt(r['train_ms'], '.1f', 14)} "
               f"{_fmt(r['volumes_per_s'], '.2f', 10)} {_fmt(r['infer_ms'], '.1f', 9)} "
               f"{_fmt(compile_s, '.1f', 10)} {_fmt(r['peak_gib'], '.2f', 9)}"
               + (f"  (trained at {r['train_crop']}^3)" if r["train_crop"] != job["crop"] else "")
@@ -431,10 +511,14 @@ def main() -> int:
         r["peak_fraction"] = None if not (matmul and r["tflops"]) else r["tflops"] / matmul["tflops"]
     if matmul:
         peak = matmul["tflops"]
-        parts = [f"{r['framework'].split(' ')[0]} {r['tflops']:.1f} TFLOP/s = "
+        parts = [f"{' '.join(r['framework'].split(' ')[:2])} {r['tflops']:.1f} TFLOP/s = "
                  f"{100 * r['peak_fraction']:.1f}% of peak" for r in rows if r["tflops"]]
         print(f"bf16 matmul peak ({matmul['n']}^2): {peak:.1f} TFLOP/s; model at {flop:.2f} "
               f"TFLOP/volume: " + "; ".join(parts))
+    ratios = ratio_lines(dict(zip(variants, rows[:len(variants)], strict=True)),
+                         rows[-1] if python else None)
+    for line in ratios:
+        print(line)
     if not args.smoke:
         print("NVIDIA's published 3D-UNet (TF1, AMP, XLA), A100 batch 2: 17.91 volumes/s")
     elapsed = time.perf_counter() - t_start
@@ -443,6 +527,8 @@ def main() -> int:
         out = {"device": device, "nvidia_smi": smi, "versions": versions, "job": job,
                "smoke": args.smoke, "rows": rows, "matmul": matmul,
                "tflop_per_volume": flop, "peer_skipped": None if python else why_not,
+               "variants": variants, "ratios": ratios,
+               "profile": next((r["profile"] for r in results if r.get("profile")), None),
                "elapsed_s": elapsed}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=2) + "\n")

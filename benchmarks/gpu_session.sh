@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # One session on a lent GPU machine (JAX and PyTorch, no TensorFlow, no network): the framework
-# comparison (bench_gpu.py) and the memory model's GPU check (bench_memory_gpu.py), each under its
-# own time limit so that one failing or hanging step still leaves the other. Results go to $OUT
-# (bench_gpu.json, bench_memory_gpu.json, log.txt); tables to stdout. Always exits 0; the last
-# line names the steps that failed.
+# comparison (bench_gpu.py: ours in bf16, fp32 and bf16 with Keras's Conv3DTranspose, against
+# MONAI, with a profiler trace of our bf16 step) and, with MEMORY=1, the memory model's GPU check
+# (bench_memory_gpu.py), each under its own time limit so that one failing or hanging step still
+# leaves the other. Results go to $OUT (bench_gpu.json, profile.xplane.pb.gz, bench_memory_gpu.json,
+# log.txt); tables to stdout. Always exits 0; the last line names the steps that failed. Then, here:
+# python benchmarks/gpu_profile_report.py <files_at>/profile.xplane.pb.gz --steps 3
 #
-#   OUT=/some/dir bash benchmarks/gpu_session.sh          # the GPU run (about 7 minutes at most)
+#   OUT=/some/dir bash benchmarks/gpu_session.sh          # the GPU run (about 6.5 minutes at most)
+#   MEMORY=1 OUT=/some/dir bash benchmarks/gpu_session.sh # + the memory check (about 9.5 minutes)
 #   SMOKE=1 OUT=/tmp/x bash benchmarks/gpu_session.sh     # the same on a CPU, tiny shapes
 #
 # keras (and monai) travel as wheels in .whl/, installed first with
@@ -19,7 +22,7 @@ export PYTHONUNBUFFERED=1 KERAS_BACKEND=jax XLA_PYTHON_CLIENT_PREALLOCATE=false 
 LOG="$OUT/log.txt"
 : > "$LOG"
 SMOKE_FLAG=()
-GPU_LIMIT=235 MEM_LIMIT=185  # seconds: bench_gpu's --budget 210 and bench_memory_gpu's 165, + exits
+GPU_LIMIT=360 MEM_LIMIT=185  # seconds: bench_gpu's --budget 330 and bench_memory_gpu's 165, + exits
 if [ "${SMOKE:-0}" = 1 ]; then SMOKE_FLAG=(--smoke); GPU_LIMIT=900 MEM_LIMIT=600; fi
 failed=()
 
@@ -54,9 +57,17 @@ except Exception as e:  # noqa: BLE001
 EOF
 } 2>&1 | tee -a "$LOG"
 
-step bench_gpu "$GPU_LIMIT" "$PY" benchmarks/bench_gpu.py "${SMOKE_FLAG[@]}" --json "$OUT/bench_gpu.json"
-step bench_memory_gpu "$MEM_LIMIT" "$PY" benchmarks/bench_memory_gpu.py "${SMOKE_FLAG[@]}" \
-  --json "$OUT/bench_memory_gpu.json"
+PROFILE=$(mktemp -d)
+step bench_gpu "$GPU_LIMIT" "$PY" benchmarks/bench_gpu.py "${SMOKE_FLAG[@]}" --json "$OUT/bench_gpu.json" \
+  --profile "$PROFILE"
+# (only files two folders down come back: the trace's own folders are deeper)
+XPLANE=$(find "$PROFILE" -name '*.xplane.pb' | head -n 1)
+if [ -n "$XPLANE" ]; then gzip -c "$XPLANE" > "$OUT/profile.xplane.pb.gz"; fi
+rm -rf "$PROFILE"
+if [ "${MEMORY:-0}" = 1 ]; then
+  step bench_memory_gpu "$MEM_LIMIT" "$PY" benchmarks/bench_memory_gpu.py "${SMOKE_FLAG[@]}" \
+    --json "$OUT/bench_memory_gpu.json"
+fi
 
 if [ ${#failed[@]} -eq 0 ]; then
   echo "=== all steps passed" | tee -a "$LOG"
