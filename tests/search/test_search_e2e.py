@@ -421,8 +421,11 @@ def _finished_trials(exp: Path, epochs: int = 3) -> list[Path]:
 
 @pytest.mark.parametrize("engine", ["ray", "keras-tuner"])
 def test_a_killed_search_resumes_without_losing_finished_trials(tiny, tmp_path, engine):
+    # (Ray: 2 trials, one at a time: the first finishes, the kill lands in the second, --resume
+    # runs the rest of it. Keras Tuner's Hyperband needs 3 to have a second trial to resume.)
     ray_only = ["--max-concurrent", "1", "--grace-period", "3"] if engine == "ray" else []
-    args = _search_args(tiny, tmp_path, "exp", "--engine", engine, "--num-samples", "3",
+    n = 2 if engine == "ray" else 3
+    args = _search_args(tiny, tmp_path, "exp", "--engine", engine, "--num-samples", str(n),
                         "--max-epochs", "3", *ray_only)
     proc = subprocess.Popen([sys.executable, str(ROOT / "run_search.py"), *args], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -447,7 +450,7 @@ def test_a_killed_search_resumes_without_losing_finished_trials(tiny, tmp_path, 
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "resuming" in r.stdout
     trials = json.loads((exp / "trials.json").read_text())["trials"]
-    assert len(trials) == 3 if engine == "ray" else len(trials) >= 2
+    assert len(trials) == 2 if engine == "ray" else len(trials) >= 2
     for p, (mtime, data) in stamps.items():
         assert p.stat().st_mtime_ns == mtime and p.read_bytes() == data, f"{p} was retrained"
     assert all(t["status"] in ("completed", "stopped") for t in trials)
@@ -458,7 +461,8 @@ def test_a_killed_search_resumes_without_losing_finished_trials(tiny, tmp_path, 
 def test_ctrl_c_reports_interrupted_trials_and_how_to_resume(tiny, tmp_path, engine):
     """Ctrl-C (SIGINT to the terminal's process group) after the first epoch: the cut-off trials
     are "interrupted" (not "stopped", ASHA's word), the search says how to resume, exits 130, and
-    --resume finishes it."""
+    --resume finishes it (Keras Tuner here; Ray's resume after a Ctrl-C: test_api's
+    Search.restore test, the same restore, and after a kill -9 the test above)."""
     # Ray: 5 epochs per trial, so Ray acts on the Ctrl-C before the first trial ends even on a busy
     # machine (with 3 it raced when the suite shared the cores with another search).
     ray_only = ["--max-concurrent", "1", "--grace-period", "5"] if engine == "ray" else []
@@ -488,6 +492,8 @@ def test_ctrl_c_reports_interrupted_trials_and_how_to_resume(tiny, tmp_path, eng
     if engine == "ray":  # grace period = max epochs: ASHA stops nothing, so no trial is "stopped"
         assert not any(t["status"] == "stopped" for t in trials), trials
     assert not (exp / "best").exists()
+    if engine == "ray":
+        return
 
     r = run_cli("search", "--out", str(tmp_path), "--name", "exp", "--resume", timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
