@@ -174,9 +174,9 @@ def main() -> int:
                 env = {} if side == "peer" else VARIANTS[side]["env"]
                 res = _run(python, job, env)
                 results.setdefault((name, side), []).append(res)
-                print(f"  {name:<6} {side:<5} {res['step_s']:.3f} s/step", file=sys.stderr, flush=True)
+                print(f"  {name:<6} {side:<8} {res['step_s']:.3f} s/step", file=sys.stderr, flush=True)
 
-    print(f"{'config':<7} {'crop':>5} {'batch':>5} {'side':<6} {'params':>11} {'step s':>8} "
+    print(f"{'config':<7} {'crop':>5} {'batch':>5} {'side':<8} {'params':>11} {'step s':>8} "
           f"{'vol/s':>7} {'vs MONAI':>9}  framework")
     for name in args.configs:
         cfg = CONFIGS[name]
@@ -185,7 +185,7 @@ def main() -> int:
             rs = results[(name, side)]
             s = statistics.median(r["step_s"] for r in rs)
             label = "MONAI" if side == "peer" else side
-            print(f"{name:<7} {cfg['crop']:>4}^3 {cfg['batch']:>5} {label:<6} {rs[0]['params']:>11,} "
+            print(f"{name:<7} {cfg['crop']:>4}^3 {cfg['batch']:>5} {label:<8} {rs[0]['params']:>11,} "
                   f"{s:>8.3f} {cfg['batch'] / s:>7.2f} {peer_s / s:>8.2f}x  {rs[0]['framework']}")
     print(f"\n{os.cpu_count()} CPU cores; {args.rounds} rounds, median; python {sys.version.split()[0]}")
     return 0
