@@ -6,7 +6,8 @@ leaves its oneDNN kernels off on AMD CPUs, and 3D convolutions then run 5-7.5x s
 (BENCHMARKS.md, "CPU training step"): turning it on is the single biggest speed setting on CPU.
 TF's C++ INFO logs are muted the same way. JAX would take 75% of every GPU's memory at start-up;
 it allocates on demand instead, as TensorFlow's memory growth does, so that trials sharing a GPU
-(fractional GPUs in a search) fit. A user's explicit setting of any of these variables wins.
+(fractional GPUs in a search) fit; its compiled programs persist on disk between processes
+(:func:`_jax_compilation_cache`). A user's explicit setting of any of these variables wins.
 For that reason TensorFlow and JAX are imported inside functions, never here.
 
 The Keras backend (``train.backend``: "tensorflow" or "jax") is fixed when Keras is first imported,
@@ -27,6 +28,35 @@ if TYPE_CHECKING:
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+
+def _jax_compilation_cache() -> None:
+    """JAX compiles each distinct program once per process, and a Keras initializer's sampler is one
+    program per weight shape: NVIDIA's network spends 21-23 s of every JAX process's start (a search
+    trial, a training run) compiling them on this 2-core CPU. A persistent compilation cache on disk
+    (``~/.cache/unet3d/jax``, at most 4 GiB, least recently used entries go first) lets the next
+    process read them back: 1.3 s. Every program is kept, however quick to compile (JAX's default
+    keeps those over 1 s only, which these are not). ``JAX_COMPILATION_CACHE_DIR`` set by the user
+    wins; a cache folder that cannot be made leaves JAX as it was."""
+    if "JAX_COMPILATION_CACHE_DIR" in os.environ:
+        return
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    folder = os.path.join(base, "unet3d", "jax")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError:
+        return
+    if not os.access(folder, os.W_OK):
+        return
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = folder
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    import importlib.util
+
+    if importlib.util.find_spec("filelock"):  # (JAX needs it to bound the cache's size)
+        os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 * 2**30))
+
+
+_jax_compilation_cache()
 
 PREDICT_PRECISIONS: tuple[str, ...] = ("auto", "fp32", "trained")
 

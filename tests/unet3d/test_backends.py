@@ -1,7 +1,8 @@
 """Keras backends and precision: TensorFlow and JAX take the same training steps (same losses and
 Dice from the same weights and crops), each trains through the CLI to a useful Dice (JAX
 data-parallel over two devices), a model trained under one predicts the same labels under the
-other, ``precision: auto`` resolves per device, and a backend that cannot be had is one line."""
+other, ``precision: auto`` resolves per device, a backend that cannot be had is one line, and JAX
+processes share a persistent compilation cache."""
 
 from __future__ import annotations
 
@@ -47,6 +48,46 @@ def test_a_backend_keras_was_not_loaded_with_is_one_line():
     use_backend("tensorflow")
     with pytest.raises(BackendError, match=r"backend 'jax': Keras already runs on 'tensorflow'"):
         use_backend("jax")
+
+
+CACHE_SCRIPT = """
+import os, sys, json
+import unet3d  # (the runtime defaults, before JAX loads)
+import keras
+from unet3d.config import ModelConfig
+from unet3d.model import build_unet3d
+if sys.argv[1:] != ["env-only"]:
+    build_unet3d(ModelConfig(depth=3, base_filters=4))
+print(json.dumps({k: os.environ.get(k) for k in (
+    "JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")}))
+"""
+
+
+def test_jax_processes_share_a_persistent_compilation_cache(tmp_path):
+    """A JAX process's compiled programs (an initializer's sampler per weight shape: 23 s of
+    NVIDIA's network's start on this CPU) go to ~/.cache/unet3d/jax, and the next process compiles
+    none of them again: the second build adds no cache entry. A folder that cannot be made leaves
+    JAX without one; the user's own JAX_COMPILATION_CACHE_DIR wins."""
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("JAX_")}
+    env |= {"KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "XDG_CACHE_HOME": str(tmp_path / "c")}
+
+    def build(*args: str, **extra: str) -> dict:
+        r = subprocess.run([sys.executable, "-c", CACHE_SCRIPT, *args], capture_output=True,
+                           text=True, timeout=300, env=env | extra, cwd=ROOT)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    cache = tmp_path / "c" / "unet3d" / "jax"
+    assert build()["JAX_COMPILATION_CACHE_DIR"] == str(cache)
+    first = sorted(f.name for f in cache.iterdir())
+    assert len(first) > 5
+    assert build()["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] == "0"
+    assert sorted(f.name for f in cache.iterdir()) == first  # every program read back
+    (tmp_path / "file").write_text("")
+    unmade = build("env-only", XDG_CACHE_HOME=str(tmp_path / "file"))
+    assert unmade["JAX_COMPILATION_CACHE_DIR"] is None
+    mine = str(tmp_path / "mine")
+    assert build("env-only", JAX_COMPILATION_CACHE_DIR=mine)["JAX_COMPILATION_CACHE_DIR"] == mine
 
 
 @pytest.fixture(scope="module")
