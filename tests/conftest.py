@@ -15,30 +15,30 @@ import unet3d  # noqa: F401  (runtime defaults before TensorFlow loads)
 ROOT = Path(__file__).resolve().parents[1]
 
 
-# The longest test files, longest first (seconds on the 2-core machine, fresh clone of 2c3801d,
+# The longest test files, longest first (seconds on the 2-core machine, fresh clone of 7d3ed48,
 # two workers, 2026-12-05). `make test` hands files to its two xdist workers in collection order
 # (--no-loadscope-reorder; xdist's own order, most tests first, left the default run for last and
 # one worker idle for its length): longest first is the greedy schedule that ends the two workers
 # closest together. Files not listed follow in pytest's order.
 LONGEST_FIRST = [
-    "search/test_search_e2e.py",       # 637
-    "search/test_default_run.py",      # 554
-    "search/test_searchers.py",        # 532
-    "search/test_cluster.py",          # 339
-    "unet3d/test_backends.py",         # 321
-    "search/test_search_horovod.py",   # 260
-    "unet3d/test_train.py",            # 238
-    "unet3d/test_predict.py",          # 201
-    "unet3d/test_distributed.py",      # 194
-    "search/test_planned_search.py",   # 156
-    "search/test_api.py",              # 147
-    "search/test_tracking.py",         # 123
-    "test_bench_gpu_smoke.py",         # 102
-    "unet3d/test_schemes_e2e.py",      # 94
-    "search/test_memory_budget.py",    # 74
-    "search/test_faults.py",           # 72
-    "unet3d/test_model.py",            # 66
-    "search/test_search_schemes.py",   # 65
+    "search/test_search_e2e.py",       # 548
+    "search/test_searchers.py",        # 513
+    "search/test_default_run.py",      # 455
+    "search/test_cluster.py",          # 328
+    "unet3d/test_train.py",            # 284
+    "unet3d/test_backends.py",         # 260
+    "search/test_search_horovod.py",   # 251
+    "unet3d/test_predict.py",          # 233
+    "unet3d/test_distributed.py",      # 179
+    "search/test_tracking.py",         # 143
+    "search/test_api.py",              # 130
+    "search/test_planned_search.py",   # 99
+    "test_bench_gpu_smoke.py",         # 95
+    "unet3d/test_schemes_e2e.py",      # 91
+    "search/test_faults.py",           # 88
+    "search/test_memory_budget.py",    # 68
+    "search/test_search_schemes.py",   # 67
+    "unet3d/test_model.py",            # 60
 ]
 
 
