@@ -13,7 +13,7 @@ With NVIDIA's settings (6 levels, 32..320 filters, instance norm, k3 head) this 
 from __future__ import annotations
 
 import keras
-from keras import layers
+from keras import layers, ops
 
 from unet3d.config import ModelConfig
 
@@ -49,8 +49,6 @@ class UpConv3D(layers.Conv3DTranspose):
                              f"convolution only; got {self.get_config()}")
 
     def call(self, inputs):
-        from keras import ops
-
         n, d, h, w = (ops.shape(inputs)[i] for i in range(4))
         k_in, f = self.kernel.shape[-1], self.filters
         # kernel (a, b, c, f, in) -> (in, a*b*c*f): column (a, b, c, f) of the product
