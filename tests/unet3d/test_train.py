@@ -72,7 +72,7 @@ def _state(ckpt: Path) -> dict | None:
 def test_killed_training_resumes_from_its_checkpoint(synth16, tmp_path):
     out = tmp_path / "run"
     args = ["train", "--data", str(synth16), "--cache", str(tmp_path / "cache"), "--preset",
-            "cpu-small", "--epochs", "5", "--steps-per-epoch", "15", "--out", str(out)]
+            "cpu-small", "--epochs", "5", "--steps-per-epoch", "6", "--out", str(out)]
     proc = subprocess.Popen([sys.executable, str(ROOT / "run_search.py"), *args], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
