@@ -53,6 +53,7 @@ def train_trial(config: dict[str, Any], ctx: SearchContext) -> None:
     from search.tb import write_hparams
     from unet3d.checkpoint import CHECKPOINT
     from unet3d.config import RunConfig
+    from unet3d.io_utils import public
     from unet3d.train import Trainer
 
     trial_dir = Path(tctx.get_trial_dir())
@@ -93,6 +94,7 @@ def train_trial(config: dict[str, Any], ctx: SearchContext) -> None:
         # names the objective: Ray requires it in every result)
         metrics = {context.metric: float("nan"), **record, **node, "epoch": epoch}
         with tempfile.TemporaryDirectory() as d:
+            public(d)  # (Ray copies the folder with its mode into the trial's checkpoint_N)
             shutil.copy2(checkpoint_file or run_dir / CHECKPOINT, Path(d) / CHECKPOINT)
             shutil.copy2(run_dir / "config.json", Path(d) / "config.json")
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))

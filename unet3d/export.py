@@ -30,7 +30,7 @@ import keras
 
 from unet3d.checkpoint import load_model, save_model
 from unet3d.config import RunConfig
-from unet3d.io_utils import atomic_write_json
+from unet3d.io_utils import atomic_write_json, public
 from unet3d.model import inference_model
 from unet3d.onnx_runtime import FILE as ONNX_FILE
 from unet3d.onnx_runtime import OPSET as ONNX_OPSET
@@ -155,7 +155,7 @@ def export_model(model: keras.Model, cfg: RunConfig, metrics: dict[str, Any], ou
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     model = inference_model(model)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = public(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         save_model(model, tmp / "model.keras")
         cfg.save(tmp / "config.json")

@@ -1,6 +1,9 @@
 """Atomic file writes: write to a temporary name in the same folder, then rename over the target.
 
 A reader (or a resumed run) therefore sees either the old file or the whole new one, never half.
+The temporary files and folders Python's ``tempfile`` makes are private (0600 / 0700); what is
+renamed into place gets the permissions the umask gives a new file or folder instead, as if it
+had been written directly (a colleague on a shared results folder can read an export).
 And the checks a command runs before it writes anything: can this output folder / file be written?
 """
 
@@ -10,6 +13,7 @@ import contextlib
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -62,6 +66,32 @@ def check_writable_file(path: str | Path, what: str) -> Path:
     return path
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def umask() -> int:
+    """This process's umask, read without changing it where Linux tells it (/proc); elsewhere set
+    and restored at once (under a lock: a thread creating a file in between would get 0o022)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def public(path: str | Path) -> Path:
+    """Gives ``path`` (made by ``tempfile``, private) the permissions of a file or folder created
+    normally: 0o666 or 0o777 less the umask. Returns ``Path(path)``."""
+    path = Path(path)
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask())
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(target: Path, suffix: str = "") -> Iterator[Path]:
     """Yields a temporary path beside ``target``; renames it onto ``target`` if the block succeeds.
@@ -75,6 +105,7 @@ def atomic_path(target: Path, suffix: str = "") -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        public(tmp_path)  # (after the writer: one that recreates the file would undo it)
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():

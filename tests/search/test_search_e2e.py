@@ -50,11 +50,18 @@ def _search_args(tiny, out: Path, name: str, *extra: str) -> list[str]:
             str(tiny["space"]), "--out", str(out), "--name", name, "--verbose", "0", *extra]
 
 
+UMASK = 0o027  # the search's (group may read, others nothing): what it writes must follow it
+
+
 @pytest.fixture(scope="module")
 def ray_search(tiny) -> dict:
     out = tiny["root"] / "results"
-    r = run_cli(*_search_args(tiny, out, "exp", "--num-samples", "3", "--max-epochs", "2"),
-                timeout=900)
+    old = os.umask(UMASK)
+    try:
+        r = run_cli(*_search_args(tiny, out, "exp", "--num-samples", "3", "--max-epochs", "2"),
+                    timeout=900)
+    finally:
+        os.umask(old)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     exp = out / "exp"
     return {"exp": exp, "stdout": r.stdout, "trials": json.loads((exp / "trials.json").read_text())}
@@ -70,6 +77,20 @@ def test_search_prints_results_best_config_export_and_tensorboard_line(ray_searc
                                              f"optuna-dashboard {exp}/optuna.log --host 127.0.0.1"]
     rows = (exp / "results.csv").read_text().strip().splitlines()
     assert len(rows) == 4 and rows[0].startswith("trial_id,index,status,epochs")
+
+
+def test_everything_the_search_wrote_has_the_permissions_its_umask_gives(ray_search):
+    """Files written under a temporary name and renamed into place (exports, checkpoints, JSON)
+    used to stay private (0600, folders 0700) whatever the umask: colleagues sharing a results
+    folder could not load the best model."""
+    wrong = []
+    for p in [ray_search["exp"], *ray_search["exp"].rglob("*")]:
+        if p.is_symlink():
+            continue
+        want = (0o777 if p.is_dir() else 0o666) & ~UMASK
+        if p.stat().st_mode & 0o777 != want:
+            wrong.append(f"{oct(p.stat().st_mode & 0o777)} {p.relative_to(ray_search['exp'])}")
+    assert not wrong, wrong[:40]
 
 
 def test_every_search_ends_with_a_report_with_every_section(ray_search, tmp_path):

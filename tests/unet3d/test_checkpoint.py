@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -35,9 +37,20 @@ def test_trained_and_exported_models_load_with_plain_safe_mode(deep_supervision,
                                       deep_supervision_heads=1),
                     train=TrainConfig(epochs=1, steps_per_epoch=2, warmup_epochs=0, xla="off"),
                     data=DataConfig(crop=(16, 16, 16)))
-    trainer = Trainer(cfg, cases[:1], [], tmp_path / "run")
-    metrics = trainer.fit()
-    export_model(trainer.model, cfg, metrics, tmp_path / "export")
+    old = os.umask(0o027)  # (files written under a temporary name used to stay 0600 whatever it)
+    try:
+        trainer = Trainer(cfg, cases[:1], [], tmp_path / "run")
+        metrics = trainer.fit()
+        export_model(trainer.model, cfg, metrics, tmp_path / "export")
+    finally:
+        os.umask(old)
+    modes = {str(p.relative_to(tmp_path)): p.stat().st_mode & 0o777
+             for p in [*(tmp_path / "run").rglob("*"), *(tmp_path / "export").rglob("*"),
+                       tmp_path / "export"]}
+    assert {k: oct(m) for k, m in modes.items()
+            if m != (0o750 if (tmp_path / k).is_dir() else 0o640)} == {}
+    assert {"run/model.keras", "run/checkpoint.npz", "export/model.keras", "export/config.json",
+            "export/metrics.json", "export/model.onnx"} <= set(modes)
     x = np.random.default_rng(0).normal(size=(1, 16, 16, 16, 4)).astype(np.float32)
     want = np.asarray(inference_model(trainer.model).predict_on_batch(x))
     for path in (tmp_path / "run" / "model.keras", tmp_path / "export" / "model.keras"):
