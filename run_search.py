@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from unet3d.text import plural
+
 EXIT_USER_ERROR = 2
 
 
@@ -138,6 +140,17 @@ def _fingerprint_lines(fp: dict) -> list[str]:
     return lines
 
 
+def _plan_precision(precision: str, device: str) -> str:
+    """The plan's precision as training will resolve it on ``device`` (the config keeps "auto")."""
+    from unet3d.runtime import resolve_precision
+
+    if precision != "auto":
+        return precision
+    if device == "cpu":
+        return resolve_precision(precision, None)
+    return "mixed bfloat16 (float16 before compute capability 8.0)"
+
+
 def _plan_lines(plan, source: str) -> list[str]:
     cfg, est = plan.config, plan.estimate
     m = cfg.model
@@ -146,7 +159,7 @@ def _plan_lines(plan, source: str) -> list[str]:
     lines = [f"plan for {plan.budget_gib:.1f} GiB on {plan.device} ({source}):",
              f"  crop {'x'.join(map(str, cfg.data.crop))}, {m.depth} levels (bottleneck "
              f"{bottleneck}), filters {m.filters[0]}..{m.filters[-1]}, batch {cfg.train.batch_size}, "
-             f"{cfg.train.precision}",
+             f"{_plan_precision(cfg.train.precision, plan.device)}",
              f"  predicted peak {est.gib:.2f} GiB ({parts} GiB)"]
     lines += [f"  - {s}" for s in plan.steps]
     return lines
@@ -250,7 +263,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     _print(f"training fold {cfg.data.fold}/{cfg.data.folds}: {len(train_ids)} train, "
            f"{len(val_ids)} validation cases; crop {list(cfg.data.crop)}, batch "
-           f"{cfg.train.batch_size}, {cfg.train.epochs} epochs x {cfg.train.steps_per_epoch} steps")
+           f"{cfg.train.batch_size}, {plural(cfg.train.epochs, 'epoch')} x "
+           f"{plural(cfg.train.steps_per_epoch, 'step')}")
     t0 = time.perf_counter()
     if args.workers > 1:
         from unet3d import distributed
@@ -407,7 +421,7 @@ def _print_race(s: dict, result) -> None:
     st = race["settings"]
     _print(f"race: {s['trials']} trials in {result.seconds:.0f} s, {race['trial_epochs']} of "
            f"{st['budget']:g} trial-epochs ({race['race_trial_epochs']} racing at "
-           f"{st['race_epochs']} epoch{'s' * (st['race_epochs'] != 1)} per trial, "
+           f"{plural(st['race_epochs'], 'epoch')} per trial, "
            f"{race['lost_trial_epochs']} of them lost; "
            f"{race['continuation_trial_epochs']} continuing the winner)")
     for line in race["events"]:
@@ -1023,7 +1037,7 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_default(args)
         return args.func(args)
     except UserError as e:
-        print(f"\nerror: {e}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)

@@ -45,6 +45,7 @@ from search.spec import (
 )
 from search.storage import Experiment
 from unet3d.config import RunConfig
+from unet3d.text import plural
 
 Log = Callable[[str], None]
 
@@ -231,7 +232,7 @@ class Search:
 
         settings, portfolio = race_plan(ctx.space, engine_settings(self.spec))
         self.log(f"race: the default first, then {portfolio.describe()}, then neighbours of the "
-                 f"incumbent; {settings.race_epochs} epoch{'s' * (settings.race_epochs != 1)} each, "
+                 f"incumbent; {plural(settings.race_epochs, 'epoch')} each, "
                  f"challengers may lose "
                  f"{settings.race_share:.0%} of the budget of {settings.budget:g} trial-epochs; "
                  f"the winner is continued to the budget")

@@ -35,6 +35,7 @@ from search.results import TrialRow, row_from_history
 from search.spec import SearchError
 from search.trainable import MUTABLE
 from unet3d.errors import UserError
+from unet3d.text import plural
 
 TIME_ATTRS = ("epochs", "seconds")
 RACE_TRIALS = 10_000  # the race's trials are bounded by its budget (its searcher ends the search)
@@ -448,8 +449,7 @@ def placement(opts: RayOptions, workers_per_trial: int) -> Placement:
     cpus = opts.num_cpus or os.cpu_count() or 1
     fit = int(cpus // (n if n > 1 else opts.cpus_per_trial))  # a Horovod worker takes one CPU
     at_once = max(1, min(fit, opts.max_concurrent or fit, opts.num_samples))
-    what = f"{at_once} concurrent trial{'s' if at_once > 1 else ''}" + (f" x {n} workers" if n > 1
-                                                                       else "")
+    what = plural(at_once, "concurrent trial") + (f" x {n} workers" if n > 1 else "")
     return Placement(gpus=0.0, processes=at_once * n, what=what)
 
 

@@ -38,6 +38,7 @@ from search.results import (
     ranked,
     regions_of,
 )
+from unet3d.text import plural
 
 FIGURES = ("learning_curves", "objective", "parallel", "importance", "pareto")
 
@@ -320,8 +321,8 @@ def _race_section(race: dict[str, Any] | None) -> list[str]:
     st = race["settings"]
     parts = ["<h2 id='race'>The race</h2>",
              f"<p id='race-budget'>{race['trial_epochs']} of {st['budget']:g} trial-epochs: "
-             f"{race['race_trial_epochs']} racing ({st['race_epochs']} "
-             f"epoch{'s' * (st['race_epochs'] != 1)} per trial, compared "
+             f"{race['race_trial_epochs']} racing ({plural(st['race_epochs'], 'epoch')} "
+             f"per trial, compared "
              f"with the incumbent case by case: ahead by more than {st['margin']:g} at p &lt; "
              f"{st['alpha']:g} to replace it), {race['lost_trial_epochs']} of them lost (at most "
              f"{st['race_share']:.0%} of the budget), {race['continuation_trial_epochs']} "

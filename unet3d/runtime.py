@@ -26,7 +26,13 @@ if TYPE_CHECKING:
     from unet3d.config import RunConfig
 
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow's C++ log at level 2 (errors and worse) but, on a machine with no NVIDIA driver, at
+# 3: there the first device query logs "E... failed call to cuInit: ... (303)", which reads like a
+# crash on every CPU command and says nothing a CPU user can act on. (The lines TF writes before
+# its log is initialised, e.g. "Could not find cuda drivers", no variable silences.)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL",
+                      "2" if os.path.exists("/proc/driver/nvidia") or os.path.exists("/dev/nvidiactl")
+                      else "3")
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 

@@ -149,6 +149,7 @@ def test_workers_without_horovod_give_a_clear_error_and_one_worker_still_trains(
     assert line.startswith("error: --workers 2: Horovod is not installed") and "make setup" in line
     r = run_cli(*args, "--out", str(tmp_path / "b"), env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
+    assert ", 1 epoch x 2 steps" in r.stdout, r.stdout  # (not "1 epochs")
 
 
 def _amp_worker(config, cache, ids, out):

@@ -96,6 +96,8 @@ def test_cli_plan_probe_writes_a_config_train_reads(tiny_data, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "fingerprint: 6 cases (6 labelled)" in r.stdout and "plan for 3.0 GiB on cpu" in r.stdout
     assert re.search(r"probe \(8 steps and validation of one case\): measured [\d.]+ GiB", r.stdout)
+    # the precision as training resolves it on a CPU, not the config's "auto"
+    assert re.search(r"filters \d+\.\.\d+, batch \d+, fp32\n", r.stdout), r.stdout
     saved = json.loads(out.read_text())
     cfg = RunConfig.load(out)  # what `train --config` reads
     assert list(cfg.data.crop) == saved["data"]["crop"] and cfg.train.precision == "auto"
