@@ -470,6 +470,15 @@ def cmd_retrain_best(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from unet3d.export import export_run
+
+    out = export_run(args.run, args.out)
+    _print(f"exported: {out} (model.keras, saved_model/, model.onnx checked against Keras, "
+           f"MODEL_CARD.md)")
+    return 0
+
+
 def _resolve_models(paths: list[str], top_k: int | None) -> list[Path]:
     """Export folders from --model arguments: an export folder, a folder of export folders (e.g.
     EXPERIMENT/retrained: its folds), or a search experiment (its top-k trials, exported on demand;
@@ -938,6 +947,19 @@ def _retrain_parser(sub) -> None:
     _backend_arg(s, None, "the Keras backend to retrain on (default: the best trial's)")
 
 
+def _export_parser(sub) -> None:
+    s = _command(sub, "export", "export a training run (or re-export an older export folder)",
+                 "Export the model of a training run (train --out; a run stopped early exports its last "
+                 "checkpoint) as a search exports its best: model.keras, a TensorFlow SavedModel, "
+                 "model.onnx checked against Keras, config.json, metrics.json and MODEL_CARD.md. Given "
+                 "an earlier export folder (e.g. one without model.onnx), writes it again in place, "
+                 "keeping its post-processing choice.", cmd_export)
+    s.add_argument("run", help="a train --out folder, a search trial's run/ folder, or an export folder")
+    s.add_argument("--out", default=None,
+                   help="export folder (default: RUN/export for a run, the folder itself for an export); "
+                        "an existing folder is replaced only if it is an export")
+
+
 def _report_parser(sub) -> None:
     s = _command(sub, "report", "write the HTML report of a finished or running search",
                  "Write one self-contained HTML page (plus PNG figures next to it) about a search: "
@@ -1022,7 +1044,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(same as 'run_search.py search').")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for builder in (_synth_parser, _prepare_parser, _plan_parser, _train_parser, _search_parser,
-                    _retrain_parser,
+                    _retrain_parser, _export_parser,
                     _report_parser, _predict_parser, _evaluate_parser):
         builder(sub)
     return p

@@ -223,6 +223,27 @@ def test_horovod_workers_under_jax_are_one_line(case, synth16, tmp_path):
     assert "Horovod workers train under tensorflow only" in line
 
 
+# 7. export: what it cannot export, and an --out it must not replace ---------------------------
+
+def test_export_refuses_what_is_not_a_run_and_an_out_that_is_not_an_export(a_file, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("{}\n")
+    keep = tmp_path / "mine"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("mine\n")
+    line = _fails("export", str(tmp_path / "nope"), names=str(tmp_path / "nope"),
+                  untouched=(tmp_path,))
+    assert "no such folder" in line
+    line = _fails("export", str(tmp_path / "run"), names=str(tmp_path / "run"), untouched=(tmp_path,))
+    assert "neither a training run" in line
+    (tmp_path / "run" / "checkpoint.npz").write_bytes(b"not a checkpoint")
+    line = _fails("export", str(tmp_path / "run"), "--out", str(keep), names=f"--out {keep}",
+                  untouched=(tmp_path,))
+    assert "exists and is not an export folder" in line
+    line = _fails("export", str(tmp_path / "run"), "--out", str(a_file / "x"),
+                  names=f"--out {a_file / 'x'}", untouched=(tmp_path,))
+
+
 def test_a_cpu_command_does_not_log_tensorflows_failed_cuinit(tmp_path):
     """On a machine without an NVIDIA driver TensorFlow's first device query logs "failed call to
     cuInit: ... (303)" at its error level: it reads like a crash on every CPU command. Every entry

@@ -8,7 +8,8 @@ import pytest
 
 import run_search
 
-COMMANDS = ("synth", "prepare", "plan", "train", "search", "retrain-best", "report", "predict", "evaluate")
+COMMANDS = ("synth", "prepare", "plan", "train", "search", "retrain-best", "export", "report", "predict",
+            "evaluate")
 
 
 def _subparsers() -> dict[str, argparse.ArgumentParser]:

@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 import keras
 
-from unet3d.checkpoint import load_model, save_model
+from unet3d.checkpoint import CHECKPOINT, load_model, save_model
 from unet3d.config import RunConfig
+from unet3d.errors import UserError
 from unet3d.io_utils import atomic_write_json, public
 from unet3d.model import inference_model
 from unet3d.onnx_runtime import FILE as ONNX_FILE
@@ -176,6 +177,70 @@ def export_model(model: keras.Model, cfg: RunConfig, metrics: dict[str, Any], ou
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+class ExportError(UserError, ValueError):
+    """A folder that cannot be exported, or an --out that an export must not replace."""
+
+
+def is_export(folder: Path) -> bool:
+    """Whether ``folder`` is an export folder (this module's, of any version)."""
+    return (folder / "model.keras").is_file() and (folder / "config.json").is_file() and \
+        not (folder / CHECKPOINT).exists()
+
+
+def export_run(source: str | Path, out: str | Path | None = None) -> Path:
+    """Exports a training run (``train --out``: its ``model.keras``, or its last checkpoint when
+    it was stopped before writing one) or re-exports an earlier export folder (e.g. one from
+    before exports carried ONNX: its post-processing choice is kept) like a search's best: every
+    file of the module docstring, the ONNX file checked against Keras. ``out`` defaults to
+    ``RUN/export`` for a run and to the folder itself for an export (replaced only once the new
+    one is whole). An existing ``out`` that is not an export folder is never replaced.
+
+    Raises:
+        ExportError (or the ConfigError / CheckpointError of a bad file), naming the path, before
+        anything is written.
+    """
+    from unet3d.checkpoint import model_from_run
+    from unet3d.io_utils import check_writable_dir
+
+    source = Path(source)
+    if not source.is_dir():
+        raise ExportError(f"{source}: no such folder (a train --out folder or an export folder)")
+    run = (source / CHECKPOINT).exists()
+    if not (source / "config.json").is_file() or not (run or is_export(source)):
+        raise ExportError(f"{source}: neither a training run (config.json, checkpoint.npz) nor an "
+                          f"export folder (config.json, model.keras)")
+    out = Path(out) if out is not None else (source / "export" if run else source)
+    if out.exists() and out != source and not is_export(out):
+        raise ExportError(f"--out {out}: exists and is not an export folder (it would be replaced)")
+    check_writable_dir(out, "--out")
+    cfg = RunConfig.load(source / "config.json")
+    metrics: dict[str, Any] = {}
+    if (source / "metrics.json").is_file():
+        try:
+            metrics = json.loads((source / "metrics.json").read_text())
+        except (OSError, ValueError) as e:
+            raise ExportError(f"{source / 'metrics.json'}: not readable JSON ({e})") from None
+    choice = None
+    if not run and (source / POSTPROCESS_FILE).is_file():
+        try:
+            choice = PostProcessChoice.from_dict(json.loads((source / POSTPROCESS_FILE).read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ExportError(f"{source / POSTPROCESS_FILE}: not a post-processing choice "
+                              f"({type(e).__name__}: {e})") from None
+    if (source / "model.keras").is_file():
+        try:
+            model = load_model(source / "model.keras")
+        except ValueError as e:
+            raise ExportError(str(e)) from None
+        what = "its final model" if run else "an earlier export"
+    else:  # a run stopped before its end: its last checkpoint
+        model, _, state = model_from_run(source)
+        metrics = metrics or {"epoch": state.get("epoch"), "history": state.get("history", [])}
+        what = f"its last checkpoint (epoch {state.get('epoch')})"
+    return export_model(model, cfg, metrics, out, source=f"export of {source} ({what})",
+                        postprocess=choice)
 
 
 def load_export(folder: str | Path) -> tuple[keras.Model, RunConfig, dict[str, Any]]:

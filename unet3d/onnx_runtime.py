@@ -188,4 +188,5 @@ def write_onnx(model: keras.Model, cfg: RunConfig, path: Path) -> float:
 def missing(folder: str | Path) -> OnnxMissingError:
     """The one-line error for an export folder without ``model.onnx``."""
     return OnnxMissingError(f"{folder}: no {FILE} (exported before exports carried ONNX); "
-                            f"re-export it or predict with --runtime keras")
+                            f"re-export it (run_search.py export {folder}) or predict with "
+                            f"--runtime keras")

@@ -178,6 +178,30 @@ def test_cli_predict_runtime_onnx_writes_the_labels_predict_does(exported, case_
                 str(tmp_path / "none"), "--runtime", "onnx", timeout=300)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
-        f"error: {old}: no model.onnx (exported before exports carried ONNX); re-export it or "
-        f"predict with --runtime keras"]
+        f"error: {old}: no model.onnx (exported before exports carried ONNX); re-export it "
+        f"(run_search.py export {old}) or predict with --runtime keras"]
     assert not (tmp_path / "none").exists()
+
+    # The command the message names re-exports the folder in place (with a post-processing
+    # choice saved beside the old export, kept), and the ONNX runtime then predicts the same.
+    from unet3d.postprocess import FILE as POSTPROCESS_FILE
+    from unet3d.postprocess import PostProcess, PostProcessChoice
+
+    table = tuple({**p.to_dict(), "score": 0.5 + 0.1 * p.largest_wt, "chosen": p.largest_wt}
+                  for p in (PostProcess(), PostProcess(largest_wt=True)))
+    choice = PostProcessChoice(PostProcess(largest_wt=True), "dice", "brats-legacy", 0.001,
+                               ("a", "b"), table)
+    (old / POSTPROCESS_FILE).write_text(json.dumps(choice.to_dict()))
+    r = run_cli("export", str(old), timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"exported: {old} (model.keras, saved_model/, model.onnx checked against Keras" in r.stdout
+    assert {"model.onnx", "saved_model", "model.keras", "config.json", "MODEL_CARD.md",
+            POSTPROCESS_FILE} <= {p.name for p in old.iterdir()}
+    assert json.loads((old / POSTPROCESS_FILE).read_text()) == choice.to_dict()
+    assert "largest" in (old / "MODEL_CARD.md").read_text().lower()
+    r = run_cli("predict", "--model", str(old), "--input", str(case_data), "--out",
+                str(tmp_path / "again"), "--runtime", "onnx", "--tta", "2", "--postprocess", "none",
+                timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    again = np.asarray(nib.load(str(tmp_path / "again" / f"{case.case_id}.nii.gz")).dataobj)
+    np.testing.assert_array_equal(again, labels[0])

@@ -51,6 +51,17 @@ def test_cli_train_learns_far_above_an_untrained_model(synth16, tmp_path):
     reloaded = mean_scores(evaluate_cases(load_model(out / "model.keras"), val, cfg))
     assert reloaded["dice_WT"] == pytest.approx(final["dice_WT"], abs=1e-6)
 
+    # `export RUN` writes RUN/export as a search exports its best; its model is the run's.
+    r = run_cli("export", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip() == (f"exported: {out / 'export'} (model.keras, saved_model/, model.onnx "
+                                f"checked against Keras, MODEL_CARD.md)")
+    assert json.loads((out / "export" / "metrics.json").read_text()) == metrics
+    assert (out / "export" / "model.onnx").exists() and (out / "export" / "saved_model").is_dir()
+    for a, b in zip(load_model(out / "export" / "model.keras").get_weights(),
+                    load_model(out / "model.keras").get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
     # TensorBoard got the per-epoch scalars.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -91,6 +102,16 @@ def test_killed_training_resumes_from_its_checkpoint(synth16, tmp_path):
     assert state and 2 <= state["epoch"] < 5, state
     killed_at = _state(out / "checkpoint.npz")
     assert not (out / "model.keras").exists()
+
+    # A run stopped before its end exports its last checkpoint (an --out beside it).
+    r = run_cli("export", str(out), "--out", str(tmp_path / "killed_export"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    exported = json.loads((tmp_path / "killed_export" / "metrics.json").read_text())
+    assert exported["epoch"] == killed_at["epoch"] and exported["history"] == killed_at["history"]
+    assert {"model.keras", "model.onnx", "saved_model", "config.json", "MODEL_CARD.md"} <= \
+        {p.name for p in (tmp_path / "killed_export").iterdir()}
+    assert f"last checkpoint (epoch {killed_at['epoch']})" in \
+        (tmp_path / "killed_export" / "MODEL_CARD.md").read_text()
 
     # Without --resume the run refuses to overwrite the checkpoint.
     r = run_cli(*args)
