@@ -198,13 +198,14 @@ def probe(plan: Plan, cache: str | Path, train_ids: Sequence[str], val_ids: Sequ
     Raises:
         PlanError: the probe run failed or timed out (naming what happened).
     """
-    import multiprocessing
     import tempfile
+
+    from unet3d.processes import CONTEXT
 
     cfg = plan.config.replace(train={"epochs": 2, "steps_per_epoch": steps, "warmup_epochs": 0},
                               data={"max_val_cases": 1})
     with tempfile.TemporaryDirectory(prefix="unet3d-probe-") as tmp:
-        child = multiprocessing.get_context("spawn").Process(
+        child = CONTEXT.Process(
             target=_probe_child, args=(cfg.to_dict(), str(cache), list(train_ids),
                                        list(val_ids)[:1], tmp, plan.device))
         child.start()

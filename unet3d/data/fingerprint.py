@@ -69,10 +69,9 @@ def _lesion_volumes(entries: Sequence[CachedCase], regions: dict[str, tuple[int,
     work = [(e, regions) for e in entries]
     if jobs <= 1 or len(work) <= 2:
         return [_case_lesions(w) for w in work]
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
+    from unet3d.processes import worker_pool
 
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+    with worker_pool(jobs, "counting lesions for the fingerprint") as pool:
         return list(pool.map(_case_lesions, work, chunksize=8))
 
 

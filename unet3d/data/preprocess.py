@@ -358,16 +358,16 @@ def prepare(cases: Iterable[Case], cache: str | Path,
     ``cache`` is created with its first entry, so a dataset whose first case is bad leaves none
     behind. Entries written before a later case fails are complete and reused by the next run.
     ``check`` sees each entry as soon as it is ready (and may raise to stop there). ``jobs`` > 1
-    preprocesses the cases after the first in that many processes (spawned: a caller may hold
-    threads, e.g. Ray's); results, checks and progress still come in order, and the first failure
-    in that order is the one raised. ``mapper`` runs them elsewhere instead (e.g. as tasks on a
+    preprocesses the cases after the first in that many processes (spawned, as a caller may hold
+    threads, e.g. Ray's; they never run the caller's main script: :mod:`unet3d.processes`);
+    results, checks and progress still come in order, and the first failure in that order is the
+    one raised. ``mapper`` runs them elsewhere instead (e.g. as tasks on a
     cluster's nodes, writing into a cache on shared storage).
 
     Raises:
         DataError: naming the first case and file that cannot be read or breaks a rule.
     """
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
+    from unet3d.processes import worker_pool
 
     cache, cases = Path(cache), list(cases)
     out: list[CachedCase] = []
@@ -389,13 +389,10 @@ def prepare(cases: Iterable[Case], cache: str | Path,
                                 strict=True):
             take(case, result)
         return out
-    pool = ProcessPoolExecutor(max_workers=min(jobs, len(cases) - 1), mp_context=get_context("spawn"))
-    try:
+    with worker_pool(min(jobs, len(cases) - 1), f"preprocessing into {cache}") as pool:
         for case, result in zip(cases[1:], pool.map(_prepare_one, [(c, cache) for c in cases[1:]]),
                                 strict=True):
             take(case, result)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
     return out
 
 
