@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -164,6 +165,10 @@ class Search:
         from search.finish import finish
 
         exp = self.experiment
+        if self._resume:
+            done = self._finished(exp)
+            if done is not None:
+                return done
         with self._engine_environment():
             try:
                 ctx = self._context if self._resume else self._start(exp)
@@ -190,6 +195,29 @@ class Search:
                             best=_best(summary), summary=summary, report=report,
                             seconds=time.perf_counter() - t0, interrupted=interrupted,
                             retrained=retrained)
+
+    def _finished(self, exp: Experiment) -> SearchResult | None:
+        """The result of a restored search that had finished (not interrupted, its retraining
+        done), read from its folder: nothing runs again, Ray does not start, best/ is not
+        re-exported. None when there is something left to run."""
+        from search.finish import load_rows
+
+        try:
+            summary = json.loads((exp.local / "trials.json").read_text())["summary"]
+        except (OSError, ValueError, KeyError):
+            return None
+        retrained = exp.local / "retrained" / "all" if self.spec.retrain_share else None
+        if summary.get("interrupted", True) or (
+                retrained is not None and "best_trial" in summary and not retrained.exists()):
+            return None  # (a summary from before it said so: run as before)
+        report = exp.local / "report.html"
+        self.log(f"{exp.location}: the search had finished; its result, nothing run again")
+        return SearchResult(experiment=exp.local, location=exp.location, trials=load_rows(exp.local),
+                            best=_best(summary), summary=summary,
+                            report=report if report.exists() else None, seconds=0.0,
+                            interrupted=False,
+                            retrained=retrained if retrained is not None and retrained.exists()
+                            else None)
 
     def _retrain(self, summary: dict[str, Any], interrupted: bool) -> Path | None:
         """``retrain_share``: the winner trained on every labelled case for the budget's share of

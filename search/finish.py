@@ -204,6 +204,8 @@ def finish(rows: Sequence[TrialRow], ctx: SearchContext, experiment: Path, engin
                                "trials": len(rows) - pruned, "trials_pruned": pruned,
                                "max_epochs": ctx.max_epochs,
                                "trials_interrupted": sum(r.status == "interrupted" for r in rows),
+                               # (a search ended by Ctrl-C exports nothing: --resume finishes it)
+                               "interrupted": not export,
                                **asha_savings(rows, ctx.max_epochs)}
     if budget is not None:
         summary["memory_budget"] = budget.to_dict()

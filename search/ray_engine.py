@@ -304,9 +304,15 @@ def environment(opts: RayOptions) -> Iterator[None]:
     A local search (or one joining a loopback cluster) needs Ray's no-cluster mode (see
     :func:`connect`). Ray reads that switch once, when it is first imported; when Ray was imported
     before the search (a notebook's own ``import ray``), its module constant is set as well.
+    ``verbose`` 0 is silent: Ray Tune's console output prints its "Configuration for experiment"
+    box and "View detailed results here" whatever the verbosity; its older reporter, which a
+    verbosity of 0 silences, is used then (unless the user chose one with RAY_AIR_NEW_OUTPUT).
     """
     saved = {k: os.environ.get(k) for k in (_NO_CLUSTER, "TUNE_DISABLE_SIGINT_HANDLER",
-                                            "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS")}
+                                            "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS",
+                                            "RAY_AIR_NEW_OUTPUT")}
+    if opts.verbose == 0 and saved["RAY_AIR_NEW_OUTPUT"] is None:
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     constants = sys.modules.get("ray._private.ray_constants")
     was = getattr(constants, "ENABLE_RAY_CLUSTER", None)
     local = not opts.address or _is_loopback(opts.address)

@@ -123,7 +123,7 @@ def test_keras_tuner_maximises_the_objective(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_search_through_the_python_api_returns_the_best_and_restores(tmp_path):
+def test_a_search_through_the_python_api_returns_the_best_and_restores(tmp_path, capfd):
     import os
 
     import ray  # noqa: F401  (a notebook may have imported Ray before it runs a search)
@@ -142,6 +142,9 @@ def test_a_search_through_the_python_api_returns_the_best_and_restores(tmp_path)
                     max_epochs=2, out=tmp_path / "results", name="api", folds=4, verbose=0,
                     log=lines.append, grace_period=1, max_concurrent=1)
     result = search.run()
+    # verbose=0 prints nothing (Ray Tune's experiment box and results line used to)
+    printed = capfd.readouterr().out
+    assert "Configuration for experiment" not in printed and "View detailed" not in printed, printed
 
     assert result.experiment == (tmp_path / "results" / "api").resolve()
     assert not result.interrupted and len(result.trials) == 2
@@ -164,13 +167,18 @@ def test_a_search_through_the_python_api_returns_the_best_and_restores(tmp_path)
     assert saved["engine_options"] == {"grace_period": 1, "max_concurrent": 1, "scheduler": "asha"}
     assert saved["num_samples"] == 2 and saved["space"] == str(tmp_path / "tiny.yaml")
 
-    # Restoring a finished search changes nothing: the same trials, best and checkpoints.
+    # Restoring a finished search returns its result at once: the same trials, best and
+    # checkpoints; Ray does not start and best/ is not exported again (it took a minute).
     before = {r.trial_id: Path(r.checkpoint, "checkpoint.npz").read_bytes() for r in result.trials}
+    stamps = {p: p.stat().st_mtime_ns for p in result.best.export.rglob("*")}
     again = Search.restore(result.experiment).run()
     assert {r.trial_id for r in again.trials} == set(before)
-    assert again.best.trial_id == result.best.trial_id
+    assert again.best == result.best and again.report == result.report
+    assert again.summary == result.summary and not again.interrupted
     for r in again.trials:
         assert Path(r.checkpoint, "checkpoint.npz").read_bytes() == before[r.trial_id]
+    assert {p: p.stat().st_mtime_ns for p in result.best.export.rglob("*")} == stamps
+    assert not ray.is_initialized()
 
 
 @pytest.mark.slow
