@@ -606,6 +606,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         evaluate_folder,
         evaluation_scheme,
         format_summary,
+        missing_predictions,
         summary,
         write_evaluation,
     )
@@ -621,11 +622,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     scheme = evaluation_scheme(ds, args.labels)
     _print(f"labels: {scheme.describe()} ({'--labels' if args.labels else 'detected'})")
     n = sum(1 for c in ds.cases if c.label is not None)
-    with tqdm(total=n, unit="case", disable=None) as bar:
+    skipped = missing_predictions(args.pred, ds.cases) if args.partial and Path(args.pred).is_dir() \
+        else []
+    with tqdm(total=n - len(skipped), unit="case", disable=None) as bar:
         rows = evaluate_folder(args.pred, ds.cases, scheme, jobs=args.jobs,
-                               progress=lambda r: bar.update(1))
-    csv_path, summary_path = write_evaluation(rows, out, scheme)
+                               progress=lambda r: bar.update(1), partial=args.partial)
+    csv_path, summary_path = write_evaluation(rows, out, scheme, skipped)
     _print(f"{len(rows)} case(s) of {ds.root} scored against {args.pred}")
+    if skipped:
+        shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        _print(f"--partial: {len(skipped)} of {n} labelled cases skipped (no prediction): {shown}")
     _print(format_summary(summary(rows, scheme), scheme))
     _print(f"per case: {csv_path}")
     _print(f"summary: {summary_path}")
@@ -1033,6 +1039,9 @@ def _evaluate_parser(sub) -> None:
     _labels_arg(s)
     s.add_argument("--out", default=None, help="per-case CSV (default: PRED/evaluation.csv)")
     s.add_argument("--jobs", type=int, default=None, help="worker processes (default: CPU count)")
+    s.add_argument("--partial", action="store_true",
+                   help="score only the cases PRED has a prediction for (the others are listed as "
+                        "skipped); without it every labelled case must have one")
 
 
 def build_parser() -> argparse.ArgumentParser:

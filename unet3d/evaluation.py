@@ -89,10 +89,18 @@ def _evaluate_one(args: tuple[Path, Case, LabelScheme]) -> dict[str, Any]:
     return evaluate_case(*args)
 
 
+def missing_predictions(pred_dir: str | Path, cases: Sequence[Case]) -> list[str]:
+    """IDs of the labelled cases of ``cases`` without a prediction in ``pred_dir``, in order."""
+    return [c.case_id for c in cases
+            if c.label is not None and prediction_path(Path(pred_dir), c.case_id) is None]
+
+
 def evaluate_folder(pred_dir: str | Path, cases: Sequence[Case], scheme: LabelScheme, *,
                     jobs: int | None = None,
-                    progress: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-    """Scores every labelled case of ``cases`` that has a prediction in ``pred_dir``.
+                    progress: Callable[[dict[str, Any]], None] | None = None,
+                    partial: bool = False) -> list[dict[str, Any]]:
+    """Scores every labelled case of ``cases`` that has a prediction in ``pred_dir``; each must
+    have one unless ``partial`` (then those without are skipped: :func:`missing_predictions`).
 
     Args:
         pred_dir: folder of ``<case_id>.nii.gz`` predictions.
@@ -106,7 +114,8 @@ def evaluate_folder(pred_dir: str | Path, cases: Sequence[Case], scheme: LabelSc
 
     Raises:
         DataError: ``pred_dir`` is missing (or a file), labelled cases have no prediction (all are
-            named), or a prediction is unreadable / off the reference's grid.
+            named; with ``partial``, when none has one), or a prediction is unreadable / off the
+            reference's grid.
         OptionError: ``jobs`` < 1 (named as ``--jobs``).
     """
     if jobs is not None and jobs < 1:
@@ -126,10 +135,11 @@ def evaluate_folder(pred_dir: str | Path, cases: Sequence[Case], scheme: LabelSc
             missing.append(c.case_id)
         else:
             work.append((p, c, scheme))
-    if missing:
+    if missing and (not partial or not work):
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        hint = "" if partial else " (--partial scores the cases that have one)"
         raise DataError(f"{pred_dir}: no prediction <case_id>.nii.gz for {len(missing)} of "
-                        f"{len(labelled)} labelled cases: {shown}")
+                        f"{len(labelled)} labelled cases: {shown}{hint}")
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(work)))
     rows: list[dict[str, Any]] = []
     if jobs == 1:
@@ -160,9 +170,10 @@ def summary(rows: Sequence[dict[str, Any]], scheme: LabelScheme) -> dict[str, di
 
 
 def write_evaluation(rows: Sequence[dict[str, Any]], out_csv: str | Path,
-                     scheme: LabelScheme) -> tuple[Path, Path]:
+                     scheme: LabelScheme, skipped: Sequence[str] = ()) -> tuple[Path, Path]:
     """Writes the per-case CSV (``case_id`` first, then :func:`metric_names`) and
-    ``<stem>_summary.json`` beside it (each atomically).
+    ``<stem>_summary.json`` beside it (each atomically; ``skipped``: labelled cases left out for
+    want of a prediction, listed there).
 
     Returns (csv path, summary path).
     """
@@ -175,7 +186,8 @@ def write_evaluation(rows: Sequence[dict[str, Any]], out_csv: str | Path,
         w.writerow([r["case_id"], *[repr(float(r[m])) for m in names]])
     atomic_write_text(out_csv, buf.getvalue())
     summary_path = out_csv.with_name(f"{out_csv.stem}_summary.json")
-    atomic_write_json(summary_path, {"cases": len(rows), "labels": scheme.to_dict(),
+    atomic_write_json(summary_path, {"cases": len(rows), "skipped": list(skipped),
+                                     "labels": scheme.to_dict(),
                                      "tumour_mean_over": list(scheme.tumour),
                                      "metrics": summary(rows, scheme)})
     return out_csv, summary_path

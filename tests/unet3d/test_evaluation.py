@@ -187,7 +187,21 @@ def test_evaluate_bad_predictions_give_one_line_errors(dataset, tmp_path):
         return run_cli("evaluate", "--pred", str(folder), "--data", str(data), timeout=120)
 
     missing = variant("missing", lambda p: p.unlink())
-    assert "case_01" in _one_line_error(evaluate(missing))
+    line = _one_line_error(evaluate(missing))
+    assert "case_01" in line and "--partial scores the cases that have one" in line
+    # --partial scores the others and says which it skipped (the CSV and summary too).
+    r = run_cli("evaluate", "--pred", str(missing), "--data", str(data), "--partial",
+                "--out", str(tmp_path / "partial.csv"), timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    n = len(cases)
+    assert f"--partial: 1 of {n} labelled cases skipped (no prediction): case_01" in r.stdout
+    rows = (tmp_path / "partial.csv").read_text().splitlines()[1:]
+    assert sorted(row.split(",")[0] for row in rows) == sorted(set(cases) - {"case_01"})
+    assert json.loads((tmp_path / "partial_summary.json").read_text())["skipped"] == ["case_01"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = run_cli("evaluate", "--pred", str(empty), "--data", str(data), "--partial", timeout=120)
+    assert r.returncode == 2 and f"for {n} of {n} labelled cases" in r.stderr
     shape = variant("shape", lambda p: _write(p, np.zeros((40, 36, 23), np.uint8), affine))
     line = _one_line_error(evaluate(shape))
     assert "case_01.nii.gz" in line and "shape" in line
