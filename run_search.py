@@ -359,7 +359,7 @@ def _print_search(result, spec) -> None:
     where = result.location
     remote = where != str(result.experiment)
     _print("")
-    _print(format_table(result.trials))
+    _print(format_table(result.trials, spec.second_objective))
     _print("")
     origins = collections.Counter(r.proposed_by for r in result.trials if r.proposed_by)
     if "race" in s:
@@ -379,7 +379,7 @@ def _print_search(result, spec) -> None:
         _print(f"interrupted: {s['trials_interrupted']} trial(s) cut off; resume with: python "
                f"run_search.py search --resume --out {spec.out} --name {spec.name}")
     elif result.best is not None:
-        from search.objective import describe
+        from search.objective import SECOND_WORDS, describe
 
         what = describe(result.summary.get("objective", "dice"), result.best.config.scheme.tumour)
         cont = s.get("race", {}).get("continuation") or {}
@@ -392,14 +392,20 @@ def _print_search(result, spec) -> None:
                    f"(trial {result.best.trial_id})")
         else:
             _print(f"best trial {result.best.trial_id}: {what} {result.best.score:.4f}")
-        for p in s.get("pareto", []):
-            second = spec.second_objective
-            _print(f"  Pareto rank {p['rank']}: trial {p['trial_id']}, {p['score']:.4f}, {second} "
-                   f"{p[second]:.4g}" + (f" -> {where}/pareto/rank_{p['rank']}" if p.get("export")
-                                         else " (no checkpoint: not exported)"))
         for k, v in result.best.params.items():
             _print(f"  {k} = {v}")
         _print(f"exported: {where}/best" if remote else f"exported: {result.best.export}")
+        if s.get("pareto"):
+            second = spec.second_objective
+            _print(f"Pareto front of {what} and {SECOND_WORDS[second]} "
+                   f"({plural(len(s['pareto']), 'trial')}):")
+        for p in s.get("pareto", []):
+            spread = (f" (interquartile range {p['spread']:.0%} of it)"
+                      if p.get("spread") is not None else "")
+            _print(f"  Pareto rank {p['rank']}: trial {p['trial_id']}, {p['score']:.4f}, {second} "
+                   f"{p[second]:.4g}{spread}" + (f" -> {where}/pareto/rank_{p['rank']}"
+                                                 if p.get("export") else
+                                                 " (no checkpoint: not exported)"))
     else:
         _print("no trial finished an epoch: nothing exported")
     if result.retrained is not None:

@@ -11,7 +11,15 @@ from typing import Any
 from search.context import SearchContext
 from search.memory_budget import MemoryBudget
 from search.objective import WORDS
-from search.results import TrialRow, asha_savings, best_row, mark_pareto, ranked, write_results
+from search.results import (
+    TrialRow,
+    asha_savings,
+    best_row,
+    finite,
+    mark_pareto,
+    ranked,
+    write_results,
+)
 from search.spec import SearchSpec
 from unet3d.io_utils import atomic_write_json
 
@@ -140,6 +148,15 @@ def export_pareto(front: Sequence[TrialRow], ctx: SearchContext, experiment: Pat
     return out
 
 
+def _spread(row: TrialRow, second: str) -> float | None:
+    """The relative spread of a trial's measured latency (unet3d.train.window_latency); None for
+    the other second objectives."""
+    if second != "latency":
+        return None
+    spreads = [h["latency_spread"] for h in row.history if finite(h.get("latency_spread"))]
+    return float(spreads[-1]) if spreads else None
+
+
 def _copy_folder(src: Path, dest: Path) -> Path:
     """``src`` copied to ``dest`` under a temporary name, then renamed into place."""
     tmp = dest.with_name(f".{dest.name}.tmp")
@@ -236,8 +253,10 @@ def finish(rows: Sequence[TrialRow], ctx: SearchContext, experiment: Path, engin
     if second:
         front = mark_pareto(rows, second)
         paths = export_pareto(front, ctx, experiment, exported) if export else {}
+        summary["second_objective"] = second
         summary["pareto"] = [{"rank": r.pareto, "trial_id": r.trial_id, "score": r.best_score,
-                              second: r.second, "export": str(paths.get(r.trial_id, ""))}
+                              second: r.second, "spread": _spread(r, second),
+                              "export": str(paths.get(r.trial_id, ""))}
                              for r in front]
     write_results(rows, experiment, summary)
     return summary

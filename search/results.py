@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from search.objective import DEFAULT, HEADERS, metric_of
+from search.objective import DEFAULT, HEADERS, SECOND, metric_of
 from unet3d.io_utils import atomic_write_json, atomic_write_text
 
 _DICE, _LESIONWISE = "val_dice_", "val_lesionwise_dice_"  # + region name, or "mean" for _DICE
@@ -293,15 +293,22 @@ def write_results(rows: Sequence[TrialRow], experiment: Path, summary: dict[str,
     scores = (["best_score", "best_dice_mean"] + [f"best_dice_{g}" for g in regions]
               + (["best_lesionwise_mean"] if has_lw else [])
               + [f"best_lesionwise_dice_{g}" for g in lesionwise])
+    # A two-objective search's second objective, named by its metric (latency_s, params, ...),
+    # and each trial's place on the Pareto front (1 = best first objective, 0 = off it).
+    second = summary.get("second_objective") or ""
+    metric = SECOND[second][0] if second else ""
+    second_cols = ([] if metric in ("", "throughput_vps") else [metric]) + (["pareto"] if second else [])
     cols = (["trial_id", "index", "status", "epochs", "best_epoch"] + scores
             + ["throughput_vps", "wall_s", "node", "node_id", "error", "memory_gib",
-               "measured_gib", "reason", "proposed_by", "second", "pareto"])
+               "measured_gib", "reason", "proposed_by"] + second_cols)
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(cols + param_names)
     for r in rows:
         d = asdict(r)
         d["measured_gib"] = r.measured_gib
+        if metric:
+            d[metric] = r.second
         d.update({f"best_dice_{g}": r.best_regions.get(g, math.nan) for g in regions})
         d.update({f"best_lesionwise_dice_{g}": r.best_lesionwise_regions.get(g, math.nan)
                   for g in lesionwise})
@@ -317,13 +324,15 @@ def _cell(value: float, width: int, spec: str) -> str:
     return f"{'-' if math.isnan(value) else format(value, spec):>{width}} "
 
 
-def format_table(rows: Sequence[TrialRow]) -> str:
+def format_table(rows: Sequence[TrialRow], second: str = "") -> str:
     """A fixed-width table, best first: the objective (headed "Dice" or "LW Dice"; with the mean
     Dice beside it when the objective is lesion-wise), one Dice column per region of the label
     scheme (a region outside the mean, e.g. RC, too), throughput and the parameters (abbreviated to
     their field names); a node column when trials ran on several nodes; the reason of each failed
     trial below. A configuration pruned for memory comes last, its reason ("needs 31.2 GiB > 24.0
-    GiB") where its scores would be, so the parameters that were refused stay in their columns."""
+    GiB") where its scores would be, so the parameters that were refused stay in their columns.
+    ``second``: a two-objective search's second objective, its column and the Pareto rank ("P",
+    1 = best first objective; "-" off the front) after the scores."""
     param_names = sorted({k for r in rows for k in r.params})
     short = [p.split(".", 1)[1] if "." in p else p for p in param_names]
     multi_node = len({r.node_id for r in rows if r.node_id}) > 1
@@ -333,12 +342,14 @@ def format_table(rows: Sequence[TrialRow]) -> str:
         scores.append((HEADERS[DEFAULT], lambda r: r.best_dice_mean))
     scores += [(g, lambda r, g=g: r.best_regions.get(g, math.nan)) for g in regions_of(rows)]
     widths = [max(6, len(name)) for name, _ in scores]
+    extra_w = max(8, len(second))
     head = (f"{'trial':<10} {'status':<9} {'ep':>3} "
             + "".join(f"{name:>{w}} " for (name, _), w in zip(scores, widths, strict=True))
-            + f"{'vol/s':>6} " + (f"{'node':<8} " if multi_node else "")
+            + f"{'vol/s':>6} " + (f"{second:>{extra_w}} {'P':>2} " if second else "")
+            + (f"{'node':<8} " if multi_node else "")
             + " ".join(f"{s[:12]:>12}" for s in short))
     lines = [head, "-" * len(head)]
-    span = sum(w + 1 for w in widths) + 7  # the score and vol/s columns
+    span = sum(w + 1 for w in widths) + 7 + (extra_w + 4 if second else 0)  # scores to vol/s, P
     for r in ranked(rows):
         vals = []
         for p in param_names:
@@ -350,6 +361,8 @@ def format_table(rows: Sequence[TrialRow]) -> str:
         else:
             measured = ("".join(_cell(get(r), w, ".3f") for (_, get), w in zip(scores, widths, strict=True))
                         + _cell(r.throughput_vps, 6, ".1f"))
+            if second:
+                measured += _cell(r.second, extra_w, ".4g") + f"{r.pareto or '-':>2} "
         lines.append(f"{r.trial_id[:10]:<10} {r.status:<9} {r.epochs:>3} {measured}{node}"
                      + " ".join(vals))
     for r in rows:

@@ -106,18 +106,24 @@ def evaluate_cases(model: keras.Model, cases: Sequence[CachedCase], cfg: RunConf
     return out
 
 
-def window_latency(model: keras.Model, cfg: RunConfig, repeats: int = 5) -> float:
-    """Median seconds of one inference forward pass of a window (batch 1, the crop's size) on the
-    device the model runs on, after a warm-up pass (which compiles it)."""
+def window_latency(model: keras.Model, cfg: RunConfig, repeats: int = 10,
+                   warmup: int = 2) -> tuple[float, float]:
+    """(median seconds, relative spread) of one inference forward pass of a window (batch 1, the
+    crop's size, always the same input) on the device the model runs on, over ``repeats`` passes
+    after ``warmup`` (the first compiles it). The spread is the interquartile range over the
+    median: how far one trial's figure can be trusted (a machine shared with other trials moves
+    single timings by 2x; the median of ten after warm-up moves far less)."""
     predict = keras_predict_fn(inference_model(model))
     x = np.zeros((1, *cfg.data.crop, cfg.model.in_channels), np.float32)
-    np.asarray(predict(x))
+    for _ in range(warmup):
+        np.asarray(predict(x))
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         np.asarray(predict(x))  # (a host copy: the pass has finished)
         times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    q1, median, q3 = np.percentile(times, [25, 50, 75])
+    return float(median), float((q3 - q1) / median) if median > 0 else 0.0
 
 
 def mean_scores(per_case: Sequence[dict[str, Any]]) -> dict[str, float]:
@@ -173,7 +179,7 @@ class Trainer:
         if cfg.data.max_val_cases:
             self.val_cases = self.val_cases[: cfg.data.max_val_cases]
         self._val_bounded = not cfg.data.val_seconds  # (data.val_seconds bounds the first one)
-        self._latency: float | None = None
+        self._latency: tuple[float, float] | None = None
         self.out = Path(out)
         self.resume = resume
         self.log = log or (lambda _msg: None)
@@ -331,7 +337,7 @@ class Trainer:
             if t.latency:
                 if self._latency is None:
                     self._latency = window_latency(self.model, cfg)
-                record["latency_s"] = self._latency
+                record["latency_s"], record["latency_spread"] = self._latency
         # Measured peak so far (GPU: the device's; CPU: resident memory), next to what
         # unet3d.memory predicts; `plan --probe` and the search's results read it.
         peak = peak_memory_gib(self._gpu)

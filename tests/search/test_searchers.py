@@ -12,6 +12,7 @@ import json
 import math
 import pickle
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -341,7 +342,23 @@ def test_a_two_objective_search_exports_a_non_dominated_pareto_set(tiny_data):
         if not x.pareto:  # and someone beats every other trial
             assert any(y.best_score >= x.best_score and y.second <= x.second for y in front)
     assert front[0].best_score == max(x.best_score for x in rows)
-    assert "Pareto rank 1: trial" in r.stdout
+    # The console: the table has the latency and Pareto-rank columns; the front comes after the
+    # best trial's parameters (it used to sit between its score and them), each latency with
+    # its spread over the timings (median of 10 after warm-up).
+    lines = r.stdout.splitlines()
+    head = next(ln for ln in lines if ln.startswith("trial "))
+    assert head.split()[-len(rows[0].params) - 3:-len(rows[0].params)] == ["vol/s", "latency", "P"]
+    last_param = max(i for i, ln in enumerate(lines) if ln.startswith("  model.") or
+                     ln.startswith("  train.") or ln.startswith("  data."))
+    first_pareto = next(i for i, ln in enumerate(lines) if "Pareto rank 1: trial" in ln)
+    assert first_pareto > last_param, r.stdout
+    assert re.search(r"Pareto rank 1: trial \w+, [\d.]+, latency [\d.e-]+ \(interquartile range "
+                     r"\d+% of it\)", r.stdout), r.stdout
+    spreads = [h["latency_spread"] for x in rows for h in x.history if "latency_spread" in h]
+    assert spreads and all(0 <= v < 10 for v in spreads)
+    # results.csv names the column by its metric, not "second"
+    header = (exp / "results.csv").read_text().splitlines()[0].split(",")
+    assert "latency_s" in header and "pareto" in header and "second" not in header
     assert "Pareto" in (exp / "report.html").read_text()
 
 
