@@ -530,7 +530,8 @@ def race_searcher(space: Any, opts: RayOptions, metric: str, guard: MemoryGuard 
     first, origin = default_point(space)
     inner = BudgetedOptunaSearch(space=to_optuna(space), metric=metric, mode=MODE,
                                  sampler=sampler(opts), guard=guard, n_startup=opts.n_startup,
-                                 journal=sink.parent / JOURNAL if sink is not None else None)
+                                 journal=sink.parent / JOURNAL if sink is not None else None,
+                                 max_epochs=settings.race_epochs)
     race = Race(settings, Proposals(space, first, portfolio.configs, seed=opts.seed,
                                     default_origin=origin),
                 sink=sink.parent / RACE_FILE if sink is not None else None)
@@ -581,7 +582,8 @@ def searcher(space: Any, opts: RayOptions, metric: str = METRIC,
                                    points_to_evaluate=[] if known else [first],
                                    sampler=sampler(opts), guard=guard, warm=warm,
                                    n_startup=opts.n_startup, origin_sink=sink,
-                                   journal=sink.parent / JOURNAL if sink is not None else None)
+                                   journal=sink.parent / JOURNAL if sink is not None else None,
+                                   max_epochs=opts.max_epochs)
     return ConcurrencyLimiter(alg, max_concurrent=opts.max_concurrent) if opts.max_concurrent else alg
 
 

@@ -28,6 +28,7 @@ under a new ID) is marked failed.
 
 from __future__ import annotations
 
+import math
 import pickle
 import threading
 from pathlib import Path
@@ -77,7 +78,7 @@ class BudgetedOptunaSearch(OptunaSearch):
     def __init__(self, *args: Any, guard: MemoryGuard | None = None,
                  warm: list[tuple[dict[str, Any], float]] | None = None, n_startup: int = 0,
                  origin_sink: Path | None = None, journal: Path | None = None,
-                 **kwargs: Any) -> None:
+                 max_epochs: int = 0, **kwargs: Any) -> None:
         self._warm = list(warm or [])
         self._journal = str(journal or "")
         if journal is not None:
@@ -89,6 +90,7 @@ class BudgetedOptunaSearch(OptunaSearch):
         self._n_startup, self._origin_sink = n_startup, origin_sink
         self.origins: dict[str, str] = {}
         self._asked_origin = ""
+        self._max_epochs = max_epochs
 
     def _setup_study(self, mode: Any) -> None:
         super()._setup_study(mode)
@@ -117,6 +119,9 @@ class BudgetedOptunaSearch(OptunaSearch):
         fresh = trial_id not in self._ot_trials and not callable(self._space)
         config = self._suggest(trial_id)
         if fresh and isinstance(config, dict):
+            ot_trial = self._ot_trials.get(trial_id)
+            if hasattr(ot_trial, "set_user_attr"):  # (Optuna Dashboard: which Ray trial it is)
+                ot_trial.set_user_attr("ray_trial_id", trial_id)
             self.origins[trial_id] = self._asked_origin
             if self._origin_sink is not None:
                 from unet3d.io_utils import atomic_write_json
@@ -148,6 +153,31 @@ class BudgetedOptunaSearch(OptunaSearch):
         self.gave_up = self._guard.give_up(self.pruned)
         self._guard.save(self.pruned, self.gave_up)
         return Searcher.FINISHED
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        """As OptunaSearch, but the study sees what the search saw (single objective): the last
+        epoch's objective as an intermediate value too (Ray reports a result to the searcher only
+        when the trial goes on, so the epoch that ends a trial was missing), and a trial stopped
+        before ``max_epochs`` (by ASHA or the budget) PRUNED at its last epoch rather than
+        COMPLETE as if it had trained to the end: Optuna Dashboard then matches results.csv, and
+        TPE ranks stopped trials by how far they got, as with Optuna's own pruners."""
+        ot_trial = self._ot_trials.get(trial_id)
+        value = (result or {}).get(self.metric) if isinstance(self.metric, str) else None
+        step = (result or {}).get("training_iteration")
+        if (error or value is None or step is None or not hasattr(ot_trial, "report")
+                or trial_id in self._completed_trials or not math.isfinite(value)):
+            super().on_trial_complete(trial_id, result, error)
+            return
+        frozen = next(t for t in self._ot_study.get_trials(deepcopy=False)
+                      if t.number == ot_trial.number)
+        if step not in frozen.intermediate_values:
+            ot_trial.report(value, step)
+        if self._max_epochs and step < self._max_epochs:
+            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+            self._completed_trials.add(trial_id)
+            return
+        super().on_trial_complete(trial_id, result, error)
 
     # With a journal, the saved state holds the trials' IDs in it rather than the study (which
     # would replay the journal from the path it was saved with): Ray pickles the searcher with the

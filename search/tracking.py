@@ -118,15 +118,33 @@ def wandb_mode() -> str:
     return os.environ.get("WANDB_MODE", "offline")
 
 
+WANDB_FINISH_S = 120  # how long a trial's end waits for its W&B run to be written and finished
+
+
 def wandb_callback(project: str, group: str) -> Any:
     """Ray Tune's W&B callback: a W&B run per trial (named and identified as the trial, grouped
-    by the search), offline unless WANDB_MODE says otherwise."""
+    by the search), offline unless WANDB_MODE says otherwise.
+
+    Ray's callback hands each trial's results to a logging actor and, at the trial's end, tells it
+    to finish without waiting. The trial that ends a search (stopped by the budget or ASHA at its
+    first epoch, say) then lost its results: the actor was gone before it wrote them (its offline
+    run held the configuration only, unfinished). Here a trial's end waits for its run to finish
+    (at most WANDB_FINISH_S seconds)."""
+    import ray
     from ray.air.integrations.wandb import WandbLoggerCallback
+
+    class FinishingWandb(WandbLoggerCallback):
+        def log_trial_end(self, trial: Any, failed: bool = False) -> None:
+            self._signal_logging_actor_stop(trial=trial)
+            future = self._trial_logging_futures.get(trial)
+            if future is not None:
+                ray.wait([future], timeout=WANDB_FINISH_S)
+            self._cleanup_logging_actors()
 
     os.environ.setdefault("WANDB_MODE", wandb_mode())  # (Ray checks for a key unless offline)
     os.environ.setdefault("WANDB_SILENT", "true")
-    return WandbLoggerCallback(project=project, group=group, mode=wandb_mode(),
-                               excludes=["time_since_restore", "iterations_since_restore"])
+    return FinishingWandb(project=project, group=group, mode=wandb_mode(),
+                          excludes=["time_since_restore", "iterations_since_restore"])
 
 
 class MlflowSearch:

@@ -55,7 +55,9 @@ def check_trial_runs(client, children: list, trials: list[dict]) -> None:
 
 @pytest.fixture(scope="module")
 def tracked(tmp_path_factory) -> dict[str, Path]:
-    """A 3-trial Ray search through the CLI with --mlflow file:DIR and --wandb (offline)."""
+    """A 3-trial Ray search through the CLI with --mlflow file:DIR and --wandb (offline), one
+    trial at a time, TPE + ASHA under a budget of 5 trial-epochs: the last trial is stopped at its
+    first epoch (by the budget), the case where W&B lost its results."""
     from unet3d.data.synthetic import write_synthetic_dataset
 
     root = tmp_path_factory.mktemp("tracking")
@@ -66,7 +68,7 @@ def tracked(tmp_path_factory) -> dict[str, Path]:
                 "--space", str(root / "tiny.yaml"), "--num-samples", "3", "--max-epochs", "2",
                 "--folds", "4", "--out", str(root / "out"), "--name", "tracked",
                 "--mlflow", f"file:{root / 'mlruns'}", "--wandb", "unet3d-tests", "--verbose", "0",
-                timeout=600, env=env)
+                "--max-concurrent", "1", "--scheduler", "asha", "--budget", "5", timeout=600, env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "optuna-dashboard " in r.stdout and "mlflow ui --backend-store-uri file://" in r.stdout
     exp = root / "out" / "tracked"
@@ -92,10 +94,17 @@ def test_mlflow_holds_a_run_per_trial_under_the_search_run_with_the_best_model(t
 
 @pytest.mark.slow
 def test_wandb_writes_an_offline_run_in_each_trial_folder(tracked):
+    last = max(tracked["trials"], key=lambda t: t["index"])
+    assert last["status"] == "stopped" and last["epochs"] == 1  # (the premise)
     for t in tracked["trials"]:
         runs = list((tracked["exp"] / f"trial_{t['trial_id']}" / "wandb").glob("offline-run-*"))
         assert len(runs) == 1 and runs[0].name.endswith(t["trial_id"]), runs
-        assert list(runs[0].glob("*.wandb"))  # the run's records (what `wandb sync` uploads)
+        (records,) = runs[0].glob("*.wandb")  # the run's records (what `wandb sync` uploads)
+        # Every trial's run has its scores and was finished; the last one's used to hold its
+        # configuration only, unfinished.
+        assert b"val_dice_mean" in records.read_bytes(), t["trial_id"]
+        log = (runs[0] / "logs" / "debug.log").read_text()
+        assert "finishing run" in log, (t["trial_id"], log[-2000:])
 
 
 @pytest.mark.slow
@@ -108,11 +117,23 @@ def test_the_optuna_study_in_the_experiment_folder_has_one_trial_per_search_tria
     assert len(study.trials) == len(tracked["trials"])
     assert sorted(json.dumps(t.params, sort_keys=True) for t in study.trials) == \
         sorted(json.dumps(t["params"], sort_keys=True) for t in tracked["trials"])
-    last = {json.dumps(t["params"], sort_keys=True): t["history"][-1]["val_dice_mean"]
-            for t in tracked["trials"]}
-    for t in study.trials:  # (Ray's OptunaSearch tells Optuna the trial's last result)
-        assert t.state.name == "COMPLETE"
-        assert t.value == pytest.approx(last[json.dumps(t.params, sort_keys=True)])
+    by_id = {t["trial_id"]: t for t in tracked["trials"]}
+    assert sorted(t.user_attrs["ray_trial_id"] for t in study.trials) == sorted(by_id)
+    for t in study.trials:
+        row = by_id[t.user_attrs["ray_trial_id"]]
+        assert json.dumps(t.params, sort_keys=True) == json.dumps(row["params"], sort_keys=True)
+        # Every epoch's objective as an intermediate value (the last one used to be missing);
+        # a trial the scheduler or the budget stopped is PRUNED (it was COMPLETE), a finished one
+        # COMPLETE with its last result.
+        assert t.intermediate_values == pytest.approx(
+            {int(h["epoch"]): h["val_dice_mean"] for h in row["history"]})
+        if row["status"] == "stopped":  # (Optuna gives a pruned trial its last value)
+            assert t.state.name == "PRUNED"
+            assert t.value == pytest.approx(row["history"][-1]["val_dice_mean"])
+        else:
+            assert t.state.name == "COMPLETE"
+            assert t.value == pytest.approx(row["history"][-1]["val_dice_mean"])
+    assert {t.state.name for t in study.trials} == {"COMPLETE", "PRUNED"}
 
 
 @pytest.mark.slow
@@ -186,4 +207,5 @@ def test_a_resumed_searcher_reopens_its_study_and_fails_the_trials_ray_lost(tmp_
     again.suggest("c")
     reread = optuna.load_study(study_name="exp", storage=again._storage)
     assert [t.state.name for t in reread.trials] == ["COMPLETE", "FAIL", "RUNNING"]
-    assert reread.trials[0].value == 0.5 and reread.trials[0].intermediate_values == {1: 0.25}
+    # (the epoch that ended it is an intermediate value too)
+    assert reread.trials[0].value == 0.5 and reread.trials[0].intermediate_values == {1: 0.25, 2: 0.5}
