@@ -417,8 +417,9 @@ def _print_search(result, spec) -> None:
     if not remote and (result.experiment / "optuna.log").exists():
         _print(f"optuna-dashboard {result.experiment / 'optuna.log'} --host 127.0.0.1")
     if spec.mlflow:
-        store = "MLFLOW_ALLOW_FILE_STORE=true " if spec.mlflow.startswith("file:") else ""
-        _print(f"{store}mlflow ui --backend-store-uri {spec.mlflow} --host 127.0.0.1")
+        from search.tracking import mlflow_ui_command
+
+        _print(mlflow_ui_command(spec.mlflow))
 
 
 def _print_race(s: dict, result) -> None:

@@ -339,7 +339,8 @@ class Search:
             self._mlflow = tracking.MlflowSearch.open(
                 spec.mlflow, exp.local, spec.name,
                 {**options, **spec.engine_options, "experiment": exp.location})
-            self.log(f"MLflow: run {self._mlflow.parent} at {spec.mlflow}")
+            self.log(f"MLflow: run {self._mlflow.parent} at {spec.mlflow} (artifacts in "
+                     f"{self._mlflow.artifact_location})")
             from search.ray_callbacks import MlflowTrials
 
             m = self._mlflow

@@ -19,6 +19,14 @@ from ray.air.integrations.mlflow import MLflowLoggerCallback
 
 from search.tracking import allow_file_store, trial_runs
 
+# Ray's own entries in a trial's result, and what the trainable adds to say where it ran: not
+# metrics of the trial (MLflow got them all as metrics).
+RAY_KEYS = frozenset({
+    "config", "pid", "timestamp", "done", "should_checkpoint", "training_iteration",
+    "time_this_iter_s", "time_total_s", "time_since_restore", "iterations_since_restore",
+    "timesteps_total", "episodes_total", "timesteps_since_restore", "checkpoint_dir_name", "date",
+    "experiment_tag", "trial_id", "warmup_time", "hostname", "node_ip", "node_id", "trial_index",
+    "epoch"})
 _STATUS: dict[str, dict[str, str]] = {}
 _SAVING: dict[str, set[str]] = {}  # experiment -> trials stopped by the budget, checkpoint pending
 _ENDED = ("TERMINATED", "ERROR")
@@ -134,10 +142,15 @@ class MlflowTrials(MLflowLoggerCallback):
     def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
         # The step is the trial's epoch, not Ray's iteration count: a trial resumed from an earlier
         # epoch's checkpoint than its last report (Ctrl-C mid-save, a retry) counts on in Ray.
+        # Only what a user compares is logged: the trainer's metrics, not Ray's bookkeeping
+        # (config/..., pid, timestamp, done, ...: the configuration is the run's parameters).
         run_id = self._trial_runs[trial]
-        self.mlflow_util.log_metrics(run_id=run_id, metrics_to_log=result,
+        metrics = {k: v for k, v in result.items() if k not in RAY_KEYS
+                   and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self.mlflow_util.log_metrics(run_id=run_id, metrics_to_log=metrics,
                                      step=int(result.get("epoch") or iteration))
-        node = result.get("node_ip") or result.get("hostname")
+        # (the host name, as the parent run's node tag has it; the IP where there is none)
+        node = result.get("hostname") or result.get("node_ip")
         if node and (trial.trial_id, node) not in self._nodes:
             self._nodes.add((trial.trial_id, node))
             self.mlflow_util._get_client().set_tag(self._trial_runs[trial], "node", node)

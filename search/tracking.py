@@ -147,6 +147,29 @@ def wandb_callback(project: str, group: str) -> Any:
                           excludes=["time_since_restore", "iterations_since_restore"])
 
 
+def _artifact_location(uri: str) -> str | None:
+    """Where a new MLflow experiment keeps its artifacts: beside a sqlite database
+    (``DB_FOLDER/mlartifacts``; MLflow's default is ``./mlruns`` of whatever folder the search
+    was started from), the store's default for the others (a file: store's own folder, a server's
+    artifact root)."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).expanduser().resolve().parent
+                / "mlartifacts").as_uri()
+    return None
+
+
+def mlflow_ui_command(uri: str) -> str:
+    """The command that shows ``uri``'s runs in a browser: ``mlflow ui`` needs the full mlflow
+    package (Flask), not only the client the tracking extra installs."""
+    import importlib.util
+
+    store = "MLFLOW_ALLOW_FILE_STORE=true " if uri.startswith("file:") else ""
+    ui = f"{store}mlflow ui --backend-store-uri {uri} --host 127.0.0.1"
+    if importlib.util.find_spec("flask") is None:
+        return f"pip install mlflow && {ui}"
+    return ui
+
+
 class MlflowSearch:
     """The search's parent run in MLflow and its trials' child runs.
 
@@ -162,6 +185,11 @@ class MlflowSearch:
         self.uri, self.experiment_id, self.parent = uri, experiment_id, parent
         self.client = MlflowClient(uri)
         self._runs: dict[str, str] = {}
+
+    @property
+    def artifact_location(self) -> str:
+        """Where this search's artifacts (best model, report) go: the MLflow experiment's."""
+        return self.client.get_experiment(self.experiment_id).artifact_location
 
     @classmethod
     def open(cls, uri: str, experiment: Path, name: str, params: dict[str, Any]) -> MlflowSearch:
@@ -180,7 +208,8 @@ class MlflowSearch:
             return cls(uri, d["experiment_id"], d["parent_run_id"])
         title = os.environ.get("MLFLOW_EXPERIMENT_NAME", MLFLOW_EXPERIMENT)
         found = client.get_experiment_by_name(title)
-        eid = found.experiment_id if found else client.create_experiment(title)
+        eid = found.experiment_id if found else client.create_experiment(
+            title, artifact_location=_artifact_location(uri))
         run = client.create_run(eid, run_name=name, tags={"experiment_folder": str(experiment),
                                                           "node": socket.gethostname()})
         pid = run.info.run_id

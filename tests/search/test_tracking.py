@@ -50,6 +50,12 @@ def check_trial_runs(client, children: list, trials: list[dict]) -> None:
             client.get_metric_history(run.info.run_id, "val_dice_mean"), key=lambda m: m.timestamp)}
         assert logged == pytest.approx({int(h["epoch"]): h["val_dice_mean"] for h in t["history"]})
         assert len(logged) == len(t["history"]) and max(logged) == t["epochs"]
+        # What a user compares, not Ray's bookkeeping (config/..., pid, timestamp, done, ...)
+        names = set(run.data.metrics)
+        assert {"loss", "learning_rate", "val_dice_mean"} <= names
+        assert not {n for n in names if n.startswith("config/")} | (names & {
+            "pid", "timestamp", "done", "should_checkpoint", "trial_index", "training_iteration",
+            "time_total_s"}), sorted(names)
         assert run.data.tags["node"]
 
 
@@ -70,16 +76,42 @@ def tracked(tmp_path_factory) -> dict[str, Path]:
                 "--mlflow", f"file:{root / 'mlruns'}", "--wandb", "unet3d-tests", "--verbose", "0",
                 "--max-concurrent", "1", "--scheduler", "asha", "--budget", "5", timeout=600, env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "optuna-dashboard " in r.stdout and "mlflow ui --backend-store-uri file://" in r.stdout
+    # The commands printed work with what is installed: `mlflow ui` needs the full mlflow package
+    # (Flask), which the tracking extra's client lacks; reading a file: store needs the switch.
+    import importlib.util
+
+    uri = (root / "mlruns").as_uri()
+    install = "pip install mlflow && " if importlib.util.find_spec("flask") is None else ""
+    assert r.stdout.strip().splitlines()[-1] == (
+        f"{install}MLFLOW_ALLOW_FILE_STORE=true mlflow ui --backend-store-uri {uri} --host 127.0.0.1")
+    assert "optuna-dashboard " in r.stdout and f" at {uri} (artifacts in {uri}/" in r.stdout
     exp = root / "out" / "tracked"
     return {"exp": exp, "mlflow": (root / "mlruns").as_uri(),
             "trials": json.loads((exp / "trials.json").read_text())["trials"]}
+
+
+def test_a_sqlite_store_keeps_its_artifacts_beside_the_database(tmp_path, monkeypatch):
+    """MLflow's default put a database store's artifacts in ./mlruns of the current folder."""
+    from search.tracking import MlflowSearch
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "exp").mkdir()
+    db = tmp_path / "db" / "runs.sqlite"
+    db.parent.mkdir()
+    search = MlflowSearch.open(f"sqlite:///{db}", tmp_path / "exp", "s", {"a": 1})
+    assert search.artifact_location == (db.parent / "mlartifacts").as_uri()
+    (tmp_path / "exp" / "report.html").write_text("<html></html>")
+    search.client.log_artifact(search.parent, str(tmp_path / "exp" / "report.html"))
+    assert list((db.parent / "mlartifacts").rglob("report.html"))
+    assert not (tmp_path / "mlruns").exists()
 
 
 @pytest.mark.slow
 def test_mlflow_holds_a_run_per_trial_under_the_search_run_with_the_best_model(tracked):
     client, parent, children = mlflow_runs(tracked["mlflow"])
     check_trial_runs(client, children, tracked["trials"])
+    # the node as the parent run says it (the host name), not 127.0.0.1
+    assert {c.data.tags["node"] for c in children} == {parent.data.tags["node"]}
     assert parent.info.run_name == "tracked" and parent.info.status == "FINISHED"
     assert parent.data.params["engine"] == "ray" and parent.data.params["num_samples"] == "3"
     summary = json.loads((tracked["exp"] / "trials.json").read_text())["summary"]
