@@ -134,6 +134,20 @@ def wandb_callback(project: str, group: str) -> Any:
     from ray.air.integrations.wandb import WandbLoggerCallback
 
     class FinishingWandb(WandbLoggerCallback):
+        def log_trial_start(self, trial: Any) -> None:
+            # Ray makes the logging actors restartable, and Ray's core then prints an error line
+            # ("... has constructor arguments in the object store and max_restarts > 0") on every
+            # W&B search; a restarted actor would start a new W&B run anyway. Ours are not
+            # restarted (the same class and options as Ray's otherwise).
+            if not self._remote_logger_class:
+                from ray.air.util.node import _force_on_current_node
+
+                env = {k: os.environ[k] for k in ("WANDB_API_KEY",) if k in os.environ}
+                self._remote_logger_class = ray.remote(
+                    num_cpus=0, **_force_on_current_node(), runtime_env={"env_vars": env},
+                    max_restarts=0, max_task_retries=0)(self._logger_actor_cls)
+            super().log_trial_start(trial)
+
         def log_trial_end(self, trial: Any, failed: bool = False) -> None:
             self._signal_logging_actor_stop(trial=trial)
             future = self._trial_logging_futures.get(trial)
