@@ -583,7 +583,9 @@ def searcher(space: Any, opts: RayOptions, metric: str = METRIC,
                                    sampler=sampler(opts), guard=guard, warm=warm,
                                    n_startup=opts.n_startup, origin_sink=sink,
                                    journal=sink.parent / JOURNAL if sink is not None else None,
-                                   max_epochs=opts.max_epochs)
+                                   # (a trial stopped before it is PRUNED; with --time-attr
+                                   # seconds trials end at any epoch: none is)
+                                   max_epochs=opts.max_epochs if opts.time_attr == "epochs" else 0)
     return ConcurrencyLimiter(alg, max_concurrent=opts.max_concurrent) if opts.max_concurrent else alg
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 from pathlib import Path
 from typing import Any
@@ -154,6 +155,14 @@ def wandb_callback(project: str, group: str) -> Any:
             if future is not None:
                 ray.wait([future], timeout=WANDB_FINISH_S)
             self._cleanup_logging_actors()
+            # The run is written in Ray's staging folder for the trial; Ray copies that folder to
+            # the experiment in the background, and its last copy could be taken while the run
+            # was still being finished (a trial folder then held a run without its results).
+            # Copied once more now that it is whole (a local experiment folder only; Ray syncs
+            # remote storage).
+            src, dest = Path(trial.local_path) / "wandb", str(trial.path)
+            if src.is_dir() and "://" not in dest and Path(dest).resolve() != src.parent.resolve():
+                shutil.copytree(src, Path(dest) / "wandb", dirs_exist_ok=True)
 
     os.environ.setdefault("WANDB_MODE", wandb_mode())  # (Ray checks for a key unless offline)
     os.environ.setdefault("WANDB_SILENT", "true")

@@ -90,7 +90,8 @@ def test_optunas_study_under_ray_prefers_the_higher_dice():
     from search.ray_engine import RayOptions, searcher
     from spaces.presets import get_space
 
-    alg = searcher(get_space("demo"), RayOptions(max_concurrent=0, num_samples=4))
+    # (trials that ran all of their max_epochs: one that ended before is PRUNED)
+    alg = searcher(get_space("demo"), RayOptions(max_concurrent=0, num_samples=4, max_epochs=1))
     for trial_id, score in (("a", 0.2), ("b", 0.9)):
         alg.suggest(trial_id)
         alg.on_trial_complete(trial_id, {METRIC: score, "training_iteration": 1})
