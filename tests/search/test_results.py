@@ -255,3 +255,29 @@ def test_trials_json_round_trips_rows_and_an_old_file_still_loads(tmp_path):
     assert back[1].best_score == pytest.approx(0.8) and back[1].last_score == pytest.approx(0.8)
     assert back[1].best_regions == pytest.approx({"WT": 0.9, "TC": 0.8, "ET": 0.7})
     assert back[1].objective == "dice"
+
+
+def test_the_finished_search_summary_scores_and_exports_the_best_trial_by_its_best_epoch(tmp_path):
+    """``finish`` end to end on rows with a real checkpoint: the summary's ``best_score`` is the
+    best trial's best epoch (0.80 at epoch 3), not its last (0.40), and that trial is exported
+    (the steady one's 0.70 would win on last epochs)."""
+    from pathlib import Path
+
+    from search.context import SearchContext
+    from search.finish import finish
+    from spaces.presets import get_space
+
+    checkpoint = Path(__file__).parents[1] / "unet3d" / "data" / "pre_upconv"  # a real run folder
+    steady = [_epoch(e, 0.70, 0.80, 0.70, 0.60) for e in range(1, 6)]
+    rows = [row_from_history("rise_fall", {}, RISE_FALL, max_epochs=5, checkpoint=str(checkpoint)),
+            row_from_history("steady", {}, steady, max_epochs=5, checkpoint=str(checkpoint),
+                             index=1)]
+    ctx = SearchContext(space=get_space("demo"), data="", cache=str(tmp_path / "no_cache"),
+                        train_ids=("a",), val_ids=(), max_epochs=5)
+    summary = finish(rows, ctx, tmp_path, "ray")
+    assert (summary["best_trial"], summary["best_score"], summary["best_dice_mean"]) == \
+        ("rise_fall", 0.80, 0.80)
+    exported = json.loads((tmp_path / "best" / "metrics.json").read_text())
+    assert exported["trial_id"] == "rise_fall"
+    saved = json.loads((tmp_path / "trials.json").read_text())["summary"]
+    assert saved["best_score"] == 0.80

@@ -135,6 +135,28 @@ def test_validation_volume_and_mapped_files_count_on_cpu_only():
         assert mapped.total - plain.total == GIB and mapped.phase == plain.phase
 
 
+def test_the_cpu_data_part_matches_a_hand_count():
+    """The input pipeline and validation arrays, counted by hand for a 64^3 crop, 4 modalities,
+    4 classes (a crop is 64^3 x (4 float32 channels + a uint8 label) = 4,456,448 bytes)."""
+    crop, element = 64**3, 64**3 * 17
+    train = memory.estimate(_cfg(batch=1))
+    # two batches of 1 and 4 crops in tf.data's parallel map stages; mapped pages on top
+    assert train.phase == "train" and train.parts["data"] == 6 * element == 26_738_688
+    mapped = memory.estimate(_cfg(batch=1), mapped_bytes=1000)
+    assert mapped.parts["data"] == 26_738_688 + 1000
+    # validation of a 48x64x80 case with a 64^3 crop, 16 windows a batch: the image (4 x 4 B a
+    # voxel) and its copy padded to 64x64x80, the accumulators (4 x 4 + 4 B a padded voxel), 43 B
+    # of arrays a voxel, the windows and their probabilities (16 x 64^3 x (16 + 32) B), the pipeline
+    voxels, padded = 48 * 64 * 80, 64 * 64 * 80
+    val = memory.estimate(_cfg(batch=1, val_batch=16), volume_shape=(48, 64, 80))
+    expected = (16 * (voxels + padded) + 20 * padded + 43 * voxels + 16 * crop * 48
+                + 6 * element)
+    assert val.phase == "validation" and val.parts["data"] == expected == 254_361_600
+    # a case the crop's size: no padded copy
+    same = memory.estimate(_cfg(batch=1, val_batch=16))
+    assert same.parts["data"] == 16 * crop + 20 * crop + 43 * crop + 16 * crop * 48 + 6 * element
+
+
 def test_a_large_validation_batch_makes_validation_the_peak():
     train = memory.estimate(_cfg(batch=1))
     val = memory.estimate(_cfg(batch=1, val_batch=16))

@@ -52,11 +52,24 @@ def test_small_budget_shrinks_the_crop_not_cubic():
     assert plan.config.train.batch_size == 2 and any("fits" in s for s in plan.steps)
 
 
+def test_the_crop_rounds_each_edge_to_the_nearest_multiple_of_its_downsampling():
+    """A median box of 155 x 186 x 125 at 5 levels (16) rounds to 160 x 192 x 128 (flooring would
+    give 144 x 176 x 112); its smallest edge, 128, then allows 6 levels (32), which 160 x 192 x 128
+    already divides."""
+    box = {**BRATS, "shape": {**BRATS["shape"], "median": [155, 186, 125]}}
+    plan = make_plan(box, memory_gib=80, device="gpu")
+    assert plan.steps[0] == "crop 160x192x128 from the median brain box 155x186x125, 6 levels"
+    assert plan.config.data.crop == (160, 192, 128) and plan.config.model.depth == 6
+
+
 def test_batch_is_capped_by_the_dataset_size():
-    tiny = {**BRATS, "voxels": 20 * 136 * 170 * 136}
-    plan = make_plan(tiny, memory_gib=80, device="gpu")
-    cap = max(2, int(0.05 * tiny["voxels"] / math.prod(plan.config.data.crop)))
-    assert plan.config.train.batch_size == cap
+    """At most 5% of the dataset's voxels a step (80 GiB would allow batch 9 at 128 x 160 x 128):
+    100 cases of 136 x 170 x 136 give 0.05 x 100 x 3,144,320 / 2,621,440 = 5.997 -> batch 5;
+    20 cases give 1.2, and the batch never goes under 2."""
+    hundred = make_plan({**BRATS, "voxels": 100 * 136 * 170 * 136}, memory_gib=80, device="gpu")
+    assert hundred.config.data.crop == (128, 160, 128) and hundred.config.train.batch_size == 5
+    twenty = make_plan({**BRATS, "voxels": 20 * 136 * 170 * 136}, memory_gib=80, device="gpu")
+    assert twenty.config.train.batch_size == 2
 
 
 def test_plan_file_is_a_config(tmp_path):

@@ -205,6 +205,9 @@ def test_small_et_components_become_necrosis_by_volume_in_mm3():
     assert (out[15:17, 15:17, 15:17] == 1).all() and (out[2:8, 2:8, 2:8] == 3).all()
     assert out[12, 2, 2] == 2 and c[15, 15, 15] == 3  # input untouched
     assert (remove_small_et(c, (1, 1, 1), 1000) == 3).sum() == 0  # every ET component is small
+    # At the threshold: a component of exactly the minimum volume is kept, one just over it not.
+    assert (remove_small_et(c, (1.0, 1.0, 2.0), min_volume=16.0)[15:17, 15:17, 15:17] == 3).all()
+    assert (remove_small_et(c, (1.0, 1.0, 2.0), min_volume=16.5)[15:17, 15:17, 15:17] == 1).all()
     # Whole tumour and tumour core are unchanged: only ET loses voxels.
     for before, after in zip(np.moveaxis(LEGACY.classes_to_regions(c), -1, 0)[:2],
                              np.moveaxis(LEGACY.classes_to_regions(out), -1, 0)[:2], strict=True):
