@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import run_cli
 
 from search.spec import DEMO_BUDGET
 
 
+@pytest.mark.slow
 def test_the_default_run_races_the_default_and_continues_the_winner_to_the_budget(tmp_path):
     """`python run_search.py` with no arguments: what `make search` runs."""
     r = run_cli(timeout=1500, cwd=tmp_path)

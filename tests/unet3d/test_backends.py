@@ -63,6 +63,7 @@ print(json.dumps({k: os.environ.get(k) for k in (
 """
 
 
+@pytest.mark.slow  # (two processes of JAX training)
 def test_jax_processes_share_a_persistent_compilation_cache(tmp_path):
     """A JAX process's compiled programs (an initializer's sampler per weight shape: 23 s of
     NVIDIA's network's start on this CPU) go to ~/.cache/unet3d/jax, and the next process compiles
