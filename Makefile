@@ -1,6 +1,7 @@
 # The two commands of the README:
 #   make search   the main job (sets everything up first)
 #   make test     the whole test suite (sets everything up first)
+#   make test-fast  the fast tier, for the edit loop (no search end to end, no multi-process training)
 # Set-up is idempotent: a virtual environment in .venv with the project and its dev extras, then
 # Horovod 0.28.1 built from source against the installed TensorFlow (CPU/Gloo; see
 # scripts/install_horovod.sh for why the plain pip install fails and how to build with NCCL).
@@ -13,7 +14,7 @@ HVD := $(VENV)/.horovod
 
 PANOPTICA := .venv-panoptica
 
-.PHONY: setup search test bench clean chromium panoptica
+.PHONY: setup search test test-fast mutants bench clean chromium panoptica
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -48,6 +49,16 @@ panoptica:
 TEST_WORKERS ?= 2
 test: setup chromium panoptica
 	$(BIN)/python -m pytest -ra -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=30
+
+# The edit loop's tier: every test that runs no search end to end and no multi-process training
+# (those are marked slow; CI runs them all with `make test`). About 5 minutes on 2 cores.
+test-fast: setup
+	$(BIN)/python -m pytest -ra -m "not slow" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=10
+
+# The mutation check (scripts/mutants.toml): each hand-written bug planted in a scratch copy, the
+# share the fast tier and the whole suite catch, per module (BENCHMARKS.md). --fast-only: minutes.
+mutants: setup
+	$(BIN)/python scripts/mutation_check.py $(MUTANTS_ARGS)
 
 bench: setup
 	$(BIN)/python benchmarks/bench_train_step.py

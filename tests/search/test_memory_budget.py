@@ -12,8 +12,10 @@ Slow: a search through the CLI (Ray Tune) and one through the Python API (Keras 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
+import random
 import re
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from search.memory_budget import (
     MemoryGuard,
     Placement,
     load_pruned,
+    random_sample,
     resolve_budget,
 )
 from search.results import TrialRow, asha_savings, best_row, format_table, ranked, row_from_history
@@ -178,6 +181,74 @@ def test_nothing_that_fits_is_refused_before_the_search_starts():
     assert msg.startswith(f"no configuration of space 'tinymem' fits --memory {tiny:g} GiB: the "
                           f"smallest of 258 sampled needs {_gib(ctx, SMALL):.1f} GiB"), msg
     _guard(ctx, _between(ctx)).preflight()  # one fits: no error
+
+
+def test_the_preflight_draws_every_int_value_high_bound_included_and_a_single_one():
+    """The preflight's random configurations take an Int's values from low to high inclusive (its
+    step kept), and an Int with low == high is its one value, not an error."""
+    import yaml
+
+    space = space_from_dict(yaml.safe_load(SPACE + """\
+  model.depth: {type: int, low: 2, high: 4}
+  model.base_filters: {type: int, low: 4, high: 12, step: 4}
+"""), source="tinymem")
+    rng = random.Random(0)
+    draws = [random_sample(space, rng) for _ in range(200)]
+    assert {d["model.depth"] for d in draws} == {2, 3, 4}
+    assert {d["model.base_filters"] for d in draws} == {4, 8, 12}
+
+    one = _ctx(space_from_dict(yaml.safe_load(SPACE + "  model.depth: {type: int, low: 2, high: 2}\n"),
+                               source="tinymem"))
+    assert {random_sample(one.space, rng)["model.depth"] for _ in range(20)} == {2}
+    with pytest.raises(SearchError, match="the smallest of 258 sampled needs"):
+        _guard(one, _gib(one, SMALL) / 2).preflight()
+    _guard(one, _between(one)).preflight()  # one fits: no error
+
+
+@pytest.fixture(scope="module")
+def sized_cache(tmp_path_factory) -> Path:
+    """A cache of three validation cases of known cached shapes, in this order: 32x32x32,
+    48x40x32, 56x48x32 (a brain larger than the volume: the brain crop keeps the whole volume)."""
+    from unet3d.data.discover import discover
+    from unet3d.data.preprocess import prepare
+    from unet3d.data.synthetic import write_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("sized")
+    cases = []
+    for prefix, shape in (("Small", (32, 32, 32)), ("Big", (48, 40, 32)), ("Bigger", (56, 48, 32))):
+        write_synthetic_dataset(root / prefix, 1, shape, prefix=prefix,
+                                brain_size=tuple(3 * s for s in shape))
+        cases += discover(root / prefix).cases
+    entries = prepare(cases, root / "cache")
+    assert [tuple(e.meta["shape"]) for e in entries] == [(32, 32, 32), (48, 40, 32), (56, 48, 32)]
+    return root / "cache"
+
+
+@pytest.mark.parametrize("max_val_cases, largest", [(0, (56, 48, 32)), (2, (48, 40, 32))])
+def test_the_guard_predicts_with_the_largest_validation_case_it_would_hold(
+        sized_cache, monkeypatch, max_val_cases, largest):
+    """Validation holds one case at a time: the guard predicts with the largest of the cases a
+    trial validates on (the first ``data.max_val_cases`` of them), not the first."""
+    import yaml
+
+    import unet3d.memory
+
+    space = space_from_dict(yaml.safe_load(SPACE.replace(
+        "max_val_cases: 1", f"max_val_cases: {max_val_cases}")), source="tinymem")
+    ctx = dataclasses.replace(_ctx(space), cache=str(sized_cache),
+                              val_ids=("Small_00000", "Big_00000", "Bigger_00000"))
+    guard = _guard(ctx, 1000.0)
+    assert guard.val_shapes == ((32, 32, 32), (48, 40, 32), (56, 48, 32))
+    seen = []
+
+    def recording(cfg, **kw):
+        seen.append(kw.get("volume_shape"))
+        return estimate(cfg, **kw)
+
+    monkeypatch.setattr(unet3d.memory, "estimate", recording)
+    verdict = guard.check(SMALL)
+    assert seen == [largest] and verdict.fits
+    assert verdict.gib == estimate(ctx.run_config(SMALL), device="cpu", volume_shape=largest).gib
 
 
 def _check_reason(reason: str, need: float, budget: float) -> None:

@@ -160,6 +160,29 @@ def test_at_worst_the_race_loses_its_share_and_spends_the_whole_budget():
         assert arg["trial_id"] == "t0" and arg["epochs"] > arg["from_epoch"]
 
 
+def test_a_challenger_starts_only_if_the_winner_keeps_an_epoch_of_continuation():
+    """Budget 4, 2 race epochs, share 0.5: after the default's 2 epochs a challenger's race fits
+    what may be lost (2 <= 2) but would spend the whole budget (2 + 2 = 4 > 4 - 1), so none starts
+    and the default is continued from epoch 2 to 4. Budget 5 leaves room for one (2 + 2 <= 4):
+    then the default is continued for the 1 epoch left, from 2 to 3."""
+    truth = _curves(np.random.default_rng(6), 0.0, 0.0)
+    race = _race(budget=4, r=2, share=0.5)
+    _start(race, "default")
+    _train(race, "default", truth, 2)
+    action, spec = race.next_action()
+    assert action == "continue" and spec["trial_id"] == "default"
+    assert (spec["from_epoch"], spec["epochs"], spec["cooldown_epochs"]) == (2, 4, 1)
+
+    race = _race(budget=5, r=2, share=0.5)
+    _start(race, "default")
+    _train(race, "default", truth, 2)
+    _start(race, "c1")
+    _train(race, "c1", truth + 0.005, 2)  # never behind, never better by the margin: lost at 2
+    action, spec = race.next_action()
+    assert action == "continue" and (spec["trial_id"], race.spent, race.lost) == ("default", 4, 2)
+    assert (spec["from_epoch"], spec["epochs"], spec["cooldown_epochs"]) == (2, 3, 1)
+
+
 def test_a_failed_incumbent_is_replaced_by_the_best_scored_trial():
     rng = np.random.default_rng(5)
     race = _race(budget=30, share=0.5)

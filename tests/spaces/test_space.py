@@ -382,6 +382,18 @@ def test_random_samples_give_the_sampled_config(name, custom_space):
             assert len(seen) > 100 and min(seen) == p.low and max(seen) == p.high, p.name
 
 
+def test_a_log_scale_int_draws_both_of_its_bounds_and_nothing_outside():
+    """Drawn log-uniformly over [low, high + 1) and floored, every integer of 2..32 comes up,
+    the high bound 32 included (about 1 draw in 90), and nothing outside."""
+    p = Int("train.epochs", 2, 32, log=True)
+    rng = np.random.default_rng(0)
+    seen = [p.sample(rng) for _ in range(3000)]
+    assert all(type(v) is int for v in seen)
+    assert set(seen) == set(range(2, 33))
+    # log-uniform: 2 (from [2, 3)) is drawn far more often than 32 (from [32, 33))
+    assert seen.count(2) > 5 * seen.count(32) > 0
+
+
 @pytest.mark.parametrize("name", sorted(SPACES) + ["custom"])
 def test_neighbours_move_one_or_two_parameters_one_step_inside_the_space(name, custom_space):
     space = custom_space if name == "custom" else SPACES[name]

@@ -1,6 +1,6 @@
-"""Translating a SearchSpace for each engine: Optuna distributions (Ray Tune's OptunaSearch), NVIDIA's
-point, Keras Tuner HyperParameters. Every point an engine proposes must lie inside the space and make
-the configuration it names."""
+"""Translating a SearchSpace for each engine: Optuna distributions (Ray Tune's OptunaSearch), Ray
+Tune's own domains (BOHB, PBT), NVIDIA's point, Keras Tuner HyperParameters. Every point an engine
+proposes must lie inside the space and make the configuration it names."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from space_helpers import assert_config_matches, make_custom_space
 
 from spaces.presets import SPACES
 from spaces.space import Choice, Float, Int, SearchSpace
-from spaces.translate import define_keras_tuner, nvidia_point, to_optuna
+from spaces.translate import define_keras_tuner, nvidia_point, to_optuna, to_tune
 from unet3d.config import preset
 
 optuna = pytest.importorskip("optuna")
@@ -96,6 +96,40 @@ def test_nvidia_point_is_accepted_by_optuna(space):
     study.enqueue_trial(point)
     trial = study.ask(to_optuna(space))
     assert trial.params == point          # (Optuna samples anew, with a warning, if a value does not fit)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Ray Tune (BOHB's searcher, PBT's population and mutations)
+
+
+def test_to_tune_domains_of_the_custom_space_keep_bounds_scale_and_values(custom_space):
+    """Every Int's domain draws each of its values, the high bound included (Ray's randint and
+    lograndint exclude their upper end, qrandint does not), log scales stay log, Float bounds are
+    the space's and Choices keep their values."""
+    sample = pytest.importorskip("ray.tune.search.sample")
+
+    domains = to_tune(custom_space)
+    assert list(domains) == custom_space.names
+
+    def drawn(name: str) -> set:
+        return {int(v) for v in domains[name].sample(size=2000, random_state=0)}
+
+    assert drawn("model.depth") == {2, 3, 4, 5, 6}
+    assert drawn("model.deep_supervision_heads") == {1, 2, 3, 4}
+    assert drawn("data.crop") == set(range(20, 101))
+    assert drawn("train.epochs") == set(range(2, 33))
+    assert drawn("model.base_filters") == {8, 16, 24, 32}
+    assert isinstance(domains["train.epochs"].get_sampler(), sample.LogUniform)
+    assert not isinstance(domains["model.depth"].get_sampler(), sample.LogUniform)
+    lr, dropout = domains["train.learning_rate"], domains["model.dropout"]
+    assert type(lr) is sample.Float and (lr.lower, lr.upper) == (1e-4, 1e-2)
+    assert isinstance(lr.get_sampler(), sample.LogUniform)
+    assert type(dropout) is sample.Float and (dropout.lower, dropout.upper) == (0.0, 0.5)
+    assert not isinstance(dropout.get_sampler(), sample.LogUniform)
+    assert domains["model.activation"].categories == ["relu", "elu"]
+    assert domains["data.foreground_ratio"].categories == [0.0, 0.5, 1.0]
+    assert domains["model.upsampling"].categories == ["nearest"]
+    assert domains["model.deep_supervision"].categories == [False, True]
 
 
 # ---------------------------------------------------------------------------------------------------
