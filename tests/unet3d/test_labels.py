@@ -145,3 +145,32 @@ def test_layout_values_cover_every_release_of_a_layout():
     assert L.layout_values("brats2023", "GLI") == (0, 1, 2, 3, 4)
     assert L.layout_values("brats2023", "MET") == (0, 1, 2, 3)
     assert L.layout_values("brats2023", "MEN-RT") == (0, 1)
+
+
+def test_user_labels_out_of_order_train_in_sorted_value_order(tmp_path):
+    """A scheme listing its labels out of order ({2: b, 1: a}) still maps class i to the i-th
+    smallest value, as the saved config (labels sorted) reads it back: class 1 is value 1."""
+    p = tmp_path / "backwards.yaml"
+    p.write_text("name: backwards\nlabels: {2: b, 1: a}\n")
+    s = L.load(p)
+    assert s.values == (0, 1, 2)
+    assert s.to_classes(np.array([0, 2, 1], np.uint8)).tolist() == [0, 2, 1]
+    assert s.to_labels(np.array([0, 1, 2])).tolist() == [0, 1, 2]
+    saved = L.to_config(s)
+    assert list(saved["labels"]) == [1, 2]
+    again = L.resolve(saved)  # what predict reads from config.json
+    assert again.values == (0, 1, 2)
+    assert again.to_labels(s.to_classes(np.array([2, 1, 0], np.uint8))).tolist() == [2, 1, 0]
+
+
+def test_region_head_needs_every_pair_of_regions_nested_or_disjoint():
+    """The built-ins' region heads by hand (PED: TC minus ET holds two labels; MEN-RT: one region),
+    and a user scheme whose A {1,2} and B {2,3} overlap without nesting, though each nests C {2} and
+    adds one label to it: no region head."""
+    heads = {n: s.region_head for n, s in L.BUILTIN.items()}
+    assert heads == {"brats-legacy": True, "brats-2023": True, "brats-2024-gli": True,
+                     "brats-2024-ped": False, "brats-men-rt": True, "msd": True}
+    d = {"name": "x", "labels": {1: "a", 2: "b", 3: "c"}, "regions": {"A": [1, 2], "B": [2, 3], "C": [2]}}
+    assert not L.from_dict(d).region_head
+    with pytest.raises(L.LabelError, match="region_head=true"):
+        L.from_dict({**d, "region_head": True})

@@ -150,6 +150,20 @@ def test_hand_a_exact():
     assert out["lesionwise_nsd"] == pytest.approx(6 / 7, abs=1e-12)
 
 
+def test_pair_hd95_pools_both_directions():
+    """A 1x1x10 reference line and a 1x1x6 prediction along its first 6 voxels (1 mm; every voxel
+    is surface). Dice 12/16 = 3/4. Pred -> ref: 6 at 0. Ref -> pred: 6 at 0, then 1, 2, 3, 4.
+    Pooled 16 values (panoptica): percentile 95 at position 14.25 -> 3 + 0.25 = 3.25 mm; the max of
+    the directed percentiles (MONAI) would be max(0, 3 + 0.55) = 3.55 mm. NSD (1 + 7/10) / 2."""
+    ref = box(SH32, S[10:11, 10:11, 5:15])
+    pred = box(SH32, S[10:11, 10:11, 5:11])
+    out = lesion_scores(pred, ref)
+    assert (out["lesion_tp"], out["lesion_fp"], out["lesion_fn"]) == (1, 0, 0)
+    assert out["lesionwise_dice"] == pytest.approx(3 / 4, abs=1e-12)
+    assert out["lesionwise_hd95"] == pytest.approx(3.25, abs=1e-12)
+    assert out["lesionwise_nsd"] == pytest.approx(0.85, abs=1e-12)
+
+
 def test_hand_b_bipartite_not_greedy():
     out = lesion_scores(*case_hand_b())
     assert (out["lesion_tp"], out["lesion_fp"], out["lesion_fn"]) == (2, 0, 0)

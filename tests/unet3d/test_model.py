@@ -54,6 +54,25 @@ def test_shape_contract_tensorflow(kw, seed):
     assert tuple(single(x, training=False).shape) == (2, 16, 16, 16, cfg.out_channels)
 
 
+def test_deep_supervision_outputs_come_main_first_then_shallow_to_deep():
+    """Outputs are the main head, then aux1 (upsampled x2 from half resolution), then aux2 (x4
+    from a quarter): the order the deep-supervision weights 1, 1/2, 1/4 assume."""
+    from unet3d.model import build_unet3d
+
+    cfg = ModelConfig(depth=4, base_filters=4, norm="none", deep_supervision=True,
+                      deep_supervision_heads=2)
+    model = build_unet3d(cfg)
+    assert model.output_names == ["probabilities", "aux1", "aux2"]
+    x = np.random.default_rng(0).random((1, 16, 16, 16, cfg.in_channels)).astype("float32")
+    _, aux1, aux2 = (np.asarray(o) for o in model(x, training=False))
+
+    def blocky(y, k):  # constant over every k x k x k block (nearest upsampling by k)
+        return np.array_equal(y, y[:, ::k, ::k, ::k].repeat(k, 1).repeat(k, 2).repeat(k, 3))
+
+    assert blocky(aux1, 2) and not blocky(aux1, 4)
+    assert blocky(aux2, 4)
+
+
 def test_nvidia_architecture_has_the_reference_parameter_count():
     from unet3d.model import build_unet3d
 

@@ -72,6 +72,22 @@ def test_batch_is_capped_by_the_dataset_size():
     assert twenty.config.train.batch_size == 2
 
 
+def test_batch_drops_to_1_before_the_filters_halve():
+    """A 32^3 box starts at the smallest crop (4 levels). On a CPU (memory model of 2026-11-26) it
+    needs 1.513 GiB / 0.85 with 32 filters and batch 2, 1.395 with batch 1, 1.326 with 16 filters
+    and batch 2: 1.45 GiB fits batch 1 at full filters, which comes before fewer filters."""
+    small = {**BRATS, "shape": {"median": [32, 32, 32], "min": [32, 32, 32], "max": [32, 32, 32]},
+             "voxels": 100 * 32**3}
+    plan = make_plan(small, memory_gib=1.45, device="cpu")
+    cfg = plan.config
+    assert (cfg.data.crop, cfg.model.depth) == ((32, 32, 32), 4)
+    assert (cfg.model.base_filters, cfg.train.batch_size) == (32, 1)
+    assert plan.steps[1] == ("filters 32, batch 1: filters 32 with batch 2 did not fit even at the "
+                             "smallest crop")
+    more = make_plan(small, memory_gib=1.55, device="cpu").config  # batch 2 fits: kept
+    assert (more.model.base_filters, more.train.batch_size) == (32, 2)
+
+
 def test_plan_file_is_a_config(tmp_path):
     plan = make_plan(BRATS, memory_gib=8, device="cpu")
     d = plan.to_dict()

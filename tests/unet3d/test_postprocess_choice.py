@@ -143,6 +143,40 @@ def test_an_improvement_below_the_margin_keeps_no_post_processing():
     assert choose_postprocess(cases, LEGACY, margin=0.1).postprocess == PostProcess(min_et_volume=10)
 
 
+def test_the_simplest_allowed_candidate_within_the_margin_wins():
+    """Two 8 mm^3 specks, an 18 mm^3 one (all in cases without ET) and a true 27 mm^3 ET. Mean Dice
+    per case (WT, TC, ET): no post-processing (2/3 + 2/3 + 2/3 + 1) / 4 = 3/4; 10 mm^3 fixes the
+    8 mm^3 specks, (1 + 1 + 2/3 + 1) / 4 = 11/12; 25 mm^3 fixes all three, 1. Both are allowed;
+    25 beats 10 by 1/12, under the margin 0.1, so the simpler 10 mm^3 is chosen."""
+    name, pred, ref, spacing = _speck(at=8, name="speck_18")
+    pred[8:11, 8:11, 8:10] = ET  # 3 x 3 x 2 = 18 voxels (the 2 x 2 x 2 speck at 8 inside it)
+    assert (pred == ET).sum() == 18
+    choice = choose_postprocess([*_specks(), (name, pred, ref, spacing), _small_et()], LEGACY,
+                                margin=0.1)
+    assert _row(choice, 0)["score"] == pytest.approx(3 / 4)
+    assert _row(choice, 10)["score"] == pytest.approx(11 / 12) and _row(choice, 10)["allowed"]
+    assert _row(choice, 25)["score"] == pytest.approx(1.0) and _row(choice, 25)["allowed"]
+    assert choice.postprocess == PostProcess(min_et_volume=10.0)
+
+
+def test_a_step_that_worsens_as_many_cases_as_it_improves_is_refused():
+    """Two speck cases (ET Dice 0 -> 1 under 10 mm^3: mean +1/3 each) and two cases whose true ET is
+    a 27-voxel and an 8-voxel component: removing the 8 leaves ET Dice 2*27/(27+35) = 27/31, a loss
+    of (1 - 27/31)/3 = 4/93 each. 2 improved, 2 worsened: refused by that rule alone (its mean gain,
+    (2/3 - 8/93)/4, is positive without the best case and above the margin)."""
+    def two_et(name):
+        name, pred, ref, spacing = _small_et(name)
+        ref[13:15, 13:15, 13:15] = ET  # in the edema, apart from the 3x3x3 at 9:12
+        return name, ref.copy(), ref, spacing
+
+    choice = choose_postprocess([*_specks(), two_et("two_a"), two_et("two_b")], LEGACY)
+    row = _row(choice, 10)
+    assert (row["cases_improved"], row["cases_worsened"]) == (2, 2)
+    assert row["score"] - choice.baseline_score == pytest.approx((2 / 3 - 8 / 93) / 4)
+    assert row["refused"] == "improves 2 case(s), worsens 2"
+    assert choice.postprocess == PostProcess()
+
+
 def test_the_threshold_is_a_volume_in_mm3():
     # The same 8-voxel specks at 2 mm voxels are 64 mm^3: only 100 mm^3 and above remove them
     # (and the true ET of the third case, 216 mm^3 at that spacing, stays up to 200).
