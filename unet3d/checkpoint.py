@@ -120,7 +120,8 @@ def load_checkpoint(path: Path, model: keras.Model) -> dict[str, Any]:
     """Restores weights and optimizer variables into a compiled ``model``; returns the run state."""
     weights, opt, state = read_checkpoint(path)
     set_weights_checked(model, weights, path)
-    model.optimizer.build(model.trainable_variables)
+    if not model.optimizer.built:  # (a LossScaleOptimizer built twice would double its state)
+        model.optimizer.build(model.trainable_variables)
     variables = model.optimizer.variables
     if len(variables) != len(opt):
         raise CheckpointError(f"{path}: checkpoint has {len(opt)} optimizer variables, "
