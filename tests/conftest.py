@@ -1,4 +1,14 @@
-"""Shared fixtures. Every output goes under tmp_path; volumes are tiny (16^3-64^3)."""
+"""Shared fixtures. Every output goes under tmp_path; volumes are tiny (16^3-64^3).
+
+Tiers: tests marked ``slow`` run a search end to end or train in several processes; the rest are
+the fast tier (``make test-fast``, a few minutes). A new test of a finished search should read one
+of the searches the suite already runs rather than start another (each costs a minute or more):
+``ray_search`` (search/test_search_e2e.py: Ray + Optuna + ASHA, 3 trials, exported, with its
+report, TensorBoard logs and checkpoints), ``tracked`` (search/test_tracking.py: MLflow and W&B),
+the default run (search/test_default_run.py: the race, `make search` itself), ``cluster``
+(search/test_cluster.py: a two-node Ray cluster) and ``shared_ray`` (search/test_searchers.py:
+one local Ray for the searcher x scheduler grid through the Python API).
+"""
 
 from __future__ import annotations
 
