@@ -215,6 +215,35 @@ def test_a_diverged_loss_stops_training_and_keeps_the_last_good_checkpoint(synth
     assert state["epoch"] == 1 and all(np.isfinite(w).all() for w in weights)
 
 
+def test_a_fit_traces_its_training_step_once(synth16, tmp_path, monkeypatch):
+    """Keras runs the training step in a tf.function; one that creates variables on its first
+    call (the optimizer's slots, were they built lazily) is traced a second time: every fit paid
+    two traces (~2 s on a CPU) until compile_model built the optimizer."""
+    import keras
+
+    from unet3d.data.discover import discover
+    from unet3d.data.preprocess import prepare
+    from unet3d.train import Trainer
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the TensorFlow backend's tracing")
+    traced = []
+    step = keras.Model.train_step
+
+    def counting(model, data):
+        traced.append(len(model.optimizer.variables))
+        return step(model, data)
+
+    monkeypatch.setattr(keras.Model, "train_step", counting)
+    entries = prepare(discover(synth16).cases[:1], tmp_path / "cache")
+    cfg = RunConfig(model=ModelConfig(depth=2, base_filters=4),
+                    train=TrainConfig(epochs=2, steps_per_epoch=2, warmup_epochs=0, xla="off"),
+                    data=DataConfig(crop=(16, 16, 16)))
+    Trainer(cfg, entries, [], tmp_path / "run").fit()
+    # one trace, with Adam's iteration count, learning rate and two slots per weight already there
+    assert len(traced) == 1 and traced[0] > 2, traced
+
+
 def test_two_epochs_equal_one_epoch_plus_one_resumed(synth16, tmp_path, seed):
     """A resumed run neither repeats nor skips an epoch, a training crop or an optimizer step.
 
