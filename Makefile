@@ -51,7 +51,7 @@ test: setup chromium panoptica
 	$(BIN)/python -m pytest -ra -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=30
 
 # The edit loop's tier: every test that runs no search end to end and no multi-process training
-# (those are marked slow; CI runs them all with `make test`). About 5 minutes on 2 cores.
+# (those are marked slow; CI runs them all with `make test`). About 3.5 minutes on 2 cores.
 test-fast: setup
 	$(BIN)/python -m pytest -ra -m "not slow" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=10
 

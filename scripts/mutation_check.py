@@ -42,7 +42,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LIST = ROOT / "scripts" / "mutants.toml"
-PYTEST = ["-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-p", "no:randomly"]
+PYTEST = ["-m", "pytest", "-q", "-x", "-p", "no:cacheprovider"]
 FAST_TIER = ["-m", "not slow", "-n", "2", "--dist", "loadfile", "--no-loadscope-reorder"]
 
 
