@@ -24,16 +24,42 @@ def hparams_metrics(regions: Sequence[str], objective: str = DEFAULT) -> tuple[s
     return (*dict.fromkeys(names), "loss", "throughput_vps")
 
 
+def _write_summary(logdir: str | Path, summary: Any) -> None:
+    """One event file holding ``summary`` (a ``Summary`` proto) at step 0 in ``logdir``.
+
+    (TensorBoard's own EventFileWriter opens its file through ``tf.io.gfile``, which imports
+    TensorFlow when it is installed: seconds of CPU in every trial process, and in a Horovod trial
+    the only reason its coordinating process would load TensorFlow. TensorBoard's RecordWriter,
+    which frames the records, writes to a plain file here; the name and the first event are
+    EventFileWriter's, so TensorBoard reads the file as its own.)"""
+    import os
+    import socket
+    import time
+    import uuid
+
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    logdir = Path(logdir)
+    logdir.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    unique = f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    name = logdir / f"events.out.tfevents.{int(now):010d}.{unique}"
+    writer = RecordWriter(open(name, "wb"))  # noqa: SIM115  (RecordWriter closes it)
+    try:
+        for event in (event_pb2.Event(wall_time=now, file_version="brain.Event:2"),
+                      event_pb2.Event(wall_time=now, step=0, summary=summary)):
+            writer.write(event.SerializeToString())
+    finally:
+        writer.close()
+
+
 def write_hparams(logdir: str | Path, sample: dict[str, Any], trial_id: str) -> None:
     """Writes the session-start record (the trial's parameters) into ``logdir``."""
-    import tensorflow as tf
-    from tensorboard.plugins.hparams import api as hp
+    from tensorboard.plugins.hparams import summary_v2 as hp  # (its `api` imports TensorFlow)
 
     values = {k: (v if isinstance(v, (bool, int, float, str)) else str(v)) for k, v in sample.items()}
-    writer = tf.summary.create_file_writer(str(logdir))
-    with writer.as_default():
-        hp.hparams(values, trial_id=trial_id)
-    writer.close()
+    _write_summary(logdir, hp.hparams_pb(values, trial_id=trial_id))
 
 
 def write_experiment(logdir: str | Path, space: Any, *, scheme: Any,
@@ -45,13 +71,10 @@ def write_experiment(logdir: str | Path, space: Any, *, scheme: Any,
     columns: the search context's, ``SearchContext.scheme``). ``objective``: the search's
     (``search.objective``).
     """
-    import tensorflow as tf
-    from tensorboard.plugins.hparams import api as hp
+    from tensorboard.plugins.hparams import summary_v2 as hp
 
     from spaces.translate import to_hparams
 
     metrics = hparams_metrics(tuple(scheme.regions), objective)
-    writer = tf.summary.create_file_writer(str(logdir))
-    with writer.as_default():
-        hp.hparams_config(hparams=to_hparams(space), metrics=[hp.Metric(m) for m in metrics])
-    writer.close()
+    _write_summary(logdir, hp.hparams_config_pb(hparams=to_hparams(space),
+                                                metrics=[hp.Metric(m) for m in metrics]))

@@ -79,7 +79,7 @@ def define_keras_tuner(space: SearchSpace, hp: Any) -> dict[str, Any]:
 
 def to_hparams(space: SearchSpace) -> list[Any]:
     """TensorBoard ``HParam`` declarations: a domain per parameter (values TensorBoard can show)."""
-    from tensorboard.plugins.hparams import api as hp
+    from tensorboard.plugins.hparams import summary_v2 as hp  # (its `api` imports TensorFlow)
 
     out = []
     for p in space.params:
