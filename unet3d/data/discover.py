@@ -28,21 +28,19 @@ import json
 import re
 from pathlib import Path
 
+from unet3d.data.releases import (
+    BRATS23_MODALITY,
+    LABEL_SUFFIXES,
+    MODALITIES,
+    MSD_MODALITY,
+    NIFTI_SUFFIXES,
+    brats23_file,
+    task_modalities,
+)
 from unet3d.errors import UserError
 
-MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
-# MSD dataset.json modality names -> ours
-_MSD_NAMES = {"flair": "flair", "t1w": "t1", "t1": "t1", "t1gd": "t1ce", "t1ce": "t1ce",
-              "t2w": "t2", "t2": "t2"}
-_NII = (".nii.gz", ".nii")
 # BraTS 2023+ case folder: "BraTS-GLI-00000-000", "BraTS-MEN-RT-0000-1" (the task may be hyphenated).
 _HYPHEN_CASE = re.compile(r"^BraTS-(?P<task>[A-Za-z]+(?:-[A-Za-z]+)?)(?:-\d+)+$")
-# BraTS 2023+ file suffixes -> our modality names ("seg"/"gtv" are labels)
-_BRATS23_NAMES = {"t1n": "t1", "t1c": "t1ce", "t2w": "t2", "t2f": "flair"}
-_BRATS23_SUFFIX = {m: s for s, m in _BRATS23_NAMES.items()}
-_LABEL_SUFFIXES = ("seg", "gtv")
-# MEN-RT ships only the contrast-enhanced T1 (the GTV is contoured on it)
-_TASK_MODALITIES = {"MEN-RT": ("t1ce",)}
 _NESTED_DEPTH = 2  # how far below --data the challenge's wrapper folders are searched
 _SKIP_DIRS = ("__MACOSX",)  # macOS zip debris: mirrors the tree with "._x" files
 
@@ -137,7 +135,7 @@ def _describe(case: Case, field: str) -> str:
 
 
 def _strip_nii(name: str) -> str | None:
-    for ext in _NII:
+    for ext in NIFTI_SUFFIXES:
         if name.endswith(ext):
             return name[: -len(ext)]
     return None
@@ -184,15 +182,14 @@ def _brats23_case(folder: Path, task: str) -> Case | None:
     for stem, f in _nii_stems(folder):
         # Either separator: 2023 uses "-", 2024 MEN-RT "_"; only the last part names the file.
         suffix = re.split(r"[-_]", stem)[-1].lower()
-        if suffix in _LABEL_SUFFIXES:
+        if suffix in LABEL_SUFFIXES:
             found["seg"] = f
-        elif suffix in _BRATS23_NAMES:
-            found[_BRATS23_NAMES[suffix]] = f
+        elif suffix in BRATS23_MODALITY:
+            found[BRATS23_MODALITY[suffix]] = f
     if not found:
         return None
-    mods = _TASK_MODALITIES.get(task.upper(), MODALITIES)
-    sep = "_" if task.upper() == "MEN-RT" else "-"
-    _check_complete(folder, found, mods, lambda m: f"{folder.name}{sep}{_BRATS23_SUFFIX[m]}.nii.gz")
+    mods = task_modalities(task)
+    _check_complete(folder, found, mods, lambda m: brats23_file(folder.name, task, m))
     return Case(case_id=folder.name, images={m: found[m] for m in mods}, label=found.get("seg"),
                 layout="brats2023", modalities=mods, task=task)
 
@@ -214,9 +211,9 @@ def _discover_msd(root: Path) -> Dataset:
         raise DataError(f"{meta_path}: cannot read the modality list ({e})") from None
     order = []
     for n in names:
-        if n not in _MSD_NAMES:
+        if n not in MSD_MODALITY:
             raise DataError(f"{meta_path}: unknown modality {n!r}; expected FLAIR, T1w, t1gd, T2w")
-        order.append(_MSD_NAMES[n])
+        order.append(MSD_MODALITY[n])
     if sorted(order) != sorted(MODALITIES):
         raise DataError(f"{meta_path}: modalities {names} must be FLAIR, T1w, t1gd and T2w")
     cases = []
@@ -227,7 +224,7 @@ def _discover_msd(root: Path) -> Dataset:
         for stem, f in _nii_stems(d):  # macOS resource forks ("._x") ship in the MSD tar
             label = None
             if labelled:
-                label = next((root / "labelsTr" / (stem + e) for e in _NII
+                label = next((root / "labelsTr" / (stem + e) for e in NIFTI_SUFFIXES
                               if (root / "labelsTr" / (stem + e)).exists()), None)
                 if label is None:
                     raise DataError(f"case {stem}: no label file labelsTr/{stem}.nii.gz for {f}")

@@ -34,7 +34,8 @@ import nibabel as nib
 import numpy as np
 
 from unet3d import labels as labels_mod
-from unet3d.data.discover import MODALITIES, Case, DataError, Dataset
+from unet3d.data.discover import Case, DataError, Dataset
+from unet3d.data.releases import MODALITIES
 from unet3d.io_utils import atomic_path, atomic_write_json
 from unet3d.labels import LabelScheme
 

@@ -65,7 +65,7 @@ import numpy as np
 from scipy import ndimage
 
 from unet3d import labels
-from unet3d.data.discover import MODALITIES
+from unet3d.data.releases import MODALITIES, MSD_CHANNELS, brats23_file, task_modalities
 from unet3d.errors import OptionError
 from unet3d.io_utils import atomic_path, atomic_write_text
 
@@ -106,9 +106,6 @@ _ROLES: dict[str, tuple[str, dict[str, str]]] = {
 _P_SECOND_LESION = 2 / 3
 _P_CAVITY = 0.5
 _P_CYST = 0.5
-# The real Task01_BrainTumour channel order (its dataset.json "modality" map).
-_MSD_CHANNELS = (("FLAIR", "flair"), ("T1w", "t1"), ("t1gd", "t1ce"), ("T2w", "t2"))
-_BRATS23_FILE = {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f", "seg": "seg"}
 
 
 def _int_at_least(v: object, low: int) -> bool:
@@ -139,7 +136,7 @@ def _role_values(layout: str) -> dict[str, int]:
 
 def modalities_of(layout: str) -> tuple[str, ...]:
     """The modalities a case of ``layout`` has (MEN-RT: only T1c), in MODALITIES order."""
-    return ("t1ce",) if _check_layout(layout) == "brats-men-rt" else MODALITIES
+    return task_modalities("MEN-RT") if _check_layout(layout) == "brats-men-rt" else MODALITIES
 
 
 # Mean intensity per tissue, indexed by the tissue map's values: 0 background, 1 WM, 2 GM, 3 CSF
@@ -550,12 +547,12 @@ def _case_files(layout: str, i: int, prefix: str) -> dict[str, str]:
         cid = f"BRATS_{i + 1:03d}"
         return {"image": f"imagesTr/{cid}.nii.gz", "seg": f"labelsTr/{cid}.nii.gz"}
     if layout == "brats-men-rt":
-        cid = f"BraTS-MEN-RT-{i:04d}-1"
-        return {"t1ce": f"{cid}/{cid}_t1c.nii.gz", "seg": f"{cid}/{cid}_gtv.nii.gz"}
-    task = "PED" if layout == "brats2024-ped" else "GLI"
-    # 2024 post-treatment cases carry a later time point in the second number (-100).
-    cid = f"BraTS-{task}-{i:05d}-{100 * (i % 2) if layout == 'brats2024' else 0:03d}"
-    return {m: f"{cid}/{cid}-{_BRATS23_FILE[m]}.nii.gz" for m in (*MODALITIES, "seg")}
+        task, cid = "MEN-RT", f"BraTS-MEN-RT-{i:04d}-1"
+    else:
+        task = "PED" if layout == "brats2024-ped" else "GLI"
+        # 2024 post-treatment cases carry a later time point in the second number (-100).
+        cid = f"BraTS-{task}-{i:05d}-{100 * (i % 2) if layout == 'brats2024' else 0:03d}"
+    return {m: f"{cid}/{brats23_file(cid, task, m)}" for m in (*task_modalities(task), "seg")}
 
 
 def _save(path: Path, arr: np.ndarray, affine: np.ndarray) -> None:
@@ -568,7 +565,7 @@ def _save(path: Path, arr: np.ndarray, affine: np.ndarray) -> None:
 def _arrays(layout: str, images: dict[str, np.ndarray], label: np.ndarray) -> dict[str, np.ndarray]:
     """File key (as :func:`_case_files`) -> array: MSD stacks the modalities in its channel order."""
     if layout == "msd":
-        return {"image": np.stack([images[m] for _, m in _MSD_CHANNELS], axis=-1), "seg": label}
+        return {"image": np.stack([images[m] for _, m in MSD_CHANNELS], axis=-1), "seg": label}
     return {**images, "seg": label}
 
 
@@ -579,7 +576,7 @@ def _write_msd_json(out: Path) -> None:
     ids = sorted(p.name for p in (out / "imagesTr").glob("BRATS_*.nii.gz"))
     meta = {"name": "BRATS", "description": "synthetic, in the layout of MSD Task01_BrainTumour",
             "tensorImageSize": "4D",
-            "modality": {str(i): name for i, (name, _) in enumerate(_MSD_CHANNELS)},
+            "modality": {str(i): name for i, (name, _) in enumerate(MSD_CHANNELS)},
             "labels": {"0": "background", **{str(v): n for v, n in sorted(scheme.labels.items())}},
             "numTraining": len(ids), "numTest": 0, "test": [],
             "training": [{"image": f"./imagesTr/{n}", "label": f"./labelsTr/{n}"} for n in ids]}
