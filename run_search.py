@@ -69,8 +69,9 @@ def _prepare(data: Path, cache: Path, labels: str | None = None, verbose: bool =
     from unet3d.data.preprocess import prepare_dataset
     from unet3d.io_utils import check_writable_dir
 
-    if labels is not None:
-        labels_mod.resolve(labels)  # a bad --labels is named before anything is read or written
+    # --labels read once, before anything is read or written (a bad one is named then), and the
+    # data read with that scheme
+    scheme = labels_mod.resolve(labels) if labels is not None else None
     if jobs is not None and jobs < 1:
         raise_user(f"--jobs {jobs}: must be at least 1")
     ds = discover(data)
@@ -84,7 +85,7 @@ def _prepare(data: Path, cache: Path, labels: str | None = None, verbose: bool =
             print(f"\rpreprocess {done[0]}/{n} {case.case_id:<24}", end="", flush=True)
 
     t0 = time.perf_counter()
-    prep = prepare_dataset(ds, cache, labels, progress, jobs=jobs, mapper=mapper)
+    prep = prepare_dataset(ds, cache, scheme, progress, jobs=jobs, mapper=mapper)
     seconds = time.perf_counter() - t0
     if verbose:
         if sys.stdout.isatty():
@@ -235,6 +236,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from unet3d.data.split import kfold
+    from unet3d.folders import RunFolder
     from unet3d.io_utils import check_writable_dir
 
     cfg = _load_config(args)
@@ -287,8 +289,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         f = metrics["final"]
         _print(f"validation ({len(val_ids)} cases): Dice {_regions_line(f, scheme)} | HD95 mean "
                f"{f['hd95_mean']:.2f} mm")
-    _print(f"model: {out / 'model.keras'}\nconfig: {out / 'config.json'}\nmetrics: "
-           f"{out / 'metrics.json'}\ntensorboard --logdir {out / 'tensorboard'} --host 127.0.0.1")
+    run = RunFolder(out)
+    _print(f"model: {run.model}\nconfig: {run.config}\nmetrics: {run.metrics}\n"
+           f"tensorboard --logdir {run.tensorboard} --host 127.0.0.1")
     return 0
 
 
@@ -354,6 +357,7 @@ def _print_search(result, spec) -> None:
     import collections
 
     from search.results import format_table
+    from search.storage import ExperimentFolder
 
     s = result.summary
     where = result.location
@@ -414,8 +418,9 @@ def _print_search(result, spec) -> None:
     if result.report is not None:
         _print(f"report: {where}/report.html" if remote else f"report: {result.report}")
     _print(f"tensorboard --logdir {where} --host 127.0.0.1")
-    if not remote and (result.experiment / "optuna.log").exists():
-        _print(f"optuna-dashboard {result.experiment / 'optuna.log'} --host 127.0.0.1")
+    journal = ExperimentFolder(result.experiment).journal
+    if not remote and journal.exists():
+        _print(f"optuna-dashboard {journal} --host 127.0.0.1")
     if spec.mlflow:
         from search.tracking import mlflow_ui_command
 
@@ -435,12 +440,18 @@ def _print_race(s: dict, result) -> None:
         _print(f"  {line}")
 
 
+def _check_experiment(experiment: Path) -> None:
+    from search.storage import ExperimentFolder
+
+    if not ExperimentFolder(experiment).search.exists():
+        raise_user(f"{experiment}: not a search experiment ({ExperimentFolder.SEARCH} missing)")
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from search.report import build_report
 
     experiment = Path(args.experiment)
-    if not (experiment / "search.json").exists():
-        raise_user(f"{experiment}: not a search experiment (search.json missing)")
+    _check_experiment(experiment)
     if args.out:
         from unet3d.io_utils import check_writable_file
 
@@ -455,10 +466,10 @@ def cmd_retrain_best(args: argparse.Namespace) -> int:
     import json
 
     from search.retrain import retrain_best
+    from unet3d.folders import ExportFolder
 
     experiment = Path(args.experiment)
-    if not (experiment / "search.json").exists():
-        raise_user(f"{experiment}: not a search experiment (search.json missing)")
+    _check_experiment(experiment)
     folds = None if args.folds in (None, ["all"]) else [_int_arg("--folds", f) for f in args.folds]
     try:
         outs = retrain_best(experiment, epochs=args.epochs, folds=folds, resume=args.resume,
@@ -466,12 +477,13 @@ def cmd_retrain_best(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as e:
         raise_user(str(e))
     for out in outs:
-        m = json.loads((out / "metrics.json").read_text())
+        export = ExportFolder(out)
+        m = json.loads(export.metrics.read_text())
         line = f"exported: {out}"
         if "final" in m:
             from unet3d.config import RunConfig
 
-            scheme = RunConfig.load(out / "config.json").scheme
+            scheme = RunConfig.load(export.config).scheme
             line += f" (validation Dice {_regions_line(m['final'], scheme)})"
         _print(line)
     return 0
@@ -490,27 +502,30 @@ def _resolve_models(paths: list[str], top_k: int | None) -> list[Path]:
     """Export folders from --model arguments: an export folder, a folder of export folders (e.g.
     EXPERIMENT/retrained: its folds), or a search experiment (its top-k trials, exported on demand;
     without --top-k, its final model: best/, or the ensemble the search chose)."""
+    from search.storage import ExperimentFolder
+    from unet3d.folders import ExportFolder
+
     folders: list[Path] = []
     for raw in paths:
         path = Path(raw)
-        if (path / "search.json").exists():
+        if ExperimentFolder(path).search.exists():
             from search.ensemble import final_members
             from search.finish import export_top
 
             chosen = final_members(path) if top_k is None else None
             if chosen:
                 _print(f"--model {raw}: the ensemble the search chose on validation "
-                       f"({len(chosen)} members, {path / 'ensemble'})")
+                       f"({len(chosen)} members, {ExperimentFolder(path).ensemble})")
                 folders += chosen
                 continue
             try:
                 folders += export_top(path, top_k or 1, log=_print)
             except (FileNotFoundError, ValueError) as e:
                 raise_user(f"--model {raw}: {e}")
-        elif (path / "model.keras").exists():
+        elif ExportFolder(path).model.exists():
             folders.append(path)
-        elif path.is_dir() and any((p / "model.keras").exists() for p in path.iterdir()):
-            folders += sorted(p for p in path.iterdir() if (p / "model.keras").exists())
+        elif path.is_dir() and any(ExportFolder(p).model.exists() for p in path.iterdir()):
+            folders += sorted(p for p in path.iterdir() if ExportFolder(p).model.exists())
         else:
             raise_user(f"--model {raw}: not an export folder (model.keras + config.json), a folder "
                        f"of export folders, or a search experiment (search.json)")
@@ -623,10 +638,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         out = check_writable_file(args.out, "--out")
     else:  # the default --out is PRED/evaluation.csv
         out = check_writable_dir(args.pred, "--pred") / "evaluation.csv"
-    if args.labels is not None:
-        labels_mod.resolve(args.labels)
+    given = labels_mod.resolve(args.labels) if args.labels is not None else None
     ds = discover(args.data)
-    scheme = evaluation_scheme(ds, args.labels)
+    scheme = evaluation_scheme(ds, given)
     _print(f"labels: {scheme.describe()} ({'--labels' if args.labels else 'detected'})")
     n = sum(1 for c in ds.cases if c.label is not None)
     skipped = missing_predictions(args.pred, ds.cases) if args.partial and Path(args.pred).is_dir() \

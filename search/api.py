@@ -46,6 +46,8 @@ from search.spec import (
 )
 from search.storage import Experiment
 from unet3d.config import RunConfig
+from unet3d.folders import ExportFolder
+from unet3d.labels import LabelScheme
 from unet3d.text import plural
 
 Log = Callable[[str], None]
@@ -119,10 +121,14 @@ class Search:
             # resumed search keeps it whatever a later release's default is.
             self.spec = dataclasses.replace(self.spec, engine_options={
                 **self.spec.engine_options, "scheduler": opts.scheduler})
-        if self.spec.labels:  # (not on restore: the context holds the scheme, the file may be gone)
+        # --labels read once, now (a bad scheme is refused before anything is written) and kept:
+        # the dataset is read with it. (Not on restore: the context holds the scheme, the file
+        # may be gone.)
+        self._labels: LabelScheme | None = None
+        if self.spec.labels:
             from unet3d.labels import resolve
 
-            resolve(self.spec.labels)
+            self._labels = resolve(self.spec.labels)
         self.log: Log = log or (lambda _msg: None)
         self._resume, self._own_ray = False, False
         self._context: SearchContext | None = None
@@ -203,14 +209,14 @@ class Search:
         from search.finish import load_rows
 
         try:
-            summary = json.loads((exp.local / "trials.json").read_text())["summary"]
+            summary = json.loads(exp.folder.trials.read_text())["summary"]
         except (OSError, ValueError, KeyError):
             return None
-        retrained = exp.local / "retrained" / "all" if self.spec.retrain_share else None
+        retrained = exp.folder.retrained / "all" if self.spec.retrain_share else None
         if summary.get("interrupted", True) or (
                 retrained is not None and "best_trial" in summary and not retrained.exists()):
             return None  # (a summary from before it said so: run as before)
-        report = exp.local / "report.html"
+        report = exp.folder.report
         self.log(f"{exp.location}: the search had finished; its result, nothing run again")
         return SearchResult(experiment=exp.local, location=exp.location, trials=load_rows(exp.local),
                             best=_best(summary), summary=summary,
@@ -378,7 +384,7 @@ class Search:
             write_synthetic_dataset(DEFAULT_DATA, DEMO_CASES, (64, 64, 64), seed=0,
                                     difficulty=DEMO_DIFFICULTY)
             dataset = discover(DEFAULT_DATA)
-        prep = prepare_dataset(dataset, spec.cache_folder, spec.labels or None,
+        prep = prepare_dataset(dataset, spec.cache_folder, self._labels,
                                mapper=self._cluster_mapper())
         entries, scheme = prep.entries, prep.scheme
         self._entries = entries
@@ -571,8 +577,8 @@ def memory_budget(spec: SearchSpec, **read: Any) -> MemoryBudget:
 def _best(summary: dict[str, Any]) -> BestTrial | None:
     if "best_trial" not in summary:
         return None
-    export = Path(summary["export"])
+    export = ExportFolder(summary["export"])
     return BestTrial(trial_id=summary["best_trial"],
                      score=summary.get("best_score", summary["best_dice_mean"]),
-                     params=summary["best_params"], config=RunConfig.load(export / "config.json"),
-                     export=export)
+                     params=summary["best_params"], config=RunConfig.load(export.config),
+                     export=export.path)

@@ -4,9 +4,11 @@ the label scheme it trains and is scored with, and the objective that ranks it."
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 from search.objective import metric_of
+from search.storage import ExperimentFolder
 from spaces.space import SearchSpace, space_from_dict
 from unet3d import labels as labels_mod
 from unet3d.config import RunConfig
@@ -76,9 +78,10 @@ class SearchContext:
         """The per-epoch metric the engines rank, stop and checkpoint by."""
         return metric_of(self.objective)
 
-    @property
+    @functools.cached_property
     def scheme(self) -> LabelScheme:
-        """The label scheme trials train with (its regions are the results' region columns)."""
+        """The label scheme trials train with (its regions are the results' region columns);
+        resolved once per context (a frozen dataclass: the cache is the instance's own)."""
         if self.labels is None:
             return self.space.base_config().scheme
         return labels_mod.resolve(self.labels)
@@ -113,6 +116,6 @@ class SearchContext:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SearchContext:
         d = dict(d)
-        d["space"] = space_from_dict(d["space"], source="search.json")
+        d["space"] = space_from_dict(d["space"], source=ExperimentFolder.SEARCH)
         d["train_ids"], d["val_ids"] = tuple(d["train_ids"]), tuple(d["val_ids"])
         return cls(**d)

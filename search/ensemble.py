@@ -19,8 +19,9 @@ from typing import Any
 
 from search.context import SearchContext
 from search.results import TrialRow, ranked
+from search.storage import ExperimentFolder
+from unet3d.folders import ExportFolder
 
-FOLDER, FILE = "ensemble", "ensemble.json"
 MAX_MEMBERS = 3
 
 
@@ -58,20 +59,21 @@ def choose_ensemble(rows: Sequence[TrialRow], final: TrialRow, best: Path, ctx: 
     from unet3d.io_utils import atomic_write_json
     from unet3d.metrics import objective_score
 
-    metrics = json.loads((best / "metrics.json").read_text())
+    metrics = json.loads(ExportFolder(best).metrics.read_text())
     alone = [objective_score(c, ctx.objective) for c in metrics.get("per_case", [])]
     others = [r for r in ranked(rows, exportable=True) if r.trial_id not in (final.trial_id, same)]
     record: dict[str, Any] = {"chosen": False, "members": [str(best)], "alone": alone,
                               "tried": []}
     if not alone or not others:
         record["why"] = "no validation cases" if not alone else "no other trial with a checkpoint"
-        atomic_write_json(experiment / FILE, record)
+        atomic_write_json(ExperimentFolder(experiment).ensemble_record, record)
         return record
     folders = [best]
     chosen: list[Path] = []
     for rank, row in enumerate(others[: MAX_MEMBERS - 1], start=2):
-        folder = experiment / "top" / f"rank{rank}_{row.trial_id}"
-        if not (folder / "model.keras").exists():
+        top = ExperimentFolder(experiment).top(rank, row.trial_id)
+        folder = top.path
+        if not top.model.exists():
             export(row, folder)
         folders.append(folder)
         scores = _scores(folders, ctx, ctx.objective)
@@ -88,7 +90,7 @@ def choose_ensemble(rows: Sequence[TrialRow], final: TrialRow, best: Path, ctx: 
     else:
         record["why"] = (f"no ensemble beat the final model alone by more than {margin:g} at "
                          f"p < {alpha:g} (paired over {len(alone)} validation cases)")
-    atomic_write_json(experiment / FILE, record)
+    atomic_write_json(ExperimentFolder(experiment).ensemble_record, record)
     return record
 
 
@@ -97,15 +99,15 @@ def no_ensemble(experiment: Path, best: Path, why: str) -> dict[str, Any]:
     from unet3d.io_utils import atomic_write_json
 
     record = {"chosen": False, "members": [str(best)], "tried": [], "why": why}
-    atomic_write_json(experiment / FILE, record)
+    atomic_write_json(ExperimentFolder(experiment).ensemble_record, record)
     return record
 
 
 def _write_folder(experiment: Path, members: Sequence[Path]) -> None:
     """``EXPERIMENT/ensemble/member_K`` -> the members (relative links), built under a temporary
     name and renamed into place."""
-    dest = experiment / FOLDER
-    tmp = experiment / f".{FOLDER}.tmp"
+    dest = ExperimentFolder(experiment).ensemble
+    tmp = dest.with_name(f".{dest.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     for k, m in enumerate(members, start=1):
@@ -118,9 +120,9 @@ def _write_folder(experiment: Path, members: Sequence[Path]) -> None:
 def final_members(experiment: Path) -> list[Path] | None:
     """The members of the ensemble a search chose (``ensemble.json``), None when it chose none."""
     try:
-        record = json.loads((experiment / FILE).read_text())
+        record = json.loads(ExperimentFolder(experiment).ensemble_record.read_text())
     except FileNotFoundError:
         return None
     if not record.get("chosen"):
         return None
-    return sorted((experiment / FOLDER).iterdir())
+    return sorted(ExperimentFolder(experiment).ensemble.iterdir())

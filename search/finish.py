@@ -21,6 +21,7 @@ from search.results import (
     write_results,
 )
 from search.spec import SearchSpec
+from search.storage import ExperimentFolder
 from unet3d.io_utils import atomic_write_json
 
 
@@ -32,12 +33,12 @@ def save_search(spec: SearchSpec, ctx: SearchContext, experiment: Path, *,
     d: dict[str, Any] = {"spec": spec.to_dict(), "context": ctx.to_dict(), "engine": spec.engine}
     if budget is not None:
         d["memory_budget"] = budget.to_dict()
-    atomic_write_json(experiment / "search.json", d)
+    atomic_write_json(ExperimentFolder(experiment).search, d)
 
 
 def load_context(experiment: Path) -> tuple[SearchContext, dict[str, Any]]:
     """The trials' context saved in ``search.json``, and the rest of that file."""
-    path = experiment / "search.json"
+    path = ExperimentFolder(experiment).search
     try:
         d = json.loads(path.read_text())
     except FileNotFoundError:
@@ -50,7 +51,7 @@ def load_search(experiment: Path) -> tuple[SearchSpec, SearchContext]:
     """(SearchSpec, SearchContext) of a saved search. A search.json written before the spec was
     saved whole gets the spec its context implies, with the engine's default options."""
     ctx, rest = load_context(experiment)
-    source = str(experiment / "search.json")
+    source = str(ExperimentFolder(experiment).search)
     if "spec" in rest:
         return SearchSpec.from_dict(rest["spec"], source=source), ctx
     spec = SearchSpec(data=ctx.data, cache=ctx.cache, space=ctx.space.name, engine=rest["engine"],
@@ -69,8 +70,8 @@ def _export_row(row: TrialRow, ctx: SearchContext, experiment: Path, out: Path, 
     neither is computed, as for ``retrain-best``'s ``all``."""
     from search.storage import local_copy
     from unet3d.checkpoint import model_from_run
+    from unet3d.evaluation import mean_scores
     from unet3d.export import export_model, validation_postprocess
-    from unet3d.train import mean_scores
 
     staged = experiment / f".{out.name}_checkpoint"
     model, cfg, state = model_from_run(local_copy(row.checkpoint, staged))
@@ -101,7 +102,7 @@ def export_best(rows: Sequence[TrialRow], ctx: SearchContext, experiment: Path,
     best = chosen or best_row(rows)
     if best is None:
         return None
-    return best, _export_row(best, ctx, experiment, experiment / "best",
+    return best, _export_row(best, ctx, experiment, ExperimentFolder(experiment).best.path,
                              held_out=held_out or chosen is None)
 
 
@@ -140,7 +141,7 @@ def export_pareto(front: Sequence[TrialRow], ctx: SearchContext, experiment: Pat
     for r in front:
         if not r.checkpoint:
             continue
-        dest = experiment / "pareto" / f"rank_{r.pareto}"
+        dest = ExperimentFolder(experiment).pareto(r.pareto).path
         if best is not None and best[0].trial_id == r.trial_id:
             out[r.trial_id] = _copy_folder(best[1], dest)
         else:
@@ -170,7 +171,7 @@ def _copy_folder(src: Path, dest: Path) -> Path:
 
 def load_rows(experiment: Path) -> list[TrialRow]:
     """The trial rows a finished search wrote to ``trials.json`` (an older file's too)."""
-    path = experiment / "trials.json"
+    path = ExperimentFolder(experiment).trials
     try:
         trials = json.loads(path.read_text())["trials"]
     except FileNotFoundError:
@@ -195,12 +196,13 @@ def export_top(experiment: Path, k: int,
     top = ranked(load_rows(experiment), exportable=True)
     if len(top) < k:
         raise ValueError(f"--top-k {k}: {experiment} has only {len(top)} trials with a checkpoint")
-    if not (experiment / "best" / "model.keras").exists():
-        raise FileNotFoundError(f"{experiment / 'best'}: no exported best model")
-    out = [experiment / "best"]
+    folders = ExperimentFolder(experiment)
+    if not folders.best.model.exists():
+        raise FileNotFoundError(f"{folders.best.path}: no exported best model")
+    out = [folders.best.path]
     for rank, row in enumerate(top[1:k], start=2):
-        folder = experiment / "top" / f"rank{rank}_{row.trial_id}"
-        if not (folder / "model.keras").exists():
+        folder = folders.top(rank, row.trial_id).path
+        if not folders.top(rank, row.trial_id).model.exists():
             if log is not None:
                 log(f"exporting trial {row.trial_id} (rank {rank}, validation "
                     f"{WORDS[row.objective]} {row.best_score:.4f}) -> {folder}")

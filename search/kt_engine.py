@@ -27,6 +27,7 @@ from search.memory_budget import MAX_REFUSALS, MemoryGuard, Placement, with_prun
 from search.objective import MODE
 from search.results import TrialRow, row_from_history
 from search.spec import SearchError
+from search.storage import ExperimentFolder
 
 ALGORITHMS = ("hyperband", "bayesian", "random")
 
@@ -169,7 +170,7 @@ def _tuner(ctx: SearchContext, experiment: Path, opts: KerasTunerOptions, overwr
             import keras
 
             from search.tb import write_hparams
-            from unet3d.checkpoint import CHECKPOINT
+            from unet3d.folders import RunFolder
             from unet3d.train import Trainer
 
             values = trial.hyperparameters.values
@@ -177,9 +178,9 @@ def _tuner(ctx: SearchContext, experiment: Path, opts: KerasTunerOptions, overwr
             epochs = int(values.get("tuner/epochs", opts.max_epochs))
             cfg = ctx.run_config(sample).with_epochs(epochs)
             run_dir = run_dir_of(experiment, trial.trial_id)
-            resume = (run_dir / CHECKPOINT).exists()
+            resume = (run_dir / RunFolder.CHECKPOINT).exists()
             if not resume:
-                write_hparams(run_dir / "tensorboard", sample, trial.trial_id)
+                write_hparams(run_dir / RunFolder.TENSORBOARD, sample, trial.trial_id)
             log(f"trial {trial.trial_id}: {epochs} epochs {sample}"
                 + (" (resuming)" if resume else ""))
             keras.backend.clear_session()
@@ -224,7 +225,7 @@ def placement() -> Placement:
 
 
 def run_dir_of(experiment: Path, trial_id: str) -> Path:
-    return experiment / f"trial_{trial_id}" / "run"
+    return ExperimentFolder(experiment).trial_run(f"trial_{trial_id}").path
 
 
 def run(ctx: SearchContext, experiment: Path, opts: KerasTunerOptions, *, resume: bool = False,
@@ -274,15 +275,16 @@ def _stop_if(ctrl_c: list[bool] | None) -> None:
 
 def rows(tuner: Any, ctx: SearchContext, experiment: Path, opts: KerasTunerOptions, *,
          interrupted: bool = False) -> list[TrialRow]:
-    from unet3d.checkpoint import CHECKPOINT, read_checkpoint
+    from unet3d.checkpoint import read_checkpoint
+    from unet3d.folders import RunFolder
 
     names = [p.name for p in ctx.space.params]
     out = []
     for tid, trial in sorted(tuner.oracle.trials.items()):
         run_dir = run_dir_of(experiment, tid)
         history: list[dict[str, Any]] = []
-        if (run_dir / CHECKPOINT).exists():
-            history = read_checkpoint(run_dir / CHECKPOINT)[2]["history"]
+        if (run_dir / RunFolder.CHECKPOINT).exists():
+            history = read_checkpoint(run_dir / RunFolder.CHECKPOINT)[2]["history"]
         values = trial.hyperparameters.values
         wall = float((run_dir / "wall_s").read_text()) if (run_dir / "wall_s").exists() else 0.0
         cut_off = interrupted and trial.status == "RUNNING"

@@ -33,6 +33,7 @@ from typing import Any
 from search.context import SearchContext
 from search.results import TrialRow, finite
 from search.spec import SearchError
+from search.storage import ExperimentFolder
 from unet3d.io_utils import atomic_write_json
 
 PRUNED_FILE = "pruned.json"
@@ -258,7 +259,7 @@ def load_pruned(experiment: Path) -> tuple[list[TrialRow], str]:
 
 def load_budget(experiment: Path) -> MemoryBudget | None:
     """The budget a search saved in its search.json (None for a search saved before budgets)."""
-    d = json.loads((experiment / "search.json").read_text()).get("memory_budget")
+    d = json.loads(ExperimentFolder(experiment).search.read_text()).get("memory_budget")
     return MemoryBudget.from_dict(d) if isinstance(d, dict) else None
 
 

@@ -41,8 +41,8 @@ from typing import Any
 import numpy as np
 
 from search.spec import SearchError
+from search.storage import ExperimentFolder
 
-RACE_FILE = "race.json"
 RACE_SHARE = 0.15  # of the budget, what challengers may lose by default
 FINAL_DATA = ("all", "train")  # what the winner is continued on (RaceSettings.final_data)
 CONTINUED = "continued"  # proposed_by of the winner's continuation trial
@@ -429,7 +429,7 @@ class Race:
 
 def load_race(experiment: Path) -> dict[str, Any] | None:
     """The race record of a search (``race.json``), None for a search that did not race."""
-    path = Path(experiment) / RACE_FILE
+    path = ExperimentFolder(experiment).race
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:

@@ -33,6 +33,7 @@ from search.memory_budget import MAX_REFUSALS, MemoryGuard, Placement, load_prun
 from search.objective import DEFAULT, METRIC, MODE, metric_of, second_metric
 from search.results import TrialRow, row_from_history
 from search.spec import SearchError
+from search.storage import ExperimentFolder
 from search.trainable import MUTABLE
 from unet3d.errors import UserError
 from unet3d.text import plural
@@ -520,21 +521,22 @@ def race_searcher(space: Any, opts: RayOptions, metric: str, guard: MemoryGuard 
     import optuna
     from ray.tune.search import ConcurrencyLimiter
 
-    from search.race import RACE_FILE, Proposals, Race
+    from search.race import Proposals, Race
     from search.ray_race import RaceSearcher
-    from search.ray_searcher import JOURNAL, BudgetedOptunaSearch
+    from search.ray_searcher import BudgetedOptunaSearch
     from spaces.translate import to_optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     settings, portfolio = race_plan(space, opts)
     first, origin = default_point(space)
+    folder = ExperimentFolder(sink.parent) if sink is not None else None
     inner = BudgetedOptunaSearch(space=to_optuna(space), metric=metric, mode=MODE,
                                  sampler=sampler(opts), guard=guard, n_startup=opts.n_startup,
-                                 journal=sink.parent / JOURNAL if sink is not None else None,
+                                 journal=folder.journal if folder else None,
                                  max_epochs=settings.race_epochs)
     race = Race(settings, Proposals(space, first, portfolio.configs, seed=opts.seed,
                                     default_origin=origin),
-                sink=sink.parent / RACE_FILE if sink is not None else None)
+                sink=folder.race if folder else None)
     alg = RaceSearcher(race, inner, key, sink)
     return ConcurrencyLimiter(alg, max_concurrent=opts.max_concurrent) if opts.max_concurrent else alg
 
@@ -569,7 +571,7 @@ def searcher(space: Any, opts: RayOptions, metric: str = METRIC,
     else:
         import optuna
 
-        from search.ray_searcher import JOURNAL, BudgetedOptunaSearch
+        from search.ray_searcher import BudgetedOptunaSearch
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         warm = warm_trials(opts.warm_start, space, metric) if opts.warm_start else []
@@ -578,11 +580,12 @@ def searcher(space: Any, opts: RayOptions, metric: str = METRIC,
         if second:
             m2, mode2 = second_metric(second)
             metrics, modes = [metric, m2], [MODE, mode2]
+        folder = ExperimentFolder(sink.parent) if sink is not None else None
         alg = BudgetedOptunaSearch(space=to_optuna(space), metric=metrics, mode=modes,
                                    points_to_evaluate=[] if known else [first],
                                    sampler=sampler(opts), guard=guard, warm=warm,
                                    n_startup=opts.n_startup, origin_sink=sink,
-                                   journal=sink.parent / JOURNAL if sink is not None else None,
+                                   journal=folder.journal if folder else None,
                                    # (a trial stopped before it is PRUNED; with --time-attr
                                    # seconds trials end at any epoch: none is)
                                    max_epochs=opts.max_epochs if opts.time_attr == "epochs" else 0)
@@ -864,8 +867,8 @@ def run(ctx: SearchContext, location: str, opts: RayOptions, *, resume: bool = F
         left = horovod_workers_alive()
         if left:
             log(f"warning: {left} Horovod worker process(es) still alive after the search")
-    scheme = location.split("://", 1)[0] + "://" if "://" in location else ""
-    rows = rows_from_grid(grid, ctx.max_epochs, scheme, objective=ctx.objective,
+    uri = location.split("://", 1)[0] + "://" if "://" in location else ""
+    rows = rows_from_grid(grid, ctx.max_epochs, uri, objective=ctx.objective,
                           regions=ctx.scheme.region_names, last=opts.scheduler == "race")
     if interrupted:
         for r in rows:
@@ -912,10 +915,10 @@ def horovod_workers_alive(wait_s: float = 10.0) -> int:
         time.sleep(0.5)
 
 
-def rows_from_grid(grid: Any, max_epochs: int, scheme: str = "", *, objective: str = DEFAULT,
+def rows_from_grid(grid: Any, max_epochs: int, uri: str = "", *, objective: str = DEFAULT,
                    regions: tuple[str, ...] = (), last: bool = False) -> list[TrialRow]:
     """Rows from Ray's ResultGrid, ranked by ``objective``, their region scores in the order of
-    ``regions`` (the label scheme's); checkpoint paths get ``scheme`` (a URI scheme, ``s3://``)
+    ``regions`` (the label scheme's); checkpoint paths get ``uri`` (a URI scheme, ``s3://``)
     back for remote storage. ``last``: each trial's scores and checkpoint are its last epoch's
     (the race compares, continues and exports trials at their last epoch); otherwise its best
     epoch's by the objective."""
@@ -942,8 +945,8 @@ def rows_from_grid(grid: Any, max_epochs: int, scheme: str = "", *, objective: s
         if ck is None:
             ck = result.checkpoint
         if ck is not None:
-            best_ckpt = scheme + ck.path if scheme else ck.path
-            if not scheme and not last:
+            best_ckpt = uri + ck.path if uri else ck.path
+            if not uri and not last:
                 best_ckpt = _checkpoint_of_best_epoch(best_ckpt, history, metric)
         m = result.metrics or {}
         error = ""
@@ -954,7 +957,7 @@ def rows_from_grid(grid: Any, max_epochs: int, scheme: str = "", *, objective: s
             trial_id, params, history, max_epochs, objective=objective, regions=regions, error=error,
             index=int(m.get("trial_index", 0)), wall_s=float(m.get("time_total_s", 0.0)),
             node=str(m.get("node_ip", "")), node_id=str(m.get("node_id", "")), checkpoint=best_ckpt,
-            run_dir=scheme + result.path if scheme else str(result.path), best_is_last=last))
+            run_dir=uri + result.path if uri else str(result.path), best_is_last=last))
     return rows
 
 
@@ -965,7 +968,8 @@ def _checkpoint_of_best_epoch(path: str, history: list[dict[str, Any]], metric: 
     :class:`search.ray_callbacks.EpochBudget` waited for it, the epoch budget too): its folder is
     written but never becomes the trial's best, and the best epoch would be exported from the
     epoch before. ``path`` as it is when no folder holds that epoch."""
-    from unet3d.checkpoint import CHECKPOINT, CheckpointError, read_state
+    from unet3d.checkpoint import CheckpointError, read_state
+    from unet3d.folders import RunFolder
 
     scored = [h for h in history if isinstance(h.get(metric), (int, float))
               and math.isfinite(h[metric])]
@@ -975,7 +979,7 @@ def _checkpoint_of_best_epoch(path: str, history: list[dict[str, Any]], metric: 
 
     def holds(folder: Path) -> bool:
         try:
-            return int(read_state(folder / CHECKPOINT)["epoch"]) == epoch
+            return int(read_state(folder / RunFolder.CHECKPOINT)["epoch"]) == epoch
         except CheckpointError:
             return False
 

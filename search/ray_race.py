@@ -23,7 +23,8 @@ from typing import Any
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
-from search.race import CONTINUE, CONTINUED, RACE_FILE, Race
+from search.race import CONTINUE, CONTINUED, Race
+from search.storage import ExperimentFolder
 
 _RACES: dict[str, Race] = {}
 
@@ -165,6 +166,6 @@ def write_record(key: str, experiment: Path, proposals: Path) -> None:
     race = _RACES.get(key)
     if race is None:
         return
-    race.sink = experiment / RACE_FILE
+    race.sink = ExperimentFolder(experiment).race
     race.save()
     atomic_write_json(proposals, {t.trial_id: t.origin for t in race.trials.values()})

@@ -59,7 +59,6 @@ class PicklableNSGAII(optuna.samplers.NSGAIISampler):
         self._thread_lock = threading.Lock()
 
 
-JOURNAL = "optuna.log"
 
 
 def journal_storage(path: Path) -> Any:

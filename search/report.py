@@ -38,6 +38,8 @@ from search.results import (
     ranked,
     regions_of,
 )
+from search.storage import ExperimentFolder
+from unet3d.folders import ExportFolder
 from unet3d.text import plural
 
 FIGURES = ("learning_curves", "objective", "parallel", "importance", "pareto")
@@ -57,7 +59,7 @@ def _rows(experiment: Path) -> tuple[list[TrialRow], dict[str, Any], bool]:
     """(rows, summary, finished). A running search has no trials.json yet: rows then come from the
     trial folders' Ray progress (result.json lines), and the configurations pruned so far from
     pruned.json."""
-    path = experiment / "trials.json"
+    path = ExperimentFolder(experiment).trials
     if path.exists():
         d = json.loads(path.read_text())
         return [TrialRow.from_dict(t) for t in d["trials"]], d.get("summary", {}), True
@@ -284,7 +286,7 @@ def build_report(experiment: str | Path, out: str | Path | None = None) -> Repor
     experiment = Path(experiment)
     ctx, extra = load_context(experiment)
     rows, summary, finished = _rows(experiment)
-    out = Path(out) if out else experiment / "report.html"
+    out = Path(out) if out else ExperimentFolder(experiment).report
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.stem}.", dir=out.parent))
     try:
@@ -300,7 +302,7 @@ def build_report(experiment: str | Path, out: str | Path | None = None) -> Repor
         for key in FIGURES:
             parts.append(f"<h2 id='{key}'>{TITLES[key]}</h2><img src='{figs[key].name}' "
                          f"alt='{TITLES[key]}'>")
-        parts += [*_best_section(best, ctx.space), *_export_section(experiment / "best", ctx),
+        parts += [*_best_section(best, ctx.space), *_export_section(ExperimentFolder(experiment).best, ctx),
                   "</body></html>\n"]
         (tmp / out.name).write_text("\n".join(parts))
         placed = []
@@ -464,15 +466,14 @@ def _best_section(best: TrialRow | None, space: Any) -> list[str]:
     return parts
 
 
-def _export_section(exported: Path, ctx: Any) -> list[str]:
+def _export_section(exported: ExportFolder, ctx: Any) -> list[str]:
     parts = ["<h2 id='export'>Exported model</h2>"]
-    if not (exported / "model.keras").exists():
+    if not exported.model.exists():
         return [*parts, "<p class='muted'>Not exported yet (the search is running or no trial "
                         "finished an epoch).</p>"]
-    final = json.loads((exported / "metrics.json").read_text()).get("final", {})
-    parts.append("<ul>" + "".join(f"<li><code>{_e((exported / f).resolve())}</code></li>" for f in
-                                  ("model.keras", "saved_model", "config.json", "metrics.json",
-                                   "MODEL_CARD.md") if (exported / f).exists()) + "</ul>")
+    final = json.loads(exported.metrics.read_text()).get("final", {})
+    parts.append("<ul>" + "".join(f"<li><code>{_e((exported.path / f).resolve())}</code></li>"
+                                  for f in exported.FILES if (exported.path / f).exists()) + "</ul>")
     if final:
         parts.append(f"<p id='export-validation'>{_validation_line(final, ctx)}</p>")
     return parts

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from search.objective import DEFAULT, HEADERS, SECOND, metric_of
+from search.storage import ExperimentFolder
 from unet3d.io_utils import atomic_write_json, atomic_write_text
 
 _DICE, _LESIONWISE = "val_dice_", "val_lesionwise_dice_"  # + region name, or "mean" for _DICE
@@ -313,8 +314,8 @@ def write_results(rows: Sequence[TrialRow], experiment: Path, summary: dict[str,
         d.update({f"best_lesionwise_dice_{g}": r.best_lesionwise_regions.get(g, math.nan)
                   for g in lesionwise})
         w.writerow([d[c] for c in cols] + [r.params.get(p, "") for p in param_names])
-    atomic_write_text(experiment / "results.csv", buf.getvalue())
-    atomic_write_json(experiment / "trials.json",
+    atomic_write_text(ExperimentFolder(experiment).results, buf.getvalue())
+    atomic_write_json(ExperimentFolder(experiment).trials,
                       {"summary": summary, "trials": [r.to_dict() for r in rows]})
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from search.finish import load_context
+from search.storage import ExperimentFolder
 from unet3d.config import RunConfig
 from unet3d.data.split import kfold
 from unet3d.errors import OptionError
@@ -31,8 +32,9 @@ def retrain_best(experiment: Path, *, epochs: int | None = None, folds: Sequence
     if epochs is not None and epochs < 1:  # checked before anything is read or written
         raise OptionError(f"--epochs {epochs}: must be at least 1")
     ctx, _ = load_context(experiment)
-    check_writable_dir(experiment / "retrained", "retrain-best")
-    best_cfg_path = experiment / "best" / "config.json"
+    folders = ExperimentFolder(experiment)
+    check_writable_dir(folders.retrained, "retrain-best")
+    best_cfg_path = folders.best.config
     if not best_cfg_path.exists():
         raise FileNotFoundError(f"{best_cfg_path}: not found; the search exported no best model")
     cfg = RunConfig.load(best_cfg_path)
@@ -60,7 +62,7 @@ def retrain_best(experiment: Path, *, epochs: int | None = None, folds: Sequence
             jobs.append((f"fold_{k}", train_ids, val_ids, cfg.replace(data={"fold": k})))
     outputs = []
     for tag, train_ids, val_ids, run_cfg in jobs:
-        run_dir = experiment / "retrained" / "runs" / tag
+        run_dir = folders.retrained / "runs" / tag
         log(f"retrain {tag}: {len(train_ids)} train / {len(val_ids)} validation cases, "
             f"{n_epochs} epochs -> {run_dir}")
         trainer = Trainer(run_cfg, ctx.cases(tuple(train_ids)), ctx.cases(tuple(val_ids)), run_dir,
@@ -71,7 +73,7 @@ def retrain_best(experiment: Path, *, epochs: int | None = None, folds: Sequence
             _, choice = validation_postprocess(trainer.model, run_cfg, trainer.val_cases, hd95=False)
             log(f"  {tag} post-processing chosen on {len(trainer.val_cases)} validation cases: "
                 f"{choice.postprocess.describe()}")
-        out = export_model(trainer.model, run_cfg, metrics, experiment / "retrained" / tag,
+        out = export_model(trainer.model, run_cfg, metrics, folders.retrained / tag,
                            source=f"retrain-best of {experiment.name} ({tag}, {n_epochs} epochs)",
                            postprocess=choice)
         outputs.append(out)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from search.spec import SearchError
+from search.storage import ExperimentFolder
 
 MLFLOW_FILE = "mlflow.json"  # the parent run, for --resume
 MLFLOW_EXPERIMENT = "unet3d-search"  # unless MLFLOW_EXPERIMENT_NAME says otherwise (MLflow's own)
@@ -286,10 +287,12 @@ class MlflowSearch:
                 c.log_metric(pid, key, float(summary[key]))
         if summary.get("best_trial"):
             c.set_tag(pid, "best_trial", summary["best_trial"])
-        for folder, name in (("best", "best_model"), ("retrained/all", "retrained_model")):
-            if (experiment / folder).is_dir() and not interrupted:
-                c.log_artifacts(pid, str(experiment / folder), name)
-        for file in ("report.html", "results.csv", "trials.json"):
-            if (experiment / file).is_file():
-                c.log_artifact(pid, str(experiment / file))
+        folders = ExperimentFolder(experiment)
+        for folder, name in ((folders.best.path, "best_model"),
+                             (folders.retrained / "all", "retrained_model")):
+            if folder.is_dir() and not interrupted:
+                c.log_artifacts(pid, str(folder), name)
+        for file in (folders.report, folders.results, folders.trials):
+            if file.is_file():
+                c.log_artifact(pid, str(file))
         c.set_terminated(pid, "KILLED" if interrupted else "FINISHED")

@@ -21,6 +21,7 @@ from typing import Any
 
 from search import faults
 from search.context import SearchContext
+from search.storage import ExperimentFolder
 
 # What population-based training (search.ray_engine) may change in a running trial: settings that
 # leave the weights' shapes (and the memory a trial needs) as they are, so a trial continues from
@@ -48,41 +49,37 @@ def train_trial(config: dict[str, Any], ctx: SearchContext) -> None:
     resources = tctx.get_trial_resources().required_resources if tctx.get_trial_resources() else {}
     limit_cpu_threads(resources.get("CPU", os.cpu_count() or 1))
 
-    import keras
-
     from search.tb import write_hparams
-    from unet3d.checkpoint import CHECKPOINT
     from unet3d.config import RunConfig
     from unet3d.io_utils import public
-    from unet3d.train import Trainer
 
     trial_dir = Path(tctx.get_trial_dir())
     # Ray's trial dir is a local staging folder synced to storage later; write where users look.
     base = Path(context.experiment) / trial_dir.name if context.experiment else trial_dir
-    run_dir = base / "run"
+    run = ExperimentFolder(base.parent).trial_run(base.name)
+    run_dir = run.path
     run_dir.mkdir(parents=True, exist_ok=True)
     resume = False
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            shutil.copy2(Path(d) / CHECKPOINT, run_dir / CHECKPOINT)
-            shutil.copy2(Path(d) / "config.json", run_dir / "config.json")
+            _copy_state(Path(d), run_dir)
         resume = True
-        if _perturbed(RunConfig.load(run_dir / "config.json"), cfg):
+        if _perturbed(RunConfig.load(run.config), cfg):
             # Population-based training: the trial continues from a better trial's checkpoint with
             # that trial's configuration, some training settings perturbed (search.ray_engine's
             # MUTABLE; the weights' shapes are the same). The trainer resumes under the new one;
             # any other difference stays an error (the trainer's "different configuration").
-            cfg.save(run_dir / "config.json")
+            cfg.save(run.config)
     elif cont is not None:
         # The winner's last checkpoint: the trainer resumes it under the longer schedule (a wsd
         # run that has not cooled down continues exactly; unet3d.schedules.continues).
         _fetch(cont["checkpoint"], run_dir)
         resume = True
-        write_hparams(run_dir / "tensorboard", config, tctx.get_trial_id())
+        write_hparams(run.tensorboard, config, tctx.get_trial_id())
     else:
-        (run_dir / CHECKPOINT).unlink(missing_ok=True)  # a fresh attempt of a failed trial
-        write_hparams(run_dir / "tensorboard", config, tctx.get_trial_id())
+        run.checkpoint.unlink(missing_ok=True)  # a fresh attempt of a failed trial
+        write_hparams(run.tensorboard, config, tctx.get_trial_id())
 
     index = tctx.get_trial_name().split("_", 1)[0]
     trial_index = int(index) if index.isdigit() else 0
@@ -95,15 +92,19 @@ def train_trial(config: dict[str, Any], ctx: SearchContext) -> None:
         metrics = {context.metric: float("nan"), **record, **node, "epoch": epoch}
         with tempfile.TemporaryDirectory() as d:
             public(d)  # (Ray copies the folder with its mode into the trial's checkpoint_N)
-            shutil.copy2(checkpoint_file or run_dir / CHECKPOINT, Path(d) / CHECKPOINT)
-            shutil.copy2(run_dir / "config.json", Path(d) / "config.json")
+            _copy_state(run_dir, Path(d), checkpoint_file)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
         faults.after_report(trial_index, epoch, trainer.model if trainer is not None else None)
 
     trainer = None
     if context.workers_per_trial > 1:
+        # (this process only relays the workers' epochs: it never loads Keras or TensorFlow)
         _train_with_horovod(context, cfg, run_dir, resume, report, resources, train_ids, val_ids)
         return
+    import keras
+
+    from unet3d.train import Trainer
+
     keras.backend.clear_session()
     trainer = Trainer(cfg, context.cases(train_ids), context.cases(val_ids), run_dir,
                       resume=resume, epoch_hook=report)
@@ -130,11 +131,18 @@ def _fetch(checkpoint: str, run_dir: Path) -> None:
     """A trial checkpoint (a folder or a storage URI, as Ray names it) copied into ``run_dir``."""
     from ray import tune
 
-    from unet3d.checkpoint import CHECKPOINT
-
     with tune.Checkpoint(checkpoint).as_directory() as d:
-        shutil.copy2(Path(d) / CHECKPOINT, run_dir / CHECKPOINT)
-        shutil.copy2(Path(d) / "config.json", run_dir / "config.json")
+        _copy_state(Path(d), run_dir)
+
+
+def _copy_state(src: Path, dst: Path, checkpoint_file: Path | None = None) -> None:
+    """What resumes a trial, its checkpoint (``checkpoint_file`` if given, else ``src``'s) and its
+    config, copied from run or Ray checkpoint folder ``src`` into ``dst`` (the same names in both)."""
+    from unet3d.folders import RunFolder
+
+    source, dest = RunFolder(src), RunFolder(dst)
+    shutil.copy2(checkpoint_file or source.checkpoint, dest.checkpoint)
+    shutil.copy2(source.config, dest.config)
 
 
 def mutable_fields() -> set[str]:
@@ -165,15 +173,14 @@ def _train_with_horovod(context: SearchContext, cfg: Any, run_dir: Path, resume:
     from horovod.ray import RayExecutor
     from ray.util.queue import Empty, Queue
 
-    from unet3d.checkpoint import CHECKPOINT
-    from unet3d.train import train_worker
+    from unet3d.folders import RunFolder
 
     queue = Queue(actor_options={"num_cpus": 0})
 
     def hook(epoch: int, record: dict[str, float]) -> None:
         link = run_dir / f".epoch{epoch}.npz"
         link.unlink(missing_ok=True)
-        os.link(run_dir / CHECKPOINT, link)  # this epoch's file, whatever rank 0 writes next
+        os.link(run_dir / RunFolder.CHECKPOINT, link)  # this epoch's file, whatever rank 0 writes next
         queue.put((epoch, record))
 
     gpus = resources.get("GPU", 0.0)
@@ -191,7 +198,7 @@ def _train_with_horovod(context: SearchContext, cfg: Any, run_dir: Path, resume:
                            use_current_placement_group=True)
     executor.start()
     try:
-        refs = executor.run_remote(train_worker, kwargs=dict(
+        refs = executor.run_remote(_horovod_worker, kwargs=dict(
             config=cfg.to_dict(), cache=context.cache, train_ids=list(train_ids),
             val_ids=list(val_ids), out=str(run_dir), resume=resume, epoch_hook=hook,
             log_epochs=False))
@@ -210,6 +217,15 @@ def _train_with_horovod(context: SearchContext, cfg: Any, run_dir: Path, resume:
             link.unlink(missing_ok=True)
     finally:
         executor.shutdown()
+
+
+
+def _horovod_worker(**kwargs: Any) -> Any:
+    """:func:`unet3d.train.train_worker` in a Horovod worker, imported there: the trial's own
+    process pickles this function by reference and so never imports the trainer (TensorFlow)."""
+    from unet3d.train import train_worker
+
+    return train_worker(**kwargs)
 
 
 def _node_id() -> str:

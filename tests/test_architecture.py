@@ -5,9 +5,17 @@ The rules (the project's layering: ``unet3d`` knows nothing of search; short fun
 1. No import cycle among the project's modules. Imports inside functions count: a cycle broken only by
    moving an import into a function still couples the two modules.
 2. Imports point one way: ``run_search -> search -> spaces -> unet3d``, never back.
-3. ``unet3d.inference`` reaches no ``unet3d.train`` code, directly or through other project modules
-   (the trainer imports the predictor, never the reverse).
+3. ``unet3d.inference``, ``unet3d.evaluation`` and ``unet3d.export`` (``PREDICTORS``) reach no
+   ``unet3d.train`` code, directly or through other project modules (the trainer imports the
+   predictor and the scoring, never the reverse: exporting a model or scoring cases loads no trainer).
 4. No function or method (nested ones included) is longer than ``MAX_FUNCTION_LINES`` lines.
+5. No label scheme by default below the CLI: a parameter that takes a scheme (``SCHEME_PARAMS``) in
+   ``PACKAGES`` has no default but None. The scheme is resolved where the data is read and passed on;
+   a default (BraTS 2019-2021's, once in 11 signatures) would score the next release's data with the
+   wrong labels without a word.
+6. One home for file names: the names of the files in a run, an export and an experiment folder
+   (the constants with an extension of the classes in ``FOLDER_HOMES``) appear as a literal nowhere else
+   in the code (docstrings aside); code asks the folder objects for its paths.
 
 Every ``import`` and ``from ... import`` anywhere in a file is an edge (module level, inside functions,
 under ``if TYPE_CHECKING:``), and so is ``importlib.import_module("literal")`` / ``__import__("literal")``.
@@ -35,7 +43,11 @@ PACKAGES: tuple[str, ...] = ("unet3d", "spaces", "search")
 TOP_MODULES: tuple[str, ...] = ("run_search",)
 MAX_FUNCTION_LINES = 80
 
-PREDICTOR = "unet3d.inference"
+SCHEME_PARAMS = frozenset({"scheme", "region_classes"})
+FOLDER_HOMES = {"unet3d/folders.py": ("RunFolder", "ExportFolder"),
+                "search/storage.py": ("ExperimentFolder",)}
+
+PREDICTORS = ("unet3d.inference", "unet3d.evaluation", "unet3d.export")
 TRAINER = "unet3d.train"
 
 
@@ -286,9 +298,10 @@ def test_imports_point_one_way():
 def test_inference_reaches_no_train_code():
     tree = _tree()
     graph = _graph(tree.edges)
-    predictors = [m for m in tree.modules if m == PREDICTOR or m.startswith(PREDICTOR + ".")]
+    predictors = [m for m in tree.modules for p in PREDICTORS if m == p or m.startswith(p + ".")]
     trainers = {m for m in tree.modules if m == TRAINER or m.startswith(TRAINER + ".")}
-    assert predictors, f"{PREDICTOR} not found under {ROOT}"
+    missing = [p for p in PREDICTORS if p not in tree.modules]
+    assert not missing, f"{missing} not found under {ROOT}"
     reports = []
     for predictor in sorted(predictors):
         path = _shortest_path(graph, predictor, trainers)
@@ -296,8 +309,9 @@ def test_inference_reaches_no_train_code():
             reports.append("  " + _chain(path))
     if reports:
         pytest.fail(
-            f"{PREDICTOR} must not import {TRAINER}, directly or through other modules (the trainer "
-            "imports the predictor, never the reverse; move shared helpers below both):\n"
+            f"{', '.join(PREDICTORS)} must not import {TRAINER}, directly or through other modules "
+            "(the trainer imports the predictor, never the reverse; move shared helpers below "
+            "both):\n"
             + "\n".join(reports), pytrace=False)
 
 
@@ -336,6 +350,83 @@ def test_functions_are_short():
 
 
 # ---------------------------------------------------------------------------------------------------
+# No default label scheme
+
+
+def _scheme_defaults(tree: Tree) -> list[tuple[str, int, str, str]]:
+    """(path, line, function, parameter) of every scheme parameter with a default other than None."""
+    found = []
+    for module in sorted(tree.trees):
+        if not module.startswith(PACKAGES):
+            continue
+        for node in ast.walk(tree.trees[module]):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            a = node.args
+            positional = [*a.posonlyargs, *a.args]
+            pairs = [*zip(positional[len(positional) - len(a.defaults):], a.defaults, strict=True),
+                     *zip(a.kwonlyargs, a.kw_defaults, strict=True)]
+            for arg, default in pairs:
+                none = isinstance(default, ast.Constant) and default.value is None
+                if arg.arg in SCHEME_PARAMS and default is not None and not none:
+                    found.append((tree.rel(module), node.lineno, node.name, arg.arg))
+    return found
+
+
+def test_no_label_scheme_is_a_default_below_the_cli():
+    offenders = _scheme_defaults(_tree())
+    if offenders:
+        pytest.fail("label scheme parameters with a default (pass the scheme the data was read "
+                    "with):\n" + "\n".join(f"  {p}:{ln} {fn}({arg}=...)" for p, ln, fn, arg in offenders),
+                    pytrace=False)
+
+
+# ---------------------------------------------------------------------------------------------------
+# One home for file names
+
+
+def _file_names() -> dict[str, str]:
+    """name -> "Class.ATTRIBUTE" of every file name (with an extension: a folder's name, "best",
+    "run", is also a word of other meanings) the folder classes define."""
+    names = {}
+    for rel, classes in FOLDER_HOMES.items():
+        tree = ast.parse((ROOT / rel).read_text(encoding="utf-8"))
+        for node in tree.body:
+            if isinstance(node, ast.ClassDef) and node.name in classes:
+                for stmt in node.body:
+                    if (isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Constant)
+                            and isinstance(stmt.value.value, str) and "." in stmt.value.value):
+                        names[stmt.value.value] = f"{node.name}.{stmt.targets[0].id}"
+    return names
+
+
+def _file_name_literals(tree: Tree, names: dict[str, str]) -> list[tuple[str, int, str]]:
+    found = []
+    for module in sorted(tree.trees):
+        rel = tree.rel(module)
+        if rel in FOLDER_HOMES:
+            continue
+        docstrings = {id(n.value) for n in ast.walk(tree.trees[module])
+                      if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)}
+        for node in ast.walk(tree.trees[module]):
+            if (isinstance(node, ast.Constant) and isinstance(node.value, str)
+                    and node.value in names and id(node) not in docstrings):
+                found.append((rel, node.lineno, node.value))
+    return found
+
+
+def test_file_names_live_in_their_folder_classes():
+    names = _file_names()
+    assert {"config.json", "checkpoint.npz", "model.keras", "search.json", "trials.json"} <= set(names), \
+        f"the folder classes of {list(FOLDER_HOMES)} were not read: {names}"
+    offenders = _file_name_literals(_tree(), names)
+    if offenders:
+        pytest.fail("file names written out of their folder class (use the folder object):\n"
+                    + "\n".join(f"  {p}:{ln} {v!r}: {names[v]}" for p, ln, v in offenders),
+                    pytrace=False)
+
+
+# ---------------------------------------------------------------------------------------------------
 # The scanner itself: guards against the rules passing on an empty or misread tree.
 
 
@@ -343,7 +434,8 @@ def test_scanner_sees_the_tree():
     tree = _tree()
     for name in (*PACKAGES, *TOP_MODULES):
         assert name in tree.modules, f"{name} not found under {ROOT}; ROOT or the layout is wrong"
-    assert PREDICTOR in tree.modules, f"{PREDICTOR} not found under {ROOT}"
+    for name in PREDICTORS:
+        assert name in tree.modules, f"{name} not found under {ROOT}"
     modules = {"pkg": Path("pkg/__init__.py"), "pkg.sub": Path("pkg/sub/__init__.py"),
                "pkg.sub.leaf": Path("pkg/sub/leaf.py"), "pkg.other": Path("pkg/other.py")}
     cases = {

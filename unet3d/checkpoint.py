@@ -21,10 +21,9 @@ import numpy as np
 
 from unet3d.config import RunConfig
 from unet3d.errors import UserError
+from unet3d.folders import RunFolder
 from unet3d.io_utils import atomic_path
 from unet3d.model import build_unet3d, inference_model, portable
-
-CHECKPOINT = "checkpoint.npz"
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -145,9 +144,9 @@ def model_from_run(run_dir: str | Path) -> tuple[keras.Model, RunConfig, dict[st
 
     Returns (inference model, config, the checkpoint's run state).
     """
-    run_dir = Path(run_dir)
-    cfg = RunConfig.load(run_dir / "config.json")
+    run = RunFolder(run_dir)
+    cfg = RunConfig.load(run.config)
     model = build_unet3d(cfg.model)
-    weights, _, state = read_checkpoint(run_dir / CHECKPOINT)
-    set_weights_checked(model, weights, run_dir / CHECKPOINT)
+    weights, _, state = read_checkpoint(run.checkpoint)
+    set_weights_checked(model, weights, run.checkpoint)
     return inference_model(model), cfg, state

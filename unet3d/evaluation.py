@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -22,8 +23,9 @@ from typing import Any
 import numpy as np
 
 from unet3d import labels as labels_mod
+from unet3d.config import RunConfig
 from unet3d.data.discover import Case, DataError, Dataset
-from unet3d.data.preprocess import read_label, spacing_of
+from unet3d.data.preprocess import CachedCase, read_label, spacing_of
 from unet3d.errors import OptionError
 from unet3d.io_utils import atomic_write_json, atomic_write_text
 from unet3d.labels import LabelScheme
@@ -41,11 +43,50 @@ def metric_names(scheme: LabelScheme) -> tuple[str, ...]:
     return tuple(out)
 
 
-def evaluation_scheme(dataset: Dataset, labels: str | Path | None = None) -> LabelScheme:
-    """The scheme to score ``dataset`` with: ``labels`` if given, else detected (the label values
-    are read only where the layout leaves the release open: BraTS GLI or PED, 2023 or 2024)."""
+# -- cached cases (a run's validation, an export's) ---------------------------------------------
+
+def evaluate_cases(model: Any, cases: Sequence[CachedCase], cfg: RunConfig, *,
+                   hd95: bool = False,
+                   on_classes: Callable[[CachedCase, np.ndarray], None] | None = None,
+                   max_seconds: float = 0.0) -> list[dict[str, Any]]:
+    """Sliding-window prediction of whole cached volumes and the scheme's region scores per case
+    (lesion-wise ones too when the objective is lesion-wise). ``on_classes`` gets each case's
+    predicted class map (e.g. to choose a post-processing on the same predictions).
+    ``max_seconds`` > 0: no case is started once that much time has passed (at least one is)."""
+    from unet3d.inference import keras_predict_fn, probabilities_to_classes, sliding_window_predict
+    from unet3d.model import inference_model  # (Keras: loaded when a model is scored, not before)
+
+    predict = keras_predict_fn(inference_model(model))
+    scheme = cfg.scheme
+    out = []
+    t0 = time.perf_counter()
+    for case in cases:
+        if max_seconds > 0 and out and time.perf_counter() - t0 >= max_seconds:
+            break
+        probs = sliding_window_predict(predict, np.asarray(case.image()), cfg.data.crop,
+                                       cfg.model.out_channels, overlap=cfg.train.val_overlap,
+                                       batch_size=cfg.train.val_batch_size)
+        pred = probabilities_to_classes(probs, cfg.model.head, scheme)
+        if on_classes is not None:
+            on_classes(case, pred)
+        lesionwise = cfg.train.objective == "lesionwise"
+        scores = region_scores(pred, case.classes(scheme), scheme, spacing=case.meta["spacing"],
+                               lesionwise=lesionwise, distances=hd95)
+        out.append({"case_id": case.case_id, **scores})
+    return out
+
+
+def mean_scores(per_case: Sequence[dict[str, Any]]) -> dict[str, float]:
+    keys = [k for k in per_case[0] if k != "case_id"]
+    return {k: float(np.mean([c[k] for c in per_case])) for k in keys}
+
+
+def evaluation_scheme(dataset: Dataset, labels: LabelScheme | None = None) -> LabelScheme:
+    """The scheme to score ``dataset`` with: ``labels`` if given (``--labels``, resolved where it
+    was read), else detected (the label values are read only where the layout leaves the release
+    open: BraTS GLI or PED, 2023 or 2024)."""
     if labels is not None:
-        return labels_mod.resolve(labels)
+        return labels
     values: set[int] = set()
     if dataset.layout == "brats2023" and (dataset.task or "").upper() in ("GLI", "PED"):
         for c in dataset.labelled:

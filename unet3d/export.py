@@ -28,15 +28,14 @@ from typing import TYPE_CHECKING, Any
 
 import keras
 
-from unet3d.checkpoint import CHECKPOINT, load_model, save_model
+from unet3d.checkpoint import load_model, save_model
 from unet3d.config import RunConfig
 from unet3d.errors import UserError
+from unet3d.folders import ExportFolder
 from unet3d.io_utils import atomic_write_json, public
 from unet3d.model import inference_model
-from unet3d.onnx_runtime import FILE as ONNX_FILE
 from unet3d.onnx_runtime import OPSET as ONNX_OPSET
 from unet3d.onnx_runtime import check_onnx, write_onnx
-from unet3d.postprocess import FILE as POSTPROCESS_FILE
 from unet3d.postprocess import Chooser, PostProcessChoice
 
 if TYPE_CHECKING:
@@ -46,9 +45,9 @@ if TYPE_CHECKING:
 def validation_postprocess(model: keras.Model, cfg: RunConfig, cases: Sequence[CachedCase], *,
                            hd95: bool = True) -> tuple[list[dict[str, Any]], PostProcessChoice]:
     """Per-case validation scores of ``model`` on labelled cached ``cases`` (as
-    :func:`unet3d.train.evaluate_cases`) and the post-processing chosen on those same predictions
+    :func:`unet3d.evaluation.evaluate_cases`) and the post-processing chosen on those same predictions
     for ``cfg.train.objective``: each case is predicted once."""
-    from unet3d.train import evaluate_cases
+    from unet3d.evaluation import evaluate_cases
 
     chooser = Chooser(cfg.scheme, cfg.train.objective)
 
@@ -135,17 +134,18 @@ def write_runtimes(model: keras.Model, cfg: RunConfig, folder: Path) -> None:
     once): the same files either way. The ONNX file is then also checked here against the JAX
     model itself.
     """
+    export = ExportFolder(folder)
     if keras.backend.backend() == "tensorflow":
-        model.export(str(folder / "saved_model"), format="tf_saved_model", verbose=False)
-        write_onnx(model, cfg, folder / ONNX_FILE)
+        model.export(str(export.saved_model), format="tf_saved_model", verbose=False)
+        write_onnx(model, cfg, export.onnx)
         return
     env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
     r = subprocess.run([sys.executable, "-m", "unet3d.export", str(folder)],
                        env=env, capture_output=True, text=True)
     if r.returncode != 0:
-        raise RuntimeError(f"SavedModel/ONNX export of {folder / 'model.keras'} under TensorFlow "
+        raise RuntimeError(f"SavedModel/ONNX export of {export.model} under TensorFlow "
                            f"failed:\n{r.stderr[-2000:]}")
-    check_onnx(model, cfg, folder / ONNX_FILE)
+    check_onnx(model, cfg, export.onnx)
 
 
 def export_model(model: keras.Model, cfg: RunConfig, metrics: dict[str, Any], out: str | Path,
@@ -157,15 +157,15 @@ def export_model(model: keras.Model, cfg: RunConfig, metrics: dict[str, Any], ou
     out.parent.mkdir(parents=True, exist_ok=True)
     model = inference_model(model)
     tmp = public(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    new = ExportFolder(tmp)
     try:
-        save_model(model, tmp / "model.keras")
-        cfg.save(tmp / "config.json")
+        save_model(model, new.model)
+        cfg.save(new.config)
         write_runtimes(model, cfg, tmp)
-        atomic_write_json(tmp / "metrics.json", metrics)
+        atomic_write_json(new.metrics, metrics)
         if postprocess is not None:
-            atomic_write_json(tmp / POSTPROCESS_FILE, postprocess.to_dict())
-        (tmp / "MODEL_CARD.md").write_text(_model_card(cfg, metrics, model.count_params(), source,
-                                                       postprocess))
+            atomic_write_json(new.postprocess, postprocess.to_dict())
+        new.card.write_text(_model_card(cfg, metrics, model.count_params(), source, postprocess))
         old = None
         if out.exists():
             old = out.with_name(f".{out.name}.old")
@@ -185,8 +185,8 @@ class ExportError(UserError, ValueError):
 
 def is_export(folder: Path) -> bool:
     """Whether ``folder`` is an export folder (this module's, of any version)."""
-    return (folder / "model.keras").is_file() and (folder / "config.json").is_file() and \
-        not (folder / CHECKPOINT).exists()
+    export = ExportFolder(folder)
+    return export.has_model() and not export.checkpoint.exists()
 
 
 def export_run(source: str | Path, out: str | Path | None = None) -> Path:
@@ -207,31 +207,32 @@ def export_run(source: str | Path, out: str | Path | None = None) -> Path:
     source = Path(source)
     if not source.is_dir():
         raise ExportError(f"{source}: no such folder (a train --out folder or an export folder)")
-    run = (source / CHECKPOINT).exists()
-    if not (source / "config.json").is_file() or not (run or is_export(source)):
+    given = ExportFolder(source)  # (a run folder is read through the names both share)
+    run = given.checkpoint.exists()
+    if not given.config.is_file() or not (run or is_export(source)):
         raise ExportError(f"{source}: neither a training run (config.json, checkpoint.npz) nor an "
                           f"export folder (config.json, model.keras)")
     out = Path(out) if out is not None else (source / "export" if run else source)
     if out.exists() and out != source and not is_export(out):
         raise ExportError(f"--out {out}: exists and is not an export folder (it would be replaced)")
     check_writable_dir(out, "--out")
-    cfg = RunConfig.load(source / "config.json")
+    cfg = RunConfig.load(given.config)
     metrics: dict[str, Any] = {}
-    if (source / "metrics.json").is_file():
+    if given.metrics.is_file():
         try:
-            metrics = json.loads((source / "metrics.json").read_text())
+            metrics = json.loads(given.metrics.read_text())
         except (OSError, ValueError) as e:
-            raise ExportError(f"{source / 'metrics.json'}: not readable JSON ({e})") from None
+            raise ExportError(f"{given.metrics}: not readable JSON ({e})") from None
     choice = None
-    if not run and (source / POSTPROCESS_FILE).is_file():
+    if not run and given.postprocess.is_file():
         try:
-            choice = PostProcessChoice.from_dict(json.loads((source / POSTPROCESS_FILE).read_text()))
+            choice = PostProcessChoice.from_dict(json.loads(given.postprocess.read_text()))
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ExportError(f"{source / POSTPROCESS_FILE}: not a post-processing choice "
+            raise ExportError(f"{given.postprocess}: not a post-processing choice "
                               f"({type(e).__name__}: {e})") from None
-    if (source / "model.keras").is_file():
+    if given.model.is_file():
         try:
-            model = load_model(source / "model.keras")
+            model = load_model(given.model)
         except ValueError as e:
             raise ExportError(str(e)) from None
         what = "its final model" if run else "an earlier export"
@@ -245,13 +246,12 @@ def export_run(source: str | Path, out: str | Path | None = None) -> Path:
 
 def load_export(folder: str | Path) -> tuple[keras.Model, RunConfig, dict[str, Any]]:
     """(model, config, metrics) of an export folder; the model is loaded with safe mode."""
-    folder = Path(folder)
-    cfg = RunConfig.load(folder / "config.json")
-    metrics = json.loads((folder / "metrics.json").read_text())
-    return load_model(folder / "model.keras"), cfg, metrics
+    export = ExportFolder(folder)
+    cfg = RunConfig.load(export.config)
+    metrics = json.loads(export.metrics.read_text())
+    return load_model(export.model), cfg, metrics
 
 
 if __name__ == "__main__":  # python -m unet3d.export FOLDER: write_runtimes's TensorFlow worker
-    _folder = Path(sys.argv[1])
-    write_runtimes(load_model(_folder / "model.keras"), RunConfig.load(_folder / "config.json"),
-                   _folder)
+    _export = ExportFolder(sys.argv[1])
+    write_runtimes(load_model(_export.model), RunConfig.load(_export.config), _export.path)

@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 import nibabel as nib
 import numpy as np
 
+from unet3d.folders import ExportFolder
 from unet3d.io_utils import atomic_path
-from unet3d.labels import DEFAULT, LabelScheme
+from unet3d.labels import LabelScheme
 from unet3d.postprocess import PostProcess, read_saved
 from unet3d.runtime import gpu_available, resolve_policy, resolve_xla
 
@@ -158,7 +159,7 @@ def keras_predict_fn(model) -> PredictFn:
 
 
 def probabilities_to_classes(probs: np.ndarray, head: str,
-                             scheme: LabelScheme = DEFAULT) -> np.ndarray:
+                             scheme: LabelScheme) -> np.ndarray:
     """(…, K) probabilities -> (…) uint8 training classes: the softmax argmax, or for a region head
     (…, R) each region > 0.5, decoded by ``scheme`` (the smallest region holding a voxel wins)."""
     if head == "regions":
@@ -265,15 +266,15 @@ def load_onnx_member(folder: str | Path) -> OnnxMember:
         ValueError: the config or postprocess.json is invalid.
     """
     from unet3d.config import RunConfig
-    from unet3d.onnx_runtime import FILE, missing, session
+    from unet3d.onnx_runtime import missing, session
 
-    folder = Path(folder)
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{folder / 'config.json'}: not found; --model must be an export "
+    export = ExportFolder(folder)
+    if not export.config.is_file():
+        raise FileNotFoundError(f"{export.config}: not found; --model must be an export "
                                 f"folder, e.g. <experiment>/best")
-    if not (folder / FILE).is_file():
+    if not export.onnx.is_file():
         raise missing(folder)
-    return OnnxMember(session=session(folder / FILE), cfg=RunConfig.load(folder / "config.json"),
+    return OnnxMember(session=session(export.onnx), cfg=RunConfig.load(export.config),
                       name=str(folder), postprocess=read_saved(folder))
 
 
@@ -298,13 +299,14 @@ def load_member(folder: str | Path, *, precision: str = "auto") -> KerasMember:
     from unet3d.model import build_unet3d
 
     folder = Path(folder)
-    for need in ("model.keras", "config.json"):
-        if not (folder / need).is_file():
-            raise FileNotFoundError(f"{folder / need}: not found; --model must be an export folder "
-                                    f"(model.keras + config.json), e.g. <experiment>/best")
-    cfg = RunConfig.load(folder / "config.json")
+    export = ExportFolder(folder)
+    for need in (export.model, export.config):
+        if not need.is_file():
+            raise FileNotFoundError(f"{need}: not found; --model must be an export folder "
+                                    f"({export.MODEL} + {export.CONFIG}), e.g. <experiment>/best")
+    cfg = RunConfig.load(export.config)
     post = read_saved(folder)
-    saved = load_model(folder / "model.keras")
+    saved = load_model(export.model)
     policy = resolve_policy(precision, cfg, gpu_available())
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(policy)
@@ -318,8 +320,8 @@ def load_member(folder: str | Path, *, precision: str = "auto") -> KerasMember:
         try:
             layer.set_weights(saved.get_layer(layer.name).get_weights())
         except ValueError as e:
-            raise ValueError(f"{folder / 'model.keras'}: layer {layer.name} does not match "
-                             f"{folder / 'config.json'} ({str(e).splitlines()[0]})") from None
+            raise ValueError(f"{export.model}: layer {layer.name} does not match "
+                             f"{export.config} ({str(e).splitlines()[0]})") from None
     model.compile(jit_compile=resolve_xla(cfg.train.xla))
     return KerasMember(model=model, cfg=cfg, name=str(folder), policy=policy, postprocess=post)
 

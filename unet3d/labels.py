@@ -220,7 +220,6 @@ BUILTIN: dict[str, LabelScheme] = {s.name: s for s in (
             {1: "edema", 2: "non-enhancing", 3: "enhancing"},
             {"WT": (1, 2, 3), "TC": (2, 3), "ET": (3,)}, _WT_TC_ET, enhancing=3, core=2),
 )}
-DEFAULT = BUILTIN["brats-legacy"]
 
 
 def from_dict(d: Any, *, source: str = "labels") -> LabelScheme:

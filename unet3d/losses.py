@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from keras import ops
 
-from unet3d.labels import DEFAULT, LabelScheme
+from unet3d.labels import LabelScheme
 
 SMOOTH = 1e-5
 _SPATIAL = (1, 2, 3)
@@ -54,7 +54,7 @@ def dice_ce_loss(y_true, y_pred):
     return dice_loss(y_true, y_pred) + cross_entropy(y_true, y_pred)
 
 
-def region_targets(y_true, region_classes: Mapping[str, Sequence[int]] = DEFAULT.region_classes):
+def region_targets(y_true, region_classes: Mapping[str, Sequence[int]]):
     """Class map (N, D, H, W[, 1]) -> float (N, D, H, W, R) targets, one per region (region name
     -> the training classes it unites, in order; default BraTS WT, TC, ET)."""
     y = _class_map(y_true)
@@ -68,7 +68,7 @@ def region_targets(y_true, region_classes: Mapping[str, Sequence[int]] = DEFAULT
 
 
 def region_loss(y_true, y_pred,
-                region_classes: Mapping[str, Sequence[int]] = DEFAULT.region_classes):
+                region_classes: Mapping[str, Sequence[int]]):
     """Region training (the scheme's regions, e.g. WT, TC, ET, as overlapping sigmoid channels):
     soft Dice + binary CE."""
     target = region_targets(y_true, region_classes)
@@ -81,7 +81,7 @@ def region_loss(y_true, y_pred,
 LOSSES: dict[str, Callable] = {"dice": dice_loss, "dice_ce": dice_ce_loss, "region": region_loss}
 
 
-def get_loss(name: str, scheme: LabelScheme = DEFAULT) -> Callable:
+def get_loss(name: str, scheme: LabelScheme) -> Callable:
     """The loss function for ``TrainConfig.loss``; the region loss uses ``scheme``'s regions."""
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; known: {', '.join(LOSSES)}")

@@ -54,7 +54,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
-from unet3d.labels import DEFAULT, LabelScheme
+from unet3d.labels import LabelScheme
 
 
 def dice(pred: np.ndarray, ref: np.ndarray) -> float:
@@ -117,7 +117,7 @@ def objective_score(scores: dict[str, float], objective: str) -> float:
 
 
 def region_scores(pred_classes: np.ndarray, ref_classes: np.ndarray,
-                  scheme: LabelScheme = DEFAULT, spacing: Sequence[float] | None = None, *,
+                  scheme: LabelScheme, spacing: Sequence[float] | None = None, *,
                   lesionwise: bool = False, surface: bool = False,
                   distances: bool = True) -> dict[str, float]:
     """Scores of two training-class maps (D, H, W) per region of ``scheme``.

@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 
     from unet3d.config import RunConfig
 
-FILE = "model.onnx"
 OPSET = 17
 TOLERANCE = 1e-4  # max abs difference of onnxruntime's probabilities from Keras's at export
 CHECK_SIZE = 64  # voxels per axis of the window export checks on, at most (see check_window)
@@ -187,6 +186,8 @@ def write_onnx(model: keras.Model, cfg: RunConfig, path: Path) -> float:
 
 def missing(folder: str | Path) -> OnnxMissingError:
     """The one-line error for an export folder without ``model.onnx``."""
-    return OnnxMissingError(f"{folder}: no {FILE} (exported before exports carried ONNX); "
+    from unet3d.folders import ExportFolder
+
+    return OnnxMissingError(f"{folder}: no {ExportFolder.ONNX} (exported before exports carried ONNX); "
                             f"re-export it (run_search.py export {folder}) or predict with "
                             f"--runtime keras")

@@ -31,6 +31,7 @@ from unet3d import labels as labels_mod
 from unet3d import memory
 from unet3d.config import PRESETS, RunConfig
 from unet3d.errors import UserError
+from unet3d.folders import RunFolder
 
 PLAN_HEADROOM = 0.85
 MAX_LEVELS = 6
@@ -216,7 +217,7 @@ def probe(plan: Plan, cache: str | Path, train_ids: Sequence[str], val_ids: Sequ
             raise PlanError(f"--probe: the planned configuration did not finish 2 x {steps} steps "
                             f"in {timeout_s:.0f} s")
         try:
-            metrics = json.loads((Path(tmp) / "metrics.json").read_text())
+            metrics = json.loads(RunFolder(tmp).metrics.read_text())
         except (OSError, json.JSONDecodeError):
             raise PlanError(f"--probe: the training run failed (exit code {child.exitcode}); "
                             f"was it killed for memory?") from None

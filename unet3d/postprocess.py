@@ -28,7 +28,8 @@ candidates, the simplest within ``margin`` of the best mean score wins (no post-
 none is allowed, and on ties). The ET rule is per component;
 the BraTS-2020 nnU-Net rule (all ET of a case becomes core when the case's ET volume is below a
 threshold) is the same whenever a case's ET is one component. The choice and every candidate's
-scores go to ``postprocess.json`` in the export folder (:data:`FILE`), which ``predict`` applies.
+scores go to ``postprocess.json`` in the export folder (``ExportFolder.postprocess``), which
+``predict`` applies.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from unet3d.labels import DEFAULT, LabelScheme
+from unet3d.folders import ExportFolder
+from unet3d.labels import LabelScheme
 from unet3d.metrics import OBJECTIVE_KEYS, region_scores
 
 _CONNECTIVITY = ndimage.generate_binary_structure(3, 3)  # 26-connected
@@ -90,7 +92,7 @@ class PostProcess:
         return ", ".join(steps) or "none"
 
     def __call__(self, classes: np.ndarray, spacing: Sequence[float],
-                 scheme: LabelScheme = DEFAULT) -> np.ndarray:
+                 scheme: LabelScheme) -> np.ndarray:
         """Applies the enabled steps to a (D, H, W) class map of ``scheme`` with voxel ``spacing``
         in mm."""
         out = classes
@@ -102,7 +104,7 @@ class PostProcess:
 
 
 def remove_small_et(classes: np.ndarray, spacing: Sequence[float], min_volume: float,
-                    scheme: LabelScheme = DEFAULT) -> np.ndarray:
+                    scheme: LabelScheme) -> np.ndarray:
     """A copy of ``classes`` with each enhancing component smaller than ``min_volume`` mm^3 made the
     scheme's core class (NCR/NETC)."""
     et = classes == scheme.enhancing_class
@@ -117,7 +119,7 @@ def remove_small_et(classes: np.ndarray, spacing: Sequence[float], min_volume: f
     return out
 
 
-def keep_largest_wt(classes: np.ndarray, scheme: LabelScheme = DEFAULT) -> np.ndarray:
+def keep_largest_wt(classes: np.ndarray, scheme: LabelScheme) -> np.ndarray:
     """A copy of ``classes`` with tumour voxels outside the largest whole-tumour component cleared
     (the scheme's tumour classes; others, e.g. a resection cavity, are kept)."""
     wt = np.isin(classes, scheme.tumour_classes)
@@ -132,14 +134,13 @@ def keep_largest_wt(classes: np.ndarray, scheme: LabelScheme = DEFAULT) -> np.nd
 
 
 # ----------------------------------------------------------------------------- chosen on validation
-FILE = "postprocess.json"  # in an export folder, next to model.keras
 # ET thresholds tried (mm^3; 0 = off). nnU-Net's BraTS entries and other winners remove ET below a
 # few hundred voxels (1 mm^3 each at BraTS's spacing); the grid spans specks to 500 mm^3.
 ET_THRESHOLDS_MM3: tuple[float, ...] = (0.0, 10.0, 25.0, 50.0, 100.0, 200.0, 500.0)
 MARGIN = 1e-3  # a step must beat the simpler choice by more than this (mean score over cases)
 
 
-def candidates(scheme: LabelScheme = DEFAULT,
+def candidates(scheme: LabelScheme,
                thresholds: Sequence[float] = ET_THRESHOLDS_MM3) -> list[PostProcess]:
     """Every candidate, simplest first: no post-processing, then one step (smaller ET threshold
     first), then both. A scheme without an enhancing label has the largest-WT rule alone."""
@@ -202,7 +203,7 @@ class Chooser:
     """Scores every candidate on validation cases given one at a time (:meth:`add`), then picks
     (:meth:`choose`). Identical class maps (a threshold that removes nothing) are scored once."""
 
-    def __init__(self, scheme: LabelScheme = DEFAULT, objective: str = "dice", *,
+    def __init__(self, scheme: LabelScheme, objective: str = "dice", *,
                  thresholds: Sequence[float] = ET_THRESHOLDS_MM3, margin: float = MARGIN) -> None:
         if objective not in OBJECTIVE_KEYS:
             raise ValueError(f"objective {objective!r}: must be one of {', '.join(OBJECTIVE_KEYS)}")
@@ -307,7 +308,7 @@ def _digest(classes: np.ndarray) -> bytes:
 
 
 def choose_postprocess(cases: Iterable[tuple[str, np.ndarray, np.ndarray, Sequence[float]]],
-                       scheme: LabelScheme = DEFAULT, objective: str = "dice", *,
+                       scheme: LabelScheme, objective: str = "dice", *,
                        thresholds: Sequence[float] = ET_THRESHOLDS_MM3,
                        margin: float = MARGIN) -> PostProcessChoice:
     """The post-processing that scores best on validation (see :class:`Chooser`).
@@ -337,7 +338,7 @@ def read_saved(folder: str | Path) -> PostProcess | None:
     Raises:
         ValueError: the file is unreadable or malformed (the message names it).
     """
-    path = Path(folder) / FILE
+    path = ExportFolder(folder).postprocess
     if not path.is_file():
         return None
     try:

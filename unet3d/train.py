@@ -30,16 +30,18 @@ import tensorflow as tf
 
 # (unet3d/__init__.py, which always runs before this module, has set TensorFlow's CPU defaults.)
 from unet3d.augment import augmented_model
-from unet3d.checkpoint import CHECKPOINT, load_checkpoint, read_state, save_checkpoint, save_model
+from unet3d.checkpoint import load_checkpoint, read_state, save_checkpoint, save_model
 from unet3d.config import RunConfig
 from unet3d.data.pipeline import train_dataset
 from unet3d.data.preprocess import CachedCase, open_cases
 from unet3d.distributed import Workers
 from unet3d.errors import UserError
-from unet3d.inference import keras_predict_fn, probabilities_to_classes, sliding_window_predict
+from unet3d.evaluation import evaluate_cases, mean_scores
+from unet3d.folders import RunFolder
+from unet3d.inference import keras_predict_fn
 from unet3d.io_utils import atomic_write_json
 from unet3d.losses import deep_supervision_weights, get_loss
-from unet3d.metrics import objective_score, region_scores, summarize
+from unet3d.metrics import objective_score, summarize
 from unet3d.model import build_unet3d, inference_model
 from unet3d.runtime import (
     backend,
@@ -81,34 +83,6 @@ def compile_model(model: keras.Model, cfg: RunConfig) -> None:
     model.optimizer.build(model.trainable_variables)
 
 
-def evaluate_cases(model: keras.Model, cases: Sequence[CachedCase], cfg: RunConfig, *,
-                   hd95: bool = False,
-                   on_classes: Callable[[CachedCase, np.ndarray], None] | None = None,
-                   max_seconds: float = 0.0) -> list[dict[str, Any]]:
-    """Sliding-window prediction of whole cached volumes and the scheme's region scores per case
-    (lesion-wise ones too when the objective is lesion-wise). ``on_classes`` gets each case's
-    predicted class map (e.g. to choose a post-processing on the same predictions).
-    ``max_seconds`` > 0: no case is started once that much time has passed (at least one is)."""
-    predict = keras_predict_fn(inference_model(model))
-    scheme = cfg.scheme
-    out = []
-    t0 = time.perf_counter()
-    for case in cases:
-        if max_seconds > 0 and out and time.perf_counter() - t0 >= max_seconds:
-            break
-        probs = sliding_window_predict(predict, np.asarray(case.image()), cfg.data.crop,
-                                       cfg.model.out_channels, overlap=cfg.train.val_overlap,
-                                       batch_size=cfg.train.val_batch_size)
-        pred = probabilities_to_classes(probs, cfg.model.head, scheme)
-        if on_classes is not None:
-            on_classes(case, pred)
-        lesionwise = cfg.train.objective == "lesionwise"
-        scores = region_scores(pred, case.classes(scheme), scheme, spacing=case.meta["spacing"],
-                               lesionwise=lesionwise, distances=hd95)
-        out.append({"case_id": case.case_id, **scores})
-    return out
-
-
 def window_latency(model: keras.Model, cfg: RunConfig, repeats: int = 10,
                    warmup: int = 2) -> tuple[float, float]:
     """(median seconds, relative spread) of one inference forward pass of a window (batch 1, the
@@ -127,11 +101,6 @@ def window_latency(model: keras.Model, cfg: RunConfig, repeats: int = 10,
         times.append(time.perf_counter() - t0)
     q1, median, q3 = np.percentile(times, [25, 50, 75])
     return float(median), float((q3 - q1) / median) if median > 0 else 0.0
-
-
-def mean_scores(per_case: Sequence[dict[str, Any]]) -> dict[str, float]:
-    keys = [k for k in per_case[0] if k != "case_id"]
-    return {k: float(np.mean([c[k] for c in per_case])) for k in keys}
 
 
 class _EpochEnd(keras.callbacks.Callback):
@@ -184,6 +153,7 @@ class Trainer:
         self._val_bounded = not cfg.data.val_seconds  # (data.val_seconds bounds the first one)
         self._latency: tuple[float, float] | None = None
         self.out = Path(out)
+        self.folder = RunFolder(self.out)
         self.resume = resume
         self.log = log or (lambda _msg: None)
         self.epoch_hook = epoch_hook
@@ -199,7 +169,7 @@ class Trainer:
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.out / CHECKPOINT
+        return self.folder.checkpoint
 
     def _check_out(self) -> None:
         ckpt = self.checkpoint_path
@@ -207,7 +177,7 @@ class Trainer:
             raise TrainError(f"{ckpt}: a checkpoint already exists; pass --resume to continue "
                              f"that run, or choose another --out")
         if self.resume and ckpt.exists():
-            saved = self.out / "config.json"
+            saved = self.folder.config
             if saved.exists() and RunConfig.load(saved) != self.cfg:
                 before = RunConfig.load(saved)
                 steps = int(read_state(ckpt)["epoch"]) * before.train.steps_per_epoch
@@ -229,7 +199,7 @@ class Trainer:
         self._check_backend()
         self.out.mkdir(parents=True, exist_ok=True)
         if self.is_chief:
-            cfg.save(self.out / "config.json")
+            cfg.save(self.folder.config)
         configure_devices()
         self._gpu = gpu_available()
         self.precision = training_precision(cfg.train.precision)
@@ -249,7 +219,7 @@ class Trainer:
                 self._resume_val_cases()
                 self.log(f"resumed from {self.checkpoint_path} after epoch {self.start_epoch}")
             if self.is_chief:
-                self._writer = tf.summary.create_file_writer(str(self.out / "tensorboard"))
+                self._writer = tf.summary.create_file_writer(str(self.folder.tensorboard))
             if self.start_epoch < cfg.train.epochs:
                 on_host = cfg.data.augment_on == "host"
                 ds = train_dataset(self.train_cases, cfg.data, cfg.train.batch_size,
@@ -471,8 +441,8 @@ class Trainer:
         metrics["throughput_vps"] = float(np.median(vps)) if vps else None
         metrics["memory_peak_gib"] = peak_memory_gib(self._gpu)
         if self.is_chief:
-            save_model(inference_model(self.model), self.out / "model.keras")
-            atomic_write_json(self.out / "metrics.json", metrics)
+            save_model(inference_model(self.model), self.folder.model)
+            atomic_write_json(self.folder.metrics, metrics)
         return metrics
 
 

@@ -243,9 +243,10 @@ def test_an_interrupted_search_resumes_with_search_restore(tmp_path):
     import optuna
     from test_tracking import check_trial_runs, mlflow_runs
 
-    from search.ray_searcher import JOURNAL, journal_storage
+    from search.ray_searcher import journal_storage
+    from search.storage import ExperimentFolder
 
-    study = optuna.load_study(study_name="cut", storage=journal_storage(exp / JOURNAL))
+    study = optuna.load_study(study_name="cut", storage=journal_storage(ExperimentFolder(exp).journal))
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]  # (the race's two)
     client, parent, children = mlflow_runs((tmp_path / "mlruns").as_uri())
     check_trial_runs(client, children, [r.to_dict() for r in done.trials])

@@ -12,6 +12,7 @@ import pytest
 
 from search import ensemble
 from search.results import TrialRow
+from search.storage import ExperimentFolder
 
 
 def _row(tid: str, score: float) -> TrialRow:
@@ -64,7 +65,7 @@ def test_an_ensemble_replaces_the_final_model_only_when_it_is_ahead_case_by_case
     assert [f.name for f in exported] == ["rank2_a", "rank3_b"]  # the next best, in order
     assert [t["chosen"] for t in record["tried"]] == [chosen == 2, chosen == 3]
     assert record["chosen"] == bool(chosen)
-    assert json.loads((exp / ensemble.FILE).read_text())["chosen"] == bool(chosen)
+    assert json.loads(ExperimentFolder(exp).ensemble_record.read_text())["chosen"] == bool(chosen)
     members = ensemble.final_members(exp)
     if not chosen:
         assert members is None and not (exp / "ensemble").exists() and "no ensemble" in record["why"]

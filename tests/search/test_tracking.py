@@ -151,9 +151,11 @@ def test_wandb_writes_an_offline_run_in_each_trial_folder(tracked):
 def test_the_optuna_study_in_the_experiment_folder_has_one_trial_per_search_trial(tracked):
     import optuna
 
-    from search.ray_searcher import JOURNAL, journal_storage
+    from search.ray_searcher import journal_storage
+    from search.storage import ExperimentFolder
 
-    study = optuna.load_study(study_name="tracked", storage=journal_storage(tracked["exp"] / JOURNAL))
+    journal = ExperimentFolder(tracked["exp"]).journal
+    study = optuna.load_study(study_name="tracked", storage=journal_storage(journal))
     assert len(study.trials) == len(tracked["trials"])
     assert sorted(json.dumps(t.params, sort_keys=True) for t in study.trials) == \
         sorted(json.dumps(t["params"], sort_keys=True) for t in tracked["trials"])
@@ -225,13 +227,14 @@ def test_a_resumed_searcher_reopens_its_study_and_fails_the_trials_ray_lost(tmp_
 
     import optuna
 
-    from search.ray_searcher import JOURNAL, BudgetedOptunaSearch
+    from search.ray_searcher import BudgetedOptunaSearch
+    from search.storage import ExperimentFolder
 
     (tmp_path / "exp").mkdir()
     space = {"x": optuna.distributions.FloatDistribution(0.0, 1.0)}
     s = BudgetedOptunaSearch(space=space, metric="m", mode="max", points_to_evaluate=[{"x": 0.5}],
                              sampler=optuna.samplers.RandomSampler(seed=0),
-                             journal=tmp_path / "exp" / JOURNAL)
+                             journal=ExperimentFolder(tmp_path / "exp").journal)
     at_start = pickle.dumps(s)  # (tuner.pkl)
     assert b"JournalStorage" not in at_start  # (the study is reopened, never unpickled)
     assert s.suggest("a") == {"x": 0.5}

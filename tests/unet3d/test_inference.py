@@ -10,6 +10,9 @@ from unet3d.inference import (
     sliding_window_predict,
     window_starts,
 )
+from unet3d.labels import BUILTIN
+
+LEGACY = BUILTIN["brats-legacy"]
 
 
 def test_window_starts_cover_the_axis_with_the_overlap():
@@ -78,9 +81,9 @@ def test_probabilities_to_classes_softmax_and_regions():
     p = np.zeros((2, 1, 1, 4), np.float32)
     p[0, 0, 0, 3] = 1
     p[1, 0, 0, 0] = 1
-    assert probabilities_to_classes(p, "softmax")[:, 0, 0].tolist() == [3, 0]
+    assert probabilities_to_classes(p, "softmax", LEGACY)[:, 0, 0].tolist() == [3, 0]
     r = np.array([[0.9, 0.9, 0.9], [0.9, 0.1, 0.1], [0.9, 0.9, 0.2], [0.1, 0.1, 0.1]], np.float32)
-    assert probabilities_to_classes(r, "regions").tolist() == [3, 2, 1, 0]
+    assert probabilities_to_classes(r, "regions", LEGACY).tolist() == [3, 2, 1, 0]
 
 
 @pytest.mark.parametrize(("size", "patch", "overlap", "expected"), [

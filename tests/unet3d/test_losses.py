@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from unet3d import losses
+from unet3d.labels import BUILTIN
 from unet3d.losses import (
     SMOOTH,
     cross_entropy,
@@ -26,6 +27,8 @@ from unet3d.losses import (
 
 ROOT = Path(__file__).resolve().parents[2]
 S = SMOOTH
+LEGACY = BUILTIN["brats-legacy"]
+WT_TC_ET = LEGACY.region_classes  # WT {1, 2, 3}, TC {1, 3}, ET {3} (training classes)
 
 
 def _f(x) -> float:
@@ -89,7 +92,8 @@ def test_perfect_prediction_gives_zero_losses():
     assert _f(dice_loss(y, p)) == pytest.approx(0.0, abs=1e-6)
     assert _f(cross_entropy(y, p)) == pytest.approx(0.0, abs=1e-6)
     assert _f(dice_ce_loss(y, p)) == pytest.approx(0.0, abs=1e-6)
-    assert _f(region_loss(y, np.asarray(region_targets(y)))) == pytest.approx(0.0, abs=1e-5)
+    perfect = np.asarray(region_targets(y, WT_TC_ET))
+    assert _f(region_loss(y, perfect, WT_TC_ET)) == pytest.approx(0.0, abs=1e-5)
 
 
 def test_wrong_prediction_gives_large_dice_loss():
@@ -115,7 +119,7 @@ def test_dice_loss_is_mean_over_samples():
 
 def test_region_targets_maps_classes_to_wt_tc_et():
     y = np.array([0, 1, 2, 3], dtype=np.int32).reshape(1, 1, 2, 2)
-    t = np.asarray(region_targets(y))
+    t = np.asarray(region_targets(y, WT_TC_ET))
     assert t.shape == (1, 1, 2, 2, 3)
     expected = np.array([[0, 0, 0],   # background
                          [1, 1, 0],   # NCR: WT, TC
@@ -123,7 +127,7 @@ def test_region_targets_maps_classes_to_wt_tc_et():
                          [1, 1, 1]],  # ET: WT, TC, ET
                         dtype=np.float32)
     np.testing.assert_array_equal(t.reshape(4, 3), expected)
-    np.testing.assert_array_equal(np.asarray(region_targets(y[..., None])), t)
+    np.testing.assert_array_equal(np.asarray(region_targets(y[..., None], WT_TC_ET)), t)
 
 
 def test_region_loss_hand_value():
@@ -137,7 +141,7 @@ def test_region_loss_hand_value():
     bce = -(math.log(0.9) + math.log(0.6) + math.log(0.5)      # voxel 1: targets 1
             + math.log(0.9) + math.log(0.8) + math.log(0.5)) / 6.0  # voxel 2: targets 0
     expected = (1.0 - dice) + bce
-    assert _f(region_loss(y, p)) == pytest.approx(expected, abs=1e-5)
+    assert _f(region_loss(y, p, WT_TC_ET)) == pytest.approx(expected, abs=1e-5)
 
 
 @pytest.mark.parametrize("name", ["dice", "dice_ce", "region"])
@@ -150,20 +154,20 @@ def test_label_shape_with_or_without_channel_axis(name):
         p = 1.0 / (1.0 + np.exp(-logits))
     else:
         p = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
-    fn = get_loss(name)
+    fn = get_loss(name, LEGACY)
     a, b = _f(fn(y, p)), _f(fn(y[..., None], p))
     assert np.isfinite(a) and a > 0.1
     assert a == pytest.approx(b, abs=1e-7)
 
 
 def test_get_loss_known_and_unknown():
-    assert get_loss("dice") is dice_loss
-    assert get_loss("dice_ce") is dice_ce_loss
+    assert get_loss("dice", LEGACY) is dice_loss
+    assert get_loss("dice_ce", LEGACY) is dice_ce_loss
     y = np.array([3, 0], dtype=np.int32).reshape(1, 1, 1, 2)
     p = np.full((1, 1, 1, 2, 3), 0.4, np.float32)
-    assert _f(get_loss("region")(y, p)) == pytest.approx(_f(region_loss(y, p)), abs=1e-7)
+    assert _f(get_loss("region", LEGACY)(y, p)) == pytest.approx(_f(region_loss(y, p, WT_TC_ET)), abs=1e-7)
     with pytest.raises(ValueError, match="unknown loss"):
-        get_loss("focal")
+        get_loss("focal", LEGACY)
 
 
 def test_region_loss_follows_the_scheme_regions():
@@ -196,6 +200,7 @@ _BACKEND_SNIPPET = r"""
 import json
 import numpy as np
 import unet3d, keras
+from unet3d.labels import BUILTIN
 from unet3d.losses import dice_ce_loss, region_loss
 
 def compute():
@@ -206,7 +211,8 @@ def compute():
     s = (1.0 / (1.0 + np.exp(-z[..., :3]))).astype(np.float32)
     return {"backend": keras.backend.backend(),
             "dice_ce": float(np.asarray(dice_ce_loss(y, p))),
-            "region": float(np.asarray(region_loss(y, s)))}
+            "region": float(np.asarray(region_loss(y, s,
+                                                   BUILTIN["brats-legacy"].region_classes)))}
 """
 
 

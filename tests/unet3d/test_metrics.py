@@ -10,9 +10,11 @@ import pytest
 from scipy import ndimage
 from scipy.spatial.distance import cdist
 
+from unet3d.labels import BUILTIN
 from unet3d.metrics import dice, hd95, region_scores, summarize
 
 SPACING = (1.0, 2.0, 3.0)
+LEGACY = BUILTIN["brats-legacy"]
 
 
 # ----------------------------------------------------------------------------- reference
@@ -202,7 +204,7 @@ def _class_maps() -> tuple[np.ndarray, np.ndarray]:
 
 def test_region_scores_dice_by_hand():
     pred, ref = _class_maps()
-    s = region_scores(pred, ref)
+    s = region_scores(pred, ref, LEGACY)
     # WT: ref {0..5}, pred {0,1,2,3,4,6}: overlap 5 -> 10/12
     # TC: ref {0,1,4,5}, pred {0,4,6}: overlap 2 -> 4/7
     # ET: ref {4,5}, pred {4,6}: overlap 1 -> 2/4
@@ -215,7 +217,7 @@ def test_region_scores_dice_by_hand():
 
 def test_region_scores_with_spacing_adds_hd95():
     pred, ref = _class_maps()
-    s = region_scores(pred, ref, spacing=SPACING)
+    s = region_scores(pred, ref, LEGACY, spacing=SPACING)
     assert set(s) == {f"{m}_{r}" for m in ("dice", "hd95") for r in ("WT", "TC", "ET", "mean")}
     wt = (np.isin(pred, [1, 2, 3]), np.isin(ref, [1, 2, 3]))
     tc = (np.isin(pred, [1, 3]), np.isin(ref, [1, 3]))
@@ -234,7 +236,7 @@ def test_region_scores_empty_region_conventions():
     ref[1, 1, 1] = 2  # edema only: WT present, TC and ET empty in the reference
     pred[1, 1, 1] = 2
     pred[2, 2, 2] = 1  # prediction adds a core voxel: TC predicted but absent
-    s = region_scores(pred, ref, spacing=SPACING)
+    s = region_scores(pred, ref, LEGACY, spacing=SPACING)
     diag = math.sqrt(4**2 + 8**2 + 12**2)
     assert s["dice_ET"] == 1.0 and s["hd95_ET"] == 0.0
     assert s["dice_TC"] == 0.0 and s["hd95_TC"] == pytest.approx(diag)

@@ -184,8 +184,10 @@ def test_cli_predict_runtime_onnx_writes_the_labels_predict_does(exported, case_
 
     # The command the message names re-exports the folder in place (with a post-processing
     # choice saved beside the old export, kept), and the ONNX runtime then predicts the same.
-    from unet3d.postprocess import FILE as POSTPROCESS_FILE
+    from unet3d.folders import ExportFolder
     from unet3d.postprocess import PostProcess, PostProcessChoice
+
+    POSTPROCESS_FILE = ExportFolder.POSTPROCESS
 
     table = tuple({**p.to_dict(), "score": 0.5 + 0.1 * p.largest_wt, "chosen": p.largest_wt}
                   for p in (PostProcess(), PostProcess(largest_wt=True)))

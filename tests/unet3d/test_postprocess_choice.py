@@ -16,7 +16,6 @@ import pytest
 
 from unet3d.labels import BUILTIN
 from unet3d.postprocess import (
-    FILE,
     PostProcess,
     PostProcessChoice,
     candidates,
@@ -25,6 +24,7 @@ from unet3d.postprocess import (
 )
 
 LEGACY = BUILTIN["brats-legacy"]
+FILE = "postprocess.json"  # (an export's file: the format earlier exports were written in)
 NCR, ED, ET = 1, 2, 3
 ONE_MM = (1.0, 1.0, 1.0)
 

@@ -201,13 +201,13 @@ def test_small_et_components_become_necrosis_by_volume_in_mm3():
     c[2:8, 2:8, 2:8] = 3          # 216 voxels
     c[15:17, 15:17, 15:17] = 3    # 8 voxels
     c[12, 2, 2] = 2
-    out = remove_small_et(c, (1.0, 1.0, 2.0), min_volume=20.0)  # 16 mm^3 < 20 <= 432 mm^3
+    out = remove_small_et(c, (1.0, 1.0, 2.0), 20.0, LEGACY)  # 16 mm^3 < 20 <= 432 mm^3
     assert (out[15:17, 15:17, 15:17] == 1).all() and (out[2:8, 2:8, 2:8] == 3).all()
     assert out[12, 2, 2] == 2 and c[15, 15, 15] == 3  # input untouched
-    assert (remove_small_et(c, (1, 1, 1), 1000) == 3).sum() == 0  # every ET component is small
+    assert (remove_small_et(c, (1, 1, 1), 1000, LEGACY) == 3).sum() == 0  # every ET component is small
     # At the threshold: a component of exactly the minimum volume is kept, one just over it not.
-    assert (remove_small_et(c, (1.0, 1.0, 2.0), min_volume=16.0)[15:17, 15:17, 15:17] == 3).all()
-    assert (remove_small_et(c, (1.0, 1.0, 2.0), min_volume=16.5)[15:17, 15:17, 15:17] == 1).all()
+    assert (remove_small_et(c, (1.0, 1.0, 2.0), 16.0, LEGACY)[15:17, 15:17, 15:17] == 3).all()
+    assert (remove_small_et(c, (1.0, 1.0, 2.0), 16.5, LEGACY)[15:17, 15:17, 15:17] == 1).all()
     # Whole tumour and tumour core are unchanged: only ET loses voxels.
     for before, after in zip(np.moveaxis(LEGACY.classes_to_regions(c), -1, 0)[:2],
                              np.moveaxis(LEGACY.classes_to_regions(out), -1, 0)[:2], strict=True):
@@ -242,11 +242,11 @@ def test_only_the_largest_whole_tumour_component_is_kept():
     c[4:6, 4:6, 4:6] = 3
     c[9, 9, 9] = 1               # touches the big one diagonally (26-connected): kept
     c[15:18, 15:18, 15:18] = 3   # separate: removed
-    out = keep_largest_wt(c)
+    out = keep_largest_wt(c, LEGACY)
     assert out[9, 9, 9] == 1 and (out[15:18, 15:18, 15:18] == 0).all()
     np.testing.assert_array_equal(out[:10, :10, :10], c[:10, :10, :10])
     post = PostProcess(largest_wt=True, min_et_volume=100)
-    assert post.active and (post(c, (1, 1, 1)) == 3).sum() == 0
+    assert post.active and (post(c, (1, 1, 1), LEGACY) == 3).sum() == 0
     with pytest.raises(ValueError, match="min_et_volume"):
         PostProcess(min_et_volume=-1)
 
@@ -508,7 +508,7 @@ def test_float16_cache_scores_as_float32(trained, synth16, tmp_path):
     them equals its Dice on the float32 images they were made from."""
     from unet3d.checkpoint import model_from_run
     from unet3d.data.preprocess import CACHE_DTYPE, open_cases
-    from unet3d.train import evaluate_cases
+    from unet3d.evaluation import evaluate_cases
 
     model, cfg, _ = model_from_run(trained)
     cases = discover(synth16).cases[-3:]

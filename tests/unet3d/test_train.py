@@ -35,8 +35,8 @@ def test_cli_train_learns_far_above_an_untrained_model(synth16, tmp_path):
     # The same architecture, untrained, on the same validation cases.
     from unet3d.checkpoint import load_model
     from unet3d.data.preprocess import CachedCase
+    from unet3d.evaluation import evaluate_cases, mean_scores
     from unet3d.model import build_unet3d
-    from unet3d.train import evaluate_cases, mean_scores
 
     val = [CachedCase(tmp_path / "cache" / cid,
                       json.loads((tmp_path / "cache" / cid / "meta.json").read_text()))
@@ -129,9 +129,10 @@ def test_killed_training_resumes_from_its_checkpoint(synth16, tmp_path):
 
 
 def test_checkpoint_restores_weights_and_optimizer_state(synth16, tmp_path, seed):
-    from unet3d.checkpoint import CHECKPOINT, _random_states
+    from unet3d.checkpoint import _random_states
     from unet3d.data.discover import discover
     from unet3d.data.preprocess import prepare
+    from unet3d.folders import RunFolder
     from unet3d.train import Trainer
 
     entries = prepare(discover(synth16).cases[:3], tmp_path / "cache")
@@ -140,7 +141,7 @@ def test_checkpoint_restores_weights_and_optimizer_state(synth16, tmp_path, seed
                     data=DataConfig(crop=(16, 16, 16)))
     t1 = Trainer(cfg.replace(train={"epochs": 1}), entries[:2], [], tmp_path / "a")
     t1.fit()
-    assert (tmp_path / "a" / CHECKPOINT).exists()
+    assert RunFolder(tmp_path / "a").checkpoint.exists()
     t2 = Trainer(cfg.replace(train={"epochs": 1}), entries[:2], [], tmp_path / "a", resume=True)
     t2.fit()  # nothing left to train: loads the checkpoint and finishes
     for a, b in zip(t1.model.get_weights(), t2.model.get_weights(), strict=True):
@@ -192,9 +193,10 @@ def test_mixed_precision_runs_a_step_with_loss_scaling(precision, synth16, tmp_p
 
 
 def test_a_diverged_loss_stops_training_and_keeps_the_last_good_checkpoint(synth16, tmp_path, seed):
-    from unet3d.checkpoint import CHECKPOINT, read_checkpoint
+    from unet3d.checkpoint import read_checkpoint
     from unet3d.data.discover import discover
     from unet3d.data.preprocess import prepare
+    from unet3d.folders import RunFolder
     from unet3d.train import Trainer, TrainError
 
     cases = prepare(discover(synth16).cases[:3], tmp_path / "cache")
@@ -211,7 +213,7 @@ def test_a_diverged_loss_stops_training_and_keeps_the_last_good_checkpoint(synth
     with pytest.raises(TrainError, match=r"loss is nan in epoch 2: training diverged .*last good "
                                          r"checkpoint is epoch 1"):
         trainer.fit()
-    weights, _, state = read_checkpoint(tmp_path / "run" / CHECKPOINT)
+    weights, _, state = read_checkpoint(RunFolder(tmp_path / "run").checkpoint)
     assert state["epoch"] == 1 and all(np.isfinite(w).all() for w in weights)
 
 
