@@ -61,41 +61,68 @@ def _load_config(args: argparse.Namespace):
     return RunConfig.repaired_from_dict(d, source=" ".join(given))
 
 
-def _prepare(data: Path, cache: Path, labels: str | None = None, verbose: bool = True,
-             jobs: int | None = None, mapper=None):
-    """discover -> prepare (+ label scheme, input channels), printing what was found."""
-    from unet3d import labels as labels_mod
-    from unet3d.data.discover import discover
-    from unet3d.data.preprocess import prepare_dataset
-    from unet3d.io_utils import check_writable_dir
+class _Progress:
+    """Preprocessing progress on a terminal: one line rewritten per case, ended before the next
+    line the command prints (``log``)."""
 
-    # --labels read once, before anything is read or written (a bad one is named then), and the
-    # data read with that scheme
-    scheme = labels_mod.resolve(labels) if labels is not None else None
-    if jobs is not None and jobs < 1:
-        raise_user(f"--jobs {jobs}: must be at least 1")
-    ds = discover(data)
-    check_writable_dir(cache, "--cache")
-    n = len(ds.cases)
-    done = [0]
+    def __init__(self) -> None:
+        self.open = False
 
-    def progress(case, reused: bool) -> None:
-        done[0] += 1
-        if verbose and sys.stdout.isatty():
-            print(f"\rpreprocess {done[0]}/{n} {case.case_id:<24}", end="", flush=True)
-
-    t0 = time.perf_counter()
-    prep = prepare_dataset(ds, cache, scheme, progress, jobs=jobs, mapper=mapper)
-    seconds = time.perf_counter() - t0
-    if verbose:
+    def __call__(self, done: int, total: int, case_id: str) -> None:
         if sys.stdout.isatty():
+            print(f"\rpreprocess {done}/{total} {case_id:<24}", end="", flush=True)
+            self.open = True
+
+    def log(self, line: str) -> None:
+        if self.open:
             print()
-        where = f" (found in {ds.root})" if ds.root.resolve() != Path(data).resolve() else ""
-        _print(f"{ds.layout} layout{where}: {n} cases ({len(ds.labelled)} labelled) -> {cache} "
-               f"({n - prep.reused} preprocessed, {prep.reused} reused; {seconds:.1f} s)")
-        _print(f"labels: {prep.scheme.describe()} ({'--labels' if labels else 'detected'}; "
-               f"tumour mean over {', '.join(prep.scheme.tumour)})")
-    return prep
+            self.open = False
+        _print(line)
+
+
+class _Bar:
+    """A tqdm bar on a terminal (none elsewhere) fed by a library call's ``progress(done, total,
+    name)``; lines the command prints meanwhile (``log``) go above it. ``position`` 1, not left
+    behind: a bar per item of another bar (reset when its total changes)."""
+
+    def __init__(self, unit: str, position: int = 0) -> None:
+        self.unit, self.position, self.bar = unit, position, None
+
+    def __enter__(self) -> _Bar:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def __call__(self, done: int, total: int, name: str) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=total, unit=self.unit, disable=None, position=self.position,
+                            leave=self.position == 0)
+        if self.position and (self.bar.total != total or done < self.bar.n):
+            self.bar.reset(total)
+            self.bar.set_description(name)
+        self.bar.update(done - self.bar.n)
+
+    def log(self, line: str) -> None:
+        from tqdm import tqdm
+
+        if self.bar is not None:
+            tqdm.write(line, file=sys.stdout)
+        else:
+            _print(line)
+
+
+def _prepare(data: Path, cache: Path, labels: str | None = None, mapper=None,
+             jobs: int | None = None):
+    """discover -> prepare (+ label scheme, input channels), printing what was found."""
+    from unet3d import api
+
+    progress = _Progress()
+    return api.prepare(data, cache, labels=labels, jobs=jobs, mapper=mapper, log=progress.log,
+                       progress=progress)
 
 
 def _budget(args: argparse.Namespace) -> tuple[str, float, str]:
@@ -235,63 +262,12 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from unet3d.data.split import kfold
-    from unet3d.folders import RunFolder
-    from unet3d.io_utils import check_writable_dir
+    from unet3d import api
 
-    cfg = _load_config(args)
-    if args.workers < 1:
-        raise_user(f"--workers {args.workers}: must be at least 1")
-    if args.workers > 1 and cfg.train.backend == "jax":
-        raise_user(f"--workers {args.workers} with train.backend jax: Horovod workers train under "
-                   f"tensorflow only (under JAX one process trains on all of a machine's GPUs)")
-    _use_backend(cfg.train.backend)
-    out = check_writable_dir(args.out, "--out")  # and _prepare checks --cache: before either is made
-    prep = _prepare(Path(args.data), _cache_dir(args), args.labels, jobs=args.jobs)
-    entries, scheme = prep.entries, prep.scheme
-    repaired = cfg.with_labels(scheme, prep.channels)
-    if repaired.train.loss != cfg.train.loss:
-        _print(f"train.loss {cfg.train.loss} -> {repaired.train.loss}: the regions of {scheme.name} "
-               f"do not nest, so a region head cannot be decoded")
-    cfg = repaired
-    labelled = [e for e in entries if e.meta["labelled"]]
-    if len(labelled) < cfg.data.folds:
-        raise_user(f"{args.data}: {len(labelled)} labelled cases, fewer than data.folds="
-                   f"{cfg.data.folds}")
-    train_ids, val_ids = kfold([e.case_id for e in labelled], cfg.data.folds, cfg.data.fold,
-                               cfg.data.split_seed)
-    by_id = {e.case_id: e for e in labelled}
-    from unet3d.train import Trainer
-
-    _print(f"training fold {cfg.data.fold}/{cfg.data.folds}: {len(train_ids)} train, "
-           f"{len(val_ids)} validation cases; crop {list(cfg.data.crop)}, batch "
-           f"{cfg.train.batch_size}, {plural(cfg.train.epochs, 'epoch')} x "
-           f"{plural(cfg.train.steps_per_epoch, 'step')}")
-    t0 = time.perf_counter()
-    if args.workers > 1:
-        from unet3d import distributed
-        from unet3d.train import train_worker
-
-        if not distributed.horovod_available():
-            raise_user(f"--workers {args.workers}: {distributed.INSTALL_HINT}")
-        _print(f"launching {args.workers} Horovod workers (Gloo, loopback)")
-        results = distributed.launch(
-            train_worker, dict(config=cfg.to_dict(), cache=str(_cache_dir(args).resolve()),
-                               train_ids=train_ids, val_ids=val_ids, out=str(out),
-                               resume=args.resume, scale_lr=args.scale_lr), args.workers)
-        metrics = next(r for r in results if r is not None)
-    else:
-        trainer = Trainer(cfg, [by_id[i] for i in train_ids], [by_id[i] for i in val_ids], out,
-                          resume=args.resume, log=_print)
-        metrics = trainer.fit()
-    _print(f"trained in {time.perf_counter() - t0:.0f} s; {metrics['parameters']:,} parameters")
-    if "final" in metrics:
-        f = metrics["final"]
-        _print(f"validation ({len(val_ids)} cases): Dice {_regions_line(f, scheme)} | HD95 mean "
-               f"{f['hd95_mean']:.2f} mm")
-    run = RunFolder(out)
-    _print(f"model: {run.model}\nconfig: {run.config}\nmetrics: {run.metrics}\n"
-           f"tensorboard --logdir {run.tensorboard} --host 127.0.0.1")
+    progress = _Progress()
+    api.train(args.data, out=args.out, config=_load_config(args), cache=_cache_dir(args),
+              labels=args.labels, workers=args.workers, resume=args.resume,
+              scale_lr=args.scale_lr, jobs=args.jobs, log=progress.log, progress=progress)
     return 0
 
 
@@ -300,12 +276,6 @@ def _use_backend(name: str) -> None:
     from unet3d.runtime import use_backend
 
     use_backend(name)
-
-
-def _regions_line(scores: dict, scheme) -> str:
-    """'WT 0.912 TC 0.874 ET 0.801 RC 0.650 mean 0.862' (the mean over the tumour regions)."""
-    parts = [f"{r} {scores[f'dice_{r}']:.3f}" for r in scheme.regions if f"dice_{r}" in scores]
-    return " ".join(parts + [f"mean {scores['dice_mean']:.3f}"])
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -481,10 +451,11 @@ def cmd_retrain_best(args: argparse.Namespace) -> int:
         m = json.loads(export.metrics.read_text())
         line = f"exported: {out}"
         if "final" in m:
+            from unet3d.api import regions_line
             from unet3d.config import RunConfig
 
             scheme = RunConfig.load(export.config).scheme
-            line += f" (validation Dice {_regions_line(m['final'], scheme)})"
+            line += f" (validation Dice {regions_line(m['final'], scheme)})"
         _print(line)
     return 0
 
@@ -533,129 +504,27 @@ def _resolve_models(paths: list[str], top_k: int | None) -> list[Path]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    from unet3d import api
 
-    from unet3d.data.discover import discover_input
-    from unet3d.data.preprocess import load_case
-    from unet3d.inference import (
-        Predictor,
-        load_member,
-        load_onnx_member,
-        resolve_postprocess,
-        write_prediction,
-    )
-    from unet3d.io_utils import atomic_write_json, check_writable_dir
-    from unet3d.runtime import peak_memory_gib
-
-    _use_backend(args.backend)
-    if not 0 <= args.overlap < 1:
-        raise_user(f"--overlap {args.overlap}: must be in [0, 1)")
-    if not 1 <= args.tta <= 8:
-        raise_user(f"--tta {args.tta}: must be 1..8 flips")
-    if args.batch_size < 1:
-        raise_user(f"--batch-size {args.batch_size}: must be at least 1")
-    if args.min_et_volume is not None and not args.min_et_volume >= 0:  # NaN too
-        raise_user(f"--min-et-volume {args.min_et_volume}: must be >= 0 mm^3")
     if args.top_k is not None and args.top_k < 1:  # (only an experiment reaches export_top)
         raise_user(f"--top-k {args.top_k}: must be at least 1")
-    out = check_writable_dir(args.out, "--out")
-    cases = discover_input(args.input)
-    folders = _resolve_models(args.model, args.top_k)
-    members = []
-    for f in folders:
-        try:
-            members.append(load_onnx_member(f) if args.runtime == "onnx"
-                           else load_member(f, precision=args.precision))
-        except (FileNotFoundError, ValueError) as e:  # (a missing model.onnx is a UserError too)
-            raise_user(str(e))
-    post, post_line = resolve_postprocess(members, args.postprocess, min_et_volume=args.min_et_volume,
-                                          largest_wt=args.largest_wt)
-    predictor = Predictor(members, overlap=args.overlap, tta=args.tta, batch_size=args.batch_size,
-                          postprocess=post, keep_probabilities=args.probabilities)
-    if post.min_et_volume > 0 and predictor.scheme.enhancing is None:
-        raise_user(f"--min-et-volume {args.min_et_volume}: the models' labels "
-                   f"({predictor.scheme.name}) have no enhancing tumour")
-    want = members[0].in_channels
-    for case in cases:  # checked before anything is written
-        if len(case.modalities) != want:
-            raise_user(f"case {case.case_id}: has {len(case.modalities)} modalities "
-                       f"({', '.join(case.modalities)}); the model reads {want}")
-    out.mkdir(parents=True, exist_ok=True)
-    for m in members:
-        where = f", onnxruntime {'/'.join(m.providers)}" if args.runtime == "onnx" else ""
-        _print(f"model {m.name}: {m.cfg.model.depth} levels, filters {list(m.cfg.model.filters)}, "
-               f"{m.cfg.model.head} head, windows {list(m.patch)}, {m.policy}{where}")
-    _print(f"post-processing: {post_line}")
-    _print(f"predicting {len(cases)} case(s) with {len(members)} model(s), overlap {args.overlap}, "
-           f"{args.tta} flip(s) -> {out}")
-    atomic_write_json(out / "predict.json", {
-        "models": [str(f.resolve()) for f in folders], "input": str(Path(args.input).resolve()),
-        "overlap": args.overlap, "tta": args.tta, "precision": [m.policy for m in members],
-        "backend": args.backend, "runtime": args.runtime,
-        "onnx_providers": members[0].providers if args.runtime == "onnx" else None,
-        "postprocess": post.to_dict(), "postprocess_source": post_line,
-        "probabilities": predictor.channels if args.probabilities else None})
-    t0 = time.perf_counter()
-    with tqdm(total=len(cases), unit="case", disable=None, position=0) as case_bar:
-        for case in cases:
-            bar = tqdm(unit="window", disable=None, position=1, leave=False, desc=case.case_id)
-            try:
-                pred = predictor.predict(load_case(_unlabelled(case)), progress=bar.update,
-                                         on_preprocessed=lambda s, b=bar: b.reset(predictor.windows(s)))
-            finally:
-                bar.close()
-            files = write_prediction(pred, out)
-            tqdm.write(f"{case.case_id}: {pred.windows} window evaluations, {pred.seconds:.1f} s -> "
-                       f"{', '.join(f.name for f in files)}", file=sys.stdout)
-            case_bar.update(1)
-    _print(f"{len(cases)} case(s) in {time.perf_counter() - t0:.1f} s; peak memory "
-           f"{peak_memory_gib(gpu=False):.2f} GiB; predictions in {out}")
+    with _Bar("case") as cases, _Bar("window", position=1) as windows:
+        api.predict(lambda: _resolve_models(args.model, args.top_k), args.input, args.out,
+                    runtime=args.runtime, precision=args.precision,
+                    backend=args.backend, overlap=args.overlap, tta=args.tta,
+                    batch_size=args.batch_size, postprocess=args.postprocess,
+                    min_et_volume=args.min_et_volume, largest_wt=args.largest_wt,
+                    probabilities=args.probabilities, log=cases.log, progress=cases,
+                    windows=windows)
     return 0
 
 
-def _unlabelled(case):
-    import dataclasses
-
-    return dataclasses.replace(case, label=None)  # prediction never needs (or validates) the label
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    from unet3d import api
 
-    from unet3d import labels as labels_mod
-    from unet3d.data.discover import discover
-    from unet3d.evaluation import (
-        evaluate_folder,
-        evaluation_scheme,
-        format_summary,
-        missing_predictions,
-        summary,
-        write_evaluation,
-    )
-    from unet3d.io_utils import check_writable_dir, check_writable_file
-
-    if args.out:
-        out = check_writable_file(args.out, "--out")
-    else:  # the default --out is PRED/evaluation.csv
-        out = check_writable_dir(args.pred, "--pred") / "evaluation.csv"
-    given = labels_mod.resolve(args.labels) if args.labels is not None else None
-    ds = discover(args.data)
-    scheme = evaluation_scheme(ds, given)
-    _print(f"labels: {scheme.describe()} ({'--labels' if args.labels else 'detected'})")
-    n = sum(1 for c in ds.cases if c.label is not None)
-    skipped = missing_predictions(args.pred, ds.cases) if args.partial and Path(args.pred).is_dir() \
-        else []
-    with tqdm(total=n - len(skipped), unit="case", disable=None) as bar:
-        rows = evaluate_folder(args.pred, ds.cases, scheme, jobs=args.jobs,
-                               progress=lambda r: bar.update(1), partial=args.partial)
-    csv_path, summary_path = write_evaluation(rows, out, scheme, skipped)
-    _print(f"{len(rows)} case(s) of {ds.root} scored against {args.pred}")
-    if skipped:
-        shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
-        _print(f"--partial: {len(skipped)} of {n} labelled cases skipped (no prediction): {shown}")
-    _print(format_summary(summary(rows, scheme), scheme))
-    _print(f"per case: {csv_path}")
-    _print(f"summary: {summary_path}")
+    with _Bar("case") as bar:
+        api.evaluate(args.pred, args.data, out=args.out or None, labels=args.labels, jobs=args.jobs,
+                     partial=args.partial, log=bar.log, progress=bar)
     return 0
 
 
