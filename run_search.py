@@ -38,7 +38,9 @@ def _tty_progress(what: str, total: int):
 
 
 def _cache_dir(args: argparse.Namespace) -> Path:
-    return Path(args.cache) if args.cache else Path(args.data) / ".unet3d-cache"
+    from unet3d.api import default_cache
+
+    return Path(args.cache) if args.cache else default_cache(args.data)
 
 
 def _load_config(args: argparse.Namespace):

@@ -168,7 +168,9 @@ class SearchSpec:
 
     @property
     def cache_folder(self) -> Path:
-        return (Path(self.cache) if self.cache else self.data_folder / ".unet3d-cache").resolve()
+        from unet3d.api import default_cache
+
+        return (Path(self.cache) if self.cache else default_cache(self.data_folder)).resolve()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
