@@ -245,14 +245,15 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     if not args.address:
         _prepare(Path(args.data), _cache_dir(args), args.labels, jobs=args.jobs)
         return 0
-    from search import ray_engine
+    from search import ray_cluster
+    from search.ray_options import RayOptions
     from search.ray_tasks import task_mapper
 
-    opts = ray_engine.RayOptions(address=args.address)
-    with ray_engine.environment(opts):
-        ray_engine.connect(opts)
+    opts = RayOptions(address=args.address)
+    with ray_cluster.environment(opts):
+        ray_cluster.connect(opts)
         try:
-            _print(f"preprocessing as Ray tasks on {ray_engine.cluster_summary()}")
+            _print(f"preprocessing as Ray tasks on {ray_cluster.cluster_summary()}")
             # (absolute paths: a task's working directory is where its node's Ray was started)
             _prepare(Path(args.data).resolve(), _cache_dir(args).resolve(), args.labels,
                      mapper=task_mapper())
@@ -289,12 +290,12 @@ def cmd_search(args: argparse.Namespace) -> int:
         search = Search.restore(f"{args.out.rstrip('/')}/{args.name}", log=_print,
                                 address=args.address)
     else:
-        from search.spec import ENGINE_OPTIONS
+        from search.engines import ENGINES
 
         # The engine options given as flags; one of another engine is named as the user typed it.
         given = {ENGINE_OPTION.get(k, k): (k, v) for k, v in vars(args).items() if v is not None}
-        known = {o for opts in ENGINE_OPTIONS.values() for o in opts}
-        mine = set(ENGINE_OPTIONS[args.engine])
+        known = {o for e in ENGINES.values() for o in e.options}
+        mine = set(ENGINES[args.engine].options)
         other = sorted(flag for o, (flag, _) in given.items() if o in known - mine)
         if other:
             raise_user(f"--{other[0].replace('_', '-')}: not an option of --engine {args.engine}")
@@ -691,10 +692,11 @@ def _backend_arg(s: argparse.ArgumentParser, default: str | None, help: str) -> 
 
 
 def _search_parser(sub) -> None:
+    from search.engines import ENGINES
     from search.kt_engine import ALGORITHMS
     from search.objective import OBJECTIVES, SECOND
-    from search.ray_engine import RayOptions
-    from search.spec import DEFAULT_DATA, DEFAULT_OUT, ENGINES, SearchSpec
+    from search.ray_options import RayOptions
+    from search.spec import DEFAULT_DATA, DEFAULT_OUT, SearchSpec
 
     spec, ray = SearchSpec(name="x"), RayOptions()
     s = _command(sub, "search", "search the best 3D-UNet (Ray Tune + Optuna + ASHA, or Keras Tuner)",
@@ -716,7 +718,7 @@ def _search_parser(sub) -> None:
     s.add_argument("--space", default=spec.space,
                    help="search space: demo | brats | nvidia | auto (built around the dataset's "
                         "plan for the memory budget), or a YAML/JSON space file")
-    s.add_argument("--engine", choices=ENGINES, default=spec.engine, help="search engine")
+    s.add_argument("--engine", choices=list(ENGINES), default=spec.engine, help="search engine")
     s.add_argument("--num-samples", type=int, default=spec.num_samples,
                    help="trials to run (Keras Tuner Bayesian: max trials)")
     s.add_argument("--max-epochs", type=int, default=spec.max_epochs,
@@ -765,7 +767,7 @@ def _search_parser(sub) -> None:
 def _ray_args(s, ray) -> None:
     """The search command's Ray Tune engine flags (``ray``: RayOptions' defaults)."""
     from search.race import FINAL_DATA
-    from search.ray_engine import SCHEDULERS, SEARCHERS, TIME_ATTRS
+    from search.ray_options import SCHEDULERS, SEARCHERS, TIME_ATTRS
 
     r = s.add_argument_group("Ray Tune engine")
     r.add_argument("--searcher", choices=SEARCHERS, default=None,

@@ -109,7 +109,7 @@ def train_default(rep: Replicate, budget: int, out: Path) -> dict[str, Any]:
     """NVIDIA's point of the space trained alone for ``budget`` epochs on every training case."""
     import keras
 
-    from search.ray_engine import default_point
+    from search.ray_factories import default_point
     from spaces.presets import get_space
     from unet3d.data.discover import discover
     from unet3d.data.preprocess import prepare_dataset

@@ -24,7 +24,6 @@ Library code does not print: progress lines go to the optional ``log`` callable.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import time
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from search.context import SearchContext
+from search.engines import ENGINES, engine_for
 from search.memory_budget import MemoryBudget
 from search.objective import split as split_objective
 from search.results import TrialRow
@@ -48,7 +48,6 @@ from search.storage import Experiment
 from unet3d.config import RunConfig
 from unet3d.folders import ExportFolder
 from unet3d.labels import LabelScheme
-from unet3d.text import plural
 
 Log = Callable[[str], None]
 
@@ -115,12 +114,8 @@ class Search:
             objective=objective, second_objective=second, labels=str(labels or ""), memory=memory,
             retrain_share=retrain_share, backend=backend, mlflow=mlflow or "", wandb=wandb or "",
             engine_options={k: v for k, v in engine_options.items() if v is not None})
-        opts = engine_settings(self.spec)  # the engine's own options, checked now
-        if engine == "ray" and "scheduler" not in self.spec.engine_options:
-            # The scheduler the defaults chose is saved with the search (search.json), so a
-            # resumed search keeps it whatever a later release's default is.
-            self.spec = dataclasses.replace(self.spec, engine_options={
-                **self.spec.engine_options, "scheduler": opts.scheduler})
+        self._engine = engine_for(self.spec)  # the engine's own options, checked now
+        self.spec = dataclasses.replace(self.spec, engine_options=self._engine.saved_options())
         # --labels read once, now (a bad scheme is refused before anything is written) and kept:
         # the dataset is read with it. (Not on restore: the context holds the scheme, the file
         # may be gone.)
@@ -130,7 +125,7 @@ class Search:
 
             self._labels = resolve(self.spec.labels)
         self.log: Log = log or (lambda _msg: None)
-        self._resume, self._own_ray = False, False
+        self._resume = False
         self._context: SearchContext | None = None
         self._budget: MemoryBudget | None = None
         self._mlflow: Any = None
@@ -153,11 +148,11 @@ class Search:
         spec, ctx = load_search(where.local)
         self = cls.__new__(cls)
         options = {**spec.engine_options, **({"address": address} if address else {})}
-        if spec.engine == "ray":  # (saved before the race: the scheduler was asha by default)
-            options.setdefault("scheduler", "asha")
+        options = ENGINES[spec.engine].load().restored_options(options)
         self.spec = dataclasses.replace(spec, out=out or ".", name=name, engine_options=options)
+        self._engine = engine_for(self.spec)
         self.log = log or (lambda _msg: None)
-        self._resume, self._context, self._own_ray = True, ctx, False
+        self._resume, self._context = True, ctx
         self._mlflow = None
         self._budget = load_budget(where.local)  # None (saved before budgets): resolved in run()
         return self
@@ -175,17 +170,13 @@ class Search:
             done = self._finished(exp)
             if done is not None:
                 return done
-        with self._engine_environment():
+        with self._engine.environment():
             try:
                 ctx = self._context if self._resume else self._start(exp)
                 t0 = time.perf_counter()
                 rows, interrupted = self._run_engine(ctx, exp)
             finally:
-                if self._own_ray:  # a local Ray this search started ends with it
-                    import ray
-
-                    ray.shutdown()
-                    self._own_ray = False
+                self._engine.close()
         summary = finish(rows, ctx, exp.local, self.spec.engine, export=not interrupted,
                          budget=self._budget)
         report = None
@@ -239,38 +230,15 @@ class Search:
         return retrain_best(self.experiment.local, epochs=epochs, resume=self._resume,
                             log=self.log)[0]
 
-    def _engine_environment(self) -> contextlib.AbstractContextManager:
-        if self.spec.engine != "ray":
-            return contextlib.nullcontext()
-        from search import ray_engine
-
-        return ray_engine.environment(engine_settings(self.spec))
-
     # The stages of a new search, in order; nothing is written before _create.
 
     def _start(self, exp: Experiment) -> SearchContext:
         cases = self._check(exp)
         ctx = self._prepare(cases, exp)
         ctx = self._fit_budget(ctx)
-        ctx = self._race(ctx)
+        ctx = self._engine.race(ctx, self.log)
         self._create(exp, ctx)
         return ctx
-
-    def _race(self, ctx: SearchContext) -> SearchContext:
-        """With the race (``search.race``; the default of a --budget in trial-epochs), trials
-        train its race epochs under warmup-stable-decay, which the race continues; its portfolio
-        is checked here, before anything is written."""
-        if self.spec.engine != "ray" or engine_settings(self.spec).scheduler != "race":
-            return ctx
-        from search.ray_engine import race_plan
-
-        settings, portfolio = race_plan(ctx.space, engine_settings(self.spec))
-        self.log(f"race: the default first, then {portfolio.describe()}, then neighbours of the "
-                 f"incumbent; {plural(settings.race_epochs, 'epoch')} each, "
-                 f"challengers may lose "
-                 f"{settings.race_share:.0%} of the budget of {settings.budget:g} trial-epochs; "
-                 f"the winner is continued to the budget")
-        return dataclasses.replace(ctx, max_epochs=settings.race_epochs, schedule="wsd")
 
     def _check(self, exp: Experiment) -> Any:
         """Everything that can be wrong, before anything is written; returns the discovered data."""
@@ -302,27 +270,7 @@ class Search:
                                   f"--folds {spec.folds}")
         check_writable_dir(spec.cache_folder, "--cache")
         self._check_tracking()
-        if spec.engine == "ray":
-            from search import ray_engine
-
-            opts = engine_settings(spec)
-            opts.check_space(self._space)  # (libraries, PBT's parameters)
-            if opts.scheduler == "race" and spec.space not in ("auto", "brats"):
-                from search.ray_engine import race_plan
-
-                race_plan(self._space, opts)  # (--portfolio checked against the space, early)
-            if opts.warm_start:
-                self._check_warm_start(opts)
-            self._own_ray = ray_engine.connect(opts)
-            ray_engine.check_resources(opts, spec.workers_per_trial, self.log)
-        else:
-            if "train.backend" in {p.name for p in self._space.params}:
-                raise SearchError(f"space {self._space.name!r} samples train.backend: a backend "
-                                  f"per trial needs --engine ray (Keras Tuner trains in this "
-                                  f"process, whose Keras backend is fixed)")
-            from unet3d.runtime import use_backend
-
-            use_backend(spec.backend)  # (raises BackendError where Keras runs on another)
+        self._engine.check(self._space, self.log)
         return dataset
 
     def _check_tracking(self) -> None:
@@ -334,11 +282,12 @@ class Search:
         if self.spec.wandb:
             tracking.check_wandb(self.spec.wandb)
 
-    def _tracking(self, exp: Experiment) -> list[Any]:
-        """The MLflow parent run (opened again on --resume) and the Ray callbacks that log trials."""
+    def _tracking(self, exp: Experiment) -> None:
+        """The MLflow parent run (opened again on --resume), to which the engine logs the trials;
+        W&B runs are the engine's (one per trial)."""
         from search import tracking
 
-        spec, callbacks = self.spec, []
+        spec = self.spec
         if spec.mlflow:
             options = {k: v for k, v in spec.to_dict().items()
                        if k not in ("engine_options", "mlflow", "wandb", "verbose")}
@@ -347,26 +296,9 @@ class Search:
                 {**options, **spec.engine_options, "experiment": exp.location})
             self.log(f"MLflow: run {self._mlflow.parent} at {spec.mlflow} (artifacts in "
                      f"{self._mlflow.artifact_location})")
-            from search.ray_callbacks import MlflowTrials
-
-            m = self._mlflow
-            callbacks.append(MlflowTrials(m.uri, m.experiment_id, m.parent))
         if spec.wandb:
             self.log(f"W&B: project {spec.wandb}, {tracking.wandb_mode()} (a run per trial in its "
                      f"folder)")
-            callbacks.append(tracking.wandb_callback(spec.wandb, spec.name))
-        return callbacks
-
-    def _check_warm_start(self, opts: Any) -> None:
-        """--warm-start names a finished search with trials inside this search's space."""
-        from search.objective import metric_of
-        from search.ray_engine import warm_trials
-
-        metric = metric_of(self.spec.objective)
-        usable = warm_trials(opts.warm_start, self._space, metric)  # (no trials.json: refused)
-        if not usable and self.spec.space not in ("auto", "brats"):  # (those move onto a plan)
-            raise SearchError(f"--warm-start {opts.warm_start}: none of its trials scored {metric} "
-                              f"inside space {self._space.name!r}")
 
     def _prepare(self, dataset: Any, exp: Experiment) -> SearchContext:
         """The demo dataset if needed, the preprocessed cache, and the fold's case IDs."""
@@ -385,7 +317,7 @@ class Search:
                                     difficulty=DEMO_DIFFICULTY)
             dataset = discover(DEFAULT_DATA)
         prep = prepare_dataset(dataset, spec.cache_folder, self._labels,
-                               mapper=self._cluster_mapper())
+                               mapper=self._engine.mapper())
         entries, scheme = prep.entries, prep.scheme
         self._entries = entries
         self.log(f"{dataset.layout} layout: {len(entries)} cases ({len(dataset.labelled)} labelled) "
@@ -407,15 +339,6 @@ class Search:
                              labels=labels_mod.to_config(scheme), in_channels=prep.channels,
                              backend=spec.backend)
 
-    def _cluster_mapper(self) -> Any:
-        """On a Ray cluster (``--address``), cases are preprocessed as Ray tasks on its nodes (the
-        cache is on shared storage); otherwise in local processes."""
-        if self.spec.engine != "ray" or not self.spec.engine_options.get("address"):
-            return None
-        from search.ray_tasks import task_mapper
-
-        return task_mapper()
-
     def _fit_budget(self, ctx: SearchContext) -> SearchContext:
         """The memory budget (``search.memory_budget``), the space moved onto the dataset's plan
         for it (``brats``, ``auto``), and a search none of whose configurations fits the budget
@@ -426,7 +349,7 @@ class Search:
         """
         from search.memory_budget import MemoryGuard
 
-        self._budget = memory_budget(self.spec)
+        self._budget = self.memory_budget()
         ctx = self._plan_space(ctx)
         guard = MemoryGuard.for_search(ctx, self._budget, None)
         if guard is not None:
@@ -479,24 +402,22 @@ class Search:
     def _run_engine(self, ctx: SearchContext, exp: Experiment) -> tuple[list[TrialRow], bool]:
         from search.memory_budget import PRUNED_FILE, MemoryGuard
 
-        opts = engine_settings(self.spec)
         if self._resume:
             self.log(f"resuming {self.spec.engine} search {exp.location}")
         if self._budget is None:  # a search saved before budgets: this machine's, as if new
-            self._budget = memory_budget(self.spec)
+            self._budget = self.memory_budget()
         self.log(self._budget.describe())
         guard = MemoryGuard.for_search(ctx, self._budget, exp.local / PRUNED_FILE)
-        callbacks = self._tracking(exp)
-        if self.spec.engine == "ray":
-            from search import ray_engine
+        self._tracking(exp)
+        return self._engine.run(ctx, exp, resume=self._resume, log=self.log, guard=guard,
+                                mlflow=self._mlflow)
 
-            self._own_ray = ray_engine.connect(opts) or self._own_ray
-            return ray_engine.run(ctx, exp.location, opts, resume=self._resume, log=self.log,
-                                  guard=guard, callbacks=callbacks)
-        from search import kt_engine
+    def memory_budget(self, **read: Any) -> MemoryBudget:
+        """The memory budget: --memory, else the default for where the engine runs a trial
+        (``search.memory_budget.resolve_budget``; ``read``: its host_gib / gpu_gib, for tests)."""
+        from search.memory_budget import resolve_budget
 
-        return kt_engine.run(ctx, exp.local, opts, resume=self._resume, log=self.log, guard=guard,
-                             tracker=self._mlflow)
+        return resolve_budget(self.spec.memory, self._engine.placement(), **read)
 
 
 def _demo_written() -> bool:
@@ -531,47 +452,6 @@ def _fit_space(space: Any, scheme: Any, log: Log) -> Any:
     if fitted != space:
         log(f"space {space.name}: train.loss without 'region' (the regions of {scheme.name} do not nest)")
     return fitted
-
-
-def engine_settings(spec: SearchSpec) -> Any:
-    """The engine's validated options (RayOptions or KerasTunerOptions) of a specification."""
-    if spec.engine == "ray":
-        from search.ray_engine import RayOptions
-
-        options = dict(spec.engine_options)
-        if spec.retrain_share:  # the search spends the rest; the winner's retraining the share
-            options["budget"] = spec.budget_split()[0]
-        if options.get("scheduler") is None and (spec.retrain_share or spec.second_objective):
-            # (the race is the default with a budget; it spends all of it and races one objective)
-            options["scheduler"] = "asha"
-        opts = RayOptions(num_samples=spec.num_samples, max_epochs=spec.max_epochs, seed=spec.seed,
-                          verbose=spec.verbose, **options)
-        opts.check_objectives(spec.second_objective)
-        return opts
-    from search.kt_engine import KerasTunerOptions
-
-    opts = dict(spec.engine_options)
-    if "reduction_factor" in opts:
-        opts["factor"] = opts.pop("reduction_factor")
-    return KerasTunerOptions(max_trials=spec.num_samples, max_epochs=spec.max_epochs, seed=spec.seed,
-                             **opts)
-
-
-def memory_budget(spec: SearchSpec, **read: Any) -> MemoryBudget:
-    """The memory budget of ``spec``: its ``memory`` (--memory), else the default for where its
-    engine runs a trial (``search.memory_budget.resolve_budget``; ``read``: its host_gib / gpu_gib,
-    for tests)."""
-    from search.memory_budget import resolve_budget
-
-    if spec.engine == "ray":
-        from search import ray_engine
-
-        where = ray_engine.placement(engine_settings(spec), spec.workers_per_trial)
-    else:
-        from search import kt_engine
-
-        where = kt_engine.placement()
-    return resolve_budget(spec.memory, where, **read)
 
 
 def _best(summary: dict[str, Any]) -> BestTrial | None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from search.context import SearchContext
+from search.engine import Engine, Log
 from search.memory_budget import MAX_REFUSALS, MemoryGuard, Placement, with_pruned
 from search.objective import MODE
 from search.results import TrialRow, row_from_history
@@ -297,3 +298,36 @@ def rows(tuner: Any, ctx: SearchContext, experiment: Path, opts: KerasTunerOptio
             objective=ctx.objective, regions=ctx.scheme.region_names, best_is_last=True))
     guard = tuner.oracle._guard
     return with_pruned(out, tuner.oracle.pruned, guard) if guard is not None else out
+
+
+class KerasTunerEngine(Engine):
+    """Keras Tuner as the search's engine (see the module docstring): trials one after another
+    in this process, whose Keras backend is fixed."""
+
+    name = "keras-tuner"
+
+    @classmethod
+    def options_of(cls, spec: Any) -> KerasTunerOptions:
+        opts = dict(spec.engine_options)
+        if "reduction_factor" in opts:
+            opts["factor"] = opts.pop("reduction_factor")
+        return KerasTunerOptions(max_trials=spec.num_samples, max_epochs=spec.max_epochs,
+                                 seed=spec.seed, **opts)
+
+    def check(self, space: Any, log: Log) -> None:
+        from search.engines import supporting
+        from unet3d.runtime import use_backend
+
+        if "train.backend" in {p.name for p in space.params}:
+            raise SearchError(f"space {space.name!r} samples train.backend: a backend per trial "
+                              f"needs {supporting('backend_per_trial')} (Keras Tuner trains in "
+                              f"this process, whose Keras backend is fixed)")
+        use_backend(self.spec.backend)  # (raises BackendError where Keras runs on another)
+
+    def placement(self) -> Placement:
+        return placement()
+
+    def run(self, ctx: SearchContext, exp: Any, *, resume: bool, log: Log,
+            guard: MemoryGuard | None, mlflow: Any = None) -> tuple[list[TrialRow], bool]:
+        return run(ctx, exp.local, self.settings, resume=resume, log=log, guard=guard,
+                   tracker=mlflow)

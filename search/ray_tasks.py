@@ -30,7 +30,7 @@ def task_mapper(num_cpus: float = 1.0) -> Callable[[Callable[[Any], Any], list[A
         import ray
         from ray.exceptions import RayError, RayTaskError
 
-        from search.ray_engine import ClusterError
+        from search.ray_cluster import ClusterError
 
         remote = ray.remote(num_cpus=num_cpus)(fn)
         cpus = float(ray.cluster_resources().get("CPU", 1.0))

@@ -12,23 +12,16 @@ import re
 from pathlib import Path
 from typing import Any
 
+from search.engines import ENGINES, supporting
 from search.objective import OBJECTIVES, SECOND
 from search.storage import is_uri
 from unet3d.config import BACKENDS
 from unet3d.errors import UserError
 
-ENGINES = ("ray", "keras-tuner")
 DEFAULT_DATA = Path("data/synthetic-medium")  # the demo dataset, written on first use
 DEMO_CASES, DEMO_DIFFICULTY = 24, "medium"  # (hard enough that configurations separate)
 DEMO_BUDGET = 24  # trial-epochs of the default job (`make search`), the benchmark's small budget
 DEFAULT_OUT = "results"
-# Engine options a user may pass (besides the common ones); each engine validates their values.
-RAY_OPTIONS = ("grace_period", "reduction_factor", "time_attr", "max_trial_seconds", "cpus_per_trial",
-               "gpus_per_trial", "max_concurrent", "max_failures", "address", "num_cpus", "searcher",
-               "scheduler", "startup_trials", "warm_start", "budget", "race_epochs", "race_share",
-               "portfolio", "final_data")
-KERAS_TUNER_OPTIONS = ("algorithm", "reduction_factor", "hyperband_iterations")
-ENGINE_OPTIONS = {"ray": RAY_OPTIONS, "keras-tuner": KERAS_TUNER_OPTIONS}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -78,7 +71,7 @@ class SearchSpec:
             trial a child run (``search.tracking``).
         wandb: a W&B project (``--wandb``; "" = none; Ray engine): a W&B run per trial, offline
             unless WANDB_MODE=online.
-        engine_options: the engine's own options (RAY_OPTIONS / KERAS_TUNER_OPTIONS by name).
+        engine_options: the engine's own options (``search.engines.ENGINES``' by name).
     """
 
     data: str = ""
@@ -118,9 +111,10 @@ class SearchSpec:
         if self.second_objective and self.second_objective not in SECOND:
             raise SearchError(f"--objective {self.objective},{self.second_objective}: the second "
                               f"objective must be one of {', '.join(SECOND)}")
-        if self.second_objective and self.engine != "ray":
+        if self.second_objective and not self._supports("second_objective"):
             raise SearchError(f"--objective {self.objective},{self.second_objective}: two "
-                              f"objectives need --engine ray (Optuna's multi-objective samplers)")
+                              f"objectives need {supporting('second_objective')} (Optuna's "
+                              f"multi-objective samplers)")
         if not isinstance(self.labels, str):
             raise SearchError(f"--labels {self.labels!r}: must be a scheme name or a YAML file")
         _check_memory(self.memory)
@@ -130,14 +124,14 @@ class SearchSpec:
         if not _NAME.fullmatch(self.name) or self.name in (".", ".."):
             raise SearchError(f"--name {self.name!r}: must be a plain folder name (letters, digits, "
                               f"'.', '_', '-'; no '/'), created inside --out")
-        allowed = ENGINE_OPTIONS[self.engine]
+        allowed = ENGINES[self.engine].options
         unknown = sorted(set(self.engine_options) - set(allowed))
         if unknown:
             raise SearchError(f"{', '.join(unknown)}: not an option of the {self.engine} engine "
                               f"(it takes {', '.join(allowed)})")
-        _check_share(self.retrain_share, self.engine, self.engine_options)
-        if self.workers_per_trial > 1 and self.engine != "ray":
-            raise SearchError("--workers-per-trial needs --engine ray")
+        _check_share(self.retrain_share, self._supports("budget"), self.engine_options)
+        if self.workers_per_trial > 1 and not self._supports("workers_per_trial"):
+            raise SearchError(f"--workers-per-trial needs {supporting('workers_per_trial')}")
         if self.backend not in BACKENDS:
             raise SearchError(f"--backend {self.backend}: must be one of {', '.join(BACKENDS)}")
         if self.backend == "jax" and self.workers_per_trial > 1:
@@ -147,11 +141,15 @@ class SearchSpec:
         for name in ("mlflow", "wandb"):
             if not isinstance(getattr(self, name), str):
                 raise SearchError(f"--{name} {getattr(self, name)!r}: must be a string")
-        if self.wandb and self.engine != "ray":
-            raise SearchError(f"--wandb {self.wandb}: needs --engine ray (Ray Tune's W&B callback; "
-                              f"the keras-tuner engine tracks with --mlflow)")
-        if self.engine == "keras-tuner" and is_uri(self.out):
-            raise SearchError(f"--out {self.out}: the keras-tuner engine needs a local or shared folder")
+        if self.wandb and not self._supports("wandb"):
+            raise SearchError(f"--wandb {self.wandb}: needs {supporting('wandb')} (Ray Tune's W&B "
+                              f"callback; the {self.engine} engine tracks with --mlflow)")
+        if is_uri(self.out) and not self._supports("storage_uri"):
+            raise SearchError(f"--out {self.out}: the {self.engine} engine needs a local or shared "
+                              f"folder")
+
+    def _supports(self, feature: str) -> bool:
+        return feature in ENGINES[self.engine].supports
 
     def budget_split(self) -> tuple[float | None, int]:
         """(the search's --budget, the retraining's epochs): with ``retrain_share``, the share of
@@ -196,15 +194,15 @@ def _check_memory(memory: Any) -> None:
                           f"use (leave it out for the default)")
 
 
-def _check_share(share: Any, engine: str, options: dict[str, Any]) -> None:
+def _check_share(share: Any, budget_supported: bool, options: dict[str, Any]) -> None:
     """``--retrain-share``: in [0, 1), and a share of a --budget in trial-epochs."""
     number = isinstance(share, (int, float)) and not isinstance(share, bool)
     if not number or not 0 <= share < 1:
         raise SearchError(f"--retrain-share {share}: must be a fraction in [0, 1) of --budget")
-    if share and (engine != "ray" or options.get("budget") is None
+    if share and (not budget_supported or options.get("budget") is None
                   or options.get("time_attr", "epochs") != "epochs"):
-        raise SearchError(f"--retrain-share {share:g}: needs --budget in trial-epochs (--engine ray, "
-                          f"--time-attr epochs), the compute it splits")
+        raise SearchError(f"--retrain-share {share:g}: needs --budget in trial-epochs "
+                          f"({supporting('budget')}, --time-attr epochs), the compute it splits")
     if share:
         budget = options["budget"]
         if not (isinstance(budget, (int, float)) and not isinstance(budget, bool)

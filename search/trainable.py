@@ -23,7 +23,7 @@ from search import faults
 from search.context import SearchContext
 from search.storage import ExperimentFolder
 
-# What population-based training (search.ray_engine) may change in a running trial: settings that
+# What population-based training (search.ray_factories) may change in a running trial: settings that
 # leave the weights' shapes (and the memory a trial needs) as they are, so a trial continues from
 # another trial's checkpoint under them.
 MUTABLE = ("train.learning_rate", "train.loss", "train.weight_decay", "data.foreground_ratio",
@@ -67,7 +67,7 @@ def train_trial(config: dict[str, Any], ctx: SearchContext) -> None:
         resume = True
         if _perturbed(RunConfig.load(run.config), cfg):
             # Population-based training: the trial continues from a better trial's checkpoint with
-            # that trial's configuration, some training settings perturbed (search.ray_engine's
+            # that trial's configuration, some training settings perturbed (search.ray_factories'
             # MUTABLE; the weights' shapes are the same). The trainer resumes under the new one;
             # any other difference stays an error (the trainer's "different configuration").
             cfg.save(run.config)

@@ -22,6 +22,10 @@ under ``if TYPE_CHECKING:``), and so is ``importlib.import_module("literal")`` /
 ``from pkg import name`` points to ``pkg.name`` when that is a module of the tree, else to ``pkg``;
 relative imports are resolved against the importing module's package.
 
+7. One place that knows the engines: no comparison with an engine's name (``spec.engine == "ray"``,
+   ``engine in ("ray", ...)``) outside the registry (``ENGINE_REGISTRY``); code asks the engine
+   object or the registry's features (``search.engines``).
+
 ``ROOT`` comes from this file's place, so a copy of the tree with this file in its ``tests/`` checks the
 copy. Each test lists every offender in its failure message.
 """
@@ -46,6 +50,8 @@ MAX_FUNCTION_LINES = 80
 SCHEME_PARAMS = frozenset({"scheme", "region_classes"})
 FOLDER_HOMES = {"unet3d/folders.py": ("RunFolder", "ExportFolder"),
                 "search/storage.py": ("ExperimentFolder",)}
+
+ENGINE_REGISTRY = "search/engines.py"
 
 PREDICTORS = ("unet3d.inference", "unet3d.evaluation", "unet3d.export")
 TRAINER = "unet3d.train"
@@ -424,6 +430,47 @@ def test_file_names_live_in_their_folder_classes():
         pytest.fail("file names written out of their folder class (use the folder object):\n"
                     + "\n".join(f"  {p}:{ln} {v!r}: {names[v]}" for p, ln, v in offenders),
                     pytrace=False)
+
+
+# ---------------------------------------------------------------------------------------------------
+# One place that knows the engines
+
+
+def _engine_names() -> set[str]:
+    """The names of the registry's engines (the first argument of each ``EngineInfo(...)``)."""
+    tree = ast.parse((ROOT / ENGINE_REGISTRY).read_text(encoding="utf-8"))
+    return {node.args[0].value for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "EngineInfo"
+            and node.args and isinstance(node.args[0], ast.Constant)}
+
+
+def _engine_comparisons(module: ast.Module, engines: set[str]) -> list[int]:
+    """Lines comparing something with an engine's name (``==``, ``!=``, ``in``, ``not in`` a
+    literal tuple, list or set holding one)."""
+    def names(node: ast.AST) -> set[str]:
+        items = node.elts if isinstance(node, (ast.Tuple, ast.List, ast.Set)) else [node]
+        return {i.value for i in items if isinstance(i, ast.Constant) and isinstance(i.value, str)}
+
+    return sorted({node.lineno for node in ast.walk(module) if isinstance(node, ast.Compare)
+                   and any(names(side) & engines for side in (node.left, *node.comparators))})
+
+
+def test_only_the_registry_compares_engine_names():
+    engines = _engine_names()
+    assert engines >= {"ray", "keras-tuner"}, f"{ENGINE_REGISTRY} was not read: {engines}"
+    tree = _tree()
+    offenders = [f"  {tree.rel(m)}:{line}" for m in sorted(tree.trees)
+                 if tree.rel(m) != ENGINE_REGISTRY
+                 for line in _engine_comparisons(tree.trees[m], engines)]
+    if offenders:
+        pytest.fail("engine names compared outside the registry (ask the engine object, or the "
+                    "registry's features):\n" + "\n".join(offenders), pytrace=False)
+    for source, caught in {'if spec.engine == "ray": pass': True,
+                           'x = engine != "keras-tuner"': True,
+                           'y = e in ("ray", "other")': True,
+                           'z = spec.engine == name': False,
+                           'w = scheduler == "race"': False}.items():
+        assert bool(_engine_comparisons(ast.parse(source), engines)) == caught, source
 
 
 # ---------------------------------------------------------------------------------------------------

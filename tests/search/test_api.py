@@ -69,7 +69,8 @@ def _only_region(space):
 
 
 def test_the_ray_engine_maximises_the_objective_and_keeps_each_trials_best_checkpoint():
-    from search.ray_engine import RayOptions, run_config, scheduler, searcher, tune_config
+    from search.ray_factories import run_config, scheduler, searcher, tune_config
+    from search.ray_options import RayOptions
     from spaces.presets import get_space
 
     opts = RayOptions(max_concurrent=2)
@@ -87,7 +88,8 @@ def test_the_ray_engine_maximises_the_objective_and_keeps_each_trials_best_check
 def test_optunas_study_under_ray_prefers_the_higher_dice():
     """The searcher, told two finished trials' scores, ranks the higher one best (a direction bug
     would rank the lower)."""
-    from search.ray_engine import RayOptions, searcher
+    from search.ray_factories import searcher
+    from search.ray_options import RayOptions
     from spaces.presets import get_space
 
     # (trials that ran all of their max_epochs: one that ended before is PRUNED)

@@ -120,7 +120,8 @@ def test_a_fractional_gpu_divides_the_gpu_memory_and_an_unreadable_gpu_means_no_
 
 
 def test_the_ray_placement_counts_the_trials_that_run_at_once_here():
-    from search.ray_engine import RayOptions, placement
+    from search.ray_cluster import placement
+    from search.ray_options import RayOptions
 
     def at_once(workers: int = 1, **opts) -> tuple[int, str]:
         p = placement(RayOptions(**{"num_cpus": 8, "max_concurrent": 0, **opts}), workers)
@@ -136,14 +137,15 @@ def test_the_ray_placement_counts_the_trials_that_run_at_once_here():
 
 
 def test_a_search_specs_budget_follows_its_engine_options(tmp_path):
-    from search.api import memory_budget
-
-    gpu = Search(out=tmp_path, name="g", gpus_per_trial=0.5).spec
-    assert memory_budget(gpu, gpu_gib=lambda: 80.0).gib == 40.0
-    cpu = Search(out=tmp_path, name="c", num_cpus=4, max_concurrent=0).spec
-    assert memory_budget(cpu, host_gib=lambda: 32.0).gib == 8.0
-    given = Search(out=tmp_path, name="m", memory=3).spec
-    assert memory_budget(given, host_gib=lambda: 32.0).gib == 3.0
+    gpu = Search(out=tmp_path, name="g", gpus_per_trial=0.5)
+    assert gpu.memory_budget(gpu_gib=lambda: 80.0).gib == 40.0
+    cpu = Search(out=tmp_path, name="c", num_cpus=4, max_concurrent=0)
+    assert cpu.memory_budget(host_gib=lambda: 32.0).gib == 8.0
+    given = Search(out=tmp_path, name="m", memory=3)
+    assert given.memory_budget(host_gib=lambda: 32.0).gib == 3.0
+    kt = Search(out=tmp_path, name="k", engine="keras-tuner")
+    kt_budget = kt.memory_budget(host_gib=lambda: 32.0, gpu_gib=lambda: None)
+    assert (kt_budget.gib, kt_budget.source) == (32.0, "host 32.0 GiB / 1 trial at a time")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -260,7 +262,8 @@ def _check_reason(reason: str, need: float, budget: float) -> None:
 def test_the_ray_searcher_suggests_only_what_fits_and_tells_optuna_the_rest_is_infeasible(tmp_path):
     from optuna.trial import TrialState
 
-    from search.ray_engine import RayOptions, searcher
+    from search.ray_factories import searcher
+    from search.ray_options import RayOptions
 
     ctx = _ctx(_space())
     budget = _between(ctx)
@@ -296,7 +299,8 @@ def test_the_ray_searcher_suggests_only_what_fits_and_tells_optuna_the_rest_is_i
 def test_a_searcher_that_finds_nothing_to_fit_stops_sampling_and_says_why(tmp_path):
     from ray.tune.search import Searcher
 
-    from search.ray_engine import RayOptions, searcher
+    from search.ray_factories import searcher
+    from search.ray_options import RayOptions
 
     ctx = _ctx(_space())
     guard = _guard(ctx, _gib(ctx, SMALL) / 2, tmp_path / PRUNED_FILE)

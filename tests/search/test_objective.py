@@ -86,7 +86,8 @@ def test_tensorboard_declares_the_schemes_regions_and_only_metrics_trials_write(
 
 
 def test_the_ray_engine_ranks_stops_and_checkpoints_by_the_chosen_objective():
-    from search.ray_engine import RayOptions, run_config, tune_config
+    from search.ray_factories import run_config, tune_config
+    from search.ray_options import RayOptions
 
     opts = RayOptions(max_concurrent=2)
     tc = tune_config(get_space("demo"), opts, LW)

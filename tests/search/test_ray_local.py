@@ -11,7 +11,8 @@ import pytest
 
 SCRIPT = textwrap.dedent("""
     import json, subprocess
-    from search.ray_engine import RayOptions, connect
+    from search.ray_cluster import connect
+    from search.ray_options import RayOptions
     connect(RayOptions(num_cpus=1))
     import ray
     @ray.remote

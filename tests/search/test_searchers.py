@@ -21,7 +21,8 @@ from conftest import run_cli
 from tiny_space import SPACE3 as TINY
 
 from search.objective import METRIC
-from search.ray_engine import SCHEDULERS, SEARCHERS, RayOptions, searcher, warm_trials
+from search.ray_factories import searcher, warm_trials
+from search.ray_options import SCHEDULERS, SEARCHERS, RayOptions
 from search.results import TrialRow, write_results
 from search.spec import SearchError
 from spaces.space import space_from_dict
@@ -124,7 +125,7 @@ def test_combinations_the_libraries_cannot_run_are_one_line(flags, message):
 def test_each_searcher_name_builds_its_optuna_sampler():
     import optuna
 
-    from search.ray_engine import sampler
+    from search.ray_factories import sampler
 
     classes = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
                "cmaes": optuna.samplers.CmaEsSampler, "gp": optuna.samplers.GPSampler,
@@ -209,12 +210,13 @@ def tiny_data(tmp_path_factory) -> dict[str, Path]:
 def shared_ray():
     """One local Ray for the module's in-process searches (as a notebook would hold one): its
     worker processes, TensorFlow imported, serve every search's trials. Started as a search starts
-    its own: loopback only (search.ray_engine.connect)."""
+    its own: loopback only (search.ray_cluster.connect)."""
     import os
 
     import ray
 
-    from search.ray_engine import RayOptions, connect, environment
+    from search.ray_cluster import connect, environment
+    from search.ray_options import RayOptions
 
     opts = RayOptions(num_cpus=2)
     with environment(opts):
@@ -437,7 +439,7 @@ def test_pbts_perturbations_stay_inside_the_space_and_never_change_the_weights_s
 
     from ray.tune.schedulers.pbt import _explore
 
-    from search.ray_engine import _mutations, _within, mutable
+    from search.ray_factories import _mutations, _within, check_space, mutable
     from spaces.presets import get_space
 
     demo = get_space("demo")
@@ -456,7 +458,7 @@ def test_pbts_perturbations_stay_inside_the_space_and_never_change_the_weights_s
     assert set(_mutations(demo, RayOptions(scheduler="pb2"))) == {"train.learning_rate",
                                                                   "data.foreground_ratio"}
     with pytest.raises(SearchError, match="no parameter a running trial may change"):
-        RayOptions(scheduler="pbt").check_space(get_space("nvidia"))
+        check_space(RayOptions(scheduler="pbt"), get_space("nvidia"))
 
 
 def test_a_trial_continues_under_a_perturbed_config_only_when_pbt_may_change_it():
@@ -488,7 +490,6 @@ def test_combinations_with_two_objectives_or_a_split_budget_that_cannot_run():
 
 
 def test_a_warm_start_from_something_that_is_no_search_is_one_line(tmp_path):
-    from search.ray_engine import warm_trials
 
     space = _space()
     (tmp_path / "file").write_text("x")
