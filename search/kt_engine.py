@@ -24,7 +24,7 @@ from typing import Any
 
 from search.context import SearchContext
 from search.engine import Engine, Log
-from search.memory_budget import MAX_REFUSALS, MemoryGuard, Placement, with_pruned
+from search.memory_budget import MemoryGuard, Placement, with_pruned
 from search.objective import MODE
 from search.results import TrialRow, row_from_history
 from search.spec import SearchError
@@ -75,22 +75,25 @@ class _Proposals:
     gave_up: str
 
     def populate_space(self, trial_id):
-        proposal = self._nvidia_first(super().populate_space(trial_id))
-        refusals = 0
-        while self._guard is not None and _starts_configuration(proposal):
-            sample = {n: proposal["values"][n] for n in self._names}
-            verdict = self._guard.check(sample)
-            if verdict.fits:
-                return proposal
-            self._refuse(trial_id, proposal["values"], sample, verdict)
-            refusals += 1
-            if refusals == MAX_REFUSALS:
-                self.gave_up = self._guard.give_up(self.pruned)
-                self._guard.save(self.pruned, self.gave_up)
-                return {"status": "STOPPED", "values": None}
-            retry = getattr(self, "_random_populate_space", None)  # Bayesian: its GP would repeat
-            proposal = self._nvidia_first(retry() if retry else super().populate_space(trial_id))
-        return proposal
+        first_draw = super().populate_space
+        retry = getattr(self, "_random_populate_space", None)  # Bayesian: its GP would repeat
+        drawn: list[bool] = []
+
+        def draw() -> tuple[dict[str, Any], dict[str, Any] | None]:
+            proposal = retry() if drawn and retry is not None else first_draw(trial_id)
+            drawn.append(True)
+            proposal = self._nvidia_first(proposal)
+            starts = _starts_configuration(proposal)
+            return proposal, {n: proposal["values"][n] for n in self._names} if starts else None
+
+        def judged(proposal: dict[str, Any], verdict: Any) -> None:
+            if not verdict.fits:
+                self._withdraw(trial_id, proposal["values"])
+
+        if self._guard is None:
+            return draw()[0]
+        proposal, self.gave_up = self._guard.screen(self.pruned, draw, judged, self._log)
+        return {"status": "STOPPED", "values": None} if proposal is None else proposal
 
     def _nvidia_first(self, proposal: dict[str, Any]) -> dict[str, Any]:
         if not _starts_configuration(proposal):
@@ -101,15 +104,11 @@ class _Proposals:
             return proposal
         return {**proposal, "values": {**proposal["values"], **self._first}}
 
-    def _refuse(self, trial_id: str, values: dict[str, Any], sample: dict[str, Any],
-                verdict: Any) -> None:
-        if not any(r.params == sample for r in self.pruned):
-            self.pruned.append(self._guard.pruned_row(sample, verdict, len(self.pruned) + 1))
-            self._log(f"{self.pruned[-1].trial_id}: not started, {verdict.reason} {sample}")
-        self._tried_so_far.add(self._compute_values_hash(values))  # never proposed again
-        for bracket in getattr(self, "_brackets", ()):  # Hyperband: the slot back
+    def _withdraw(self, trial_id: str, values: dict[str, Any]) -> None:
+        """A refused proposal is never proposed again; Hyperband gets its bracket slot back."""
+        self._tried_so_far.add(self._compute_values_hash(values))
+        for bracket in getattr(self, "_brackets", ()):
             bracket["rounds"][0][:] = [e for e in bracket["rounds"][0] if e["id"] != trial_id]
-        self._guard.save(self.pruned)
 
     def get_state(self):
         return {**super().get_state(), "pruned": [r.to_dict() for r in self.pruned],

@@ -175,12 +175,42 @@ class MemoryGuard:
         return TrialRow(trial_id=f"pruned_{number}", params=dict(sample), status="pruned", epochs=0,
                         objective=self.ctx.objective, reason=verdict.reason, memory_gib=verdict.gib)
 
-    def refuse(self, rows: list[TrialRow], sample: Mapping[str, Any], verdict: Verdict) -> None:
+    def refuse(self, rows: list[TrialRow], sample: Mapping[str, Any], verdict: Verdict) -> bool:
         """Records a refused configuration: a new pruned row in ``rows`` (once per configuration),
-        all of them saved to the sink (what every engine's searcher does on a refusal)."""
-        if not any(r.params == dict(sample) for r in rows):
+        all of them saved to the sink. True when the row is new."""
+        new = not any(r.params == dict(sample) for r in rows)
+        if new:
             rows.append(self.pruned_row(sample, verdict, len(rows) + 1))
         self.save(rows)
+        return new
+
+    def screen(self, rows: list[TrialRow], draw: Callable[[], tuple[Any, Mapping[str, Any] | None]],
+               judged: Callable[[Any, Verdict], None] | None = None,
+               log: Callable[[str], None] | None = None) -> tuple[Any, str]:
+        """The memory refusal every engine's searcher puts its proposals through: ``draw()`` gives
+        a proposal and its parameter values (None: nothing to check, e.g. a Hyperband round
+        continuing a trial) until one fits the budget. ``judged(proposal, verdict)`` lets the
+        searcher learn each verdict (withdraw a refused proposal, tell Optuna the constraint);
+        each refusal becomes a pruned row in ``rows`` (:meth:`refuse`; ``log``-ged when new).
+
+        Returns:
+            (the proposal that fits, "") or, after :data:`MAX_REFUSALS` refusals in a row,
+            (None, why: :meth:`give_up`), the rows saved with it.
+        """
+        for _ in range(MAX_REFUSALS):
+            proposal, params = draw()
+            if params is None:
+                return proposal, ""
+            verdict = self.check(params)
+            if not verdict.fits and self.refuse(rows, params, verdict) and log is not None:
+                log(f"{rows[-1].trial_id}: not started, {verdict.reason} {dict(params)}")
+            if judged is not None:
+                judged(proposal, verdict)
+            if verdict.fits:
+                return proposal, ""
+        why = self.give_up(rows)
+        self.save(rows, why)
+        return None, why
 
     def restore_rows(self, rows: list[TrialRow], gave_up: str = "") -> list[TrialRow]:
         """A resumed searcher's pruned rows merged with those in the sink's pruned.json (a driver

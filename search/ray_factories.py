@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from search.memory_budget import MAX_REFUSALS, MemoryGuard
+from search.memory_budget import MemoryGuard
 from search.objective import METRIC, MODE, metric_of, second_metric
 from search.ray_options import RayOptions
 from search.spec import SearchError
@@ -329,17 +329,18 @@ def population(space: Any, opts: RayOptions, guard: MemoryGuard | None) -> list[
                                 sampler=optuna.samplers.RandomSampler(seed=opts.seed))
     study.enqueue_trial(nvidia_point(space))
     dists, points, pruned = to_optuna(space), [], []
-    for _ in range(opts.num_samples + MAX_REFUSALS):
+
+    def draw() -> tuple[dict[str, Any], dict[str, Any]]:
         params = study.ask(fixed_distributions=dists).params
-        verdict = guard.check(params) if guard is not None else None
-        if verdict is None or verdict.fits:
-            points.append(params)
-            if len(points) == opts.num_samples:
-                break
-        else:
-            guard.refuse(pruned, params, verdict)
-    if guard is not None:
-        guard.save(pruned, "" if points else guard.give_up(pruned))
+        return params, params
+
+    while len(points) < opts.num_samples:
+        params = draw()[0] if guard is None else guard.screen(pruned, draw)[0]
+        if params is None:  # (the guard gave up: saved with why)
+            break
+        points.append(params)
+    if guard is not None and len(points) == opts.num_samples:
+        guard.save(pruned)
     return points
 
 

@@ -39,7 +39,7 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from search.memory_budget import CONSTRAINT, MAX_REFUSALS, MemoryGuard
+from search.memory_budget import CONSTRAINT, MemoryGuard
 from search.results import TrialRow
 
 
@@ -138,20 +138,21 @@ class BudgetedOptunaSearch(OptunaSearch):
     def _suggest(self, trial_id: str) -> dict | str | None:
         if self._guard is None or trial_id in self._ot_trials or callable(self._space):
             return self._ask(trial_id)
-        for _ in range(MAX_REFUSALS):
+
+        def draw() -> tuple[Any, dict[str, Any]]:
             config = self._ask(trial_id)  # asks Optuna: this trial_id's Optuna trial
+            return config, self._ot_trials[trial_id].params
+
+        def judged(_config: Any, verdict: Any) -> None:
             ot_trial = self._ot_trials[trial_id]
-            verdict = self._guard.check(ot_trial.params)
             ot_trial.set_constraint(CONSTRAINT, verdict.excess_gib)
-            if verdict.fits:
-                return config
-            del self._ot_trials[trial_id]  # the same trial_id gets the next configuration
-            ot_trial.set_user_attr("pruned", verdict.reason)
-            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
-            self._guard.refuse(self.pruned, ot_trial.params, verdict)
-        self.gave_up = self._guard.give_up(self.pruned)
-        self._guard.save(self.pruned, self.gave_up)
-        return Searcher.FINISHED
+            if not verdict.fits:
+                del self._ot_trials[trial_id]  # the same trial_id gets the next configuration
+                ot_trial.set_user_attr("pruned", verdict.reason)
+                self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+
+        config, self.gave_up = self._guard.screen(self.pruned, draw, judged)
+        return Searcher.FINISHED if config is None else config
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
@@ -255,19 +256,20 @@ class BudgetedSearcher(Searcher):
         return self.inner.set_max_concurrency(max_concurrent)
 
     def suggest(self, trial_id: str) -> dict | str | None:
-        for _ in range(MAX_REFUSALS):
+        def draw() -> tuple[Any, dict[str, Any] | None]:
             config = self.inner.suggest(trial_id)
             if isinstance(config, dict):  # ConfigSpace hands numpy scalars (not JSON, not config)
                 config = {k: v.item() if hasattr(v, "item") else v for k, v in config.items()}
-            if self._guard is None or not isinstance(config, dict):
-                return config
-            verdict = self._guard.check(config)
-            if verdict.fits:
-                return config
-            self.inner.on_trial_complete(trial_id, None, True)
-            self._guard.refuse(self.pruned, config, verdict)
-        self._guard.save(self.pruned, self._guard.give_up(self.pruned))
-        return Searcher.FINISHED
+            return config, config if isinstance(config, dict) else None
+
+        def judged(_config: Any, verdict: Any) -> None:
+            if not verdict.fits:
+                self.inner.on_trial_complete(trial_id, None, True)
+
+        if self._guard is None:
+            return draw()[0]
+        config, _ = self._guard.screen(self.pruned, draw, judged)
+        return Searcher.FINISHED if config is None else config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self.inner.on_trial_result(trial_id, result)

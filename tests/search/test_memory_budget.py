@@ -312,6 +312,43 @@ def test_a_searcher_that_finds_nothing_to_fit_stops_sampling_and_says_why(tmp_pa
                               f"'tinymem' did not fit --memory")
 
 
+def test_bohb_and_pbts_population_go_through_the_same_refusal(tmp_path):
+    """The other two ways Ray's searchers propose (BOHB's own searcher behind BudgetedSearcher,
+    PBT's population drawn up front) refuse through the same filter: only what fits, every
+    refusal a pruned row, and when nothing fits, the same give-up line."""
+    from ray.tune.search import Searcher
+
+    from search.ray_factories import population, searcher
+    from search.ray_options import RayOptions
+
+    ctx = _ctx(_space())
+    budget = _between(ctx)
+    bohb = searcher(ctx.space, RayOptions(scheduler="bohb", max_concurrent=0),
+                    guard=_guard(ctx, budget, tmp_path / PRUNED_FILE))
+    configs = [bohb.suggest(f"t{i}") for i in range(4)]
+    assert all(c["data.crop"] == 16 for c in configs)
+    pruned, gave_up = load_pruned(tmp_path)
+    assert pruned and not gave_up and pruned[0].params["data.crop"] == 128  # NVIDIA's, first
+    (tmp_path / "pbt").mkdir()
+    guard = _guard(ctx, budget, tmp_path / "pbt" / PRUNED_FILE)
+    points = population(ctx.space, RayOptions(scheduler="pbt", num_samples=5), guard)
+    assert len(points) == 5 and all(p["data.crop"] == 16 for p in points)
+    pruned, gave_up = load_pruned(tmp_path / "pbt")
+    assert pruned[0].params == BIG and not gave_up
+
+    for name in ("none_bohb", "none_pbt"):
+        (tmp_path / name).mkdir()
+    tiny = _gib(ctx, SMALL) / 2
+    bohb = searcher(ctx.space, RayOptions(scheduler="bohb", max_concurrent=0),
+                    guard=_guard(ctx, tiny, tmp_path / "none_bohb" / PRUNED_FILE))
+    assert bohb.suggest("t0") == Searcher.FINISHED
+    assert population(ctx.space, RayOptions(scheduler="pbt", num_samples=5),
+                      _guard(ctx, tiny, tmp_path / "none_pbt" / PRUNED_FILE)) == []
+    for name in ("none_bohb", "none_pbt"):
+        assert load_pruned(tmp_path / name)[1].startswith(f"stopped sampling: {MAX_REFUSALS} "
+                                                          f"configurations in a row")
+
+
 @pytest.mark.parametrize("algorithm", ["hyperband", "bayesian"])
 def test_the_keras_tuner_oracle_never_proposes_what_does_not_fit(tmp_path, algorithm):
     from search.kt_engine import KerasTunerOptions, _tuner
