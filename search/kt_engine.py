@@ -167,11 +167,8 @@ def _tuner(ctx: SearchContext, experiment: Path, opts: KerasTunerOptions, overwr
 
     class UNetTuner(kt.engine.base_tuner.BaseTuner):
         def run_trial(self, trial, *args, **kwargs):
-            import keras
-
-            from search.tb import write_hparams
+            from search.trial import fit_trial
             from unet3d.folders import RunFolder
-            from unet3d.train import Trainer
 
             values = trial.hyperparameters.values
             sample = {p.name: values[p.name] for p in space.params}
@@ -179,11 +176,8 @@ def _tuner(ctx: SearchContext, experiment: Path, opts: KerasTunerOptions, overwr
             cfg = ctx.run_config(sample).with_epochs(epochs)
             run_dir = run_dir_of(experiment, trial.trial_id)
             resume = (run_dir / RunFolder.CHECKPOINT).exists()
-            if not resume:
-                write_hparams(run_dir / RunFolder.TENSORBOARD, sample, trial.trial_id)
             log(f"trial {trial.trial_id}: {epochs} epochs {sample}"
                 + (" (resuming)" if resume else ""))
-            keras.backend.clear_session()
             t0 = time.perf_counter()
             _stop_if(ctrl_c)
 
@@ -195,9 +189,10 @@ def _tuner(ctx: SearchContext, experiment: Path, opts: KerasTunerOptions, overwr
             if tracker is not None:  # (MLflow: search.tracking; Ray's trials log through Ray)
                 tracker.start_trial(trial.trial_id, sample)
             try:
-                metrics = Trainer(cfg, ctx.cases(ctx.train_ids), ctx.cases(ctx.val_ids), run_dir,
-                                  resume=resume, log=lambda m: log(f"  {trial.trial_id} {m}"),
-                                  epoch_hook=epoch_end).fit()
+                metrics = fit_trial(ctx, cfg, RunFolder(run_dir), trial_id=trial.trial_id,
+                                    sample=sample, train_ids=ctx.train_ids, val_ids=ctx.val_ids,
+                                    resume=resume, new=not resume, epoch_hook=epoch_end,
+                                    log=lambda m: log(f"  {trial.trial_id} {m}"))
             except BaseException as e:
                 if tracker is not None:
                     tracker.end_trial(trial.trial_id,

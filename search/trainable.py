@@ -49,7 +49,6 @@ def train_trial(config: dict[str, Any], ctx: SearchContext) -> None:
     resources = tctx.get_trial_resources().required_resources if tctx.get_trial_resources() else {}
     limit_cpu_threads(resources.get("CPU", os.cpu_count() or 1))
 
-    from search.tb import write_hparams
     from unet3d.config import RunConfig
     from unet3d.io_utils import public
 
@@ -59,7 +58,7 @@ def train_trial(config: dict[str, Any], ctx: SearchContext) -> None:
     run = ExperimentFolder(base.parent).trial_run(base.name)
     run_dir = run.path
     run_dir.mkdir(parents=True, exist_ok=True)
-    resume = False
+    resume, new = False, False
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
@@ -75,11 +74,10 @@ def train_trial(config: dict[str, Any], ctx: SearchContext) -> None:
         # The winner's last checkpoint: the trainer resumes it under the longer schedule (a wsd
         # run that has not cooled down continues exactly; unet3d.schedules.continues).
         _fetch(cont["checkpoint"], run_dir)
-        resume = True
-        write_hparams(run.tensorboard, config, tctx.get_trial_id())
+        resume = new = True
     else:
         run.checkpoint.unlink(missing_ok=True)  # a fresh attempt of a failed trial
-        write_hparams(run.tensorboard, config, tctx.get_trial_id())
+        new = True
 
     index = tctx.get_trial_name().split("_", 1)[0]
     trial_index = int(index) if index.isdigit() else 0
@@ -94,21 +92,24 @@ def train_trial(config: dict[str, Any], ctx: SearchContext) -> None:
             public(d)  # (Ray copies the folder with its mode into the trial's checkpoint_N)
             _copy_state(run_dir, Path(d), checkpoint_file)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
-        faults.after_report(trial_index, epoch, trainer.model if trainer is not None else None)
 
-    trainer = None
     if context.workers_per_trial > 1:
+        if new:
+            from search.tb import write_hparams
+
+            write_hparams(run.tensorboard, config, tctx.get_trial_id())
+
+        def relay(epoch: int, record: dict[str, float], checkpoint_file: Path) -> None:
+            report(epoch, record, checkpoint_file)
+            faults.after_report(trial_index, epoch)
+
         # (this process only relays the workers' epochs: it never loads Keras or TensorFlow)
-        _train_with_horovod(context, cfg, run_dir, resume, report, resources, train_ids, val_ids)
+        _train_with_horovod(context, cfg, run_dir, resume, relay, resources, train_ids, val_ids)
         return
-    import keras
+    from search.trial import fit_trial
 
-    from unet3d.train import Trainer
-
-    keras.backend.clear_session()
-    trainer = Trainer(cfg, context.cases(train_ids), context.cases(val_ids), run_dir,
-                      resume=resume, epoch_hook=report)
-    trainer.fit()
+    fit_trial(context, cfg, run, trial_id=tctx.get_trial_id(), sample=config, train_ids=train_ids,
+              val_ids=val_ids, resume=resume, new=new, epoch_hook=report, trial_index=trial_index)
 
 
 def _trial_plan(context: SearchContext, config: dict[str, Any],
