@@ -12,12 +12,15 @@ resumed Tuner calls its own unpickled copy of the callback, which records into t
 
 from __future__ import annotations
 
+import os
+import shutil
+from pathlib import Path
 from typing import Any
 
 from ray import tune
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 
-from search.tracking import allow_file_store, trial_runs
+from search.tracking import allow_file_store, trial_runs, wandb_mode
 
 # Ray's own entries in a trial's result, and what the trainable adds to say where it ran: not
 # metrics of the trial (MLflow got them all as metrics).
@@ -154,3 +157,54 @@ class MlflowTrials(MLflowLoggerCallback):
         if node and (trial.trial_id, node) not in self._nodes:
             self._nodes.add((trial.trial_id, node))
             self.mlflow_util._get_client().set_tag(self._trial_runs[trial], "node", node)
+
+
+WANDB_FINISH_S = 120  # how long a trial's end waits for its W&B run to be written and finished
+
+
+def wandb_callback(project: str, group: str) -> Any:
+    """Ray Tune's W&B callback: a W&B run per trial (named and identified as the trial, grouped
+    by the search), offline unless WANDB_MODE says otherwise.
+
+    Ray's callback hands each trial's results to a logging actor and, at the trial's end, tells it
+    to finish without waiting. The trial that ends a search (stopped by the budget or ASHA at its
+    first epoch, say) then lost its results: the actor was gone before it wrote them (its offline
+    run held the configuration only, unfinished). Here a trial's end waits for its run to finish
+    (at most WANDB_FINISH_S seconds)."""
+    import ray
+    from ray.air.integrations.wandb import WandbLoggerCallback
+
+    class FinishingWandb(WandbLoggerCallback):
+        def log_trial_start(self, trial: Any) -> None:
+            # Ray makes the logging actors restartable, and Ray's core then prints an error line
+            # ("... has constructor arguments in the object store and max_restarts > 0") on every
+            # W&B search; a restarted actor would start a new W&B run anyway. Ours are not
+            # restarted (the same class and options as Ray's otherwise).
+            if not self._remote_logger_class:
+                from ray.air.util.node import _force_on_current_node
+
+                env = {k: os.environ[k] for k in ("WANDB_API_KEY",) if k in os.environ}
+                self._remote_logger_class = ray.remote(
+                    num_cpus=0, **_force_on_current_node(), runtime_env={"env_vars": env},
+                    max_restarts=0, max_task_retries=0)(self._logger_actor_cls)
+            super().log_trial_start(trial)
+
+        def log_trial_end(self, trial: Any, failed: bool = False) -> None:
+            self._signal_logging_actor_stop(trial=trial)
+            future = self._trial_logging_futures.get(trial)
+            if future is not None:
+                ray.wait([future], timeout=WANDB_FINISH_S)
+            self._cleanup_logging_actors()
+            # The run is written in Ray's staging folder for the trial; Ray copies that folder to
+            # the experiment in the background, and its last copy could be taken while the run
+            # was still being finished (a trial folder then held a run without its results).
+            # Copied once more now that it is whole (a local experiment folder only; Ray syncs
+            # remote storage).
+            src, dest = Path(trial.local_path) / "wandb", str(trial.path)
+            if src.is_dir() and "://" not in dest and Path(dest).resolve() != src.parent.resolve():
+                shutil.copytree(src, Path(dest) / "wandb", dirs_exist_ok=True)
+
+    os.environ.setdefault("WANDB_MODE", wandb_mode())  # (Ray checks for a key unless offline)
+    os.environ.setdefault("WANDB_SILENT", "true")
+    return FinishingWandb(project=project, group=group, mode=wandb_mode(),
+                          excludes=["time_since_restore", "iterations_since_restore"])

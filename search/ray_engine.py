@@ -359,9 +359,9 @@ class RayEngine(Engine):
 
             callbacks.append(MlflowTrials(mlflow.uri, mlflow.experiment_id, mlflow.parent))
         if self.spec.wandb:
-            from search import tracking
+            from search.ray_callbacks import wandb_callback
 
-            callbacks.append(tracking.wandb_callback(self.spec.wandb, self.spec.name))
+            callbacks.append(wandb_callback(self.spec.wandb, self.spec.name))
         return callbacks
 
     def close(self) -> None:
