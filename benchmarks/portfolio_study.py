@@ -91,8 +91,7 @@ def candidates(n: int, seed: int = 0) -> list[dict[str, Any]]:
     """NVIDIA's point, then ``n - 1`` random configurations of the space (seeded)."""
     import numpy as np
 
-    from spaces.presets import get_space
-    from spaces.translate import nvidia_point
+    from spaces.presets import get_space, nvidia_point
 
     space = get_space(SPACE)
     rng = np.random.default_rng(seed)

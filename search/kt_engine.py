@@ -29,6 +29,8 @@ from search.objective import MODE
 from search.results import TrialRow, row_from_history
 from search.spec import SearchError
 from search.storage import ExperimentFolder
+from spaces.presets import nvidia_point
+from spaces.space import Float, Int, SearchSpace
 
 ALGORITHMS = ("hyperband", "bayesian", "random")
 
@@ -133,7 +135,6 @@ def _oracle(ctx: SearchContext, opts: KerasTunerOptions, hp: Any, guard: MemoryG
     ``ctx.metric``."""
     import keras_tuner as kt
 
-    from spaces.translate import nvidia_point
 
     objective = kt.Objective(ctx.metric, direction=MODE)  # the search objective's
     if opts.algorithm == "hyperband":
@@ -157,7 +158,6 @@ def _tuner(ctx: SearchContext, experiment: Path, opts: KerasTunerOptions, overwr
            guard: MemoryGuard | None = None, tracker: Any = None):
     import keras_tuner as kt
 
-    from spaces.translate import define_keras_tuner
 
     space = ctx.space
     hp = kt.HyperParameters()
@@ -325,3 +325,23 @@ class KerasTunerEngine(Engine):
             guard: MemoryGuard | None, mlflow: Any = None) -> tuple[list[TrialRow], bool]:
         return run(ctx, exp.local, self.settings, resume=resume, log=log, guard=guard,
                    tracker=mlflow)
+
+
+def define_keras_tuner(space: SearchSpace, hp: Any) -> dict[str, Any]:
+    """Registers every parameter on a ``keras_tuner.HyperParameters`` and returns the sample."""
+    sample: dict[str, Any] = {}
+    for p in space.params:
+        if isinstance(p, Int):
+            # Keras Tuner's log-scale step is a multiplier (> 1); no step = every integer.
+            sample[p.name] = hp.Int(p.name, p.low, p.high, step=None if p.log else p.step,
+                                    sampling="log" if p.log else "linear")
+        elif isinstance(p, Float):
+            sample[p.name] = hp.Float(p.name, p.low, p.high, sampling="log" if p.log else "linear")
+        elif len(p.values) == 1:
+            # hp.Boolean would also offer the other boolean; hp.Choice turns True into 1.
+            sample[p.name] = hp.Fixed(p.name, p.values[0])
+        elif set(p.values) == {False, True} and all(isinstance(v, bool) for v in p.values):
+            sample[p.name] = hp.Boolean(p.name)
+        else:
+            sample[p.name] = hp.Choice(p.name, list(p.values))
+    return sample

@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import random
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -243,12 +242,14 @@ class MemoryGuard:
         Raises:
             SearchError: none fits (naming --memory and the smallest prediction).
         """
-        from spaces.translate import nvidia_point
+        import numpy as np
+
+        from spaces.presets import nvidia_point
 
         space = self.ctx.space
-        rng = random.Random(seed)
+        rng = np.random.default_rng(seed)
         candidates = [nvidia_point(space), space.default_sample()]
-        candidates += [random_sample(space, rng) for _ in range(samples)]
+        candidates += [space.sample(rng) for _ in range(samples)]
         least = math.inf
         for sample in candidates:
             verdict = self.check(sample)
@@ -257,24 +258,6 @@ class MemoryGuard:
             least = min(least, verdict.gib)
         raise SearchError(f"no configuration of space {space.name!r} fits {self.budget.flag()}: the "
                           f"smallest of {len(candidates)} sampled needs {least:.1f} GiB")
-
-
-def random_sample(space: Any, rng: random.Random) -> dict[str, Any]:
-    """One configuration of ``space`` drawn uniformly (log-uniformly on a log scale)."""
-    from spaces.space import Choice, Float, project
-
-    sample: dict[str, Any] = {}
-    for p in space.params:
-        if isinstance(p, Choice):
-            sample[p.name] = rng.choice(p.values)
-        elif p.log:
-            v = math.exp(rng.uniform(math.log(p.low), math.log(p.high)))
-            sample[p.name] = min(max(v, p.low), p.high) if isinstance(p, Float) else project(p, v)
-        elif isinstance(p, Float):
-            sample[p.name] = rng.uniform(p.low, p.high)
-        else:
-            sample[p.name] = rng.randrange(p.low, p.high + 1, p.step)
-    return sample
 
 
 def load_pruned(experiment: Path) -> tuple[list[TrialRow], str]:

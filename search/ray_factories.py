@@ -17,6 +17,8 @@ from search.ray_options import RayOptions
 from search.spec import SearchError
 from search.storage import ExperimentFolder
 from search.trainable import MUTABLE
+from spaces.presets import nvidia_point
+from spaces.space import Float, Int, SearchSpace
 
 RACE_TRIALS = 10_000  # the race's trials are bounded by its budget (its searcher ends the search)
 
@@ -70,7 +72,6 @@ def default_point(space: Any) -> tuple[dict[str, Any], str]:
     """The configuration every search tries first, and its origin: the plan's for ``auto``
     (the space is built around it), otherwise NVIDIA's projected into the space."""
     from spaces.presets import AUTO
-    from spaces.translate import nvidia_point
 
     if space.name == AUTO:
         return space.default_sample(), "plan"
@@ -97,7 +98,6 @@ def race_searcher(space: Any, opts: RayOptions, metric: str, guard: MemoryGuard 
     from search.race import Proposals, Race
     from search.ray_race import RaceSearcher
     from search.ray_searcher import BudgetedOptunaSearch
-    from spaces.translate import to_optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     settings, portfolio = race_plan(space, opts)
@@ -127,7 +127,6 @@ def searcher(space: Any, opts: RayOptions, metric: str = METRIC,
     searcher)."""
     from ray.tune.search import ConcurrencyLimiter
 
-    from spaces.translate import nvidia_point, to_optuna
 
     if opts.population_based:
         return None
@@ -136,7 +135,6 @@ def searcher(space: Any, opts: RayOptions, metric: str = METRIC,
         from ray.tune.search.bohb import TuneBOHB
 
         from search.ray_searcher import BudgetedSearcher
-        from spaces.translate import to_tune
 
         alg = BudgetedSearcher(TuneBOHB(space=TuneBOHB.convert_search_space(to_tune(space)),
                                         metric=metric, mode=MODE,
@@ -207,11 +205,8 @@ def _mutations(space: Any, opts: RayOptions) -> dict[str, Any]:
     Raises:
         SearchError: the space has none.
     """
-    from spaces.space import Choice
-    from spaces.translate import to_tune
 
-    params = [p for p in mutable(space)
-              if not (opts.scheduler == "pb2" and isinstance(p, Choice))]
+    params = [p for p in mutable(space) if not (opts.scheduler == "pb2" and p.kind == "choice")]
     if not params:
         kind = "numeric " if opts.scheduler == "pb2" else ""
         raise SearchError(f"--scheduler {opts.scheduler}: the space {space.name!r} has no {kind}"
@@ -219,22 +214,19 @@ def _mutations(space: Any, opts: RayOptions) -> dict[str, Any]:
     if opts.scheduler == "pb2":
         return {p.name: [p.low, p.high] for p in params}
     tune_space = to_tune(space)
-    return {p.name: list(p.values) if isinstance(p, Choice) else tune_space[p.name]
-            for p in params}
+    return {p.name: list(p.values) if p.kind == "choice" else tune_space[p.name] for p in params}
 
 
 def _within(space: Any) -> Any:
-    """PBT's custom explore: its perturbations (x0.8 / x1.2 of a number) clipped to the space's
-    bounds, integers rounded, so a perturbed trial stays a configuration of the space."""
-    from spaces.space import Choice, Int
-
-    bounds = {p.name: p for p in mutable(space) if not isinstance(p, Choice)}
+    """PBT's custom explore: its perturbations (x0.8 / x1.2 of a number) projected back into the
+    space (clipped to the bounds, integers on their step), so a perturbed trial stays a
+    configuration of the space."""
+    bounds = {p.name: p for p in mutable(space) if p.kind != "choice"}
 
     def explore(config: dict) -> dict:
         for name, p in bounds.items():
             if name in config:
-                v = min(max(config[name], p.low), p.high)
-                config[name] = int(round(v)) if isinstance(p, Int) else float(v)
+                config[name] = p.project(config[name])
         return config
 
     return explore
@@ -311,7 +303,6 @@ def param_space(space: Any, opts: RayOptions) -> dict[str, Any] | None:
     the Optuna and BOHB searchers hold theirs."""
     if not opts.population_based:
         return None
-    from spaces.translate import to_tune
 
     return to_tune(space)
 
@@ -322,7 +313,6 @@ def population(space: Any, opts: RayOptions, guard: MemoryGuard | None) -> list[
     (``guard``), as the searchers do."""
     import optuna
 
-    from spaces.translate import nvidia_point, to_optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize",
@@ -391,3 +381,42 @@ def check_space(opts: RayOptions, space: Any) -> None:
         sampler(opts)  # (raises when its library is missing)
     if opts.population_based:
         _mutations(space, opts)
+
+
+# The space in Optuna's and Ray Tune's terms (this engine's translation of spaces.space).
+
+
+def to_optuna(space: SearchSpace) -> dict[str, Any]:
+    """{name: optuna distribution}."""
+    from optuna import distributions as d
+
+    out: dict[str, Any] = {}
+    for p in space.params:
+        if isinstance(p, Int):
+            out[p.name] = d.IntDistribution(p.low, p.high, step=p.step, log=p.log)
+        elif isinstance(p, Float):
+            out[p.name] = d.FloatDistribution(p.low, p.high, log=p.log)
+        else:
+            out[p.name] = d.CategoricalDistribution(list(p.values))
+    return out
+
+
+def to_tune(space: SearchSpace) -> dict[str, Any]:
+    """{name: Ray Tune domain} (``tune.choice`` / ``randint`` / ``qrandint`` / ``uniform``, log
+    variants where the parameter is on a log scale)."""
+    from ray import tune
+
+    out: dict[str, Any] = {}
+    for p in space.params:
+        if isinstance(p, Int):
+            if p.log:
+                out[p.name] = tune.lograndint(p.low, p.high + 1)
+            elif p.step == 1:
+                out[p.name] = tune.randint(p.low, p.high + 1)
+            else:
+                out[p.name] = tune.qrandint(p.low, p.high, p.step)
+        elif isinstance(p, Float):
+            out[p.name] = (tune.loguniform if p.log else tune.uniform)(p.low, p.high)
+        else:
+            out[p.name] = tune.choice(list(p.values))
+    return out

@@ -94,7 +94,7 @@ def importances(rows: list[TrialRow], space: Any) -> dict[str, float]:
     import optuna
     from optuna.importance import FanovaImportanceEvaluator, get_param_importances
 
-    from spaces.translate import to_optuna
+    from search.ray_factories import to_optuna
 
     dists = to_optuna(space)
     scored = [r for r in rows if finite(r.best_score)]
@@ -249,18 +249,7 @@ def _pareto_figure(ax: Any, rows: list[TrialRow], what: str, second: str = "") -
 
 def _position(param: Any, value: Any) -> float:
     """A parameter value on [0, 1] for the parallel-coordinates plot."""
-    from spaces.space import Choice
-
-    if value is None:
-        return float("nan")
-    if isinstance(param, Choice):
-        values = list(param.values)
-        return values.index(value) / max(1, len(values) - 1) if value in values else float("nan")
-    lo, hi = float(param.low), float(param.high)
-    v = float(value)
-    if getattr(param, "log", False) and lo > 0:
-        lo, hi, v = math.log(lo), math.log(hi), math.log(v)
-    return (v - lo) / (hi - lo) if hi > lo else 0.5
+    return float("nan") if value is None else param.unit(value)
 
 
 def _e(x: Any) -> str:
@@ -451,7 +440,7 @@ def _results_table(rows: list[TrialRow], ctx: Any, best: TrialRow | None) -> lis
 
 
 def _best_section(best: TrialRow | None, space: Any) -> list[str]:
-    from spaces.translate import nvidia_point
+    from spaces.presets import nvidia_point
 
     parts = ["<h2 id='best'>Best configuration and NVIDIA's</h2>"]
     if best is None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from search.objective import DEFAULT, METRIC, OBJECTIVES, metric_of
+from spaces.space import Choice, Int, SearchSpace
 
 
 def hparams_metrics(regions: Sequence[str], objective: str = DEFAULT) -> tuple[str, ...]:
@@ -73,8 +74,23 @@ def write_experiment(logdir: str | Path, space: Any, *, scheme: Any,
     """
     from tensorboard.plugins.hparams import summary_v2 as hp
 
-    from spaces.translate import to_hparams
 
     metrics = hparams_metrics(tuple(scheme.regions), objective)
     _write_summary(logdir, hp.hparams_config_pb(hparams=to_hparams(space),
                                                 metrics=[hp.Metric(m) for m in metrics]))
+
+
+def to_hparams(space: SearchSpace) -> list[Any]:
+    """TensorBoard ``HParam`` declarations: a domain per parameter (values TensorBoard can show)."""
+    from tensorboard.plugins.hparams import summary_v2 as hp  # (its `api` imports TensorFlow)
+
+    out = []
+    for p in space.params:
+        if isinstance(p, Choice):
+            vals = [v if isinstance(v, (bool, int, float, str)) else str(v) for v in p.values]
+            out.append(hp.HParam(p.name, hp.Discrete(vals)))
+        elif isinstance(p, Int):
+            out.append(hp.HParam(p.name, hp.IntInterval(p.low, p.high)))
+        else:
+            out.append(hp.HParam(p.name, hp.RealInterval(float(p.low), float(p.high))))
+    return out

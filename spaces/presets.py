@@ -9,9 +9,10 @@ around the planned one) instead of fixed edge lengths that may not fit the GPU.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from spaces.space import Choice, Float, Int, SearchSpace, SpaceError, load_space
-from unet3d.config import RunConfig
+from unet3d.config import RunConfig, preset
 
 SPACES: dict[str, SearchSpace] = {
     # Small enough that 8 trials with ASHA finish in a few minutes on 2 CPU cores (32^3 crops on
@@ -116,3 +117,9 @@ def get_space(name_or_path: str) -> SearchSpace:
         return load_space(p)
     raise SpaceError(f"unknown space {name_or_path!r}: give one of {', '.join(SPACES)} or a "
                      f".yaml/.json file")
+
+
+def nvidia_point(space: SearchSpace) -> dict[str, Any]:
+    """NVIDIA's reference configuration projected into ``space`` (nearest value per parameter):
+    the first point every search evaluates."""
+    return space.point_of(preset("nvidia"))

@@ -64,9 +64,35 @@ def _field_type(name: str) -> type | None:
     return None
 
 
+class _Numeric:
+    """What Int and Float share: bounds, an optional log scale."""
+
+    low: Any
+    high: Any
+    log: bool
+
+    def extremes(self) -> tuple[Any, ...]:
+        """The values that bound the parameter (each must make a valid configuration)."""
+        return (self.low, self.high)
+
+    @property
+    def movable(self) -> bool:
+        """Whether it has more than one value."""
+        return self.low != self.high
+
+    def unit(self, v: Any) -> float:
+        """``v``'s place on [0, 1] between the bounds (on the log scale with ``log``)."""
+        lo, hi, x = float(self.low), float(self.high), float(v)
+        if self.log and lo > 0 and x > 0:
+            lo, hi, x = math.log(lo), math.log(hi), math.log(x)
+        return (x - lo) / (hi - lo) if hi > lo else 0.5
+
+
 @dataclasses.dataclass(frozen=True)
-class Int:
+class Int(_Numeric):
     """Integer in [low, high] (inclusive), optional step, optional log scale."""
+
+    kind = "int"
 
     name: str
     low: int
@@ -107,10 +133,24 @@ class Int:
         moves = [u for u in (v - self.step, v + self.step) if self.low <= u <= self.high]
         return int(moves[int(rng.integers(len(moves)))]) if moves else v
 
+    def project(self, v: Any) -> int:
+        """The value nearest to ``v`` (clipped to the bounds, on the step)."""
+        v = min(max(float(v), self.low), self.high)
+        return min(self.low + int(round((v - self.low) / self.step)) * self.step, self.high)
+
+    def field_error(self, t: type) -> str:
+        """Why the parameter cannot set a field of type ``t`` ("" if it can)."""
+        return "" if t is int else f"is a {t.__name__} field, not int"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "int", "low": self.low, "high": self.high, "step": self.step, "log": self.log}
+
 
 @dataclasses.dataclass(frozen=True)
-class Float:
+class Float(_Numeric):
     """Real number in [low, high], linear or log scale."""
+
+    kind = "float"
 
     name: str
     low: float
@@ -151,6 +191,16 @@ class Float:
             u = v + rng.normal(0.0, scale * (self.high - self.low))
         return float(min(max(u, self.low), self.high))
 
+    def project(self, v: Any) -> float:
+        """The value nearest to ``v`` (clipped to the bounds)."""
+        return float(min(max(float(v), self.low), self.high))
+
+    def field_error(self, t: type) -> str:
+        return "" if t is float else f"is a {t.__name__} field, not float"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "float", "low": self.low, "high": self.high, "log": self.log}
+
 
 @dataclasses.dataclass(frozen=True)
 class Choice:
@@ -162,6 +212,7 @@ class Choice:
 
     name: str
     values: tuple[Any, ...]
+    kind = "choice"
 
     def __post_init__(self) -> None:
         vals = tuple(self.values) if isinstance(self.values, (list, tuple)) else None
@@ -198,6 +249,37 @@ class Choice:
             i = order.index(v)
             others = [order[j] for j in (i - 1, i + 1) if 0 <= j < len(order)]
         return others[int(rng.integers(len(others)))]
+
+    def extremes(self) -> tuple[Any, ...]:
+        return self.values
+
+    @property
+    def movable(self) -> bool:
+        return len(self.values) > 1
+
+    def project(self, v: Any) -> Any:
+        """``v`` if it is a value; else the nearest number for a number, else the first value."""
+        if self.contains(v):
+            return v
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            nums = [c for c in self.values if isinstance(c, (int, float)) and not isinstance(c, bool)]
+            if nums:
+                return min(nums, key=lambda c: abs(c - v))
+        return self.values[0]
+
+    def unit(self, v: Any) -> float:
+        """``v``'s place on [0, 1] in the list of values (NaN if it is none of them)."""
+        values = list(self.values)
+        return values.index(v) / max(1, len(values) - 1) if v in values else float("nan")
+
+    def field_error(self, t: type) -> str:
+        ok = {int: (int,), float: (int, float)}.get(t, (t,))
+        bad = [v for v in self.values if isinstance(v, bool) is not (t is bool)
+               or not isinstance(v, ok)]
+        return f"is a {t.__name__} field; value(s) {bad} are not" if bad else ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "choice", "values": list(self.values)}
 
 
 Param = Int | Float | Choice
@@ -242,17 +324,8 @@ class SearchSpace:
             if t is None:
                 raise SpaceError(f"space {self.name}: {p.name}: not a config field "
                                  f"(use model.*, train.* or data.* field names)")
-            if isinstance(p, Float) and t is not float:
-                raise SpaceError(f"space {self.name}: {p.name}: is a {t.__name__} field, not float")
-            if isinstance(p, Int) and t is not int:
-                raise SpaceError(f"space {self.name}: {p.name}: is a {t.__name__} field, not int")
-            if isinstance(p, Choice):
-                ok = {int: (int,), float: (int, float)}.get(t, (t,))
-                bad = [v for v in p.values if isinstance(v, bool) is not (t is bool)
-                       or not isinstance(v, ok)]
-                if bad:
-                    raise SpaceError(f"space {self.name}: {p.name}: is a {t.__name__} field; "
-                                     f"value(s) {bad} are not")
+            if p.field_error(t):
+                raise SpaceError(f"space {self.name}: {p.name}: {p.field_error(t)}")
             if p.name == "model.head":
                 raise SpaceError(f"space {self.name}: model.head: follows train.loss (region -> "
                                  f"regions, else softmax); search train.loss instead")
@@ -266,7 +339,7 @@ class SearchSpace:
             raise SpaceError(f"space {self.name}: {e}") from None
         # Every extreme of every parameter must make a valid config (checked once, here).
         for p in self.params:
-            for v in (p.values if isinstance(p, Choice) else (p.low, p.high)):
+            for v in p.extremes():
                 sample = self.default_sample()
                 sample[p.name] = v
                 try:
@@ -286,8 +359,12 @@ class SearchSpace:
 
     def default_sample(self) -> dict[str, Any]:
         """The base configuration's values, projected into the space (clipped to its bounds)."""
-        base = self.base_config()
-        return {p.name: project(p, config_value(base, p.name)) for p in self.params}
+        return self.point_of(self.base_config())
+
+    def point_of(self, cfg: RunConfig) -> dict[str, Any]:
+        """The point of the space nearest to configuration ``cfg`` (each parameter's value
+        projected: NVIDIA's configuration as a point of any space)."""
+        return {p.name: p.project(config_value(cfg, p.name)) for p in self.params}
 
     def contains(self, sample: Mapping[str, Any]) -> bool:
         return set(sample) == set(self.names) and all(p.contains(sample[p.name]) for p in self.params)
@@ -302,8 +379,7 @@ class SearchSpace:
         parameters, picked at random, each moved to a neighbouring value (:meth:`Int.neighbour`,
         ...); ``point`` itself only if no parameter can move."""
         out = dict(point)
-        movable = [p for p in self.params if not (isinstance(p, Choice) and len(p.values) == 1)
-                   and not (isinstance(p, (Int, Float)) and p.low == p.high)]
+        movable = [p for p in self.params if p.movable]
         if not movable:
             return out
         k = int(rng.integers(1, min(changes, len(movable)) + 1))
@@ -341,15 +417,7 @@ class SearchSpace:
         return RunConfig.repaired_from_dict(d, source=f"space {self.name}")
 
     def to_dict(self) -> dict[str, Any]:
-        params: dict[str, Any] = {}
-        for p in self.params:
-            if isinstance(p, Int):
-                params[p.name] = {"type": "int", "low": p.low, "high": p.high, "step": p.step,
-                                  "log": p.log}
-            elif isinstance(p, Float):
-                params[p.name] = {"type": "float", "low": p.low, "high": p.high, "log": p.log}
-            else:
-                params[p.name] = {"type": "choice", "values": list(p.values)}
+        params = {p.name: p.to_dict() for p in self.params}
         base = self.base if isinstance(self.base, str) else dict(self.base)
         return {"name": self.name, "base": base,
                 "fixed": {k: dict(v) for k, v in self.fixed.items()}, "params": params}
@@ -363,22 +431,6 @@ def config_value(cfg: RunConfig, name: str) -> Any:
     section, _, field = name.partition(".")
     v = getattr(getattr(cfg, section), field)
     return v[0] if name == "data.crop" else v
-
-
-def project(p: Param, v: Any) -> Any:
-    """The point of ``p`` nearest to ``v`` (used to put NVIDIA's config into any space)."""
-    if isinstance(p, Choice):
-        if p.contains(v):
-            return v
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            nums = [c for c in p.values if isinstance(c, (int, float)) and not isinstance(c, bool)]
-            if nums:
-                return min(nums, key=lambda c: abs(c - v))
-        return p.values[0]
-    if isinstance(p, Int):
-        v = min(max(float(v), p.low), p.high)
-        return min(p.low + int(round((v - p.low) / p.step)) * p.step, p.high)
-    return min(max(float(v), p.low), p.high)
 
 
 def space_from_dict(d: Any, *, source: str) -> SearchSpace:

@@ -104,8 +104,7 @@ def test_optunas_study_under_ray_prefers_the_higher_dice():
 def test_keras_tuner_maximises_the_objective(tmp_path):
     from search.context import SearchContext
     from search.kt_engine import KerasTunerOptions, _tuner
-    from spaces.presets import get_space
-    from spaces.translate import nvidia_point
+    from spaces.presets import get_space, nvidia_point
 
     ctx = SearchContext(space=get_space("demo"), data="", cache="", train_ids=(), val_ids=(),
                         max_epochs=2)

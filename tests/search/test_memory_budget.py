@@ -15,10 +15,10 @@ import csv
 import dataclasses
 import json
 import math
-import random
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import run_cli
 
@@ -31,7 +31,6 @@ from search.memory_budget import (
     MemoryGuard,
     Placement,
     load_pruned,
-    random_sample,
     resolve_budget,
 )
 from search.results import TrialRow, asha_savings, best_row, format_table, ranked, row_from_history
@@ -194,14 +193,14 @@ def test_the_preflight_draws_every_int_value_high_bound_included_and_a_single_on
   model.depth: {type: int, low: 2, high: 4}
   model.base_filters: {type: int, low: 4, high: 12, step: 4}
 """), source="tinymem")
-    rng = random.Random(0)
-    draws = [random_sample(space, rng) for _ in range(200)]
+    rng = np.random.default_rng(0)  # (the preflight draws with space.sample)
+    draws = [space.sample(rng) for _ in range(200)]
     assert {d["model.depth"] for d in draws} == {2, 3, 4}
     assert {d["model.base_filters"] for d in draws} == {4, 8, 12}
 
     one = _ctx(space_from_dict(yaml.safe_load(SPACE + "  model.depth: {type: int, low: 2, high: 2}\n"),
                                source="tinymem"))
-    assert {random_sample(one.space, rng)["model.depth"] for _ in range(20)} == {2}
+    assert {one.space.sample(rng)["model.depth"] for _ in range(20)} == {2}
     with pytest.raises(SearchError, match="the smallest of 258 sampled needs"):
         _guard(one, _gib(one, SMALL) / 2).preflight()
     _guard(one, _between(one)).preflight()  # one fits: no error

@@ -174,8 +174,8 @@ def test_the_report_renders_in_headless_chromium_without_errors(ray_search):
 
 
 def test_the_trainable_reports_every_epoch_with_a_checkpoint(ray_search):
+    from spaces.presets import nvidia_point
     from spaces.space import space_from_dict
-    from spaces.translate import nvidia_point
 
     exp = ray_search["exp"]
     trials = ray_search["trials"]["trials"]
@@ -415,8 +415,8 @@ def _check_keras_tuner_search(exp: Path, stdout: str) -> None:
     x = np.random.default_rng(1).standard_normal((1, 16, 16, 16, 4)).astype("float32")
     np.testing.assert_allclose(np.asarray(model(x)), np.asarray(ref(x)), atol=1e-6)
     assert f"tensorboard --logdir {exp} --host 127.0.0.1" in stdout
+    from spaces.presets import nvidia_point
     from spaces.space import space_from_dict
-    from spaces.translate import nvidia_point
 
     saved = json.loads((exp / "search.json").read_text())["context"]["space"]
     assert sorted(t["index"] for t in trials["trials"])[0] == 1

@@ -25,8 +25,8 @@ from search.ray_factories import searcher, warm_trials
 from search.ray_options import SCHEDULERS, SEARCHERS, RayOptions
 from search.results import TrialRow, write_results
 from search.spec import SearchError
+from spaces.presets import nvidia_point
 from spaces.space import space_from_dict
-from spaces.translate import nvidia_point
 
 SPACE = {
     "name": "small",

@@ -10,7 +10,7 @@ import pytest
 from space_helpers import assert_config_matches, draw, extremes, make_custom_space
 
 from spaces.presets import SPACES, get_space
-from spaces.space import Choice, Float, Int, SearchSpace, SpaceError, load_space, project, space_from_dict
+from spaces.space import Choice, Float, Int, SearchSpace, SpaceError, load_space, space_from_dict
 from unet3d.config import RunConfig, preset
 
 
@@ -573,7 +573,7 @@ def test_contains():
     (Choice("data.foreground_ratio", (0.25, 0.75)), 0.6, 0.75),
 ])
 def test_project_examples(p, v, want):
-    got = project(p, v)
+    got = p.project(v)
     assert got == want and type(got) is type(want)
     assert p.contains(got)
 
@@ -586,18 +586,18 @@ def test_project_is_the_nearest_legal_value():
         high = low + step * int(rng.integers(0, 8))
         p = Int("model.depth", low, high, step=step)
         v = float(rng.uniform(low - 10, high + 10))
-        got = project(p, v)
+        got = p.project(v)
         assert p.contains(got), (p, v, got)
         grid = range(low, high + 1, step)
         assert abs(got - v) == pytest.approx(min(abs(g - v) for g in grid)), (p, v, got)
         lo, hi = sorted(rng.uniform(-5, 5, size=2))
         f = Float("data.augment", float(lo), float(hi))
-        assert project(f, v) == min(max(v, lo), hi)
+        assert f.project(v) == min(max(v, lo), hi)
     # Every legal value projects onto itself.
     for space in list(SPACES.values()):
         for p in space.params:
-            for v in (p.values if isinstance(p, Choice) else (p.low, p.high)):
-                assert project(p, v) == v
+            for v in p.extremes():
+                assert p.project(v) == v
 
 
 def test_space_error_is_a_value_error():

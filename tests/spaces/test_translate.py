@@ -9,9 +9,10 @@ import math
 import pytest
 from space_helpers import assert_config_matches, make_custom_space
 
-from spaces.presets import SPACES
+from search.kt_engine import define_keras_tuner
+from search.ray_factories import to_optuna, to_tune
+from spaces.presets import SPACES, nvidia_point
 from spaces.space import Choice, Float, Int, SearchSpace
-from spaces.translate import define_keras_tuner, nvidia_point, to_optuna, to_tune
 from unet3d.config import preset
 
 optuna = pytest.importorskip("optuna")
