@@ -326,6 +326,39 @@ def _gib(value: str | None) -> float | str | None:
         return value
 
 
+def _print_best(result, spec, where: str, remote: bool) -> None:
+    """The final model: the race's continued winner or the best trial, its parameters, where it
+    was exported, and a two-objective search's Pareto front."""
+    from search.objective import SECOND_WORDS, describe
+
+    s = result.summary
+    what = describe(s.get("objective", "dice"), result.best.config.scheme.tumour)
+    cont = s.get("race", {}).get("continuation") or {}
+    if cont.get("continuation_trial") == result.best.trial_id:
+        on = ("every labelled case" if cont.get("data") == "all" else
+              f"the training cases (validation {what} {result.best.score:.4f})")
+        _print(f"final model: the race's winner {cont['trial_id']} ({what} "
+               f"{cont.get('score', float('nan')):.4f} at its race epoch "
+               f"{cont['from_epoch']}) continued on {on} to epoch {cont['epochs']} "
+               f"(trial {result.best.trial_id})")
+    else:
+        _print(f"best trial {result.best.trial_id}: {what} {result.best.score:.4f}")
+    for k, v in result.best.params.items():
+        _print(f"  {k} = {v}")
+    _print(f"exported: {where}/best" if remote else f"exported: {result.best.export}")
+    if s.get("pareto"):
+        second = spec.second_objective
+        _print(f"Pareto front of {what} and {SECOND_WORDS[second]} "
+               f"({plural(len(s['pareto']), 'trial')}):")
+    for p in s.get("pareto", []):
+        spread = (f" (interquartile range {p['spread']:.0%} of it)"
+                  if p.get("spread") is not None else "")
+        _print(f"  Pareto rank {p['rank']}: trial {p['trial_id']}, {p['score']:.4f}, {second} "
+               f"{p[second]:.4g}{spread}" + (f" -> {where}/pareto/rank_{p['rank']}"
+                                             if p.get("export") else
+                                             " (no checkpoint: not exported)"))
+
+
 def _print_search(result, spec) -> None:
     import collections
 
@@ -356,33 +389,7 @@ def _print_search(result, spec) -> None:
         _print(f"interrupted: {s['trials_interrupted']} trial(s) cut off; resume with: python "
                f"run_search.py search --resume --out {spec.out} --name {spec.name}")
     elif result.best is not None:
-        from search.objective import SECOND_WORDS, describe
-
-        what = describe(result.summary.get("objective", "dice"), result.best.config.scheme.tumour)
-        cont = s.get("race", {}).get("continuation") or {}
-        if cont.get("continuation_trial") == result.best.trial_id:
-            on = ("every labelled case" if cont.get("data") == "all" else
-                  f"the training cases (validation {what} {result.best.score:.4f})")
-            _print(f"final model: the race's winner {cont['trial_id']} ({what} "
-                   f"{cont.get('score', float('nan')):.4f} at its race epoch "
-                   f"{cont['from_epoch']}) continued on {on} to epoch {cont['epochs']} "
-                   f"(trial {result.best.trial_id})")
-        else:
-            _print(f"best trial {result.best.trial_id}: {what} {result.best.score:.4f}")
-        for k, v in result.best.params.items():
-            _print(f"  {k} = {v}")
-        _print(f"exported: {where}/best" if remote else f"exported: {result.best.export}")
-        if s.get("pareto"):
-            second = spec.second_objective
-            _print(f"Pareto front of {what} and {SECOND_WORDS[second]} "
-                   f"({plural(len(s['pareto']), 'trial')}):")
-        for p in s.get("pareto", []):
-            spread = (f" (interquartile range {p['spread']:.0%} of it)"
-                      if p.get("spread") is not None else "")
-            _print(f"  Pareto rank {p['rank']}: trial {p['trial_id']}, {p['score']:.4f}, {second} "
-                   f"{p[second]:.4g}{spread}" + (f" -> {where}/pareto/rank_{p['rank']}"
-                                                 if p.get("export") else
-                                                 " (no checkpoint: not exported)"))
+        _print_best(result, spec, where, remote)
     else:
         _print("no trial finished an epoch: nothing exported")
     if result.retrained is not None:
@@ -696,7 +703,7 @@ def _search_parser(sub) -> None:
     from search.kt_engine import ALGORITHMS
     from search.objective import OBJECTIVES, SECOND
     from search.ray_options import RayOptions
-    from search.spec import DEFAULT_DATA, DEFAULT_OUT, SearchSpec
+    from search.spec import DEFAULT_DATA, SearchSpec
 
     spec, ray = SearchSpec(name="x"), RayOptions()
     s = _command(sub, "search", "search the best 3D-UNet (Ray Tune + Optuna + ASHA, or Keras Tuner)",
@@ -739,6 +746,15 @@ def _search_parser(sub) -> None:
     s.add_argument("--workers-per-trial", type=int, default=spec.workers_per_trial,
                    help="Horovod workers per trial (Ray actors; one GPU each with --gpus-per-trial, else "
                         "one CPU each)")
+    _tracking_args(s)
+    k = s.add_argument_group("Keras Tuner engine")
+    k.add_argument("--kt-algorithm", choices=ALGORITHMS, default=None,
+                   help="Keras Tuner algorithm (default: hyperband)")
+    _experiment_args(s, spec)
+
+
+def _tracking_args(s) -> None:
+    """The search command's tracking flags (MLflow, W&B)."""
     t = s.add_argument_group("tracking (besides TensorBoard)")
     t.add_argument("--mlflow", default=None, metavar="URI",
                    help="log the search to MLflow: a parent run (options, best model as artifact) "
@@ -748,9 +764,12 @@ def _search_parser(sub) -> None:
     t.add_argument("--wandb", default=None, metavar="PROJECT",
                    help="log each trial as a W&B run (Ray engine), written offline into the "
                         "trial's folder (wandb sync uploads it) unless WANDB_MODE=online")
-    k = s.add_argument_group("Keras Tuner engine")
-    k.add_argument("--kt-algorithm", choices=ALGORITHMS, default=None,
-                   help="Keras Tuner algorithm (default: hyperband)")
+
+
+def _experiment_args(s, spec) -> None:
+    """The search command's split, seed, output and resume flags."""
+    from search.spec import DEFAULT_OUT
+
     s.add_argument("--fold", type=int, default=spec.fold, help="validation fold")
     s.add_argument("--folds", type=int, default=spec.folds, help="number of folds")
     s.add_argument("--split-seed", type=int, default=spec.split_seed, help="seed of the fold split")
@@ -766,7 +785,6 @@ def _search_parser(sub) -> None:
 
 def _ray_args(s, ray) -> None:
     """The search command's Ray Tune engine flags (``ray``: RayOptions' defaults)."""
-    from search.race import FINAL_DATA
     from search.ray_options import SCHEDULERS, SEARCHERS, TIME_ATTRS
 
     r = s.add_argument_group("Ray Tune engine")
@@ -783,21 +801,7 @@ def _ray_args(s, ray) -> None:
                         "perturb learning rate, loss, augmentation every --grace-period), median "
                         "(stopping rule), none (default: race with a --budget in trial-epochs and no "
                         "--searcher, else asha)")
-    r.add_argument("--race-epochs", type=int, default=None,
-                   help="race: epochs every trial races, compared with the incumbent at each "
-                        "(default: the portfolio's, learned by its rank agreement with full-budget "
-                        "results; 2 without one)")
-    r.add_argument("--race-share", type=float, default=None,
-                   help="race: the share of --budget challengers may lose (default: 0.15)")
-    r.add_argument("--final-data", choices=FINAL_DATA, default=None,
-                   help="race: what the winner is continued on: all (every labelled case, as a "
-                        "configuration trained alone would use them; no held-out case is then left to "
-                        "choose a post-processing or an ensemble on) or train (the validation "
-                        "cases stay held out for those choices) (default: all)")
-    r.add_argument("--portfolio", default=None, metavar="FILE|none",
-                   help="race: configurations tried first, after the baseline (a JSON file as "
-                        "benchmarks/portfolio_study.py writes; default: the one shipped for the "
-                        "space, spaces/portfolios/SPACE.json, if any)")
+    _race_args(r)
     r.add_argument("--startup-trials", type=int, default=None,
                    help="random trials before the sampler's model proposes (TPE, CMA-ES, GP; NSGA-II's "
                         "population) (default: a quarter of the trials --num-samples or --budget allows, "
@@ -831,6 +835,27 @@ def _ray_args(s, ray) -> None:
                    help=f"retries of a failing trial, from its last checkpoint (default: {ray.max_failures})")
     r.add_argument("--address", default=None,
                    help="an existing Ray cluster ('auto' or host:port) (default: a local Ray on 127.0.0.1)")
+
+
+def _race_args(r) -> None:
+    """The race's flags (--scheduler race), in the Ray Tune group ``r``."""
+    from search.race import FINAL_DATA
+
+    r.add_argument("--race-epochs", type=int, default=None,
+                   help="race: epochs every trial races, compared with the incumbent at each "
+                        "(default: the portfolio's, learned by its rank agreement with full-budget "
+                        "results; 2 without one)")
+    r.add_argument("--race-share", type=float, default=None,
+                   help="race: the share of --budget challengers may lose (default: 0.15)")
+    r.add_argument("--final-data", choices=FINAL_DATA, default=None,
+                   help="race: what the winner is continued on: all (every labelled case, as a "
+                        "configuration trained alone would use them; no held-out case is then left to "
+                        "choose a post-processing or an ensemble on) or train (the validation "
+                        "cases stay held out for those choices) (default: all)")
+    r.add_argument("--portfolio", default=None, metavar="FILE|none",
+                   help="race: configurations tried first, after the baseline (a JSON file as "
+                        "benchmarks/portfolio_study.py writes; default: the one shipped for the "
+                        "space, spaces/portfolios/SPACE.json, if any)")
 
 
 def _retrain_parser(sub) -> None:

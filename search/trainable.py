@@ -49,35 +49,10 @@ def train_trial(config: dict[str, Any], ctx: SearchContext) -> None:
     resources = tctx.get_trial_resources().required_resources if tctx.get_trial_resources() else {}
     limit_cpu_threads(resources.get("CPU", os.cpu_count() or 1))
 
-    from unet3d.config import RunConfig
     from unet3d.io_utils import public
 
-    trial_dir = Path(tctx.get_trial_dir())
-    # Ray's trial dir is a local staging folder synced to storage later; write where users look.
-    base = Path(context.experiment) / trial_dir.name if context.experiment else trial_dir
-    run = ExperimentFolder(base.parent).trial_run(base.name)
+    run, resume, new = _trial_folder(context, tctx, cfg, cont)
     run_dir = run.path
-    run_dir.mkdir(parents=True, exist_ok=True)
-    resume, new = False, False
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            _copy_state(Path(d), run_dir)
-        resume = True
-        if _perturbed(RunConfig.load(run.config), cfg):
-            # Population-based training: the trial continues from a better trial's checkpoint with
-            # that trial's configuration, some training settings perturbed (search.ray_factories'
-            # MUTABLE; the weights' shapes are the same). The trainer resumes under the new one;
-            # any other difference stays an error (the trainer's "different configuration").
-            cfg.save(run.config)
-    elif cont is not None:
-        # The winner's last checkpoint: the trainer resumes it under the longer schedule (a wsd
-        # run that has not cooled down continues exactly; unet3d.schedules.continues).
-        _fetch(cont["checkpoint"], run_dir)
-        resume = new = True
-    else:
-        run.checkpoint.unlink(missing_ok=True)  # a fresh attempt of a failed trial
-        new = True
 
     index = tctx.get_trial_name().split("_", 1)[0]
     trial_index = int(index) if index.isdigit() else 0
@@ -110,6 +85,40 @@ def train_trial(config: dict[str, Any], ctx: SearchContext) -> None:
 
     fit_trial(context, cfg, run, trial_id=tctx.get_trial_id(), sample=config, train_ids=train_ids,
               val_ids=val_ids, resume=resume, new=new, epoch_hook=report, trial_index=trial_index)
+
+
+def _trial_folder(context: SearchContext, tctx: Any, cfg: Any,
+                  cont: dict[str, Any] | None) -> tuple[Any, bool, bool]:
+    """The trial's run folder (in the experiment, where users look) and (resume, new): Ray's
+    checkpoint of a retried, resumed or PBT-exploited trial; the race winner's last checkpoint for
+    its continuation (new: it gets its own HParams record); or a fresh start."""
+    from ray import tune
+
+    from unet3d.config import RunConfig
+
+    trial_dir = Path(tctx.get_trial_dir())
+    # Ray's trial dir is a local staging folder synced to storage later; write where users look.
+    base = Path(context.experiment) / trial_dir.name if context.experiment else trial_dir
+    run = ExperimentFolder(base.parent).trial_run(base.name)
+    run.path.mkdir(parents=True, exist_ok=True)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            _copy_state(Path(d), run.path)
+        if _perturbed(RunConfig.load(run.config), cfg):
+            # Population-based training: the trial continues from a better trial's checkpoint with
+            # that trial's configuration, some training settings perturbed (search.ray_factories'
+            # MUTABLE; the weights' shapes are the same). The trainer resumes under the new one;
+            # any other difference stays an error (the trainer's "different configuration").
+            cfg.save(run.config)
+        return run, True, False
+    if cont is not None:
+        # The winner's last checkpoint: the trainer resumes it under the longer schedule (a wsd
+        # run that has not cooled down continues exactly; unet3d.schedules.continues).
+        _fetch(cont["checkpoint"], run.path)
+        return run, True, True
+    run.checkpoint.unlink(missing_ok=True)  # a fresh attempt of a failed trial
+    return run, False, True
 
 
 def _trial_plan(context: SearchContext, config: dict[str, Any],

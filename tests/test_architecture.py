@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS: tuple[str, ...] = ("unet3d", "spaces", "search", "run_search")
 PACKAGES: tuple[str, ...] = ("unet3d", "spaces", "search")
 TOP_MODULES: tuple[str, ...] = ("run_search",)
-MAX_FUNCTION_LINES = 80
+MAX_FUNCTION_LINES = 60
 
 SCHEME_PARAMS = frozenset({"scheme", "region_classes"})
 FOLDER_HOMES = {"unet3d/folders.py": ("RunFolder", "ExportFolder"),

@@ -320,8 +320,7 @@ def predict(models: Sequence[str | Path] | Callable[[], Sequence[Path]], input: 
     each window evaluation.
     """
     from unet3d.data.discover import discover_input
-    from unet3d.data.preprocess import load_case
-    from unet3d.inference import Predictor, resolve_postprocess, write_prediction
+    from unet3d.inference import Predictor, resolve_postprocess
     from unet3d.io_utils import atomic_write_json, check_writable_dir
     from unet3d.runtime import peak_memory_gib, use_backend
 
@@ -339,16 +338,9 @@ def predict(models: Sequence[str | Path] | Callable[[], Sequence[Path]], input: 
     if post.min_et_volume > 0 and predictor.scheme.enhancing is None:
         raise OptionError(f"--min-et-volume {min_et_volume}: the models' labels "
                           f"({predictor.scheme.name}) have no enhancing tumour")
-    want = members[0].in_channels
-    for case in cases:  # checked before anything is written
-        if len(case.modalities) != want:
-            raise UserError(f"case {case.case_id}: has {len(case.modalities)} modalities "
-                            f"({', '.join(case.modalities)}); the model reads {want}")
+    _check_modalities(cases, members[0].in_channels)  # (before anything is written)
     out.mkdir(parents=True, exist_ok=True)
-    for m in members:
-        where = f", onnxruntime {'/'.join(m.providers)}" if runtime == "onnx" else ""
-        log(f"model {m.name}: {m.cfg.model.depth} levels, filters {list(m.cfg.model.filters)}, "
-            f"{m.cfg.model.head} head, windows {list(m.patch)}, {m.policy}{where}")
+    _log_members(members, runtime, log)
     log(f"post-processing: {post_line}")
     log(f"predicting {len(cases)} case(s) with {len(members)} model(s), overlap {overlap}, "
         f"{tta} flip(s) -> {out}")
@@ -360,7 +352,37 @@ def predict(models: Sequence[str | Path] | Callable[[], Sequence[Path]], input: 
         "postprocess": post.to_dict(), "postprocess_source": post_line,
         "probabilities": predictor.channels if probabilities else None}
     atomic_write_json(out / "predict.json", record)
-    t0, written = time.perf_counter(), {}
+    t0 = time.perf_counter()
+    written = _predict_cases(predictor, cases, out, log, progress, windows)
+    seconds = time.perf_counter() - t0
+    log(f"{len(cases)} case(s) in {seconds:.1f} s; peak memory {peak_memory_gib(gpu=False):.2f} "
+        f"GiB; predictions in {out}")
+    return PredictionRun(out=out, files=written, record=record, seconds=seconds)
+
+
+def _check_modalities(cases: Sequence[Any], want: int) -> None:
+    """Every input case has the modalities the models read."""
+    for case in cases:
+        if len(case.modalities) != want:
+            raise UserError(f"case {case.case_id}: has {len(case.modalities)} modalities "
+                            f"({', '.join(case.modalities)}); the model reads {want}")
+
+
+def _log_members(members: Sequence[Any], runtime: str, log: Log) -> None:
+    for m in members:
+        where = f", onnxruntime {'/'.join(m.providers)}" if runtime == "onnx" else ""
+        log(f"model {m.name}: {m.cfg.model.depth} levels, filters {list(m.cfg.model.filters)}, "
+            f"{m.cfg.model.head} head, windows {list(m.patch)}, {m.policy}{where}")
+
+
+def _predict_cases(predictor: Any, cases: Sequence[Any], out: Path, log: Log,
+                   progress: Callable[[int, int, str], None] | None,
+                   windows: Callable[[int, int, str], None] | None) -> dict[str, list[Path]]:
+    """Predicts and writes each case (``progress`` after each); case ID -> files written."""
+    from unet3d.data.preprocess import load_case
+    from unet3d.inference import write_prediction
+
+    written = {}
     for k, case in enumerate(cases, start=1):
         pred = _predict_case(predictor, dataclasses.replace(case, label=None), load_case, windows)
         files = write_prediction(pred, out)
@@ -369,10 +391,7 @@ def predict(models: Sequence[str | Path] | Callable[[], Sequence[Path]], input: 
             f"{', '.join(f.name for f in files)}")
         if progress is not None:
             progress(k, len(cases), case.case_id)
-    seconds = time.perf_counter() - t0
-    log(f"{len(cases)} case(s) in {seconds:.1f} s; peak memory {peak_memory_gib(gpu=False):.2f} "
-        f"GiB; predictions in {out}")
-    return PredictionRun(out=out, files=written, record=record, seconds=seconds)
+    return written
 
 
 def _predict_case(predictor: Any, case: Any, load_case: Any,

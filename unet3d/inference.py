@@ -107,12 +107,8 @@ def sliding_window_predict(predict: PredictFn, image: np.ndarray, patch: Sequenc
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
     shape = image.shape[:3]
-    padded_shape = tuple(max(s, p) for s, p in zip(shape, patch, strict=True))
-    if padded_shape != shape:
-        pad = [((ps - s) // 2, ps - s - (ps - s) // 2) for s, ps in zip(shape, padded_shape, strict=True)]
-        image = np.pad(image, pad + [(0, 0)])
-    else:
-        pad = [(0, 0)] * 3
+    image, pad = _pad_to(image, patch)
+    padded_shape = image.shape[:3]
     weights = gaussian_weights(patch)
     acc = np.zeros((*padded_shape, n_out), np.float32)
     norm = np.zeros(padded_shape, np.float32)
@@ -144,6 +140,17 @@ def sliding_window_predict(predict: PredictFn, image: np.ndarray, patch: Sequenc
     out = acc
     crop = tuple(slice(a, a + s) for (a, _), s in zip(pad, shape, strict=True))
     return out[crop]
+
+
+def _pad_to(image: np.ndarray, patch: tuple[int, ...]) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """``image`` zero-padded (centred) to at least ``patch`` along each spatial axis, and the
+    (before, after) padding of each axis."""
+    shape = image.shape[:3]
+    padded_shape = tuple(max(s, p) for s, p in zip(shape, patch, strict=True))
+    if padded_shape == shape:
+        return image, [(0, 0)] * 3
+    pad = [((ps - s) // 2, ps - s - (ps - s) // 2) for s, ps in zip(shape, padded_shape, strict=True)]
+    return np.pad(image, pad + [(0, 0)]), pad
 
 
 def keras_predict_fn(model) -> PredictFn:
