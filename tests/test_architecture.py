@@ -26,6 +26,11 @@ relative imports are resolved against the importing module's package.
    ``engine in ("ray", ...)``) outside the registry (``ENGINE_REGISTRY``); code asks the engine
    object or the registry's features (``search.engines``).
 
+8. Label values are the label module's: no label-value literal outside ``LABEL_HOME`` (a label, a
+   segmentation compared with, tested against or assigned an integer: ``label == 4``,
+   ``np.isin(seg, [1, 2, 4])``, ``label[mask] = 2``); code asks the ``LabelScheme``. BraTS has
+   changed its values twice (4 -> 3 for ET in 2023, new labels in 2024).
+
 ``ROOT`` comes from this file's place, so a copy of the tree with this file in its ``tests/`` checks the
 copy. Each test lists every offender in its failure message.
 """
@@ -52,6 +57,8 @@ FOLDER_HOMES = {"unet3d/folders.py": ("RunFolder", "ExportFolder"),
                 "search/storage.py": ("ExperimentFolder",)}
 
 ENGINE_REGISTRY = "search/engines.py"
+LABEL_HOME = "unet3d/labels.py"
+LABEL_WORDS = ("label", "seg", "classes", "truth", "pred")  # (in a variable's or attribute's name)
 
 PREDICTORS = ("unet3d.inference", "unet3d.evaluation", "unet3d.export")
 TRAINER = "unet3d.train"
@@ -471,6 +478,61 @@ def test_only_the_registry_compares_engine_names():
                            'z = spec.engine == name': False,
                            'w = scheduler == "race"': False}.items():
         assert bool(_engine_comparisons(ast.parse(source), engines)) == caught, source
+
+
+# ---------------------------------------------------------------------------------------------------
+# Label values only in the label module
+
+
+def _name_of(node: ast.AST) -> str:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    if isinstance(node, ast.Subscript):
+        return _name_of(node.value)
+    return ""  # (a call, len(labels) == 3, is not a label)
+
+
+def _label_like(node: ast.AST) -> bool:
+    return any(w in _name_of(node).lower() for w in LABEL_WORDS)
+
+
+def _int_literals(node: ast.AST) -> list[int]:
+    items = node.elts if isinstance(node, (ast.Tuple, ast.List, ast.Set)) else [node]
+    return [i.value for i in items
+            if isinstance(i, ast.Constant) and type(i.value) is int and i.value >= 1]
+
+
+def _label_literals(module: ast.Module) -> list[int]:
+    """Lines where a label (by name) meets a label value written as a number."""
+    found = set()
+    for node in ast.walk(module):
+        if isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+        elif isinstance(node, ast.Call) and _name_of(node.func) == "isin":
+            operands = list(node.args)
+        elif isinstance(node, ast.Assign) and any(isinstance(t, ast.Subscript) for t in node.targets):
+            operands = [*node.targets, node.value]
+        else:
+            continue
+        if any(_label_like(o) for o in operands) and any(_int_literals(o) for o in operands):
+            found.add(node.lineno)
+    return sorted(found)
+
+
+def test_label_values_live_in_the_label_module():
+    tree = _tree()
+    offenders = [f"  {tree.rel(m)}:{line}" for m in sorted(tree.trees) if tree.rel(m) != LABEL_HOME
+                 for line in _label_literals(tree.trees[m])]
+    if offenders:
+        pytest.fail("label values written as numbers outside the label module (ask the "
+                    "LabelScheme):\n" + "\n".join(offenders), pytrace=False)
+    for source, caught in {"if label == 4: pass": True, "x = np.isin(seg, [1, 2, 4])": True,
+                           "label[mask] = 2": True, "y = case.label_values == (1, 2, 4)": True,
+                           'label[x] = values["edema"]': False, "n = len(labels) == 3": False,
+                           "z = crop == 4": False}.items():
+        assert bool(_label_literals(ast.parse(source))) == caught, source
 
 
 # ---------------------------------------------------------------------------------------------------
