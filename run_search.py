@@ -117,111 +117,13 @@ class _Bar:
             _print(line)
 
 
-def _prepare(data: Path, cache: Path, labels: str | None = None, mapper=None,
-             jobs: int | None = None):
-    """discover -> prepare (+ label scheme, input channels), printing what was found."""
+def cmd_plan(args: argparse.Namespace) -> int:
     from unet3d import api
 
     progress = _Progress()
-    return api.prepare(data, cache, labels=labels, jobs=jobs, mapper=mapper, log=progress.log,
-                       progress=progress)
-
-
-def _budget(args: argparse.Namespace) -> tuple[str, float, str]:
-    """(device, GiB, where the number comes from) for plan, checked before anything is read: the
-    search's rule for one training run on the whole device (``search.memory_budget``)."""
-    from search.memory_budget import Placement, resolve_budget
-
-    if args.memory is not None and not args.memory > 0:
-        raise_user(f"--memory {args.memory:g}: must be a positive number of GiB")
-    gpus = {"gpu": 1.0, "cpu": 0.0}.get(args.device)
-    budget = resolve_budget(args.memory, Placement(gpus=gpus, what="1 training run"))
-    if budget.gib is None:
-        raise_user(f"--device gpu: no GPU found ({budget.source})")
-    if args.probe and budget.device == "gpu":
-        from unet3d import runtime
-
-        if runtime.gpu_memory_gib() is None:
-            raise_user("--probe: the plan is for a GPU and this machine has none; probe where it "
-                       "trains")
-    return budget.device, budget.gib, budget.source
-
-
-def _fingerprint_lines(fp: dict) -> list[str]:
-    def shape(key: str, what: str, unit: str) -> str:
-        s = fp[key]
-        fmt = "x".join
-        return (f"  {what:<18} median {fmt(f'{v:g}' for v in s['median'])}, min "
-                f"{fmt(f'{v:g}' for v in s['min'])}, max {fmt(f'{v:g}' for v in s['max'])} {unit}")
-
-    lines = [f"fingerprint: {fp['cases']} cases ({fp['labelled']} labelled), {fp['layout']} layout, "
-             f"labels {fp['labels']}, modalities {' '.join(fp['modalities'])}",
-             shape("shape", "brain box", "voxels"), shape("spacing", "voxel spacing", "mm")]
-    for m, st in fp["intensity"].items():
-        lines.append(f"  {'intensity ' + m:<18} mean {st['mean']:.4g} std {st['std']:.4g} "
-                     f"(percentiles 0.5 / 50 / 99.5: {st['p00_5']:.4g} / {st['p50']:.4g} / "
-                     f"{st['p99_5']:.4g})")
-    for r, st in fp["regions"].items():
-        small = "none" if st["smallest_mm3"] is None else (
-            f"smallest {st['smallest_mm3']:.0f} mm^3, 5th percentile {st['p05_mm3']:.0f}, "
-            f"median {st['median_mm3']:.0f}")
-        lines.append(f"  {'region ' + r:<18} {100 * st['volume_fraction']:.2f}% of the brain, "
-                     f"{st['lesions_per_case']:g} lesion(s) per case; lesions: {small}")
-    return lines
-
-
-def _plan_precision(precision: str, device: str) -> str:
-    """The plan's precision as training will resolve it on ``device`` (the config keeps "auto")."""
-    from unet3d.runtime import resolve_precision
-
-    if precision != "auto":
-        return precision
-    if device == "cpu":
-        return resolve_precision(precision, None)
-    return "mixed bfloat16 (float16 before compute capability 8.0)"
-
-
-def _plan_lines(plan, source: str) -> list[str]:
-    cfg, est = plan.config, plan.estimate
-    m = cfg.model
-    bottleneck = "x".join(str(c // m.downsample_factor) for c in cfg.data.crop)
-    parts = ", ".join(f"{k} {v / 2**30:.2f}" for k, v in est.parts.items() if v)
-    lines = [f"plan for {plan.budget_gib:.1f} GiB on {plan.device} ({source}):",
-             f"  crop {'x'.join(map(str, cfg.data.crop))}, {m.depth} levels (bottleneck "
-             f"{bottleneck}), filters {m.filters[0]}..{m.filters[-1]}, batch {cfg.train.batch_size}, "
-             f"{_plan_precision(cfg.train.precision, plan.device)}",
-             f"  predicted peak {est.gib:.2f} GiB ({parts} GiB)"]
-    lines += [f"  - {s}" for s in plan.steps]
-    return lines
-
-
-def cmd_plan(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    from unet3d.data.fingerprint import load_or_compute
-    from unet3d.io_utils import atomic_write_json, check_writable_file
-    from unet3d.plan import make_plan, probe
-
-    device, memory, source = _budget(args)
-    out = check_writable_file(args.out, "--out") if args.out else None
-    prep = _prepare(Path(args.data), _cache_dir(args), args.labels, jobs=args.jobs)
-    fp = load_or_compute(prep.entries, prep.scheme)
-    plan = make_plan(fp, memory_gib=memory, device=device)
-    for line in _fingerprint_lines(fp) + _plan_lines(plan, source):
-        _print(line)
-    if args.probe:
-        labelled = [e.case_id for e in prep.entries if e.meta["labelled"]]
-        if not labelled:
-            raise_user(f"--probe: {args.data} has no labelled case to train on")
-        # (its own split: any dataset can be probed; one case validates, as in the prediction)
-        measured = probe(plan, _cache_dir(args).resolve(), labelled[1:] or labelled, labelled[:1])
-        plan = dataclasses.replace(plan, probe=measured)
-        _print(f"probe ({measured['steps']} steps and validation of one case): measured "
-               f"{measured['measured_gib']:.2f} GiB, predicted {measured['predicted_gib']:.2f} "
-               f"GiB; {measured['volumes_per_s']:.2f} volumes/s")
-    if out is not None:
-        atomic_write_json(out, plan.to_dict())
-        _print(f"wrote {out}: train with `run_search.py train --data {args.data} --config {out}`")
+    api.plan(args.data, _cache_dir(args), labels=args.labels, memory=args.memory,
+             device=args.device, probe=args.probe, out=args.out, jobs=args.jobs,
+             log=progress.log, progress=progress)
     return 0
 
 
@@ -242,25 +144,17 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    if not args.address:
-        _prepare(Path(args.data), _cache_dir(args), args.labels, jobs=args.jobs)
-        return 0
-    from search import ray_cluster
-    from search.ray_options import RayOptions
-    from search.ray_tasks import task_mapper
+    progress = _Progress()
+    if args.address:
+        from search.ray_tasks import prepare_on_cluster
 
-    opts = RayOptions(address=args.address)
-    with ray_cluster.environment(opts):
-        ray_cluster.connect(opts)
-        try:
-            _print(f"preprocessing as Ray tasks on {ray_cluster.cluster_summary()}")
-            # (absolute paths: a task's working directory is where its node's Ray was started)
-            _prepare(Path(args.data).resolve(), _cache_dir(args).resolve(), args.labels,
-                     mapper=task_mapper())
-        finally:
-            import ray
+        prepare_on_cluster(args.data, _cache_dir(args), address=args.address, labels=args.labels,
+                           log=progress.log, progress=progress)
+    else:
+        from unet3d import api
 
-            ray.shutdown()
+        api.prepare(args.data, _cache_dir(args), labels=args.labels, jobs=args.jobs,
+                    log=progress.log, progress=progress)
     return 0
 
 

@@ -33,7 +33,6 @@ from typing import Any
 
 from search.context import SearchContext
 from search.engines import ENGINES, engine_for
-from search.memory_budget import MemoryBudget
 from search.objective import split as split_objective
 from search.results import TrialRow
 from search.spec import (
@@ -45,6 +44,7 @@ from search.spec import (
     SearchSpec,
 )
 from search.storage import Experiment
+from unet3d.budget import MemoryBudget
 from unet3d.config import RunConfig
 from unet3d.folders import ExportFolder
 from unet3d.labels import LabelScheme
@@ -415,7 +415,7 @@ class Search:
     def memory_budget(self, **read: Any) -> MemoryBudget:
         """The memory budget: --memory, else the default for where the engine runs a trial
         (``search.memory_budget.resolve_budget``; ``read``: its host_gib / gpu_gib, for tests)."""
-        from search.memory_budget import resolve_budget
+        from unet3d.budget import resolve_budget
 
         return resolve_budget(self.spec.memory, self._engine.placement(), **read)
 

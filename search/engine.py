@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from search.context import SearchContext
-    from search.memory_budget import MemoryGuard, Placement
+    from search.memory_budget import MemoryGuard
     from search.results import TrialRow
     from search.spec import SearchSpec
     from search.storage import Experiment
     from spaces.space import SearchSpace
+    from unet3d.budget import Placement
 
 Log = Callable[[str], None]
 

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from search.context import SearchContext
-from search.memory_budget import MemoryBudget
 from search.objective import WORDS
 from search.results import (
     TrialRow,
@@ -22,6 +21,7 @@ from search.results import (
 )
 from search.spec import SearchSpec
 from search.storage import ExperimentFolder
+from unet3d.budget import MemoryBudget
 from unet3d.io_utils import atomic_write_json
 
 

@@ -24,13 +24,14 @@ from typing import Any
 
 from search.context import SearchContext
 from search.engine import Engine, Log
-from search.memory_budget import MemoryGuard, Placement, with_pruned
+from search.memory_budget import MemoryGuard, with_pruned
 from search.objective import MODE
 from search.results import TrialRow, row_from_history
 from search.spec import SearchError
 from search.storage import ExperimentFolder
 from spaces.presets import nvidia_point
 from spaces.space import Float, Int, SearchSpace
+from unet3d.budget import Placement
 
 ALGORITHMS = ("hyperband", "bayesian", "random")
 

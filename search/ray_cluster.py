@@ -10,8 +10,8 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 
-from search.memory_budget import Placement
 from search.ray_options import RayOptions
+from unet3d.budget import Placement
 from unet3d.errors import UserError
 from unet3d.text import plural
 

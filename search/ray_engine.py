@@ -29,12 +29,13 @@ from typing import Any
 
 from search.context import SearchContext
 from search.engine import Engine, Log
-from search.memory_budget import MemoryGuard, Placement, load_pruned, with_pruned
+from search.memory_budget import MemoryGuard, load_pruned, with_pruned
 from search.objective import DEFAULT, MODE, metric_of
 from search.ray_cluster import ClusterError, cluster_summary, connect, horovod_workers_alive
 from search.ray_factories import param_space, run_config, tune_config
 from search.ray_options import RayOptions
 from search.results import TrialRow, row_from_history
+from unet3d.budget import Placement
 
 PROPOSALS = "proposals.json"  # trial id -> where its configuration came from (search.ray_searcher)
 

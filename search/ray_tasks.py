@@ -8,6 +8,7 @@ Kept in ``search``: ``unet3d`` knows nothing of Ray and only sees a function tha
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 
@@ -69,3 +70,28 @@ def _drain(ray: Any, refs: list[Any]) -> None:
     writing into the cache when the error reaches the user."""
     if refs:
         ray.wait(refs, num_returns=len(refs), fetch_local=False)
+
+
+def prepare_on_cluster(data: str | Path, cache: str | Path, *, address: str,
+                       labels: Any = None, log: Callable[[str], None] | None = None,
+                       progress: Callable[[int, int, str], None] | None = None) -> Any:
+    """``unet3d.api.prepare`` with every case a Ray task on the cluster at ``address`` (``prepare
+    --address``): joins it (a ClusterError names the address if it cannot), prepares, leaves.
+    ``data`` and ``cache`` must be on storage every node sees at the same path."""
+    import ray
+
+    from search import ray_cluster
+    from search.ray_options import RayOptions
+    from unet3d import api
+
+    log = log or (lambda _line: None)
+    opts = RayOptions(address=address)
+    with ray_cluster.environment(opts):
+        ray_cluster.connect(opts)
+        try:
+            log(f"preprocessing as Ray tasks on {ray_cluster.cluster_summary()}")
+            # (absolute paths: a task's working directory is where its node's Ray was started)
+            return api.prepare(Path(data).resolve(), Path(cache).resolve(), labels=labels,
+                               mapper=task_mapper(), log=log, progress=progress)
+        finally:
+            ray.shutdown()

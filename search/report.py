@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from search.finish import load_context, race_summary
-from search.memory_budget import MemoryBudget, load_pruned
+from search.memory_budget import load_pruned
 from search.objective import DEFAULT, HEADERS, describe
 from search.results import (
     TrialRow,
@@ -39,6 +39,7 @@ from search.results import (
     regions_of,
 )
 from search.storage import ExperimentFolder
+from unet3d.budget import MemoryBudget
 from unet3d.folders import ExportFolder
 from unet3d.text import plural
 

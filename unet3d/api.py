@@ -91,6 +91,70 @@ def prepare(data: str | Path, cache: str | Path | None = None, *,
     return prep
 
 
+# -- plan ----------------------------------------------------------------------------------------
+
+def plan(data: str | Path, cache: str | Path | None = None, *,
+         labels: str | Path | LabelScheme | None = None, memory: float | None = None,
+         device: str | None = None, probe: bool = False, out: str | Path | None = None,
+         jobs: int | None = None, log: Log | None = None,
+         progress: Callable[[int, int, str], None] | None = None) -> Any:
+    """The training plan (``unet3d.plan.Plan``) of the dataset under ``data`` for one training
+    run's memory budget (``run_search.py plan``): the dataset prepared (:func:`prepare`), its
+    fingerprint, then the crop, depth, filters, batch and precision that fit.
+
+    ``memory``: GiB (default: the device's, ``unet3d.budget.resolve_budget``); ``device``: "gpu"
+    or "cpu" (default: the GPU if one is visible). ``probe``: trains a few steps of the plan here
+    and records the measured peak memory and speed (a GPU plan needs a GPU). ``out``: the plan
+    written as JSON (a RunConfig `train --config` takes). Checked before anything is read.
+    """
+    from unet3d.budget import Placement, resolve_budget
+    from unet3d.data.fingerprint import describe, load_or_compute
+    from unet3d.io_utils import atomic_write_json, check_writable_file
+    from unet3d.plan import describe_plan, make_plan
+    from unet3d.runtime import gpu_memory_gib
+
+    log = log or _quiet
+    if memory is not None and not memory > 0:
+        raise OptionError(f"--memory {memory:g}: must be a positive number of GiB")
+    if device not in (None, "gpu", "cpu"):
+        raise OptionError(f"--device {device}: must be gpu or cpu")
+    budget = resolve_budget(memory, Placement(gpus={"gpu": 1.0, "cpu": 0.0}.get(device),
+                                              what="1 training run"))
+    if budget.gib is None:
+        raise OptionError(f"--device gpu: no GPU found ({budget.source})")
+    if probe and budget.device == "gpu" and gpu_memory_gib() is None:
+        raise OptionError("--probe: the plan is for a GPU and this machine has none; probe where "
+                          "it trains")
+    out = check_writable_file(out, "--out") if out else None
+    prep = prepare(data, cache, labels=labels, jobs=jobs, log=log, progress=progress)
+    fp = load_or_compute(prep.entries, prep.scheme)
+    result = make_plan(fp, memory_gib=budget.gib, device=budget.device)
+    for line in describe(fp) + describe_plan(result, budget.source):
+        log(line)
+    if probe:
+        result = _probe(result, prep, data, cache, log)
+    if out is not None:
+        atomic_write_json(out, result.to_dict())
+        log(f"wrote {out}: train with `run_search.py train --data {data} --config {out}`")
+    return result
+
+
+def _probe(result: Any, prep: Any, data: str | Path, cache: str | Path | None, log: Log) -> Any:
+    """The plan with its probe: a few training steps and one case's validation, measured here."""
+    from unet3d.plan import probe
+
+    labelled = [e.case_id for e in prep.entries if e.meta["labelled"]]
+    if not labelled:
+        raise OptionError(f"--probe: {data} has no labelled case to train on")
+    # (its own split: any dataset can be probed; one case validates, as in the prediction)
+    where = Path(cache) if cache is not None else default_cache(data)
+    measured = probe(result, where.resolve(), labelled[1:] or labelled, labelled[:1])
+    log(f"probe ({measured['steps']} steps and validation of one case): measured "
+        f"{measured['measured_gib']:.2f} GiB, predicted {measured['predicted_gib']:.2f} "
+        f"GiB; {measured['volumes_per_s']:.2f} volumes/s")
+    return dataclasses.replace(result, probe=measured)
+
+
 # -- train ---------------------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)

@@ -223,3 +223,29 @@ def probe(plan: Plan, cache: str | Path, train_ids: Sequence[str], val_ids: Sequ
                             f"was it killed for memory?") from None
     return {"measured_gib": metrics["memory_peak_gib"], "predicted_gib": plan.estimate.gib,
             "volumes_per_s": metrics["throughput_vps"], "steps": 2 * steps}
+
+
+def describe_plan(plan: Plan, source: str) -> list[str]:
+    """The plan in lines (what `plan` prints), its budget's ``source`` named."""
+    cfg, est = plan.config, plan.estimate
+    m = cfg.model
+    bottleneck = "x".join(str(c // m.downsample_factor) for c in cfg.data.crop)
+    parts = ", ".join(f"{k} {v / 2**30:.2f}" for k, v in est.parts.items() if v)
+    lines = [f"plan for {plan.budget_gib:.1f} GiB on {plan.device} ({source}):",
+             f"  crop {'x'.join(map(str, cfg.data.crop))}, {m.depth} levels (bottleneck "
+             f"{bottleneck}), filters {m.filters[0]}..{m.filters[-1]}, batch {cfg.train.batch_size}, "
+             f"{_precision_on(cfg.train.precision, plan.device)}",
+             f"  predicted peak {est.gib:.2f} GiB ({parts} GiB)"]
+    lines += [f"  - {s}" for s in plan.steps]
+    return lines
+
+
+def _precision_on(precision: str, device: str) -> str:
+    """The plan's precision as training will resolve it on ``device`` (the config keeps "auto")."""
+    from unet3d.runtime import resolve_precision
+
+    if precision != "auto":
+        return precision
+    if device == "cpu":
+        return resolve_precision(precision, None)
+    return "mixed bfloat16 (float16 before compute capability 8.0)"

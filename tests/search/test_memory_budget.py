@@ -24,17 +24,10 @@ from conftest import run_cli
 
 from search import Search, SearchError
 from search.context import SearchContext
-from search.memory_budget import (
-    MAX_REFUSALS,
-    PRUNED_FILE,
-    MemoryBudget,
-    MemoryGuard,
-    Placement,
-    load_pruned,
-    resolve_budget,
-)
+from search.memory_budget import MAX_REFUSALS, PRUNED_FILE, MemoryGuard, load_pruned
 from search.results import TrialRow, asha_savings, best_row, format_table, ranked, row_from_history
 from spaces.space import space_from_dict
+from unet3d.budget import MemoryBudget, Placement, resolve_budget
 from unet3d.memory import estimate
 
 # One choice decides the memory: crop 16 trains in seconds, crop 128 (NVIDIA's, the first point

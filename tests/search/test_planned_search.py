@@ -73,8 +73,8 @@ def test_a_cli_search_on_space_auto(tiny):
 def test_without_a_budget_brats_stays_as_defined_and_auto_is_refused(tiny):
     """No budget: the GPU's memory could not be read (say, a CPU head node of a GPU cluster)."""
     from search import SearchError
-    from search.memory_budget import MemoryBudget
     from spaces.presets import SPACES
+    from unet3d.budget import MemoryBudget
 
     none = MemoryBudget(gib=None, device="gpu", source="the GPU's memory could not be read")
     for space in ("brats", "auto"):

@@ -114,3 +114,24 @@ def test_train_refuses_workers_it_cannot_run(tiny, tmp_path):
     with pytest.raises(OptionError, match="Horovod workers train under tensorflow only"):
         api.train(tiny / "data", out=tmp_path / "run", config=jax, workers=2)
     assert not (tmp_path / "run").exists()
+
+
+def test_plan_from_python_logs_the_fingerprint_and_plan_and_writes_a_config(tiny, tmp_path):
+    from unet3d.config import RunConfig
+
+    lines = []
+    plan = api.plan(tiny / "data", tiny / "cache", memory=2.0, device="cpu",
+                    out=tmp_path / "plan.json", log=lines.append)
+    assert plan.device == "cpu" and plan.budget_gib == 2.0 and plan.estimate.gib <= 2.0
+    text = "\n".join(lines)
+    assert "fingerprint: 4 cases (4 labelled), brats2023 layout" in text
+    assert "plan for 2.0 GiB on cpu (--memory):" in text
+    assert lines[-1].startswith(f"wrote {tmp_path / 'plan.json'}: train with")
+    saved = RunConfig.load(tmp_path / "plan.json")  # what `train --config` reads
+    assert saved.data.crop == plan.config.data.crop and saved.train.batch_size == \
+        plan.config.train.batch_size
+    for kwargs, message in (({"memory": 0}, "--memory 0: must be a positive number of GiB"),
+                            ({"device": "tpu"}, "--device tpu: must be gpu or cpu")):
+        with pytest.raises(OptionError, match=message):
+            api.plan(tiny / "data", tmp_path / "cache2", out=tmp_path / "p2.json", **kwargs)
+        assert not (tmp_path / "cache2").exists() and not (tmp_path / "p2.json").exists()

@@ -159,3 +159,27 @@ def load_or_compute(entries: Sequence[CachedCase], scheme: LabelScheme,
     fp = compute(entries, scheme, jobs or os.cpu_count() or 1)
     atomic_write_json(Path(path), {"key": key, "fingerprint": fp})
     return fp
+
+
+def describe(fp: dict[str, Any]) -> list[str]:
+    """The fingerprint in lines (what `plan` prints): shapes, spacing, intensities, regions."""
+    def shape(key: str, what: str, unit: str) -> str:
+        s = fp[key]
+        fmt = "x".join
+        return (f"  {what:<18} median {fmt(f'{v:g}' for v in s['median'])}, min "
+                f"{fmt(f'{v:g}' for v in s['min'])}, max {fmt(f'{v:g}' for v in s['max'])} {unit}")
+
+    lines = [f"fingerprint: {fp['cases']} cases ({fp['labelled']} labelled), {fp['layout']} layout, "
+             f"labels {fp['labels']}, modalities {' '.join(fp['modalities'])}",
+             shape("shape", "brain box", "voxels"), shape("spacing", "voxel spacing", "mm")]
+    for m, st in fp["intensity"].items():
+        lines.append(f"  {'intensity ' + m:<18} mean {st['mean']:.4g} std {st['std']:.4g} "
+                     f"(percentiles 0.5 / 50 / 99.5: {st['p00_5']:.4g} / {st['p50']:.4g} / "
+                     f"{st['p99_5']:.4g})")
+    for r, st in fp["regions"].items():
+        small = "none" if st["smallest_mm3"] is None else (
+            f"smallest {st['smallest_mm3']:.0f} mm^3, 5th percentile {st['p05_mm3']:.0f}, "
+            f"median {st['median_mm3']:.0f}")
+        lines.append(f"  {'region ' + r:<18} {100 * st['volume_fraction']:.2f}% of the brain, "
+                     f"{st['lesions_per_case']:g} lesion(s) per case; lesions: {small}")
+    return lines
