@@ -410,8 +410,10 @@ def _resolve_models(paths: list[str], top_k: int | None) -> list[Path]:
 def cmd_predict(args: argparse.Namespace) -> int:
     from unet3d import api
 
-    if args.top_k is not None and args.top_k < 1:  # (only an experiment reaches export_top)
-        raise_user(f"--top-k {args.top_k}: must be at least 1")
+    if args.top_k is not None:  # (checked now: only an experiment's models reach export_top)
+        from search.finish import check_top_k
+
+        check_top_k(args.top_k)
     with _Bar("case") as cases, _Bar("window", position=1) as windows:
         api.predict(lambda: _resolve_models(args.model, args.top_k), args.input, args.out,
                     runtime=args.runtime, precision=args.precision,

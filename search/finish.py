@@ -179,6 +179,14 @@ def load_rows(experiment: Path) -> list[TrialRow]:
     return [TrialRow.from_dict(t) for t in trials]
 
 
+def check_top_k(k: int) -> None:
+    """--top-k: at least one model (an OptionError, a ValueError)."""
+    from unet3d.errors import OptionError
+
+    if k < 1:
+        raise OptionError(f"--top-k {k}: must be at least 1")
+
+
 def export_top(experiment: Path, k: int,
                log: Callable[[str], None] | None = None) -> list[Path]:
     """Export folders of the ``k`` best trials of a finished search, best first, for an ensemble.
@@ -190,8 +198,7 @@ def export_top(experiment: Path, k: int,
         FileNotFoundError: the search has not finished (no trials.json / best/).
         ValueError: k < 1 or fewer than k trials have a checkpoint.
     """
-    if k < 1:
-        raise ValueError(f"--top-k {k}: must be at least 1")
+    check_top_k(k)
     ctx, _ = load_context(experiment)
     top = ranked(load_rows(experiment), exportable=True)
     if len(top) < k:

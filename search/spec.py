@@ -16,6 +16,7 @@ from search.engines import ENGINES, supporting
 from search.objective import OBJECTIVES, SECOND
 from search.storage import is_uri
 from unet3d.config import BACKENDS
+from unet3d.distributed import JAX_NO_WORKERS
 from unet3d.errors import UserError
 
 DEFAULT_DATA = Path("data/synthetic-medium")  # the demo dataset, written on first use
@@ -136,8 +137,8 @@ class SearchSpec:
             raise SearchError(f"--backend {self.backend}: must be one of {', '.join(BACKENDS)}")
         if self.backend == "jax" and self.workers_per_trial > 1:
             raise SearchError(f"--backend jax with --workers-per-trial {self.workers_per_trial}: "
-                              f"Horovod workers train under tensorflow only (under JAX one trial "
-                              f"uses all the GPUs it is given)")
+                              f"{JAX_NO_WORKERS} (under JAX one trial uses all the GPUs it is "
+                              f"given)")
         for name in ("mlflow", "wandb"):
             if not isinstance(getattr(self, name), str):
                 raise SearchError(f"--{name} {getattr(self, name)!r}: must be a string")

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from unet3d.config import RunConfig
+from unet3d.distributed import JAX_NO_WORKERS
 from unet3d.errors import OptionError, UserError
 from unet3d.folders import RunFolder
 from unet3d.labels import LabelScheme
@@ -193,8 +194,8 @@ def train(data: str | Path, *, out: str | Path, config: RunConfig,
     if workers < 1:
         raise OptionError(f"--workers {workers}: must be at least 1")
     if workers > 1 and config.train.backend == "jax":
-        raise OptionError(f"--workers {workers} with train.backend jax: Horovod workers train under "
-                          f"tensorflow only (under JAX one process trains on all of a machine's GPUs)")
+        raise OptionError(f"--workers {workers} with train.backend jax: {JAX_NO_WORKERS} (under "
+                          f"JAX one process trains on all of a machine's GPUs)")
     use_backend(config.train.backend)
     out = check_writable_dir(out, "--out")  # (and prepare checks --cache: before either is made)
     cache = Path(cache) if cache is not None else default_cache(data)
@@ -342,12 +343,9 @@ class PredictionRun:
 
 def _check_predict_options(overlap: float, tta: int, batch_size: int,
                            min_et_volume: float | None) -> None:
-    if not 0 <= overlap < 1:
-        raise OptionError(f"--overlap {overlap}: must be in [0, 1)")
-    if not 1 <= tta <= 8:
-        raise OptionError(f"--tta {tta}: must be 1..8 flips")
-    if batch_size < 1:
-        raise OptionError(f"--batch-size {batch_size}: must be at least 1")
+    from unet3d.inference import check_window_options
+
+    check_window_options(overlap, tta, batch_size)
     if min_et_volume is not None and not min_et_volume >= 0:  # NaN too
         raise OptionError(f"--min-et-volume {min_et_volume}: must be >= 0 mm^3")
 

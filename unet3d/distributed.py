@@ -25,6 +25,11 @@ class HorovodUnavailable(RuntimeError):
     """Workers were asked for but Horovod cannot be imported."""
 
 
+# Why a JAX run or trial cannot have Horovod workers (the CLI's, the trainer's and the search's
+# messages say it alike).
+JAX_NO_WORKERS = "Horovod workers train under tensorflow only"
+
+
 def horovod_available() -> bool:
     try:
         import horovod.tensorflow  # noqa: F401

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import nibabel as nib
 import numpy as np
 
+from unet3d.errors import OptionError
 from unet3d.folders import ExportFolder
 from unet3d.io_utils import atomic_path
 from unet3d.labels import LabelScheme
@@ -67,11 +68,25 @@ def _windows(shape: Sequence[int], patch: Sequence[int], overlap: float) -> Iter
         yield tuple(slice(c, c + p) for c, p in zip(corner, patch, strict=True))
 
 
+def check_window_options(overlap: float = 0.5, tta: int = 1, batch_size: int = 1) -> None:
+    """The sliding window's options, checked once for every caller (the CLI's flags, the library's
+    arguments: the same one-line OptionError, a ValueError).
+
+    Raises:
+        OptionError: overlap outside [0, 1), tta outside 1..8, batch_size below 1.
+    """
+    if not 0 <= overlap < 1:
+        raise OptionError(f"--overlap {overlap}: must be in [0, 1)")
+    if not 1 <= tta <= 8:
+        raise OptionError(f"--tta {tta}: must be 1..8 flips")
+    if batch_size < 1:
+        raise OptionError(f"--batch-size {batch_size}: must be at least 1")
+
+
 def flips(tta: int) -> list[tuple[int, ...]]:
     """The first ``tta`` of the 8 mirror combinations (1 = no TTA), axes given as (1, 2, 3) batch axes."""
     combos = [c for r in range(4) for c in itertools.combinations((1, 2, 3), r)]
-    if not 1 <= tta <= 8:
-        raise ValueError(f"tta={tta} must be in 1..8")
+    check_window_options(tta=tta)
     return combos[:tta]
 
 
@@ -102,10 +117,7 @@ def sliding_window_predict(predict: PredictFn, image: np.ndarray, patch: Sequenc
         (D, H, W, n_out) float32 blended probabilities.
     """
     patch = tuple(int(p) for p in patch)
-    if not 0 <= overlap < 1:
-        raise ValueError(f"overlap={overlap} must be in [0, 1)")
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be >= 1")
+    check_window_options(overlap, tta, batch_size)
     shape = image.shape[:3]
     image, pad = _pad_to(image, patch)
     padded_shape = image.shape[:3]
@@ -404,9 +416,7 @@ class Predictor:
                  keep_probabilities: bool = False) -> None:
         if not members:
             raise ValueError("a Predictor needs at least one model")
-        flips(tta)  # validates tta
-        if not 0 <= overlap < 1:
-            raise ValueError(f"overlap={overlap} must be in [0, 1)")
+        check_window_options(overlap, tta, batch_size)
         self.members = list(members)
         self.overlap, self.tta, self.batch_size = overlap, tta, batch_size
         self.postprocess = postprocess if postprocess is not None else \

@@ -34,7 +34,7 @@ from unet3d.checkpoint import load_checkpoint, read_state, save_checkpoint, save
 from unet3d.config import RunConfig
 from unet3d.data.pipeline import train_dataset
 from unet3d.data.preprocess import CachedCase, open_cases
-from unet3d.distributed import Workers
+from unet3d.distributed import JAX_NO_WORKERS, Workers
 from unet3d.errors import UserError
 from unet3d.evaluation import evaluate_cases, mean_scores
 from unet3d.folders import RunFolder
@@ -248,8 +248,9 @@ class Trainer:
                              f"process (the CLI's --backend picks it before Keras loads; in Python "
                              f"set KERAS_BACKEND={configured} before importing Keras)")
         if running == "jax" and self.workers.distributed:
-            raise TrainError("train.backend='jax' cannot train with Horovod workers (TensorFlow "
-                             "only); under JAX one process trains on all of a machine's GPUs")
+            raise TrainError(f"train.backend='jax' cannot train with Horovod workers: "
+                             f"{JAX_NO_WORKERS}; under JAX one process trains on all of a "
+                             f"machine's GPUs")
 
     def _distribute(self) -> None:
         """Under JAX with several devices, data parallelism over all of them (keras.distribution:
