@@ -64,12 +64,13 @@ def _field_type(name: str) -> type | None:
     return None
 
 
+@dataclasses.dataclass(frozen=True)
 class _Numeric:
-    """What Int and Float share: bounds, an optional log scale."""
+    """What Int and Float share: a name and bounds (the subclasses add the log scale last)."""
 
+    name: str
     low: Any
     high: Any
-    log: bool
 
     def extremes(self) -> tuple[Any, ...]:
         """The values that bound the parameter (each must make a valid configuration)."""
@@ -94,9 +95,6 @@ class Int(_Numeric):
 
     kind = "int"
 
-    name: str
-    low: int
-    high: int
     step: int = 1
     log: bool = False
 
@@ -152,9 +150,6 @@ class Float(_Numeric):
 
     kind = "float"
 
-    name: str
-    low: float
-    high: float
     log: bool = False
 
     def __post_init__(self) -> None:
