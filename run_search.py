@@ -365,7 +365,7 @@ def cmd_retrain_best(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from unet3d.export import export_run
+    from unet3d.export.exporter import export_run
 
     out = export_run(args.run, args.out)
     _print(f"exported: {out} (model.keras, saved_model/, model.onnx checked against Keras, "

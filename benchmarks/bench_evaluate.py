@@ -65,8 +65,8 @@ def main() -> None:
     args = p.parse_args()
 
     from unet3d.data.synthetic import synth_case
+    from unet3d.evaluation.metrics import region_scores
     from unet3d.labels import BUILTIN
-    from unet3d.metrics import region_scores
 
     venv = ROOT / ".venv-panoptica" / "bin" / "python"
     if not venv.exists():

@@ -6,7 +6,7 @@ The lent GPU machine has JAX and PyTorch but no TensorFlow, so our model (built 
 keras.ops only) runs with KERAS_BACKEND=jax: NVIDIA's 3D-UNet (6 levels, filters 32, 64, 128, 256,
 320, 320, kernel 3, strides 1, 2, 2, 2, 2, 2, instance norm, LeakyReLU 0.01, transposed-convolution
 upsampling, 3x3x3 softmax head, 4 modalities in, 4 classes out; 31,196,196 parameters) as
-``unet3d.model.build_unet3d`` builds the ``nvidia`` preset, mixed_bfloat16, ``dice_ce_loss``, Adam,
+``unet3d.training.model.build_unet3d`` builds the ``nvidia`` preset, mixed_bfloat16, ``dice_ce_loss``, Adam,
 an XLA-compiled train step. The peer is MONAI's DynUNet with the same settings (as in
 benchmarks/bench_train.py) and its 1x1x1 output convolution swapped for a 3x3x3 one, so that both
 parameter counts are NVIDIA's; PyTorch eager, bf16 autocast, channels_last_3d, cuDNN benchmark
@@ -126,8 +126,8 @@ def worker_ours(job: dict) -> None:
     import numpy as np
 
     from unet3d.config import preset
-    from unet3d.losses import dice_ce_loss
-    from unet3d.model import build_unet3d
+    from unet3d.training.losses import dice_ce_loss
+    from unet3d.training.model import build_unet3d
 
     if keras.backend.backend() != "jax":
         raise SystemExit(f"KERAS_BACKEND is {keras.backend.backend()!r}; this worker needs jax")
@@ -137,12 +137,12 @@ def worker_ours(job: dict) -> None:
     keras.utils.set_random_seed(0)
     keras.config.set_dtype_policy(job["precision"])
     if job.get("keras_upsampling"):
-        import unet3d.model
+        import unet3d.training.model
 
         def keras_layer(filters: int, **kwargs):  # (same weights, same names)
             return keras.layers.Conv3DTranspose(filters, 2, strides=2, padding="same", **kwargs)
 
-        unet3d.model.UpConv3D = keras_layer
+        unet3d.training.model.UpConv3D = keras_layer
     model = build_unet3d(preset("nvidia").model)
     optimizer = keras.optimizers.Adam(2e-4)
     if job["precision"] == "mixed_float16":

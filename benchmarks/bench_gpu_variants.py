@@ -27,8 +27,8 @@ def worker(norm: str, precision: str, loss: str) -> None:
     import numpy as np
 
     from unet3d.config import preset
-    from unet3d.losses import dice_ce_loss
-    from unet3d.model import build_unet3d
+    from unet3d.training.losses import dice_ce_loss
+    from unet3d.training.model import build_unet3d
     keras.config.set_dtype_policy(precision)
     cfg = preset("nvidia")
     cfg = cfg.replace(model={"norm": norm})

@@ -8,7 +8,7 @@ new in the same run, against the model's consumption rate.
    and prefetch defaults) over that cache for each config's crop and batch, without a model, two
    ways: ``host`` (the old path, ``data.augment_on: host``: flips, intensity scale/shift and noise
    in tf.data's CPU threads) and ``device`` (the default: the host only slices crops, the
-   augmentation runs inside the compiled training step, unet3d.augment). Reports crops/s after
+   augmentation runs inside the compiled training step, unet3d.training.augment). Reports crops/s after
    warm-up and crops per CPU-second (the process's user + system time: crops/s per core).
 3. Unless ``--no-model``, measures the model's consumption for the same config (one training step
    of ours, as in bench_train.py, fresh process) and prints pipeline / consumption: above 1 the

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Training memory on this CPU: the memory model's prediction (unet3d.memory) against the measured
+"""Training memory on this CPU: the memory model's prediction (unet3d.planning.memory) against the measured
 peak resident memory of real training runs, over a grid of configurations.
 
 Each row is a fresh ``run_search.py train`` process (1 epoch of a few steps, then validation by
@@ -41,8 +41,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from unet3d import memory  # noqa: E402  (after the path: the benchmark runs from a checkout)
 from unet3d.config import DataConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
+from unet3d.planning import memory  # noqa: E402  (after the path: the benchmark runs from a checkout)
 
 TOLERANCE = 0.25
 CASES, SHAPE, FOLDS = 3, (128, 128, 96), 3
@@ -161,8 +161,8 @@ def xla_worker(name: str, precision: str) -> dict:
     import jax.numpy as jnp
     import keras
 
-    from unet3d.losses import deep_supervision_weights, dice_ce_loss
-    from unet3d.model import build_unet3d
+    from unet3d.training.losses import deep_supervision_weights, dice_ce_loss
+    from unet3d.training.model import build_unet3d
 
     row = next(r for r in GRID if r.name == name)
     cfg = row.config().replace(train={"precision": precision})

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The memory model's GPU check: ``unet3d.memory.estimate(cfg, device="gpu")`` against the peak a
+"""The memory model's GPU check: ``unet3d.planning.memory.estimate(cfg, device="gpu")`` against the peak a
 training run really reaches on the GPU (Keras 3, JAX backend, XLA).
 
 memory.py's GPU constants were fitted on this script's "process" column (its first run, on an
@@ -108,9 +108,9 @@ def worker(job: dict) -> None:
     import numpy as np
 
     from unet3d.config import RunConfig
-    from unet3d.losses import deep_supervision_weights, get_loss
-    from unet3d.model import build_unet3d, inference_model
     from unet3d.runtime import dtype_policy
+    from unet3d.training.losses import deep_supervision_weights, get_loss
+    from unet3d.training.model import build_unet3d, inference_model
 
     cfg = RunConfig.from_dict(job["cfg"])
     device = jax.devices()[0]
@@ -180,7 +180,7 @@ def main() -> int:
         return 0
 
     from unet3d.config import RunConfig
-    from unet3d.memory import CONSTANTS, estimate
+    from unet3d.planning.memory import CONSTANTS, estimate
 
     table = smoke_configs() if args.smoke else configs()
     names = args.configs or list(table)

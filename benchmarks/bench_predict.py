@@ -35,12 +35,12 @@ def worker(preset_name: str, tta: int, data: str, out: str) -> dict:
 
     import keras
 
-    from unet3d.checkpoint import save_model
+    from unet3d.training.checkpoint import save_model
     from unet3d.config import preset
     from unet3d.data.discover import discover
     from unet3d.data.preprocess import load_case
-    from unet3d.inference import Predictor, load_member, write_prediction
-    from unet3d.model import build_unet3d, inference_model
+    from unet3d.inference.predictor import Predictor, load_member, write_prediction
+    from unet3d.training.model import build_unet3d, inference_model
 
     cfg = preset(preset_name)
     export = Path(out) / "model"

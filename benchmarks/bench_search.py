@@ -113,7 +113,7 @@ def train_default(rep: Replicate, budget: int, out: Path) -> dict[str, Any]:
     from spaces.presets import get_space
     from unet3d.data.discover import discover
     from unet3d.data.preprocess import prepare_dataset
-    from unet3d.train import Trainer
+    from unet3d.training.train import Trainer
 
     prep = prepare_dataset(discover(rep.train), rep.cache, jobs=1)  # (all reused)
     space = get_space(SPACE)
@@ -182,9 +182,9 @@ def score_heldout(export: str | Path, heldout: Path) -> dict[str, Any]:
 
     from unet3d.data.discover import discover
     from unet3d.data.preprocess import load_case, read_label
-    from unet3d.evaluation import evaluation_scheme
-    from unet3d.inference import Predictor, load_member, resolve_postprocess
-    from unet3d.metrics import region_scores
+    from unet3d.evaluation.evaluate import evaluation_scheme
+    from unet3d.evaluation.metrics import region_scores
+    from unet3d.inference.predictor import Predictor, load_member, resolve_postprocess
 
     ds = discover(heldout)
     scheme = evaluation_scheme(ds)

@@ -60,8 +60,8 @@ def ours(cfg: dict, variant: dict, steps: int, warmup: int) -> dict:
     import numpy as np
 
     from unet3d.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-    from unet3d.model import build_unet3d
-    from unet3d.train import compile_model
+    from unet3d.training.model import build_unet3d
+    from unet3d.training.train import compile_model
 
     run = RunConfig(
         model=ModelConfig(depth=cfg["levels"], base_filters=cfg["base"], max_filters=320,
@@ -73,12 +73,12 @@ def ours(cfg: dict, variant: dict, steps: int, warmup: int) -> dict:
     policy = "float32" if run.train.precision == "fp32" else run.train.precision
     keras.config.set_dtype_policy(policy)
     if variant.get("keras_upsampling"):
-        import unet3d.model
+        import unet3d.training.model
 
         def keras_layer(filters: int, **kwargs):  # (same weights, same names)
             return keras.layers.Conv3DTranspose(filters, 2, strides=2, padding="same", **kwargs)
 
-        unet3d.model.UpConv3D = keras_layer
+        unet3d.training.model.UpConv3D = keras_layer
     model = build_unet3d(run.model)
     compile_model(model, run)
     rng = np.random.default_rng(0)

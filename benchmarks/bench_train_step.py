@@ -43,8 +43,8 @@ def worker(cfg: dict, xla: bool, steps: int, warmup: int) -> dict:
     import numpy as np
 
     from unet3d.config import ModelConfig
-    from unet3d.losses import dice_ce_loss
-    from unet3d.model import build_unet3d
+    from unet3d.training.losses import dice_ce_loss
+    from unet3d.training.model import build_unet3d
 
     keras.utils.set_random_seed(0)
     model = build_unet3d(ModelConfig(depth=cfg["depth"], base_filters=cfg["base"], max_filters=320))

@@ -112,7 +112,7 @@ def run_one(task: dict[str, Any]) -> dict[str, Any]:
     from unet3d.data.discover import discover
     from unet3d.data.preprocess import open_cases, prepare_dataset
     from unet3d.data.split import kfold
-    from unet3d.train import Trainer
+    from unet3d.training.train import Trainer
 
     data, cache = Path(task["data"]), Path(task["cache"])
     prep = prepare_dataset(discover(data), cache, jobs=1)  # (reused)

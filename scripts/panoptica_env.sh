@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# panoptica's own environment, the test oracle for unet3d.metrics.lesion_scores/nsd (the official
+# panoptica's own environment, the test oracle for unet3d.evaluation.metrics.lesion_scores/nsd (the official
 # BraTS lesion-wise evaluation is built on panoptica). Kept out of the project's dependencies because
 # panoptica 2.1.7 pins numpy<2.3, pandas<3 and rich<14, which clash with the project's own pins; in a
 # venv of its own those constraints resolve freely. Idempotent: exits at once when the venv imports

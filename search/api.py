@@ -44,10 +44,10 @@ from search.spec import (
     SearchSpec,
 )
 from search.storage import Experiment
-from unet3d.budget import MemoryBudget
 from unet3d.config import RunConfig
 from unet3d.folders import ExportFolder
 from unet3d.labels import LabelScheme
+from unet3d.planning.budget import MemoryBudget
 
 Log = Callable[[str], None]
 
@@ -256,7 +256,7 @@ class Search:
         # (auto: centred on NVIDIA's configuration until the plan replaces it, in _fit_budget)
         self._space = auto_space(preset("nvidia")) if spec.space == AUTO else get_space(spec.space)
         if spec.workers_per_trial > 1:
-            from unet3d import distributed
+            from unet3d.training import distributed
 
             if not distributed.horovod_available():
                 raise SearchError(f"--workers-per-trial {spec.workers_per_trial}: "
@@ -357,12 +357,12 @@ class Search:
         return ctx
 
     def _plan_space(self, ctx: SearchContext) -> SearchContext:
-        """``brats`` and ``auto`` start from the plan (``unet3d.plan``) of the dataset's fingerprint
+        """``brats`` and ``auto`` start from the plan (``unet3d.planning.plan``) of the dataset's fingerprint
         for the budget: ``brats`` takes its crop and batch choices from it, ``auto`` is built
         around it (``spaces.presets``)."""
         from spaces.presets import AUTO, SPACES, around_plan, auto_space
         from unet3d.data.fingerprint import load_or_compute
-        from unet3d.plan import PlanError, make_plan
+        from unet3d.planning.plan import PlanError, make_plan
 
         if self.spec.space not in (AUTO, "brats"):
             return ctx
@@ -415,7 +415,7 @@ class Search:
     def memory_budget(self, **read: Any) -> MemoryBudget:
         """The memory budget: --memory, else the default for where the engine runs a trial
         (``search.memory_budget.resolve_budget``; ``read``: its host_gib / gpu_gib, for tests)."""
-        from unet3d.budget import resolve_budget
+        from unet3d.planning.budget import resolve_budget
 
         return resolve_budget(self.spec.memory, self._engine.placement(), **read)
 

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from search.spec import SearchSpec
     from search.storage import Experiment
     from spaces.space import SearchSpace
-    from unet3d.budget import Placement
+    from unet3d.planning.budget import Placement
 
 Log = Callable[[str], None]
 

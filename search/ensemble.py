@@ -30,9 +30,9 @@ def _scores(folders: Sequence[Path], ctx: SearchContext, objective: str) -> list
     (probabilities averaged, no post-processing: as the exports' own validation scores)."""
     import numpy as np
 
-    from unet3d.inference import Predictor, load_member
-    from unet3d.metrics import objective_score, region_scores
-    from unet3d.postprocess import PostProcess
+    from unet3d.evaluation.metrics import objective_score, region_scores
+    from unet3d.inference.postprocess import PostProcess
+    from unet3d.inference.predictor import Predictor, load_member
 
     members = [load_member(f) for f in folders]
     cfg = members[0].cfg
@@ -56,8 +56,8 @@ def choose_ensemble(rows: Sequence[TrialRow], final: TrialRow, best: Path, ctx: 
     earlier snapshot of the same model); writes the record (and the ensemble folder if one is
     chosen) and returns the record. ``export(row, folder)`` exports a trial."""
     from search.race import compare
+    from unet3d.evaluation.metrics import objective_score
     from unet3d.io_utils import atomic_write_json
-    from unet3d.metrics import objective_score
 
     metrics = json.loads(ExportFolder(best).metrics.read_text())
     alone = [objective_score(c, ctx.objective) for c in metrics.get("per_case", [])]

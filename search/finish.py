@@ -21,8 +21,8 @@ from search.results import (
 )
 from search.spec import SearchSpec
 from search.storage import ExperimentFolder
-from unet3d.budget import MemoryBudget
 from unet3d.io_utils import atomic_write_json
+from unet3d.planning.budget import MemoryBudget
 
 
 def save_search(spec: SearchSpec, ctx: SearchContext, experiment: Path, *,
@@ -69,9 +69,9 @@ def _export_row(row: TrialRow, ctx: SearchContext, experiment: Path, out: Path, 
     the trial trained on the validation cases too (the race's winner continued on every case):
     neither is computed, as for ``retrain-best``'s ``all``."""
     from search.storage import local_copy
-    from unet3d.checkpoint import model_from_run
-    from unet3d.evaluation import mean_scores
-    from unet3d.export import export_model, validation_postprocess
+    from unet3d.evaluation.evaluate import mean_scores
+    from unet3d.export.exporter import export_model, validation_postprocess
+    from unet3d.training.checkpoint import model_from_run
 
     staged = experiment / f".{out.name}_checkpoint"
     model, cfg, state = model_from_run(local_copy(row.checkpoint, staged))
@@ -150,7 +150,7 @@ def export_pareto(front: Sequence[TrialRow], ctx: SearchContext, experiment: Pat
 
 
 def _spread(row: TrialRow, second: str) -> float | None:
-    """The relative spread of a trial's measured latency (unet3d.train.window_latency); None for
+    """The relative spread of a trial's measured latency (unet3d.training.train.window_latency); None for
     the other second objectives."""
     if second != "latency":
         return None

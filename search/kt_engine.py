@@ -31,7 +31,7 @@ from search.spec import SearchError
 from search.storage import ExperimentFolder
 from spaces.presets import nvidia_point
 from spaces.space import Float, Int, SearchSpace
-from unet3d.budget import Placement
+from unet3d.planning.budget import Placement
 
 ALGORITHMS = ("hyperband", "bayesian", "random")
 
@@ -271,8 +271,8 @@ def _stop_if(ctrl_c: list[bool] | None) -> None:
 
 def rows(tuner: Any, ctx: SearchContext, experiment: Path, opts: KerasTunerOptions, *,
          interrupted: bool = False) -> list[TrialRow]:
-    from unet3d.checkpoint import read_checkpoint
     from unet3d.folders import RunFolder
+    from unet3d.training.checkpoint import read_checkpoint
 
     names = [p.name for p in ctx.space.params]
     out = []

@@ -1,6 +1,6 @@
 """The memory budget of a search: a configuration predicted to need more than it is never started.
 
-The prediction is the memory model (:func:`unet3d.memory.estimate`) of the trial's RunConfig (the one
+The prediction is the memory model (:func:`unet3d.planning.memory.estimate`) of the trial's RunConfig (the one
 the trial would train: :meth:`SearchContext.run_config`), on the trial's device, with the largest
 validation volume it would hold. The contract with the engines (``search.ray_searcher``,
 ``search.kt_engine``):
@@ -15,7 +15,7 @@ validation volume it would hold. The contract with the engines (``search.ray_sea
   the engine reads back at the end (:func:`load_pruned`) and the report reads while a search runs.
 
 The budget is per training process (a trial, or one Horovod worker of it): its default is
-``unet3d.budget.resolve_budget``'s for where the engine places a trial. Nothing here starts
+``unet3d.planning.budget.resolve_budget``'s for where the engine places a trial. Nothing here starts
 TensorFlow.
 """
 
@@ -32,8 +32,8 @@ from search.context import SearchContext
 from search.results import TrialRow, finite
 from search.spec import SearchError
 from search.storage import ExperimentFolder
-from unet3d.budget import MemoryBudget
 from unet3d.io_utils import atomic_write_json
+from unet3d.planning.budget import MemoryBudget
 
 PRUNED_FILE = "pruned.json"
 MAX_REFUSALS = 50       # refusals in a row before an engine stops sampling
@@ -78,7 +78,7 @@ class MemoryGuard:
 
     def check(self, sample: Mapping[str, Any]) -> Verdict:
         """The verdict on one sampled configuration (the engine's parameter values)."""
-        from unet3d.memory import estimate
+        from unet3d.planning.memory import estimate
 
         try:
             cfg = self.ctx.run_config(dict(sample))

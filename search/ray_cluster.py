@@ -11,8 +11,8 @@ import sys
 from collections.abc import Callable, Iterator
 
 from search.ray_options import RayOptions
-from unet3d.budget import Placement
 from unet3d.errors import UserError
+from unet3d.planning.budget import Placement
 from unet3d.text import plural
 
 _NO_CLUSTER = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # Ray's no-cluster mode when "0" (see connect)

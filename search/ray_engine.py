@@ -35,7 +35,7 @@ from search.ray_cluster import ClusterError, cluster_summary, connect, horovod_w
 from search.ray_factories import param_space, run_config, tune_config
 from search.ray_options import RayOptions
 from search.results import TrialRow, row_from_history
-from unet3d.budget import Placement
+from unet3d.planning.budget import Placement
 
 PROPOSALS = "proposals.json"  # trial id -> where its configuration came from (search.ray_searcher)
 
@@ -230,8 +230,8 @@ def _checkpoint_of_best_epoch(path: str, history: list[dict[str, Any]], metric: 
     :class:`search.ray_callbacks.EpochBudget` waited for it, the epoch budget too): its folder is
     written but never becomes the trial's best, and the best epoch would be exported from the
     epoch before. ``path`` as it is when no folder holds that epoch."""
-    from unet3d.checkpoint import CheckpointError, read_state
     from unet3d.folders import RunFolder
+    from unet3d.training.checkpoint import CheckpointError, read_state
 
     scored = [h for h in history if isinstance(h.get(metric), (int, float))
               and math.isfinite(h[metric])]

@@ -39,8 +39,8 @@ from search.results import (
     regions_of,
 )
 from search.storage import ExperimentFolder
-from unet3d.budget import MemoryBudget
 from unet3d.folders import ExportFolder
+from unet3d.planning.budget import MemoryBudget
 from unet3d.text import plural
 
 FIGURES = ("learning_curves", "objective", "parallel", "importance", "pareto")

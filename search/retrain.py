@@ -45,8 +45,8 @@ def retrain_best(experiment: Path, *, epochs: int | None = None, folds: Sequence
             f"needs a process of its own: run_search.py retrain-best --backend {wanted})")
     cfg = cfg.replace(train={"backend": running})
 
-    from unet3d.export import export_model, validation_postprocess
-    from unet3d.train import Trainer
+    from unet3d.export.exporter import export_model, validation_postprocess
+    from unet3d.training.train import Trainer
 
     n_epochs = epochs if epochs is not None else 2 * cfg.train.epochs
     cfg = cfg.with_epochs(n_epochs)

@@ -16,8 +16,8 @@ from search.engines import ENGINES, supporting
 from search.objective import OBJECTIVES, SECOND
 from search.storage import is_uri
 from unet3d.config import BACKENDS
-from unet3d.distributed import JAX_NO_WORKERS
 from unet3d.errors import UserError
+from unet3d.training.distributed import JAX_NO_WORKERS
 
 DEFAULT_DATA = Path("data/synthetic-medium")  # the demo dataset, written on first use
 DEMO_CASES, DEMO_DIFFICULTY = 24, "medium"  # (hard enough that configurations separate)
@@ -57,7 +57,7 @@ class SearchSpec:
             from the data.
         memory: the memory one trial (one training process: a Horovod worker of a trial with
             several) may use, in GiB (``--memory``); a configuration the memory model
-            (``unet3d.memory``) predicts over it is never started: it is recorded as pruned
+            (``unet3d.planning.memory``) predicts over it is never started: it is recorded as pruned
             (``search.memory_budget``). None: the default, the GPU's memory times the trial's share
             of a GPU with ``gpus_per_trial`` > 0, else this machine's memory divided by the
             training processes that run on it at once. A resumed search keeps its budget.

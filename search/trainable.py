@@ -114,7 +114,7 @@ def _trial_folder(context: SearchContext, tctx: Any, cfg: Any,
         return run, True, False
     if cont is not None:
         # The winner's last checkpoint: the trainer resumes it under the longer schedule (a wsd
-        # run that has not cooled down continues exactly; unet3d.schedules.continues).
+        # run that has not cooled down continues exactly; unet3d.training.schedules.continues).
         _fetch(cont["checkpoint"], run.path)
         return run, True, True
     run.checkpoint.unlink(missing_ok=True)  # a fresh attempt of a failed trial
@@ -199,7 +199,7 @@ def _train_with_horovod(context: SearchContext, cfg: Any, run_dir: Path, resume:
     # on a cluster, Horovod picks the interface that reaches the other workers' nodes.
     local = _node_ip() == "127.0.0.1"
     if local:
-        from unet3d.distributed import bind_loopback
+        from unet3d.training.distributed import bind_loopback
 
         bind_loopback()
     settings = RayExecutor.create_settings(timeout_s=60, nics={"lo"} if local and not gpus else None)
@@ -231,9 +231,9 @@ def _train_with_horovod(context: SearchContext, cfg: Any, run_dir: Path, resume:
 
 
 def _horovod_worker(**kwargs: Any) -> Any:
-    """:func:`unet3d.train.train_worker` in a Horovod worker, imported there: the trial's own
+    """:func:`unet3d.training.train.train_worker` in a Horovod worker, imported there: the trial's own
     process pickles this function by reference and so never imports the trainer (TensorFlow)."""
-    from unet3d.train import train_worker
+    from unet3d.training.train import train_worker
 
     return train_worker(**kwargs)
 

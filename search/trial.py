@@ -26,7 +26,7 @@ def fit_trial(ctx: SearchContext, cfg: Any, run: RunFolder, *, trial_id: str,
     import keras
 
     from search.tb import write_hparams
-    from unet3d.train import Trainer
+    from unet3d.training.train import Trainer
 
     if new:
         write_hparams(run.tensorboard, sample, trial_id)

@@ -1,5 +1,5 @@
 """The named search spaces: ``demo`` (CPU-sized), ``brats`` (GPU-sized), ``nvidia`` (one point), and
-``auto``, built around a plan (:mod:`unet3d.plan`) once the data and the memory budget are known.
+``auto``, built around a plan (:mod:`unet3d.planning.plan`) once the data and the memory budget are known.
 
 A search that knows its plan also moves ``brats`` onto it (:func:`around_plan`): the plan becomes the
 base, and the crop and batch choices are taken relative to the plan's (crop scales 0.5-1, batches

@@ -5,9 +5,9 @@ The rules (the project's layering: ``unet3d`` knows nothing of search; short fun
 1. No import cycle among the project's modules. Imports inside functions count: a cycle broken only by
    moving an import into a function still couples the two modules.
 2. Imports point one way: ``run_search -> search -> spaces -> unet3d``, never back.
-3. ``unet3d.inference``, ``unet3d.evaluation`` and ``unet3d.export`` (``PREDICTORS``) reach no
-   ``unet3d.train`` code, directly or through other project modules (the trainer imports the
-   predictor and the scoring, never the reverse: exporting a model or scoring cases loads no trainer).
+3. The ``unet3d.inference``, ``unet3d.evaluation`` and ``unet3d.export`` packages (``PREDICTORS``)
+   reach no ``unet3d.training.train`` code, directly or through other project modules (the trainer
+   imports the predictor and the scoring, never the reverse: exporting or scoring loads no trainer).
 4. No function or method (nested ones included) is longer than ``MAX_FUNCTION_LINES`` lines.
 5. No label scheme by default below the CLI: a parameter that takes a scheme (``SCHEME_PARAMS``) in
    ``PACKAGES`` has no default but None. The scheme is resolved where the data is read and passed on;
@@ -61,7 +61,7 @@ LABEL_HOME = "unet3d/labels.py"
 LABEL_WORDS = ("label", "seg", "classes", "truth", "pred")  # (in a variable's or attribute's name)
 
 PREDICTORS = ("unet3d.inference", "unet3d.evaluation", "unet3d.export")
-TRAINER = "unet3d.train"
+TRAINER = "unet3d.training.train"
 
 
 @dataclass(frozen=True)

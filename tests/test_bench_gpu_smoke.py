@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from unet3d import memory
 from unet3d.config import RunConfig, preset
+from unet3d.planning import memory
 
 ROOT = Path(__file__).resolve().parents[1]
 NVIDIA_PARAMS = 31_196_196

@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from unet3d.config import RunConfig
-from unet3d.distributed import JAX_NO_WORKERS
 from unet3d.errors import OptionError, UserError
 from unet3d.folders import RunFolder
 from unet3d.labels import LabelScheme
 from unet3d.text import plural
+from unet3d.training.distributed import JAX_NO_WORKERS
 
 Log = Callable[[str], None]
 
@@ -99,19 +99,19 @@ def plan(data: str | Path, cache: str | Path | None = None, *,
          device: str | None = None, probe: bool = False, out: str | Path | None = None,
          jobs: int | None = None, log: Log | None = None,
          progress: Callable[[int, int, str], None] | None = None) -> Any:
-    """The training plan (``unet3d.plan.Plan``) of the dataset under ``data`` for one training
+    """The training plan (``unet3d.planning.plan.Plan``) of the dataset under ``data`` for one training
     run's memory budget (``run_search.py plan``): the dataset prepared (:func:`prepare`), its
     fingerprint, then the crop, depth, filters, batch and precision that fit.
 
-    ``memory``: GiB (default: the device's, ``unet3d.budget.resolve_budget``); ``device``: "gpu"
+    ``memory``: GiB (default: the device's, ``unet3d.planning.budget.resolve_budget``); ``device``: "gpu"
     or "cpu" (default: the GPU if one is visible). ``probe``: trains a few steps of the plan here
     and records the measured peak memory and speed (a GPU plan needs a GPU). ``out``: the plan
     written as JSON (a RunConfig `train --config` takes). Checked before anything is read.
     """
-    from unet3d.budget import Placement, resolve_budget
     from unet3d.data.fingerprint import describe, load_or_compute
     from unet3d.io_utils import atomic_write_json, check_writable_file
-    from unet3d.plan import describe_plan, make_plan
+    from unet3d.planning.budget import Placement, resolve_budget
+    from unet3d.planning.plan import describe_plan, make_plan
     from unet3d.runtime import gpu_memory_gib
 
     log = log or _quiet
@@ -142,7 +142,7 @@ def plan(data: str | Path, cache: str | Path | None = None, *,
 
 def _probe(result: Any, prep: Any, data: str | Path, cache: str | Path | None, log: Log) -> Any:
     """The plan with its probe: a few training steps and one case's validation, measured here."""
-    from unet3d.plan import probe
+    from unet3d.planning.plan import probe
 
     labelled = [e.case_id for e in prep.entries if e.meta["labelled"]]
     if not labelled:
@@ -219,7 +219,7 @@ def train(data: str | Path, *, out: str | Path, config: RunConfig,
         metrics = _train_with_workers(cfg, cache, train_ids, val_ids, out, resume, scale_lr,
                                       workers, log)
     else:
-        from unet3d.train import Trainer
+        from unet3d.training.train import Trainer
 
         by_id = {e.case_id: e for e in labelled}
         trainer = Trainer(cfg, [by_id[i] for i in train_ids], [by_id[i] for i in val_ids], out,
@@ -235,8 +235,8 @@ def train(data: str | Path, *, out: str | Path, config: RunConfig,
 def _train_with_workers(cfg: RunConfig, cache: Path, train_ids: Sequence[str],
                         val_ids: Sequence[str], out: Path, resume: bool, scale_lr: bool,
                         workers: int, log: Log) -> dict[str, Any]:
-    from unet3d import distributed
-    from unet3d.train import train_worker
+    from unet3d.training import distributed
+    from unet3d.training.train import train_worker
 
     if not distributed.horovod_available():
         raise OptionError(f"--workers {workers}: {distributed.INSTALL_HINT}")
@@ -286,7 +286,7 @@ def evaluate(pred: str | Path, data: str | Path, *, out: str | Path | None = Non
     """
     from unet3d import labels as labels_mod
     from unet3d.data.discover import discover
-    from unet3d.evaluation import (
+    from unet3d.evaluation.evaluate import (
         evaluate_folder,
         evaluation_scheme,
         format_summary,
@@ -343,7 +343,7 @@ class PredictionRun:
 
 def _check_predict_options(overlap: float, tta: int, batch_size: int,
                            min_et_volume: float | None) -> None:
-    from unet3d.inference import check_window_options
+    from unet3d.inference.predictor import check_window_options
 
     check_window_options(overlap, tta, batch_size)
     if min_et_volume is not None and not min_et_volume >= 0:  # NaN too
@@ -351,7 +351,7 @@ def _check_predict_options(overlap: float, tta: int, batch_size: int,
 
 
 def _load_members(folders: Sequence[Path], runtime: str, precision: str) -> list[Any]:
-    from unet3d.inference import load_member, load_onnx_member
+    from unet3d.inference.predictor import load_member, load_onnx_member
 
     members = []
     for f in folders:
@@ -382,7 +382,7 @@ def predict(models: Sequence[str | Path] | Callable[[], Sequence[Path]], input: 
     each window evaluation.
     """
     from unet3d.data.discover import discover_input
-    from unet3d.inference import Predictor, resolve_postprocess
+    from unet3d.inference.predictor import Predictor, resolve_postprocess
     from unet3d.io_utils import atomic_write_json, check_writable_dir
     from unet3d.runtime import peak_memory_gib, use_backend
 
@@ -442,7 +442,7 @@ def _predict_cases(predictor: Any, cases: Sequence[Any], out: Path, log: Log,
                    windows: Callable[[int, int, str], None] | None) -> dict[str, list[Path]]:
     """Predicts and writes each case (``progress`` after each); case ID -> files written."""
     from unet3d.data.preprocess import load_case
-    from unet3d.inference import write_prediction
+    from unet3d.inference.predictor import write_prediction
 
     written = {}
     for k, case in enumerate(cases, start=1):

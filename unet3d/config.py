@@ -34,7 +34,7 @@ BACKENDS = ("tensorflow", "jax")
 AUGMENT_ON = ("device", "host")
 XLA_MODES = ("on", "off", "auto")
 OBJECTIVES = ("dice", "lesionwise")
-SCHEDULES = ("cosine", "wsd")  # unet3d.schedules
+SCHEDULES = ("cosine", "wsd")  # unet3d.training.schedules
 
 
 class ConfigError(UserError, ValueError):
@@ -158,7 +158,7 @@ class TrainConfig:
         schedule: after the warm-up, "cosine" (decay to ``min_lr_ratio`` of the peak over the rest
             of the run; every rate depends on ``epochs``) or "wsd" (warmup-stable-decay: the peak
             held, then a cool-down over the last ``cooldown_epochs``; a run can be continued to
-            more epochs until its cool-down starts; see unet3d.schedules).
+            more epochs until its cool-down starts; see unet3d.training.schedules).
         cooldown_epochs: "wsd" only: the epochs at the end whose rate decays to ``min_lr_ratio`` of
             the peak; 0 = constant to the end (a run meant to be continued).
         weight_decay: decoupled weight decay (AdamW) when > 0.

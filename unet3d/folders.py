@@ -3,18 +3,18 @@
 A run folder (``train --out RUN``, a search trial's ``trial_*/run``)::
 
     config.json      the exact RunConfig (unet3d.config)
-    checkpoint.npz   weights, optimizer and run state after the last epoch (unet3d.checkpoint)
-    metrics.json     the finished run's history and final scores (unet3d.train)
+    checkpoint.npz   weights, optimizer and run state after the last epoch (unet3d.training.checkpoint)
+    metrics.json     the finished run's history and final scores (unet3d.training.train)
     model.keras      the network alone, written when the run finishes
     tensorboard/     per-epoch scalars (and a search trial's HParams session)
 
-An export folder (``export RUN``, a search's ``best/``; unet3d.export) holds the run's
+An export folder (``export RUN``, a search's ``best/``; unet3d.export.exporter) holds the run's
 ``config.json``, ``metrics.json`` and ``model.keras`` and adds::
 
     saved_model/       the TensorFlow SavedModel (TF Serving)
-    model.onnx         the ONNX graph, checked against Keras (unet3d.onnx_runtime)
+    model.onnx         the ONNX graph, checked against Keras (unet3d.inference.onnx_runtime)
     MODEL_CARD.md      what it is, how it was trained and scored, how to load it
-    postprocess.json   the post-processing chosen on its validation cases (unet3d.postprocess)
+    postprocess.json   the post-processing chosen on its validation cases (unet3d.inference.postprocess)
 
 Plain names, no I/O: any module may import this one (it loads neither Keras nor TensorFlow).
 """

@@ -27,8 +27,8 @@ from search.context import SearchContext
 from search.memory_budget import MAX_REFUSALS, PRUNED_FILE, MemoryGuard, load_pruned
 from search.results import TrialRow, asha_savings, best_row, format_table, ranked, row_from_history
 from spaces.space import space_from_dict
-from unet3d.budget import MemoryBudget, Placement, resolve_budget
-from unet3d.memory import estimate
+from unet3d.planning.budget import MemoryBudget, Placement, resolve_budget
+from unet3d.planning.memory import estimate
 
 # One choice decides the memory: crop 16 trains in seconds, crop 128 (NVIDIA's, the first point
 # every engine proposes) is far bigger and must never start under a budget between the two.
@@ -225,7 +225,7 @@ def test_the_guard_predicts_with_the_largest_validation_case_it_would_hold(
     trial validates on (the first ``data.max_val_cases`` of them), not the first."""
     import yaml
 
-    import unet3d.memory
+    import unet3d.planning.memory
 
     space = space_from_dict(yaml.safe_load(SPACE.replace(
         "max_val_cases: 1", f"max_val_cases: {max_val_cases}")), source="tinymem")
@@ -239,7 +239,7 @@ def test_the_guard_predicts_with_the_largest_validation_case_it_would_hold(
         seen.append(kw.get("volume_shape"))
         return estimate(cfg, **kw)
 
-    monkeypatch.setattr(unet3d.memory, "estimate", recording)
+    monkeypatch.setattr(unet3d.planning.memory, "estimate", recording)
     verdict = guard.check(SMALL)
     assert seen == [largest] and verdict.fits
     assert verdict.gib == estimate(ctx.run_config(SMALL), device="cpu", volume_shape=largest).gib

@@ -12,7 +12,7 @@ from search import Search
 from unet3d.data.fingerprint import load_or_compute
 from unet3d.data.preprocess import open_cases
 from unet3d.labels import BUILTIN
-from unet3d.plan import make_plan
+from unet3d.planning.plan import make_plan
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_without_a_budget_brats_stays_as_defined_and_auto_is_refused(tiny):
     """No budget: the GPU's memory could not be read (say, a CPU head node of a GPU cluster)."""
     from search import SearchError
     from spaces.presets import SPACES
-    from unet3d.budget import MemoryBudget
+    from unet3d.planning.budget import MemoryBudget
 
     none = MemoryBudget(gib=None, device="gpu", source="the GPU's memory could not be read")
     for space in ("brats", "auto"):

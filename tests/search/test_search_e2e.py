@@ -207,8 +207,8 @@ def test_the_trainable_reports_every_epoch_with_a_checkpoint(ray_search):
 def test_exported_best_model_predicts_exactly_like_its_checkpoint(ray_search):
     import tensorflow as tf
 
-    from unet3d.checkpoint import model_from_run
-    from unet3d.export import load_export
+    from unet3d.export.exporter import load_export
+    from unet3d.training.checkpoint import model_from_run
 
     exp = ray_search["exp"]
     summary = ray_search["trials"]["summary"]
@@ -302,7 +302,7 @@ def test_retrain_best_trains_longer_and_exports(ray_search):
     out = exp / "retrained" / "fold_1"
     assert f"exported: {out}" in r.stdout
     from unet3d.config import RunConfig
-    from unet3d.export import load_export
+    from unet3d.export.exporter import load_export
 
     model, cfg, metrics = load_export(out)
     best = RunConfig.load(exp / "best" / "config.json")
@@ -406,8 +406,8 @@ def _check_keras_tuner_search(exp: Path, stdout: str) -> None:
     assert trials["summary"]["engine"] == "keras-tuner" and len(trials["trials"]) >= 2
     for t in trials["trials"]:
         assert t["epochs"] >= 1 and np.isfinite(t["best_dice_mean"])
-    from unet3d.checkpoint import model_from_run
-    from unet3d.export import load_export
+    from unet3d.export.exporter import load_export
+    from unet3d.training.checkpoint import model_from_run
 
     model, cfg, metrics = load_export(exp / "best")
     best = next(t for t in trials["trials"] if t["trial_id"] == trials["summary"]["best_trial"])

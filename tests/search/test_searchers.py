@@ -395,8 +395,8 @@ def test_a_budget_split_between_searching_and_retraining_the_winner(tiny_data):
     stop-all used to drop that epoch's checkpoint while registering it: best/ was epoch 2.)"""
     import numpy as np
 
-    from unet3d.checkpoint import model_from_run
-    from unet3d.export import load_export
+    from unet3d.export.exporter import load_export
+    from unet3d.training.checkpoint import model_from_run
 
     r = _search(tiny_data, "share", "--budget", "6", "--retrain-share", "0.5", "--num-samples", "1",
                 "--max-epochs", "4", "--max-concurrent", "1", "--scheduler", "none")

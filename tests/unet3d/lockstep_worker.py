@@ -17,13 +17,13 @@ if __name__ == "__main__":
     import numpy as np
 
     import unet3d  # noqa: F401  (runtime defaults first)
-    from unet3d.checkpoint import save_model
     from unet3d.config import RunConfig
     from unet3d.data.pipeline import train_dataset
     from unet3d.data.preprocess import open_cases
-    from unet3d.evaluation import evaluate_cases, mean_scores
-    from unet3d.model import build_unet3d
-    from unet3d.train import compile_model
+    from unet3d.evaluation.evaluate import evaluate_cases, mean_scores
+    from unet3d.training.checkpoint import save_model
+    from unet3d.training.model import build_unet3d
+    from unet3d.training.train import compile_model
 
     cfg = RunConfig.from_dict(job["config"])
     net = build_unet3d(cfg.model)

@@ -1,4 +1,5 @@
-"""Reference lesion-wise scores from panoptica, the test oracle for ``unet3d.metrics.lesion_scores``.
+"""Reference lesion-wise scores from panoptica, the test oracle for
+``unet3d.evaluation.metrics.lesion_scores``.
 
 Runs inside panoptica's own venv (``scripts/panoptica_env.sh``), not the project's: it imports nothing
 from the project. Usage::

@@ -1,4 +1,4 @@
-"""On-device augmentation (unet3d.augment): the same draws as the host version, and a training step
+"""On-device augmentation (unet3d.training.augment): the same draws as the host version, and a training step
 through it equals a step on the flipped image and label."""
 
 from __future__ import annotations
@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from unet3d.augment import DeviceAugment, FlipBack, augmented_model
 from unet3d.config import DataConfig, ModelConfig
 from unet3d.data.pipeline import _augment
-from unet3d.losses import get_loss
-from unet3d.model import build_unet3d
+from unet3d.training.augment import DeviceAugment, FlipBack, augmented_model
+from unet3d.training.losses import get_loss
+from unet3d.training.model import build_unet3d
 
 N = 400  # crops per statistic
 EDGE = 4

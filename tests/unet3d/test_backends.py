@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from conftest import ROOT, run_cli
 
-from unet3d import memory
 from unet3d.config import RunConfig, preset
+from unet3d.planning import memory
 from unet3d.runtime import BackendError, auto_precision, resolve_precision, use_backend
 
 BACKENDS = ("tensorflow", "jax")
@@ -55,7 +55,7 @@ import os, sys, json
 import unet3d  # (the runtime defaults, before JAX loads)
 import keras
 from unet3d.config import ModelConfig
-from unet3d.model import build_unet3d
+from unet3d.training.model import build_unet3d
 if sys.argv[1:] != ["env-only"]:
     build_unet3d(ModelConfig(depth=3, base_filters=4))
 print(json.dumps({k: os.environ.get(k) for k in (
@@ -97,7 +97,7 @@ def lockstep(synth16, tmp_path_factory) -> dict:
     under each backend in a fresh process: {backend: {"loss", "dice_mean", "model": folder}}."""
     from unet3d.data.discover import discover
     from unet3d.data.preprocess import prepare
-    from unet3d.model import build_unet3d
+    from unet3d.training.model import build_unet3d
 
     root = tmp_path_factory.mktemp("lockstep")
     cfg = preset("cpu-small").replace(

@@ -27,9 +27,9 @@ def test_trained_and_exported_models_load_with_plain_safe_mode(deep_supervision,
                                                                  seed):
     import keras
 
-    from unet3d.export import export_model
-    from unet3d.model import inference_model
-    from unet3d.train import Trainer
+    from unet3d.export.exporter import export_model
+    from unet3d.training.model import inference_model
+    from unet3d.training.train import Trainer
 
     # Without deep supervision the trained model is itself the inference model (compiled with our
     # loss); with it, the saved model is a one-output view of a two-output compiled model.

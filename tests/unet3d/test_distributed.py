@@ -41,9 +41,9 @@ def _cases(cache, ids):
 
 def _worker(config, cache, ids, out):
     """Trains on every rank and returns (rank, weights): the test compares them."""
-    from unet3d import distributed
     from unet3d.config import RunConfig
-    from unet3d.train import Trainer
+    from unet3d.training import distributed
+    from unet3d.training.train import Trainer
 
     workers = distributed.init()
     t = Trainer(RunConfig.from_dict(config), _cases(cache, ids), [], out, workers=workers)
@@ -63,8 +63,8 @@ def prepared(synth16, tmp_path_factory):
 
 def test_every_rank_holds_identical_weights_and_matches_one_worker_with_twice_the_batch(
         prepared, tmp_path):
-    from unet3d import distributed
-    from unet3d.train import Trainer
+    from unet3d.training import distributed
+    from unet3d.training.train import Trainer
 
     cache, ids = prepared
     results = distributed.launch(_worker, dict(config=CFG.to_dict(), cache=cache, ids=ids,
@@ -78,7 +78,7 @@ def test_every_rank_holds_identical_weights_and_matches_one_worker_with_twice_th
     one.fit()
     import keras
 
-    from unet3d.model import build_unet3d
+    from unet3d.training.model import build_unet3d
 
     keras.utils.set_random_seed(CFG.train.seed)  # the initial weights both runs started from
     w0 = build_unet3d(CFG.model).get_weights()
@@ -153,9 +153,9 @@ def test_workers_without_horovod_give_a_clear_error_and_one_worker_still_trains(
 
 
 def _amp_worker(config, cache, ids, out):
-    from unet3d import distributed
     from unet3d.config import RunConfig
-    from unet3d.train import Trainer
+    from unet3d.training import distributed
+    from unet3d.training.train import Trainer
 
     workers = distributed.init()
     t = Trainer(RunConfig.from_dict(config), _cases(cache, ids[:3]), _cases(cache, ids[3:]), out,
@@ -167,7 +167,7 @@ def _amp_worker(config, cache, ids, out):
 
 def test_mixed_float16_with_xla_and_loss_scaling_across_workers(prepared, tmp_path):
     """XLA compiles the forward/backward; the allreduce and the loss-scaled update run outside it."""
-    from unet3d import distributed
+    from unet3d.training import distributed
 
     cache, ids = prepared
     cfg = CFG.replace(train={"precision": "mixed_float16", "xla": "on", "epochs": 2})

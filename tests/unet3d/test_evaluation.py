@@ -1,6 +1,6 @@
 """`evaluate` against an independent reference implementation, and its error handling.
 
-The reference below is written from first principles and shares no code with unet3d.metrics:
+The reference below is written from first principles and shares no code with unet3d.evaluation.metrics:
 surface voxels by an explicit 6-neighbour test on a zero-padded array, distances between surface
 points in mm with a k-d tree (not a distance transform), BraTS's empty-mask conventions.
 """
@@ -19,7 +19,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from unet3d.data.discover import MODALITIES, DataError, discover
-from unet3d.evaluation import evaluate_folder
+from unet3d.evaluation.evaluate import evaluate_folder
 from unet3d.labels import BUILTIN
 
 LEGACY = BUILTIN["brats-legacy"]

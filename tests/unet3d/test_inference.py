@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from unet3d.inference import (
+from unet3d.inference.predictor import (
     flips,
     gaussian_weights,
     probabilities_to_classes,
@@ -174,7 +174,7 @@ def test_blending_of_a_position_dependent_model_matches_brute_force():
 
 
 def test_count_windows_is_the_number_of_windows_run_and_reported():
-    from unet3d.inference import count_windows
+    from unet3d.inference.predictor import count_windows
 
     image = np.zeros((37, 29, 10, 1), np.float32)  # padded to 16 along the last axis: 1 window
     calls, done = [], []

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from unet3d.metrics import LESION_HD95_CAP, lesion_scores, nsd
+from unet3d.evaluation.metrics import LESION_HD95_CAP, lesion_scores, nsd
 
 REPO = Path(__file__).resolve().parents[2]
 KEYS = ("lesion_tp", "lesion_fp", "lesion_fn", "lesion_f1", "lesionwise_dice", "lesionwise_hd95",

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from unet3d import losses
 from unet3d.labels import BUILTIN
-from unet3d.losses import (
+from unet3d.training import losses
+from unet3d.training.losses import (
     SMOOTH,
     cross_entropy,
     deep_supervision_weights,
@@ -201,7 +201,7 @@ import json
 import numpy as np
 import unet3d, keras
 from unet3d.labels import BUILTIN
-from unet3d.losses import dice_ce_loss, region_loss
+from unet3d.training.losses import dice_ce_loss, region_loss
 
 def compute():
     rng = np.random.default_rng(7)

@@ -1,4 +1,4 @@
-"""The memory model (unet3d.memory): parameter counts against Keras, the hand-derived tensor counts,
+"""The memory model (unet3d.planning.memory): parameter counts against Keras, the hand-derived tensor counts,
 the direction of every effect, and the estimate's interface. No training runs here: the predicted vs
 measured check is benchmarks/bench_memory.py (BENCHMARKS.md)."""
 
@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from unet3d import memory
 from unet3d.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from unet3d.planning import memory
 
 GIB = memory.GIB
 
@@ -36,7 +36,7 @@ KERAS_GRID = [
 
 
 def test_parameter_count_equals_keras_count_params():
-    from unet3d.model import build_unet3d
+    from unet3d.training.model import build_unet3d
 
     for model in KERAS_GRID:
         loss = "region" if model.get("head") == "regions" else "dice_ce"
@@ -198,6 +198,6 @@ def test_bad_arguments_raise_value_error():
 
 
 def test_the_module_does_not_import_tensorflow():
-    code = "import sys, unet3d.memory; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+    code = "import sys, unet3d.planning.memory; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.stdout.split() == ["False", "False"], r.stderr

@@ -10,8 +10,8 @@ import pytest
 from scipy import ndimage
 from scipy.spatial.distance import cdist
 
+from unet3d.evaluation.metrics import dice, hd95, region_scores, summarize
 from unet3d.labels import BUILTIN
-from unet3d.metrics import dice, hd95, region_scores, summarize
 
 SPACING = (1.0, 2.0, 3.0)
 LEGACY = BUILTIN["brats-legacy"]

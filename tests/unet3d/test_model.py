@@ -43,7 +43,7 @@ def _check_outputs(cfg: ModelConfig, outputs, n: int, size: int) -> None:
 
 @pytest.mark.parametrize("kw", GRID, ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()))
 def test_shape_contract_tensorflow(kw, seed):
-    from unet3d.model import build_unet3d, inference_model
+    from unet3d.training.model import build_unet3d, inference_model
 
     cfg = ModelConfig(**kw)
     model = build_unet3d(cfg)
@@ -57,7 +57,7 @@ def test_shape_contract_tensorflow(kw, seed):
 def test_deep_supervision_outputs_come_main_first_then_shallow_to_deep():
     """Outputs are the main head, then aux1 (upsampled x2 from half resolution), then aux2 (x4
     from a quarter): the order the deep-supervision weights 1, 1/2, 1/4 assume."""
-    from unet3d.model import build_unet3d
+    from unet3d.training.model import build_unet3d
 
     cfg = ModelConfig(depth=4, base_filters=4, norm="none", deep_supervision=True,
                       deep_supervision_heads=2)
@@ -74,7 +74,7 @@ def test_deep_supervision_outputs_come_main_first_then_shallow_to_deep():
 
 
 def test_nvidia_architecture_has_the_reference_parameter_count():
-    from unet3d.model import build_unet3d
+    from unet3d.training.model import build_unet3d
 
     model = build_unet3d(preset("nvidia").model)
     assert model.count_params() == 31_196_196
@@ -85,7 +85,7 @@ def test_nvidia_architecture_has_the_reference_parameter_count():
 def test_mixed_precision_keeps_float32_probabilities():
     import keras
 
-    from unet3d.model import build_unet3d
+    from unet3d.training.model import build_unet3d
 
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy("mixed_float16")
@@ -104,8 +104,8 @@ JAX_SCRIPT = textwrap.dedent("""
     import keras
     assert keras.backend.backend() == "jax", keras.backend.backend()
     from unet3d.config import ModelConfig
-    from unet3d.model import build_unet3d
-    from unet3d.losses import dice_ce_loss, deep_supervision_weights
+    from unet3d.training.model import build_unet3d
+    from unet3d.training.losses import dice_ce_loss, deep_supervision_weights
     out = []
     for kw in json.loads(sys.argv[1]):
         cfg = ModelConfig(**kw)
@@ -130,7 +130,7 @@ JAX_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_shape_contract_and_training_on_jax():
-    from unet3d.model import build_unet3d
+    from unet3d.training.model import build_unet3d
 
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
     r = subprocess.run([sys.executable, "-c", JAX_SCRIPT, json.dumps(GRID)], capture_output=True,

@@ -17,8 +17,8 @@ from unet3d.data.discover import discover
 from unet3d.data.preprocess import load_case
 from unet3d.data.synthetic import write_synthetic_dataset
 from unet3d.errors import UserError
-from unet3d.inference import Predictor, load_member, load_onnx_member
-from unet3d.onnx_runtime import OnnxMissingError, float32_model, session, session_predict_fn
+from unet3d.inference.onnx_runtime import OnnxMissingError, float32_model, session, session_predict_fn
+from unet3d.inference.predictor import Predictor, load_member, load_onnx_member
 
 
 def _cfg(depth: int = 2, **model) -> RunConfig:
@@ -34,7 +34,7 @@ def _build(cfg: RunConfig, seed: int = 0):
     near-ties that a 1e-6 difference between runtimes could flip."""
     import keras
 
-    from unet3d.model import build_unet3d
+    from unet3d.training.model import build_unet3d
 
     keras.utils.set_random_seed(seed)
     previous = keras.config.dtype_policy()
@@ -50,7 +50,7 @@ def _build(cfg: RunConfig, seed: int = 0):
 
 
 def _export(model, cfg: RunConfig, out: Path) -> Path:
-    from unet3d.export import export_model
+    from unet3d.export.exporter import export_model
 
     return export_model(model, cfg, {}, out)
 
@@ -78,7 +78,7 @@ def case_data(tmp_path_factory) -> Path:
 def test_onnxruntime_computes_what_keras_does_on_any_batch_and_window(tmp_path, model):
     import onnx
 
-    from unet3d.model import inference_model
+    from unet3d.training.model import inference_model
 
     cfg = _cfg(**model)
     keras_model = inference_model(_build(cfg))
@@ -106,7 +106,7 @@ def test_export_refuses_an_onnx_file_that_differs_and_keeps_the_earlier_export(
     import onnx
     from onnx import numpy_helper
 
-    import unet3d.onnx_runtime as ort_mod
+    import unet3d.inference.onnx_runtime as ort_mod
 
     name_axes = ort_mod._name_axes
 
@@ -185,7 +185,7 @@ def test_cli_predict_runtime_onnx_writes_the_labels_predict_does(exported, case_
     # The command the message names re-exports the folder in place (with a post-processing
     # choice saved beside the old export, kept), and the ONNX runtime then predicts the same.
     from unet3d.folders import ExportFolder
-    from unet3d.postprocess import PostProcess, PostProcessChoice
+    from unet3d.inference.postprocess import PostProcess, PostProcessChoice
 
     POSTPROCESS_FILE = ExportFolder.POSTPROCESS
 

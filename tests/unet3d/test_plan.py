@@ -8,9 +8,9 @@ import re
 
 import pytest
 
-from unet3d import memory
 from unet3d.config import RunConfig
-from unet3d.plan import PLAN_HEADROOM, PlanError, make_plan
+from unet3d.planning import memory
+from unet3d.planning.plan import PLAN_HEADROOM, PlanError, make_plan
 
 # BraTS 2021's brain boxes (1251 cases, about 136 x 170 x 136 voxels after the brain crop)
 BRATS = {"labels": "brats-legacy", "modalities": ["t1", "t1ce", "t2", "flair"],

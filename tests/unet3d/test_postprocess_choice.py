@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from unet3d.labels import BUILTIN
-from unet3d.postprocess import (
+from unet3d.inference.postprocess import (
     PostProcess,
     PostProcessChoice,
     candidates,
     choose_postprocess,
     read_saved,
 )
+from unet3d.labels import BUILTIN
 
 LEGACY = BUILTIN["brats-legacy"]
 FILE = "postprocess.json"  # (an export's file: the format earlier exports were written in)
@@ -242,7 +242,7 @@ class _Member:
 
 
 def test_resolve_postprocess_uses_the_first_members_saved_choice_and_flags_override_it():
-    from unet3d.inference import resolve_postprocess
+    from unet3d.inference.predictor import resolve_postprocess
 
     saved = PostProcess(min_et_volume=50.0, largest_wt=True)
     a, b, old = _Member("a", saved), _Member("b", PostProcess()), _Member("old", None)
@@ -270,8 +270,8 @@ def exported(tmp_path_factory) -> dict:
 
     from unet3d.config import preset
     from unet3d.data.synthetic import write_synthetic_dataset
-    from unet3d.export import export_model
-    from unet3d.model import build_unet3d
+    from unet3d.export.exporter import export_model
+    from unet3d.training.model import build_unet3d
 
     root = tmp_path_factory.mktemp("ppchoice")
     write_synthetic_dataset(root / "data", 1, (48, 40, 32), seed=3)
@@ -302,7 +302,7 @@ def _predict(exported, out: Path, *flags: str, capsys) -> tuple[np.ndarray, dict
 
 
 def test_the_export_saves_the_choice_and_its_card_mentions_it(exported):
-    from unet3d.inference import load_member
+    from unet3d.inference.predictor import load_member
 
     folder = exported["export"]
     assert json.loads((folder / FILE).read_text()) == exported["choice"].to_dict()
@@ -315,7 +315,7 @@ def test_the_export_saves_the_choice_and_its_card_mentions_it(exported):
 def test_a_predictor_applies_its_first_members_saved_choice_by_default(exported):
     from unet3d.data.discover import discover
     from unet3d.data.preprocess import load_case
-    from unet3d.inference import Predictor, load_member
+    from unet3d.inference.predictor import Predictor, load_member
 
     member = load_member(exported["export"])
     loaded = load_case(dataclasses.replace(discover(exported["data"]).cases[0], label=None))

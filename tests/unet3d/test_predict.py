@@ -19,14 +19,14 @@ from unet3d.config import RunConfig, preset
 from unet3d.data.discover import discover, discover_input
 from unet3d.data.preprocess import load_case, preprocess_loaded
 from unet3d.data.synthetic import write_synthetic_dataset
-from unet3d.evaluation import evaluate_case
-from unet3d.inference import (
+from unet3d.evaluation.evaluate import evaluate_case
+from unet3d.inference.postprocess import PostProcess, keep_largest_wt, remove_small_et
+from unet3d.inference.predictor import (
     Predictor,
     load_member,
     write_prediction,
 )
 from unet3d.labels import BUILTIN
-from unet3d.postprocess import PostProcess, keep_largest_wt, remove_small_et
 
 LEGACY = BUILTIN["brats-legacy"]
 from unet3d.runtime import resolve_policy
@@ -286,8 +286,8 @@ def _export(folder: Path, cfg: RunConfig, seed: int = 0) -> Path:
     """An export folder (model.keras + config.json) of an untrained model."""
     import keras
 
-    from unet3d.checkpoint import save_model
-    from unet3d.model import build_unet3d, inference_model
+    from unet3d.training.checkpoint import save_model
+    from unet3d.training.model import build_unet3d, inference_model
 
     keras.utils.set_random_seed(seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -318,7 +318,7 @@ def test_resolve_policy():
 
 
 def test_a_loaded_member_predicts_like_the_saved_model_in_any_precision(tmp_path, seed):
-    from unet3d.checkpoint import load_model
+    from unet3d.training.checkpoint import load_model
 
     folder = _export(tmp_path / "m", _small(deep_supervision=True, precision="mixed_bfloat16"))
     saved = load_model(folder / "model.keras")
@@ -506,9 +506,9 @@ def test_class_label_round_trip_helpers():
 def test_float16_cache_scores_as_float32(trained, synth16, tmp_path):
     """The cache keeps images as float16 (half the size): a trained model's validation Dice on
     them equals its Dice on the float32 images they were made from."""
-    from unet3d.checkpoint import model_from_run
     from unet3d.data.preprocess import CACHE_DTYPE, open_cases
-    from unet3d.evaluation import evaluate_cases
+    from unet3d.evaluation.evaluate import evaluate_cases
+    from unet3d.training.checkpoint import model_from_run
 
     model, cfg, _ = model_from_run(trained)
     cases = discover(synth16).cases[-3:]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from unet3d.config import ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig
-from unet3d.schedules import continues, make_schedule, stable_until
+from unet3d.training.schedules import continues, make_schedule, stable_until
 
 
 def _cfg(**train) -> RunConfig:
@@ -34,7 +34,7 @@ def test_cosine_warms_up_from_one_percent_then_decays_over_the_steps_after_it():
 
 
 def test_the_optimizer_follows_the_configured_schedule():
-    from unet3d.train import make_optimizer
+    from unet3d.training.train import make_optimizer
 
     opt = make_optimizer(_cfg(schedule="wsd", cooldown_epochs=3))
     assert float(np.asarray(opt.learning_rate)) == pytest.approx(1e-5)  # step 0
@@ -100,7 +100,7 @@ def test_a_wsd_run_continued_from_its_checkpoint_equals_one_trained_straight_thr
     float32 round-off (a skipped, repeated or differently-scaled step moves them by ~1e-3)."""
     from unet3d.data.discover import discover
     from unet3d.data.preprocess import prepare
-    from unet3d.train import Trainer, TrainError
+    from unet3d.training.train import Trainer, TrainError
 
     entries = prepare(discover(synth16).cases[:2], tmp_path / "cache")
     straight = Trainer(_tiny(4, 2), entries, [], tmp_path / "straight")

@@ -41,9 +41,9 @@ def test_scheme_end_to_end(tmp_path, layout):
     from unet3d.data.discover import discover
     from unet3d.data.preprocess import dataset_channels, dataset_scheme, load_case, prepare
     from unet3d.data.synthetic import write_synthetic_dataset
-    from unet3d.evaluation import evaluate_folder, metric_names
-    from unet3d.inference import Predictor, load_member, write_prediction
-    from unet3d.train import Trainer
+    from unet3d.evaluation.evaluate import evaluate_folder, metric_names
+    from unet3d.inference.predictor import Predictor, load_member, write_prediction
+    from unet3d.training.train import Trainer
 
     name, regions = LAYOUTS[layout]
     data = tmp_path / "data"
@@ -91,7 +91,7 @@ def test_every_written_label_value_round_trips_through_prediction(tmp_path):
     from unet3d.data.discover import discover
     from unet3d.data.preprocess import load_case, preprocess_loaded
     from unet3d.data.synthetic import write_synthetic_dataset
-    from unet3d.inference import Predictor
+    from unet3d.inference.predictor import Predictor
     from unet3d.labels import BUILTIN
 
     scheme = BUILTIN["brats-2024-gli"]

@@ -33,10 +33,10 @@ def test_cli_train_learns_far_above_an_untrained_model(synth16, tmp_path):
     assert set(final) >= {"dice_WT", "dice_TC", "dice_ET", "dice_mean", "hd95_WT", "hd95_mean"}
 
     # The same architecture, untrained, on the same validation cases.
-    from unet3d.checkpoint import load_model
     from unet3d.data.preprocess import CachedCase
-    from unet3d.evaluation import evaluate_cases, mean_scores
-    from unet3d.model import build_unet3d
+    from unet3d.evaluation.evaluate import evaluate_cases, mean_scores
+    from unet3d.training.checkpoint import load_model
+    from unet3d.training.model import build_unet3d
 
     val = [CachedCase(tmp_path / "cache" / cid,
                       json.loads((tmp_path / "cache" / cid / "meta.json").read_text()))
@@ -129,11 +129,11 @@ def test_killed_training_resumes_from_its_checkpoint(synth16, tmp_path):
 
 
 def test_checkpoint_restores_weights_and_optimizer_state(synth16, tmp_path, seed):
-    from unet3d.checkpoint import _random_states
     from unet3d.data.discover import discover
     from unet3d.data.preprocess import prepare
     from unet3d.folders import RunFolder
-    from unet3d.train import Trainer
+    from unet3d.training.checkpoint import _random_states
+    from unet3d.training.train import Trainer
 
     entries = prepare(discover(synth16).cases[:3], tmp_path / "cache")
     cfg = RunConfig(model=ModelConfig(depth=3, base_filters=4),
@@ -159,7 +159,7 @@ def test_checkpoint_restores_weights_and_optimizer_state(synth16, tmp_path, seed
 def test_resume_with_another_config_is_refused(synth16, tmp_path):
     from unet3d.data.discover import discover
     from unet3d.data.preprocess import prepare
-    from unet3d.train import Trainer, TrainError
+    from unet3d.training.train import Trainer, TrainError
 
     entries = prepare(discover(synth16).cases[:2], tmp_path / "cache")
     cfg = RunConfig(model=ModelConfig(depth=3, base_filters=4),
@@ -177,7 +177,7 @@ def test_mixed_precision_runs_a_step_with_loss_scaling(precision, synth16, tmp_p
 
     from unet3d.data.discover import discover
     from unet3d.data.preprocess import prepare
-    from unet3d.train import Trainer
+    from unet3d.training.train import Trainer
 
     entries = prepare(discover(synth16).cases[:2], tmp_path / "cache")
     cfg = RunConfig(model=ModelConfig(depth=3, base_filters=4),
@@ -193,11 +193,11 @@ def test_mixed_precision_runs_a_step_with_loss_scaling(precision, synth16, tmp_p
 
 
 def test_a_diverged_loss_stops_training_and_keeps_the_last_good_checkpoint(synth16, tmp_path, seed):
-    from unet3d.checkpoint import read_checkpoint
     from unet3d.data.discover import discover
     from unet3d.data.preprocess import prepare
     from unet3d.folders import RunFolder
-    from unet3d.train import Trainer, TrainError
+    from unet3d.training.checkpoint import read_checkpoint
+    from unet3d.training.train import Trainer, TrainError
 
     cases = prepare(discover(synth16).cases[:3], tmp_path / "cache")
     cfg = RunConfig(model=ModelConfig(depth=2, base_filters=4, max_filters=8, norm="batch"),
@@ -225,7 +225,7 @@ def test_a_fit_traces_its_training_step_once(synth16, tmp_path, monkeypatch):
 
     from unet3d.data.discover import discover
     from unet3d.data.preprocess import prepare
-    from unet3d.train import Trainer
+    from unet3d.training.train import Trainer
 
     if keras.backend.backend() != "tensorflow":
         pytest.skip("the TensorFlow backend's tracing")
@@ -255,7 +255,7 @@ def test_two_epochs_equal_one_epoch_plus_one_resumed(synth16, tmp_path, seed):
     """
     from unet3d.data.discover import discover
     from unet3d.data.preprocess import prepare
-    from unet3d.train import Trainer
+    from unet3d.training.train import Trainer
 
     entries = prepare(discover(synth16).cases[:2], tmp_path / "cache")
     cfg = RunConfig(model=ModelConfig(depth=2, base_filters=4, max_filters=8),

@@ -1,4 +1,4 @@
-"""The model's up-sampling (unet3d.model.UpConv3D): Keras's k2 s2 transposed convolution computed as
+"""The model's up-sampling (unet3d.training.model.UpConv3D): Keras's k2 s2 transposed convolution computed as
 one matrix product + depth-to-space, so that XLA never builds the input-dilated convolutions whose
 weight gradient runs at a fraction of the GPU's speed (issue 25).
 
@@ -49,7 +49,7 @@ JAX_SCRIPT = DILATED + textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np, keras
     assert keras.backend.backend() == "jax"
     from unet3d.config import preset
-    from unet3d.model import UpConv3D, build_unet3d
+    from unet3d.training.model import UpConv3D, build_unet3d
 
     rng = np.random.default_rng(0)
     out = {}
@@ -87,8 +87,8 @@ JAX_SCRIPT = DILATED + textwrap.dedent("""
     # ... and nothing of the kind in NVIDIA's network's training step (32^3: 5 decoder levels).
     # (Zero initial weights: the lowering reads shapes only, and JAX compiles Glorot's sampler
     # once per weight shape, 25 s of this test.)
-    import unet3d.model
-    unet3d.model._INIT = "zeros"
+    import unet3d.training.model
+    unet3d.training.model._INIT = "zeros"
     text = lowered(build_unet3d(preset("nvidia").model), (1, 32, 32, 32, 4))
     out["nvidia"] = dilated_not_3x3x3(text)
     out["nvidia_convolutions"] = text.count("stablehlo.convolution")
@@ -112,7 +112,7 @@ def test_under_tensorflow_forward_and_gradients_equal_keras_s_layer():
     import keras
     import tensorflow as tf
 
-    from unet3d.model import UpConv3D
+    from unet3d.training.model import UpConv3D
 
     rng = np.random.default_rng(1)
     x = tf.constant(rng.standard_normal((2, 4, 3, 5, 7)).astype("float32"))
@@ -138,7 +138,7 @@ def test_under_tensorflow_forward_and_gradients_equal_keras_s_layer():
 
 
 def test_only_the_non_overlapping_transposed_convolution_exists():
-    from unet3d.model import UpConv3D
+    from unet3d.training.model import UpConv3D
 
     for bad in ({"kernel_size": 3}, {"strides": 1}, {"padding": "valid"}):
         with pytest.raises(ValueError, match="kernel 2, stride 2"):
@@ -151,8 +151,8 @@ def test_a_run_saved_before_the_change_loads_and_predicts_the_same_labels(tmp_pa
     into Keras; both predict what the old network predicts."""
     import keras
 
-    from unet3d.checkpoint import load_model, model_from_run
-    from unet3d.model import UpConv3D
+    from unet3d.training.checkpoint import load_model, model_from_run
+    from unet3d.training.model import UpConv3D
 
     old = load_model(DATA / "model.keras")
     assert any(type(layer) is keras.layers.Conv3DTranspose for layer in old.layers)
@@ -171,9 +171,9 @@ def test_model_keras_holds_keras_s_own_layer_and_loads_in_plain_keras(tmp_path):
 
     import keras
 
-    from unet3d.checkpoint import save_model
     from unet3d.config import ModelConfig
-    from unet3d.model import UpConv3D, build_unet3d
+    from unet3d.training.checkpoint import save_model
+    from unet3d.training.model import UpConv3D, build_unet3d
 
     model = build_unet3d(ModelConfig(depth=3, base_filters=4))
     for layer in model.layers:  # (biases start at zero: make them count)

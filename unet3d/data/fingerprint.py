@@ -20,9 +20,9 @@ import numpy as np
 from scipy import ndimage
 
 from unet3d.data.preprocess import PREPROCESS_VERSION, CachedCase
+from unet3d.evaluation.metrics import LESION_CONNECTIVITY
 from unet3d.io_utils import atomic_write_json
 from unet3d.labels import LabelScheme
-from unet3d.metrics import LESION_CONNECTIVITY
 
 FINGERPRINT = "fingerprint.json"
 FINGERPRINT_VERSION = 1

@@ -7,7 +7,7 @@ padded with zeros where the volume is smaller than the crop. A ``foreground_rati
 is centred on a random tumour voxel; the rest are uniform over the volume.
 Augmentation on the host (``data.augment_on: host``; TensorFlow ops, parallel): mirror flips per
 axis, per-channel intensity scale and shift, Gaussian noise. By default the augmentation runs on
-the device instead (unet3d.augment) and the host only slices crops, passing them on as float16, the
+the device instead (unet3d.training.augment) and the host only slices crops, passing them on as float16, the
 cache's own dtype (half the bytes to copy and to move to a GPU; cast to float32 on the device).
 """
 
@@ -111,7 +111,7 @@ def train_dataset(entries: Sequence[CachedCase], cfg: DataConfig, batch_size: in
         seed: seeds sampling and augmentation.
         n_outputs: number of model outputs (deep supervision): the label is repeated to match.
         augment: apply the augmentation here (off when it runs on the device: the crops then
-            stay float16, as cached; unet3d.augment casts them).
+            stay float16, as cached; unet3d.training.augment casts them).
         start_index: first element index; a resumed run passes where it stopped for a fresh stream.
         shard: (rank, workers): this worker draws indices rank, rank+workers, ... (distinct crops).
 

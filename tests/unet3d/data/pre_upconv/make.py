@@ -7,9 +7,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from unet3d.checkpoint import save_checkpoint, save_model
 from unet3d.config import preset
-from unet3d.model import build_unet3d
+from unet3d.training.checkpoint import save_checkpoint, save_model
+from unet3d.training.model import build_unet3d
 
 out = Path(sys.argv[1])
 out.mkdir(parents=True, exist_ok=True)

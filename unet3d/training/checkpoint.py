@@ -23,7 +23,7 @@ from unet3d.config import RunConfig
 from unet3d.errors import UserError
 from unet3d.folders import RunFolder
 from unet3d.io_utils import atomic_path
-from unet3d.model import build_unet3d, inference_model, portable
+from unet3d.training.model import build_unet3d, inference_model, portable
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -36,7 +36,7 @@ def save_model(model: keras.Model, path: str | Path) -> None:
     A compiled model's file would name our loss functions, and Keras safe mode refuses to load a
     file that names functions it does not know; a fresh functional view over the same layers is
     uncompiled and shares the weights, and the caller's model keeps its own state. Its
-    up-sampling layers are Keras's own (:func:`unet3d.model.portable`): the file needs Keras only.
+    up-sampling layers are Keras's own (:func:`unet3d.training.model.portable`): the file needs Keras only.
     """
     bare = portable(model)
     with atomic_path(Path(path), suffix=".keras") as tmp:

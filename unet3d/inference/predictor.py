@@ -27,9 +27,9 @@ import numpy as np
 
 from unet3d.errors import OptionError
 from unet3d.folders import ExportFolder
+from unet3d.inference.postprocess import PostProcess, read_saved
 from unet3d.io_utils import atomic_path
 from unet3d.labels import LabelScheme
-from unet3d.postprocess import PostProcess, read_saved
 from unet3d.runtime import gpu_available, resolve_policy, resolve_xla
 
 if TYPE_CHECKING:
@@ -270,7 +270,7 @@ class OnnxMember(_WindowedMember):
         return list(self.session.get_providers())
 
     def predict_fn(self) -> PredictFn:
-        from unet3d.onnx_runtime import session_predict_fn
+        from unet3d.inference.onnx_runtime import session_predict_fn
 
         return session_predict_fn(self.session)
 
@@ -285,7 +285,7 @@ def load_onnx_member(folder: str | Path) -> OnnxMember:
         ValueError: the config or postprocess.json is invalid.
     """
     from unet3d.config import RunConfig
-    from unet3d.onnx_runtime import missing, session
+    from unet3d.inference.onnx_runtime import missing, session
 
     export = ExportFolder(folder)
     if not export.config.is_file():
@@ -313,9 +313,9 @@ def load_member(folder: str | Path, *, precision: str = "auto") -> KerasMember:
     """
     import keras
 
-    from unet3d.checkpoint import load_model
     from unet3d.config import RunConfig
-    from unet3d.model import build_unet3d
+    from unet3d.training.checkpoint import load_model
+    from unet3d.training.model import build_unet3d
 
     folder = Path(folder)
     export = ExportFolder(folder)

@@ -5,7 +5,7 @@ The rules follow nnU-Net v2's planner (experiment_planning), on our isotropic-po
 - the crop starts at the median brain box, each edge rounded to a multiple of the network's
   downsampling; the number of levels gives a bottleneck edge of 4-8 voxels (at most 6 levels,
   NVIDIA's network);
-- while the predicted peak (:mod:`unet3d.memory`) exceeds the budget with a batch of 2, the edge
+- while the predicted peak (:mod:`unet3d.planning.memory`) exceeds the budget with a batch of 2, the edge
   largest relative to the median box shrinks by one downsampling step (so the crop is not
   necessarily cubic); when even 32-voxel edges do not fit, the batch drops to 1, then the filters
   halve (32 -> 16 -> 8), each time from the full crop again;
@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from unet3d import labels as labels_mod
-from unet3d import memory
 from unet3d.config import PRESETS, RunConfig
 from unet3d.errors import UserError
 from unet3d.folders import RunFolder
+from unet3d.planning import memory
 
 PLAN_HEADROOM = 0.85
 MAX_LEVELS = 6
@@ -180,7 +180,7 @@ def _probe_child(config: dict[str, Any], cache: str, train_ids: list[str], val_i
 
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
     from unet3d.data.preprocess import open_cases
-    from unet3d.train import Trainer
+    from unet3d.training.train import Trainer
 
     cfg = RunConfig.from_dict(config)
     Trainer(cfg, open_cases(cache, train_ids), open_cases(cache, val_ids), out).fit()

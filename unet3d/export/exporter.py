@@ -4,7 +4,7 @@ An export folder holds:
   model.keras       the network (main output only), loadable with Keras safe mode
   saved_model/      a TensorFlow SavedModel (``model.export``) for TF Serving / other runtimes
   model.onnx        the same network as ONNX (float32, free batch and spatial size) for onnxruntime,
-                    checked against Keras at export (see :mod:`unet3d.onnx_runtime`)
+                    checked against Keras at export (see :mod:`unet3d.inference.onnx_runtime`)
   config.json       the exact RunConfig it was trained with
   metrics.json      its metrics (validation Dice/HD95, history, ...)
   postprocess.json  the post-processing chosen on its validation cases (``predict`` applies it) and
@@ -28,15 +28,15 @@ from typing import TYPE_CHECKING, Any
 
 import keras
 
-from unet3d.checkpoint import load_model, save_model
 from unet3d.config import RunConfig
 from unet3d.errors import UserError
 from unet3d.folders import ExportFolder
+from unet3d.inference.onnx_runtime import OPSET as ONNX_OPSET
+from unet3d.inference.onnx_runtime import check_onnx, write_onnx
+from unet3d.inference.postprocess import Chooser, PostProcessChoice
 from unet3d.io_utils import atomic_write_json, public
-from unet3d.model import inference_model
-from unet3d.onnx_runtime import OPSET as ONNX_OPSET
-from unet3d.onnx_runtime import check_onnx, write_onnx
-from unet3d.postprocess import Chooser, PostProcessChoice
+from unet3d.training.checkpoint import load_model, save_model
+from unet3d.training.model import inference_model
 
 if TYPE_CHECKING:
     from unet3d.data.preprocess import CachedCase
@@ -45,9 +45,9 @@ if TYPE_CHECKING:
 def validation_postprocess(model: keras.Model, cfg: RunConfig, cases: Sequence[CachedCase], *,
                            hd95: bool = True) -> tuple[list[dict[str, Any]], PostProcessChoice]:
     """Per-case validation scores of ``model`` on labelled cached ``cases`` (as
-    :func:`unet3d.evaluation.evaluate_cases`) and the post-processing chosen on those same predictions
-    for ``cfg.train.objective``: each case is predicted once."""
-    from unet3d.evaluation import evaluate_cases
+    :func:`unet3d.evaluation.evaluate.evaluate_cases`) and the post-processing chosen on those same
+    predictions for ``cfg.train.objective``: each case is predicted once."""
+    from unet3d.evaluation.evaluate import evaluate_cases
 
     chooser = Chooser(cfg.scheme, cfg.train.objective)
 
@@ -140,7 +140,7 @@ def write_runtimes(model: keras.Model, cfg: RunConfig, folder: Path) -> None:
         write_onnx(model, cfg, export.onnx)
         return
     env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
-    r = subprocess.run([sys.executable, "-m", "unet3d.export", str(folder)],
+    r = subprocess.run([sys.executable, "-m", "unet3d.export.exporter", str(folder)],
                        env=env, capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"SavedModel/ONNX export of {export.model} under TensorFlow "
@@ -201,8 +201,8 @@ def export_run(source: str | Path, out: str | Path | None = None) -> Path:
         ExportError (or the ConfigError / CheckpointError of a bad file), naming the path, before
         anything is written.
     """
-    from unet3d.checkpoint import model_from_run
     from unet3d.io_utils import check_writable_dir
+    from unet3d.training.checkpoint import model_from_run
 
     source = Path(source)
     if not source.is_dir():
@@ -252,6 +252,6 @@ def load_export(folder: str | Path) -> tuple[keras.Model, RunConfig, dict[str, A
     return load_model(export.model), cfg, metrics
 
 
-if __name__ == "__main__":  # python -m unet3d.export FOLDER: write_runtimes's TensorFlow worker
+if __name__ == "__main__":  # python -m unet3d.export.exporter FOLDER: write_runtimes's TensorFlow worker
     _export = ExportFolder(sys.argv[1])
     write_runtimes(load_model(_export.model), RunConfig.load(_export.config), _export.path)

@@ -4,7 +4,7 @@ A run has two phases that never overlap: training steps, then validation (slidin
 whole cases, after every ``val_every`` epochs and at the end). Tensors freed by one phase are
 reused by (or returned to the system before) the other, so the run's peak is the larger phase on
 top of what both hold. Every part is derived from the network's tensors, walked the way
-:func:`unet3d.model.build_unet3d` builds them, and three constants per device kind scale them
+:func:`unet3d.training.model.build_unet3d` builds them, and three constants per device kind scale them
 (:data:`CONSTANTS`; ``benchmarks/bench_memory.py`` fits them and prints predicted vs measured):
 
 - ``runtime``: the process before the run's tensors: Python, TensorFlow, Keras, the traced

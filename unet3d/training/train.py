@@ -5,14 +5,14 @@ precision policy (auto | fp32 | mixed_float16 with dynamic loss scaling | mixed_
 resolved for the device, see unet3d.runtime) and XLA (on | off | auto: on for GPU, off for CPU
 where XLA is slower; always under JAX), builds the model (data-parallel over every device JAX sees
 when it sees several), trains with Adam (AdamW when weight decay is set) under a linear warm-up +
-cosine schedule or warmup-stable-decay (unet3d.schedules: a run that can be continued to more
-epochs), augmenting on the device inside the training step (unet3d.augment) or on the host,
+cosine schedule or warmup-stable-decay (unet3d.training.schedules: a run that can be continued to more
+epochs), augmenting on the device inside the training step (unet3d.training.augment) or on the host,
 validates whole volumes by sliding window every ``val_every`` epochs, writes TensorBoard scalars per
 epoch (losses, region Dice, learning rate, volumes/s) and a checkpoint after every epoch, and ends
 with ``<out>/model.keras``, ``config.json`` and ``metrics.json``.
 
 Checkpoints are one ``.npz`` file (model weights, optimizer variables and the run state; see
-unet3d.checkpoint) replaced atomically each epoch, so a killed run resumes from the last finished
+unet3d.training.checkpoint) replaced atomically each epoch, so a killed run resumes from the last finished
 epoch with ``resume=True``; a ``wsd`` run resumed under a longer schedule continues to it.
 Nothing here prints: progress goes to the optional ``log`` callable.
 """
@@ -28,21 +28,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-# (unet3d/__init__.py, which always runs before this module, has set TensorFlow's CPU defaults.)
-from unet3d.augment import augmented_model
-from unet3d.checkpoint import load_checkpoint, read_state, save_checkpoint, save_model
 from unet3d.config import RunConfig
 from unet3d.data.pipeline import train_dataset
 from unet3d.data.preprocess import CachedCase, open_cases
-from unet3d.distributed import JAX_NO_WORKERS, Workers
 from unet3d.errors import UserError
-from unet3d.evaluation import evaluate_cases, mean_scores
+from unet3d.evaluation.evaluate import evaluate_cases, mean_scores
+from unet3d.evaluation.metrics import objective_score, summarize
 from unet3d.folders import RunFolder
-from unet3d.inference import keras_predict_fn
+from unet3d.inference.predictor import keras_predict_fn
 from unet3d.io_utils import atomic_write_json
-from unet3d.losses import deep_supervision_weights, get_loss
-from unet3d.metrics import objective_score, summarize
-from unet3d.model import build_unet3d, inference_model
 from unet3d.runtime import (
     backend,
     configure_devices,
@@ -52,7 +46,14 @@ from unet3d.runtime import (
     resolve_xla,
     training_precision,
 )
-from unet3d.schedules import continues, make_schedule
+
+# (unet3d/__init__.py, which always runs before this module, has set TensorFlow's CPU defaults.)
+from unet3d.training.augment import augmented_model
+from unet3d.training.checkpoint import load_checkpoint, read_state, save_checkpoint, save_model
+from unet3d.training.distributed import JAX_NO_WORKERS, Workers
+from unet3d.training.losses import deep_supervision_weights, get_loss
+from unet3d.training.model import build_unet3d, inference_model
+from unet3d.training.schedules import continues, make_schedule
 
 Log = Callable[[str], None]
 
@@ -62,7 +63,7 @@ class TrainError(UserError, RuntimeError):
 
 
 def make_optimizer(cfg: RunConfig) -> keras.optimizers.Optimizer:
-    """Adam (AdamW with weight decay) under ``cfg.train``'s schedule (:mod:`unet3d.schedules`)."""
+    """Adam (AdamW with weight decay) under ``cfg.train``'s schedule (:mod:`unet3d.training.schedules`)."""
     schedule = make_schedule(cfg)
     if cfg.train.weight_decay > 0:
         return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.train.weight_decay)
@@ -130,7 +131,7 @@ class Trainer:
             (so nothing is silently overwritten).
         log: receives one line of progress per epoch.
         epoch_hook: called after each epoch with (epoch, metrics); a search reports from here.
-        workers: this process's place among Horovod workers (see unet3d.distributed); with more
+        workers: this process's place among Horovod workers (see unet3d.training.distributed); with more
             than one, each rank trains on its own shard of the crop stream, gradients are averaged
             every step, validation is split across ranks, and only rank 0 writes files.
         scale_lr: multiply the learning rate by the number of workers (the usual rule when the
@@ -272,7 +273,7 @@ class Trainer:
 
     def _training_model(self) -> keras.Model:
         """The model ``fit`` trains: the network itself, or with ``data.augment_on: device`` the
-        network inside the on-device augmentation (unet3d.augment; same weights). Its draws are
+        network inside the on-device augmentation (unet3d.training.augment; same weights). Its draws are
         seeded by the run's seed and the rank; the checkpoint keeps their state, so a resumed run
         continues the same stream."""
         data = self.cfg.data
@@ -313,7 +314,7 @@ class Trainer:
                     self._latency = window_latency(self.model, cfg)
                 record["latency_s"], record["latency_spread"] = self._latency
         # Measured peak so far (GPU: the device's; CPU: resident memory), next to what
-        # unet3d.memory predicts; `plan --probe` and the search's results read it.
+        # unet3d.planning.memory predicts; `plan --probe` and the search's results read it.
         peak = peak_memory_gib(self._gpu)
         if peak is not None:
             record["memory_peak_gib"] = peak
@@ -365,7 +366,7 @@ class Trainer:
             return out
         import horovod.tensorflow as hvd
 
-        from unet3d.distributed import shard
+        from unet3d.training.distributed import shard
 
         mine = evaluate_cases(self.model, shard(self.val_cases, self.workers), self.cfg, hd95=hd95)
         gathered = hvd.allgather_object(mine, name=f"unet3d_val_{len(self.history)}_{int(hd95)}")
@@ -376,7 +377,7 @@ class Trainer:
         """The multi-worker loop: compiled forward/backward, allreduce and update outside XLA."""
         import horovod.tensorflow as hvd
 
-        from unet3d.distributed import average, broadcast_variables
+        from unet3d.training.distributed import average, broadcast_variables
 
         cfg, model, net = self.cfg, self.train_model, self.model
         opt = model.optimizer  # (built by compile_model)
@@ -452,13 +453,13 @@ def train_worker(config: dict[str, Any], cache: str, train_ids: Sequence[str],
                  scale_lr: bool = False,
                  epoch_hook: Callable[[int, dict[str, float]], None] | None = None,
                  log_epochs: bool = True) -> dict[str, Any] | None:
-    """One Horovod worker of a multi-worker run (started by ``unet3d.distributed.launch``, or by a
+    """One Horovod worker of a multi-worker run (started by ``unet3d.training.distributed.launch``, or by a
     search trial through Horovod's Ray executor).
 
     Reads the already-prepared cache, trains its shard, and returns the metrics on rank 0, where
     ``epoch_hook`` is also called after every epoch (its checkpoint is written by then).
     """
-    from unet3d import distributed
+    from unet3d.training import distributed
 
     workers = distributed.init()
     cfg = RunConfig.from_dict(config)

@@ -16,7 +16,7 @@ GTV) has no ET step.
 Which steps a model gets is chosen on its validation cases, as nnU-Net does (:class:`Chooser`,
 :func:`choose_postprocess`): every candidate (largest-WT rule off/on x ET threshold in
 ``ET_THRESHOLDS_MM3``) is applied to the model's predicted class maps and scored with
-:func:`unet3d.metrics.region_scores` against the reference, by the training objective ("dice": mean
+:func:`unet3d.evaluation.metrics.region_scores` against the reference, by the training objective ("dice": mean
 region Dice of the scheme's tumour regions; "lesionwise": mean lesion-wise Dice). A validation
 fold is a handful of cases, so a candidate is compared with no post-processing case by case and
 allowed only when (1) it leaves every region in at least one of the cases the model predicted it
@@ -44,9 +44,9 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from unet3d.evaluation.metrics import OBJECTIVE_KEYS, region_scores
 from unet3d.folders import ExportFolder
 from unet3d.labels import LabelScheme
-from unet3d.metrics import OBJECTIVE_KEYS, region_scores
 
 _CONNECTIVITY = ndimage.generate_binary_structure(3, 3)  # 26-connected
 

@@ -4,7 +4,7 @@ Predictions are ``<pred_dir>/<case_id>.nii.gz`` (or ``.nii``) with the label sch
 reference label's grid (same shape and affine). Per case and per region of the scheme (WT, TC, ET,
 RC, ... or a user scheme's): whole-image Dice, HD95 (mm, with the voxel spacing of the reference's
 affine), normalized surface distance, and the lesion-wise scores of the BraTS 2023+ evaluation
-(TP/FP/FN lesions, F1, lesion-wise Dice and HD95), from :mod:`unet3d.metrics`, computed on the
+(TP/FP/FN lesions, F1, lesion-wise Dice and HD95), from :mod:`unet3d.evaluation.metrics`, computed on the
 original grid: nothing is resampled or reoriented, so what is scored is exactly what was written.
 Means are over the scheme's tumour regions (a resection cavity is shown, not averaged in).
 """
@@ -27,9 +27,9 @@ from unet3d.config import RunConfig
 from unet3d.data.discover import Case, DataError, Dataset
 from unet3d.data.preprocess import CachedCase, read_label, spacing_of
 from unet3d.errors import OptionError
+from unet3d.evaluation.metrics import LESION_COUNTS, REGION_METRICS, region_scores
 from unet3d.io_utils import atomic_write_json, atomic_write_text
 from unet3d.labels import LabelScheme
-from unet3d.metrics import LESION_COUNTS, REGION_METRICS, region_scores
 
 
 def metric_names(scheme: LabelScheme) -> tuple[str, ...]:
@@ -53,8 +53,8 @@ def evaluate_cases(model: Any, cases: Sequence[CachedCase], cfg: RunConfig, *,
     (lesion-wise ones too when the objective is lesion-wise). ``on_classes`` gets each case's
     predicted class map (e.g. to choose a post-processing on the same predictions).
     ``max_seconds`` > 0: no case is started once that much time has passed (at least one is)."""
-    from unet3d.inference import keras_predict_fn, probabilities_to_classes, sliding_window_predict
-    from unet3d.model import inference_model  # (Keras: loaded when a model is scored, not before)
+    from unet3d.inference.predictor import keras_predict_fn, probabilities_to_classes, sliding_window_predict
+    from unet3d.training.model import inference_model  # (Keras: loaded when a model is scored, not before)
 
     predict = keras_predict_fn(inference_model(model))
     scheme = cfg.scheme
@@ -104,7 +104,7 @@ def prediction_path(pred_dir: Path, case_id: str) -> Path | None:
 
 
 def evaluate_case(pred_path: Path, case: Case, scheme: LabelScheme) -> dict[str, Any]:
-    """Every score of :data:`unet3d.metrics.REGION_METRICS` per region of ``scheme``, of one
+    """Every score of :data:`unet3d.evaluation.metrics.REGION_METRICS` per region of ``scheme``, of one
     prediction file against ``case``'s reference label.
 
     Raises:

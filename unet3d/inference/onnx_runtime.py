@@ -5,7 +5,7 @@ is installed (onnxruntime alone, on CPU or CUDA). It is the inference graph (mai
 float32 with free batch and spatial sizes (N x D x H x W x C, D/H/W multiples of 2**(depth-1)),
 written by Keras's own exporter (``model.export(format="onnx")``, tf2onnx under TensorFlow). Under
 JAX that exporter cannot handle this network (jax2onnx can neither prove an upsampled map and its
-skip connection the same free size nor lower 3D convolutions), so :mod:`unet3d.export` has
+skip connection the same free size nor lower 3D convolutions), so :mod:`unet3d.export.exporter` has
 TensorFlow write it in a fresh process, as it does the SavedModel.
 
 An export that ran but computes something else is worse than none, so :func:`write_onnx` runs the
@@ -77,7 +77,7 @@ def float32_model(model: keras.Model, cfg: RunConfig) -> keras.Model:
     bfloat16), whatever precision the model trained in."""
     import keras
 
-    from unet3d.model import build_unet3d
+    from unet3d.training.model import build_unet3d
 
     if all(layer.compute_dtype == "float32" for layer in model.layers):
         return model

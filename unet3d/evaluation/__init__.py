@@ -1,0 +1,2 @@
+"""Evaluation: the BraTS region and lesion-wise scores, and the scoring of predicted cases.
+"""

@@ -1,0 +1,3 @@
+"""Inference: sliding-window prediction of whole volumes (ensembles, flips, Keras or
+ONNX Runtime), post-processing, NIfTI out.
+"""
