@@ -32,7 +32,12 @@ if TYPE_CHECKING:
     from unet3d.config import RunConfig
 
 OPSET = 17
-TOLERANCE = 1e-4  # max abs difference of onnxruntime's probabilities from Keras's at export
+# Max abs difference of onnxruntime's probabilities from Keras's at export. 1e-4 held for untrained
+# networks (see check_window) but not for trained ones: a race winner trained 82 epochs (instance
+# norm, 16 filters, 5 levels) differed by 1.44e-4 on its 48^3 window, and its export, the search's
+# result, failed (issue 24's benchmark, 2026-12-06). A probability 1e-3 off changes no label a
+# sliding window blends; a wrong conversion (a kernel transposed) is off by far more.
+TOLERANCE = 1e-3
 CHECK_SIZE = 64  # voxels per axis of the window export checks on, at most (see check_window)
 AXES = ("batch", "depth", "height", "width")  # names of the free input/output dimensions
 
