@@ -109,15 +109,14 @@ def train_default(rep: Replicate, budget: int, out: Path) -> dict[str, Any]:
     """NVIDIA's point of the space trained alone for ``budget`` epochs on every training case."""
     import keras
 
-    from search.ray_factories import default_point
-    from spaces.presets import get_space
+    from spaces.presets import first_point, get_space
     from unet3d.data.discover import discover
     from unet3d.data.preprocess import prepare_dataset
     from unet3d.training.train import Trainer
 
     prep = prepare_dataset(discover(rep.train), rep.cache, jobs=1)  # (all reused)
     space = get_space(SPACE)
-    point, _ = default_point(space)
+    point, _ = first_point(space)
     cfg = space.to_run_config(point).with_labels(prep.scheme, prep.channels)
     cfg = cfg.with_epochs(budget).replace(train={"seed": rep.k})
     labelled = [e for e in prep.entries if e.meta["labelled"]]

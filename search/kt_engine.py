@@ -29,7 +29,7 @@ from search.objective import MODE
 from search.results import TrialRow, row_from_history
 from search.spec import SearchError
 from search.storage import ExperimentFolder
-from spaces.presets import nvidia_point
+from spaces.presets import first_point
 from spaces.space import Float, Int, SearchSpace
 from unet3d.planning.budget import Placement
 
@@ -85,7 +85,7 @@ class _Proposals:
         def draw() -> tuple[dict[str, Any], dict[str, Any] | None]:
             proposal = retry() if drawn and retry is not None else first_draw(trial_id)
             drawn.append(True)
-            proposal = self._nvidia_first(proposal)
+            proposal = self._default_first(proposal)
             starts = _starts_configuration(proposal)
             return proposal, {n: proposal["values"][n] for n in self._names} if starts else None
 
@@ -98,7 +98,7 @@ class _Proposals:
         proposal, self.gave_up = self._guard.screen(self.pruned, draw, judged, self._log)
         return {"status": "STOPPED", "values": None} if proposal is None else proposal
 
-    def _nvidia_first(self, proposal: dict[str, Any]) -> dict[str, Any]:
+    def _default_first(self, proposal: dict[str, Any]) -> dict[str, Any]:
         if not _starts_configuration(proposal):
             return proposal
         seen = [t.hyperparameters.values for t in self.trials.values()]
@@ -149,7 +149,7 @@ def _oracle(ctx: SearchContext, opts: KerasTunerOptions, hp: Any, guard: MemoryG
         klass = type(f"UNet{base.__name__}", (_Proposals, base), {})
         oracle = klass(objective=objective, max_trials=opts.max_trials, seed=opts.seed,
                        hyperparameters=hp)
-    oracle._first, oracle._names = nvidia_point(ctx.space), [p.name for p in ctx.space.params]
+    oracle._first, oracle._names = first_point(ctx.space)[0], [p.name for p in ctx.space.params]
     oracle._guard, oracle._log, oracle.pruned, oracle.gave_up = guard, log, [], ""
     return oracle
 

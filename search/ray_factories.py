@@ -17,7 +17,7 @@ from search.ray_options import RayOptions
 from search.spec import SearchError
 from search.storage import ExperimentFolder
 from search.trainable import MUTABLE
-from spaces.presets import nvidia_point
+from spaces.presets import first_point
 from spaces.space import Float, Int, SearchSpace
 
 RACE_TRIALS = 10_000  # the race's trials are bounded by its budget (its searcher ends the search)
@@ -68,16 +68,6 @@ def sampler(opts: RayOptions) -> Any:
                           f"'unet3d-search[searchers]')") from None
 
 
-def default_point(space: Any) -> tuple[dict[str, Any], str]:
-    """The configuration every search tries first, and its origin: the plan's for ``auto``
-    (the space is built around it), otherwise NVIDIA's projected into the space."""
-    from spaces.presets import AUTO
-
-    if space.name == AUTO:
-        return space.default_sample(), "plan"
-    return nvidia_point(space), "nvidia"
-
-
 def race_plan(space: Any, opts: RayOptions) -> tuple[Any, Any]:
     """The race's settings and portfolio for ``space``: ``--portfolio`` (else the space's own,
     ``spaces.portfolio``) and its learned race epochs unless --race-epochs is given."""
@@ -101,7 +91,7 @@ def race_searcher(space: Any, opts: RayOptions, metric: str, guard: MemoryGuard 
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     settings, portfolio = race_plan(space, opts)
-    first, origin = default_point(space)
+    first, origin = first_point(space)
     folder = ExperimentFolder(sink.parent) if sink is not None else None
     inner = BudgetedOptunaSearch(space=to_optuna(space), metric=metric, mode=MODE,
                                  sampler=sampler(opts), guard=guard, n_startup=opts.n_startup,
@@ -130,7 +120,7 @@ def searcher(space: Any, opts: RayOptions, metric: str = METRIC,
 
     if opts.population_based:
         return None
-    first = nvidia_point(space)
+    first, origin = first_point(space)
     if opts.sampler == "bohb":
         from ray.tune.search.bohb import TuneBOHB
 
@@ -153,7 +143,7 @@ def searcher(space: Any, opts: RayOptions, metric: str = METRIC,
             metrics, modes = [metric, m2], [MODE, mode2]
         folder = ExperimentFolder(sink.parent) if sink is not None else None
         alg = BudgetedOptunaSearch(space=to_optuna(space), metric=metrics, mode=modes,
-                                   points_to_evaluate=[] if known else [first],
+                                   points_to_evaluate=[] if known else [first], first_origin=origin,
                                    sampler=sampler(opts), guard=guard, warm=warm,
                                    n_startup=opts.n_startup, origin_sink=sink,
                                    journal=folder.journal if folder else None,
@@ -317,7 +307,7 @@ def population(space: Any, opts: RayOptions, guard: MemoryGuard | None) -> list[
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize",
                                 sampler=optuna.samplers.RandomSampler(seed=opts.seed))
-    study.enqueue_trial(nvidia_point(space))
+    study.enqueue_trial(first_point(space)[0])
     dists, points, pruned = to_optuna(space), [], []
 
     def draw() -> tuple[dict[str, Any], dict[str, Any]]:
@@ -408,7 +398,9 @@ def to_tune(space: SearchSpace) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     for p in space.params:
-        if isinstance(p, Int):
+        if not p.movable:  # (one value: ConfigSpace, BOHB's, refuses a range with low == high)
+            out[p.name] = tune.choice([p.extremes()[0]])
+        elif isinstance(p, Int):
             if p.log:
                 out[p.name] = tune.lograndint(p.low, p.high + 1)
             elif p.step == 1:

@@ -77,7 +77,7 @@ class BudgetedOptunaSearch(OptunaSearch):
     def __init__(self, *args: Any, guard: MemoryGuard | None = None,
                  warm: list[tuple[dict[str, Any], float]] | None = None, n_startup: int = 0,
                  origin_sink: Path | None = None, journal: Path | None = None,
-                 max_epochs: int = 0, **kwargs: Any) -> None:
+                 max_epochs: int = 0, first_origin: str = "nvidia", **kwargs: Any) -> None:
         self._warm = list(warm or [])
         self._journal = str(journal or "")
         if journal is not None:
@@ -90,6 +90,7 @@ class BudgetedOptunaSearch(OptunaSearch):
         self.origins: dict[str, str] = {}
         self._asked_origin = ""
         self._max_epochs = max_epochs
+        self._first_origin = first_origin  # (spaces.presets.first_point's)
 
     def _setup_study(self, mode: Any) -> None:
         super()._setup_study(mode)
@@ -102,7 +103,7 @@ class BudgetedOptunaSearch(OptunaSearch):
         Optuna's samplers count them), or the sampler itself."""
         study = self._ot_study
         if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-            return "nvidia"
+            return self._first_origin
         optuna_class = next(c for c in type(study.sampler).__mro__  # (ours subclass Optuna's)
                             if c.__module__.startswith("optuna."))
         name = optuna_class.__name__.removesuffix("Sampler").lower()
@@ -229,7 +230,8 @@ class BudgetedOptunaSearch(OptunaSearch):
         if self.__dict__.get("_journal"):  # (checkpoint_path is in a staging copy: not there)
             self._open_journal(Path(self._journal))
         for name, default in (("origins", {}), ("_n_startup", 0), ("_warm", []),
-                              ("_asked_origin", "")):  # (a search saved before these existed)
+                              ("_asked_origin", ""), ("_first_origin", "nvidia")):
+            # (a search saved before these existed)
             self.__dict__.setdefault(name, default)
         rows = self.__dict__.setdefault("pruned", [])
         if guard is not None:

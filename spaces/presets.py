@@ -119,6 +119,16 @@ def get_space(name_or_path: str) -> SearchSpace:
                      f".yaml/.json file")
 
 
+def first_point(space: SearchSpace) -> tuple[dict[str, Any], str]:
+    """The configuration every search of ``space`` tries first, and its origin (what a trial's
+    ``proposed_by`` says): the plan's for ``auto`` (the space is built around it), otherwise
+    NVIDIA's projected into the space. Every engine and searcher asks here (the race, Optuna's
+    searchers, BOHB, PBT's population, Keras Tuner's oracles)."""
+    if space.name == AUTO:
+        return space.default_sample(), "plan"
+    return nvidia_point(space), "nvidia"
+
+
 def nvidia_point(space: SearchSpace) -> dict[str, Any]:
     """NVIDIA's reference configuration projected into ``space`` (nearest value per parameter):
     the first point every search evaluates."""

@@ -155,6 +155,34 @@ def _drive(alg, n: int) -> list[dict]:
     return configs
 
 
+def test_every_searcher_tries_the_same_first_point_the_plans_on_auto():
+    """One home for the first point (spaces.presets.first_point): on ``auto`` the plan's
+    configuration (the space is built around it), named "plan", for Optuna's searcher, BOHB, PBT's
+    population and Keras Tuner's oracle alike, as for the race; elsewhere NVIDIA's."""
+    import keras_tuner as kt
+
+    from search.context import SearchContext
+    from search.kt_engine import KerasTunerOptions, _oracle, define_keras_tuner
+    from search.ray_factories import population
+    from spaces.presets import auto_space, first_point
+    from unet3d.config import preset
+
+    auto = auto_space(preset("cpu-small").replace(model={"depth": 3}))
+    plan = auto.default_sample()
+    assert first_point(auto) == (plan, "plan") and plan != nvidia_point(auto)
+    assert first_point(_space()) == (nvidia_point(_space()), "nvidia")
+    tpe = searcher(auto, RayOptions(max_concurrent=0))
+    assert tpe.suggest("t0") == plan and tpe.origins["t0"] == "plan"
+    bohb = searcher(auto, RayOptions(scheduler="bohb", max_concurrent=0))
+    assert bohb.suggest("t0") == plan
+    assert population(auto, RayOptions(scheduler="pbt", num_samples=3), None)[0] == plan
+    hp = kt.HyperParameters()
+    define_keras_tuner(auto, hp)
+    ctx = SearchContext(space=auto, data="", cache="", train_ids=(), val_ids=(), max_epochs=1)
+    oracle = _oracle(ctx, KerasTunerOptions(algorithm="random"), hp, None, print)
+    assert oracle._first == plan
+
+
 def test_nvidia_first_then_the_start_up_then_tpe_proposes(tmp_path):
     space = _space()
     opts = RayOptions(num_samples=12, max_concurrent=0)
