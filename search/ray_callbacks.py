@@ -13,7 +13,6 @@ resumed Tuner calls its own unpickled copy of the callback, which records into t
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -170,7 +169,12 @@ def wandb_callback(project: str, group: str) -> Any:
     to finish without waiting. The trial that ends a search (stopped by the budget or ASHA at its
     first epoch, say) then lost its results: the actor was gone before it wrote them (its offline
     run held the configuration only, unfinished). Here a trial's end waits for its run to finish
-    (at most WANDB_FINISH_S seconds)."""
+    (at most WANDB_FINISH_S seconds).
+
+    In a local experiment folder the run is written in the trial's folder there, not in Ray's
+    staging folder for the trial: Ray copies that folder to the experiment in the background, and a
+    copy started while the run was being written could land after the run's last records and leave
+    a run file holding its header only (seen once in the suite, 2026-12-06)."""
     import ray
     from ray.air.integrations.wandb import WandbLoggerCallback
 
@@ -187,6 +191,12 @@ def wandb_callback(project: str, group: str) -> Any:
                 self._remote_logger_class = ray.remote(
                     num_cpus=0, **_force_on_current_node(), runtime_env={"env_vars": env},
                     max_restarts=0, max_task_retries=0)(self._logger_actor_cls)
+            dest = str(trial.path)
+            if "://" in dest:  # (remote storage: written in the staging folder, synced by Ray)
+                self.kwargs.pop("dir", None)
+            else:  # (wandb.init's dir; the trials start one at a time, in this thread)
+                Path(dest).mkdir(parents=True, exist_ok=True)
+                self.kwargs["dir"] = dest
             super().log_trial_start(trial)
 
         def log_trial_end(self, trial: Any, failed: bool = False) -> None:
@@ -195,14 +205,6 @@ def wandb_callback(project: str, group: str) -> Any:
             if future is not None:
                 ray.wait([future], timeout=WANDB_FINISH_S)
             self._cleanup_logging_actors()
-            # The run is written in Ray's staging folder for the trial; Ray copies that folder to
-            # the experiment in the background, and its last copy could be taken while the run
-            # was still being finished (a trial folder then held a run without its results).
-            # Copied once more now that it is whole (a local experiment folder only; Ray syncs
-            # remote storage).
-            src, dest = Path(trial.local_path) / "wandb", str(trial.path)
-            if src.is_dir() and "://" not in dest and Path(dest).resolve() != src.parent.resolve():
-                shutil.copytree(src, Path(dest) / "wandb", dirs_exist_ok=True)
 
     os.environ.setdefault("WANDB_MODE", wandb_mode())  # (Ray checks for a key unless offline)
     os.environ.setdefault("WANDB_SILENT", "true")
