@@ -414,7 +414,7 @@ class Search:
 
     def memory_budget(self, **read: Any) -> MemoryBudget:
         """The memory budget: --memory, else the default for where the engine runs a trial
-        (``search.memory_budget.resolve_budget``; ``read``: its host_gib / gpu_gib, for tests)."""
+        (``unet3d.planning.budget.resolve_budget``; ``read``: its host_gib / gpu_gib, for tests)."""
         from unet3d.planning.budget import resolve_budget
 
         return resolve_budget(self.spec.memory, self._engine.placement(), **read)
