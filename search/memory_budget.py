@@ -2,7 +2,7 @@
 
 The prediction is the memory model (:func:`unet3d.planning.memory.estimate`) of the trial's RunConfig (the one
 the trial would train: :meth:`SearchContext.run_config`), on the trial's device, with the largest
-validation volume it would hold. The contract with the engines (``search.ray_searcher``,
+validation volume it would hold. The contract with the engines (``search.ray_adapters``,
 ``search.kt_engine``):
 
 - :meth:`MemoryGuard.check` before a sampled configuration becomes a trial; if it does not fit, the

@@ -76,13 +76,10 @@ def environment(opts: RayOptions) -> Iterator[None]:
                                             "RAY_AIR_NEW_OUTPUT")}
     if opts.verbose == 0 and saved["RAY_AIR_NEW_OUTPUT"] is None:
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
-    constants = sys.modules.get("ray._private.ray_constants")
-    was = getattr(constants, "ENABLE_RAY_CLUSTER", None)
     local = not opts.address or _is_loopback(opts.address)
+    was = _no_cluster_constant(True if local else None)
     if local:
         os.environ[_NO_CLUSTER] = "0"
-        if constants is not None:
-            constants.ENABLE_RAY_CLUSTER = False
     try:
         yield
     finally:
@@ -91,8 +88,18 @@ def environment(opts: RayOptions) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-        if local and constants is not None:
-            constants.ENABLE_RAY_CLUSTER = was
+        if local and was is not None:
+            _no_cluster_constant(not was)
+
+
+def _no_cluster_constant(off: bool | None) -> bool | None:
+    """Ray's module constant for the no-cluster mode, when Ray is imported already (otherwise the
+    environment switch does it, and Ray is not imported here): ``search.ray_adapters``."""
+    if sys.modules.get("ray") is None:  # (imported: so is its ray_constants)
+        return None
+    from search.ray_adapters import set_no_cluster
+
+    return set_no_cluster(off)
 
 
 def connect(opts: RayOptions) -> bool:

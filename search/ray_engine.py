@@ -14,7 +14,7 @@ NVIDIA's configuration (projected into the space) is the first point evaluated. 
 on), at most ``max_concurrent`` run at once, and a failing trial is retried ``max_failures`` times
 from its last checkpoint. ASHA's time attribute is the epoch count or wall-clock seconds (so faster
 configurations can earn more epochs in the same budget). A configuration predicted over the
-memory budget never becomes a trial (``search.ray_searcher``, ``search.memory_budget``).
+memory budget never becomes a trial (``search.ray_adapters``, ``search.memory_budget``).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from search.ray_options import RayOptions
 from search.results import TrialRow, row_from_history
 from unet3d.planning.budget import Placement
 
-PROPOSALS = "proposals.json"  # trial id -> where its configuration came from (search.ray_searcher)
+PROPOSALS = "proposals.json"  # trial id -> where its configuration came from (search.ray_adapters)
 
 
 def _trainable(ctx: SearchContext, opts: RayOptions):
@@ -356,11 +356,11 @@ class RayEngine(Engine):
         """Ray callbacks that log each trial: to the search's MLflow run, to W&B (--wandb)."""
         callbacks: list[Any] = []
         if mlflow is not None:
-            from search.ray_callbacks import MlflowTrials
+            from search.ray_adapters import MlflowTrials
 
             callbacks.append(MlflowTrials(mlflow.uri, mlflow.experiment_id, mlflow.parent))
         if self.spec.wandb:
-            from search.ray_callbacks import wandb_callback
+            from search.ray_adapters import wandb_callback
 
             callbacks.append(wandb_callback(self.spec.wandb, self.spec.name))
         return callbacks

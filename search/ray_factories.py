@@ -60,7 +60,7 @@ def sampler(opts: RayOptions) -> Any:
 
             return optuna.samplers.GPSampler(seed=seed, n_startup_trials=n,
                                              deterministic_objective=False)
-        from search.ray_searcher import PicklableNSGAII
+        from search.ray_adapters import PicklableNSGAII
 
         return PicklableNSGAII(seed=seed, population_size=n)
     except ImportError as e:
@@ -86,8 +86,8 @@ def race_searcher(space: Any, opts: RayOptions, metric: str, guard: MemoryGuard 
     from ray.tune.search import ConcurrencyLimiter
 
     from search.race import Proposals, Race
+    from search.ray_adapters import BudgetedOptunaSearch
     from search.ray_race import RaceSearcher
-    from search.ray_searcher import BudgetedOptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     settings, portfolio = race_plan(space, opts)
@@ -110,7 +110,7 @@ def searcher(space: Any, opts: RayOptions, metric: str = METRIC,
     """The search algorithm: ``opts.sampler`` over the space, NVIDIA's point first (unless a warm
     start already measured it), at most max_concurrent at once, maximising ``metric`` (the search
     objective's, ``search.objective``); with ``guard``, only configurations predicted to fit its
-    memory budget become trials (``search.ray_searcher``). ``sink``: where each suggestion's origin
+    memory budget become trials (``search.ray_adapters``). ``sink``: where each suggestion's origin
     is recorded (``proposals.json``), the Optuna study kept beside it (``optuna.log``).
     ``second``: a second objective (``search.objective.SECOND``): the Optuna sampler then searches
     both (multi-objective TPE, NSGA-II, GP, random). None for PBT/PB2 (Ray runs them without a
@@ -124,7 +124,7 @@ def searcher(space: Any, opts: RayOptions, metric: str = METRIC,
     if opts.sampler == "bohb":
         from ray.tune.search.bohb import TuneBOHB
 
-        from search.ray_searcher import BudgetedSearcher
+        from search.ray_adapters import BudgetedSearcher
 
         alg = BudgetedSearcher(TuneBOHB(space=TuneBOHB.convert_search_space(to_tune(space)),
                                         metric=metric, mode=MODE,
@@ -132,7 +132,7 @@ def searcher(space: Any, opts: RayOptions, metric: str = METRIC,
     else:
         import optuna
 
-        from search.ray_searcher import BudgetedOptunaSearch
+        from search.ray_adapters import BudgetedOptunaSearch
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         warm = warm_trials(opts.warm_start, space, metric) if opts.warm_start else []

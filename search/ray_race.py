@@ -2,7 +2,7 @@
 losers, and a searcher that starts what it asks for (imported once Ray is set up).
 
 :class:`RaceSearcher` asks the race what to start: a proposal (the default, a portfolio entry, a
-neighbour of the incumbent) goes through an Optuna searcher (``search.ray_searcher``) as an
+neighbour of the incumbent) goes through an Optuna searcher (``search.ray_adapters``) as an
 enqueued trial, so the memory budget refuses what does not fit (and Optuna's sampler replaces it),
 and the study's journal (``optuna.log``) shows every trial; the winner's continuation is a trial
 of its own whose config carries :data:`CONTINUE` (the trainable resumes the winner's checkpoint
@@ -102,7 +102,7 @@ class RaceSearcher(Searcher):
             return {**arg["params"], CONTINUE: {k: arg[k] for k in (
                 "trial_id", "checkpoint", "from_epoch", "epochs", "cooldown_epochs", "data")}}
         params, origin = arg
-        self.inner._ot_study.enqueue_trial(params, skip_if_exists=False)
+        self.inner.enqueue(params)
         config = self.inner.suggest(trial_id)
         if not isinstance(config, dict):  # (the memory guard gave up: FINISHED)
             self.race.refused()
@@ -122,12 +122,12 @@ class RaceSearcher(Searcher):
             atomic_write_json(self.sink, self.origins)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self.inner._ot_trials:
+        if self.inner.holds(trial_id):
             self.inner.on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
-        if trial_id in self.inner._ot_trials:
+        if self.inner.holds(trial_id):
             self.inner.on_trial_complete(trial_id, result, error)
 
     # Ray saves the searcher at every experiment checkpoint and restores it on --resume: the race

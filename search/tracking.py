@@ -146,7 +146,7 @@ class MlflowSearch:
     """The search's parent run in MLflow and its trials' child runs.
 
     Created (or, for a resumed search, reopened from ``mlflow.json``) by :meth:`open`; the
-    engines log trials through :class:`search.ray_callbacks.MlflowTrials` (Ray) or
+    engines log trials through :class:`search.ray_adapters.MlflowTrials` (Ray) or
     :meth:`start_trial` / :meth:`log_epoch` / :meth:`end_trial` (Keras Tuner); :meth:`close` tags
     every trial run with the search's status for it, logs the best model and ends the parent run.
     """

@@ -244,7 +244,7 @@ def test_an_interrupted_search_resumes_with_search_restore(tmp_path):
     import optuna
     from test_tracking import check_trial_runs, mlflow_runs
 
-    from search.ray_searcher import journal_storage
+    from search.ray_adapters import journal_storage
     from search.storage import ExperimentFolder
 
     study = optuna.load_study(study_name="cut", storage=journal_storage(ExperimentFolder(exp).journal))

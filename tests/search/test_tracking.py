@@ -151,7 +151,7 @@ def test_wandb_writes_an_offline_run_in_each_trial_folder(tracked):
 def test_the_optuna_study_in_the_experiment_folder_has_one_trial_per_search_trial(tracked):
     import optuna
 
-    from search.ray_searcher import journal_storage
+    from search.ray_adapters import journal_storage
     from search.storage import ExperimentFolder
 
     journal = ExperimentFolder(tracked["exp"]).journal
@@ -227,7 +227,7 @@ def test_a_resumed_searcher_reopens_its_study_and_fails_the_trials_ray_lost(tmp_
 
     import optuna
 
-    from search.ray_searcher import BudgetedOptunaSearch
+    from search.ray_adapters import BudgetedOptunaSearch
     from search.storage import ExperimentFolder
 
     (tmp_path / "exp").mkdir()
