@@ -118,6 +118,14 @@ class _Bar:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    """Plan crop, depth, filters and batch for a dataset and a memory budget.
+
+    Prepare the dataset, compute its fingerprint (brain boxes, spacing, intensities, lesion
+    sizes; kept in the cache) and plan a configuration nnU-Net-style: the crop as close to the
+    median brain box as the memory allows, a bottleneck of 4-8 voxels, filters, batch and
+    precision, with its predicted peak memory. --out writes a config file that `train --config`
+    reads.
+    """
     from unet3d import api
 
     progress = _Progress()
@@ -128,6 +136,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
+    """Write a synthetic BraTS-like NIfTI dataset in a release's layout.
+
+    Write N synthetic BraTS-like cases as .nii.gz in the folder layout and label values of a
+    release: brats2021 (t1, t1ce, t2, flair, seg 0/1/2/4), brats2023 (t1n, t1c, t2w, t2f, seg
+    0-3, cases with two lesions), brats2024 (GLI post-treatment, + 4 resection cavity),
+    brats2024-ped, brats-men-rt (t1c, gtv) or msd (Task01). Existing complete cases are kept.
+    """
     from unet3d.data.synthetic import write_synthetic_dataset
     from unet3d.io_utils import check_writable_dir
 
@@ -144,6 +159,12 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
+    """Validate and preprocess a dataset into its cache.
+
+    Discover the cases, check every file (readable, modalities present, shapes/affines agree,
+    finite voxels, label values), reorient to RAS, crop to the brain, z-score per modality, and
+    cache the result. Re-runs reuse valid cache entries.
+    """
     progress = _Progress()
     if args.address:
         from search.ray_tasks import prepare_on_cluster
@@ -159,6 +180,11 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """Train one 3D-UNet.
+
+    Train one 3D-UNet on a fold of a dataset. Writes OUT/model.keras, config.json,
+    metrics.json, checkpoint.npz and tensorboard/.
+    """
     from unet3d import api
 
     progress = _Progress()
@@ -176,6 +202,12 @@ def _use_backend(name: str) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    """Search the best 3D-UNet (Ray Tune + Optuna + ASHA, or Keras Tuner).
+
+    Search a space of 3D-UNet configurations on one fold of a dataset. Writes OUT/NAME/: one
+    folder per trial, results.csv, trials.json, best/ (the best model exported), report.html
+    and TensorBoard logs with an HParams view of every trial.
+    """
     from search import Search
 
     if args.resume:
@@ -322,6 +354,14 @@ def _check_experiment(experiment: Path) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    """Write the HTML report of a finished or running search.
+
+    Write one self-contained HTML page (plus PNG figures next to it) about a search: results
+    table, learning curves with ASHA's stops, objective by trial, parallel coordinates,
+    parameter importances, Dice against throughput with the Pareto front, the best
+    configuration next to NVIDIA's, the exported model. Every search writes
+    EXPERIMENT/report.html at its end.
+    """
     from search.report import build_report
 
     experiment = Path(args.experiment)
@@ -337,6 +377,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_retrain_best(args: argparse.Namespace) -> int:
+    """Train a search's best configuration longer and export it.
+
+    Train the best configuration of a finished search from scratch for longer: on every
+    labelled case (--folds all, the default) or one model per listed fold. Exports to
+    EXPERIMENT/retrained/{all,fold_K}/ like the search's best/.
+    """
     import json
 
     from search.retrain import retrain_best
@@ -365,6 +411,14 @@ def cmd_retrain_best(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    """Export a training run (or re-export an older export folder).
+
+    Export the model of a training run (train --out; a run stopped early exports its last
+    checkpoint) as a search exports its best: model.keras, a TensorFlow SavedModel, model.onnx
+    checked against Keras, config.json, metrics.json and MODEL_CARD.md. Given an earlier export
+    folder (e.g. one without model.onnx), writes it again in place, keeping its post-processing
+    choice.
+    """
     from unet3d.export.exporter import export_run
 
     out = export_run(args.run, args.out)
@@ -408,6 +462,16 @@ def _resolve_models(paths: list[str], top_k: int | None) -> list[Path]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    """Segment cases with one exported model or an ensemble.
+
+    Segment every case of INPUT (one BraTS case folder, or a dataset folder in any supported
+    layout) with sliding-window inference. Writes OUT/<case_id>.nii.gz on each input's own grid
+    (shape, affine and header of its images) with the label values of the model's label scheme
+    (BraTS 2019-21 0/1/2/4, 2023+ 0-3, 2024 GLI 0-4, MSD 0-3), and OUT/predict.json (models and
+    options). Several --model folders form an ensemble that averages probabilities. The
+    post-processing chosen on validation and saved with the (first) model is applied
+    (--postprocess).
+    """
     from unet3d import api
 
     if args.top_k is not None:  # (checked now: only an experiment's models reach export_top)
@@ -426,6 +490,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Score predictions as the BraTS challenge does (Dice, HD95, NSD, lesion-wise).
+
+    Score PRED/<case_id>.nii.gz against every labelled case of DATA, per region of the label
+    scheme (WT, TC, ET, RC, ...) on the original grid: whole-image Dice, HD95 (mm) and
+    normalized surface distance, and the lesion-wise scores of the BraTS 2023+ evaluation
+    (lesions as connected components matched one-to-one; TP/FP/FN lesions, F1, lesion-wise Dice
+    and HD95). Writes a per-case CSV and <stem>_summary.json (mean, std, median, quartiles) and
+    prints the summary.
+    """
     from unet3d import api
 
     with _Bar("case") as bar:
@@ -468,8 +541,13 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def _command(sub, name: str, help: str, description: str, func) -> argparse.ArgumentParser:
-    s = sub.add_parser(name, help=help, description=description, formatter_class=_Help)
+def _command(sub, name: str, func) -> argparse.ArgumentParser:
+    """The subcommand ``name`` run by ``func``: its docstring's first paragraph is the one-line help
+    in the list of commands, the second the description --help shows."""
+    first, _, description = func.__doc__.strip().partition("\n\n")
+    help = " ".join(first.split()).removesuffix(".")
+    s = sub.add_parser(name, help=help[0].lower() + help[1:], description=" ".join(description.split()),
+                       formatter_class=_Help)
     s.set_defaults(func=func)
     return s
 
@@ -500,12 +578,7 @@ def _data_args(q: argparse.ArgumentParser) -> None:
 def _synth_parser(sub) -> None:
     from unet3d.data.synthetic import DIFFICULTIES, LAYOUTS
 
-    s = _command(sub, "synth", "write a synthetic BraTS-like NIfTI dataset in a release's layout",
-                 "Write N synthetic BraTS-like cases as .nii.gz in the folder layout and label values "
-                 "of a release: brats2021 (t1, t1ce, t2, flair, seg 0/1/2/4), brats2023 (t1n, t1c, t2w, "
-                 "t2f, seg 0-3, cases with two lesions), brats2024 (GLI post-treatment, + 4 resection "
-                 "cavity), brats2024-ped, brats-men-rt (t1c, gtv) or msd (Task01). Existing complete "
-                 "cases are kept.", cmd_synth)
+    s = _command(sub, "synth", cmd_synth)
     s.add_argument("--layout", default="brats2021", choices=LAYOUTS, help="release layout to write")
     s.add_argument("--out", required=True, help="dataset folder to write")
     s.add_argument("--cases", type=int, default=16, help="number of cases")
@@ -523,10 +596,7 @@ def _synth_parser(sub) -> None:
 
 
 def _prepare_parser(sub) -> None:
-    s = _command(sub, "prepare", "validate and preprocess a dataset into its cache",
-                 "Discover the cases, check every file (readable, modalities present, shapes/affines "
-                 "agree, finite voxels, label values), reorient to RAS, crop to the brain, z-score per "
-                 "modality, and cache the result. Re-runs reuse valid cache entries.", cmd_prepare)
+    s = _command(sub, "prepare", cmd_prepare)
     _data_args(s)
     s.add_argument("--address", default=None, metavar="HOST:PORT",
                    help="preprocess as Ray tasks on this cluster's nodes (the data and --cache on "
@@ -541,12 +611,7 @@ TRAIN_OVERRIDES = {"epochs": "train.epochs", "steps_per_epoch": "train.steps_per
 
 
 def _plan_parser(sub) -> None:
-    s = _command(sub, "plan", "plan crop, depth, filters and batch for a dataset and a memory budget",
-                 "Prepare the dataset, compute its fingerprint (brain boxes, spacing, intensities, "
-                 "lesion sizes; kept in the cache) and plan a configuration nnU-Net-style: the crop "
-                 "as close to the median brain box as the memory allows, a bottleneck of 4-8 "
-                 "voxels, filters, batch and precision, with its predicted peak memory. --out writes "
-                 "a config file that `train --config` reads.", cmd_plan)
+    s = _command(sub, "plan", cmd_plan)
     _data_args(s)
     s.add_argument("--memory", type=float, default=None, metavar="GiB",
                    help="memory budget (default: the GPU's memory, or this machine's for --device "
@@ -562,9 +627,7 @@ def _plan_parser(sub) -> None:
 def _train_parser(sub) -> None:
     from unet3d.config import AUGMENT_ON, BACKENDS, PRECISIONS, PRESETS, XLA_MODES
 
-    s = _command(sub, "train", "train one 3D-UNet",
-                 "Train one 3D-UNet on a fold of a dataset. Writes OUT/model.keras, config.json, "
-                 "metrics.json, checkpoint.npz and tensorboard/.", cmd_train)
+    s = _command(sub, "train", cmd_train)
     _data_args(s)
     g = s.add_mutually_exclusive_group()
     g.add_argument("--preset", default="cpu-small", choices=sorted(PRESETS), help="named configuration")
@@ -602,10 +665,7 @@ def _search_parser(sub) -> None:
     from search.spec import DEFAULT_DATA, SearchSpec
 
     spec, ray = SearchSpec(name="x"), RayOptions()
-    s = _command(sub, "search", "search the best 3D-UNet (Ray Tune + Optuna + ASHA, or Keras Tuner)",
-                 "Search a space of 3D-UNet configurations on one fold of a dataset. Writes OUT/NAME/: "
-                 "one folder per trial, results.csv, trials.json, best/ (the best model exported), "
-                 "report.html and TensorBoard logs with an HParams view of every trial.", cmd_search)
+    s = _command(sub, "search", cmd_search)
     s.add_argument("--data", default=None,
                    help=f"{DATA_HELP} (default: a synthetic dataset in {DEFAULT_DATA}, written if "
                         f"absent)")
@@ -755,10 +815,7 @@ def _race_args(r) -> None:
 
 
 def _retrain_parser(sub) -> None:
-    s = _command(sub, "retrain-best", "train a search's best configuration longer and export it",
-                 "Train the best configuration of a finished search from scratch for longer: on every "
-                 "labelled case (--folds all, the default) or one model per listed fold. Exports to "
-                 "EXPERIMENT/retrained/{all,fold_K}/ like the search's best/.", cmd_retrain_best)
+    s = _command(sub, "retrain-best", cmd_retrain_best)
     s.add_argument("experiment", help="the search's experiment folder (OUT/NAME)")
     s.add_argument("--epochs", type=int, default=None,
                    help="epochs (default: twice the search's max epochs)")
@@ -769,12 +826,7 @@ def _retrain_parser(sub) -> None:
 
 
 def _export_parser(sub) -> None:
-    s = _command(sub, "export", "export a training run (or re-export an older export folder)",
-                 "Export the model of a training run (train --out; a run stopped early exports its last "
-                 "checkpoint) as a search exports its best: model.keras, a TensorFlow SavedModel, "
-                 "model.onnx checked against Keras, config.json, metrics.json and MODEL_CARD.md. Given "
-                 "an earlier export folder (e.g. one without model.onnx), writes it again in place, "
-                 "keeping its post-processing choice.", cmd_export)
+    s = _command(sub, "export", cmd_export)
     s.add_argument("run", help="a train --out folder, a search trial's run/ folder, or an export folder")
     s.add_argument("--out", default=None,
                    help="export folder (default: RUN/export for a run, the folder itself for an export); "
@@ -782,26 +834,13 @@ def _export_parser(sub) -> None:
 
 
 def _report_parser(sub) -> None:
-    s = _command(sub, "report", "write the HTML report of a finished or running search",
-                 "Write one self-contained HTML page (plus PNG figures next to it) about a search: "
-                 "results table, learning curves with ASHA's stops, objective by trial, parallel "
-                 "coordinates, parameter importances, Dice against throughput with the Pareto front, the "
-                 "best configuration next to NVIDIA's, the exported model. Every search writes "
-                 "EXPERIMENT/report.html at its end.", cmd_report)
+    s = _command(sub, "report", cmd_report)
     s.add_argument("experiment", help="the search's experiment folder (OUT/NAME)")
     s.add_argument("--out", default=None, help="HTML file (default: EXPERIMENT/report.html)")
 
 
 def _predict_parser(sub) -> None:
-    s = _command(sub, "predict", "segment cases with one exported model or an ensemble",
-                 "Segment every case of INPUT (one BraTS case folder, or a dataset folder in any "
-                 "supported layout) with sliding-window inference. Writes OUT/<case_id>.nii.gz on each "
-                 "input's own grid (shape, affine and header of its images) with the label values of "
-                 "the model's label scheme (BraTS 2019-21 0/1/2/4, 2023+ 0-3, 2024 GLI 0-4, MSD 0-3), "
-                 "and OUT/predict.json (models and options). Several "
-                 "--model folders form an ensemble that averages probabilities. The post-processing "
-                 "chosen on validation and saved with the (first) model is applied (--postprocess).",
-                 cmd_predict)
+    s = _command(sub, "predict", cmd_predict)
     s.add_argument("--model", action="append", required=True, metavar="DIR",
                    help="an export folder (EXPERIMENT/best, a train --out folder), a folder of exports "
                         "(EXPERIMENT/retrained: every fold), or a search experiment (its --top-k best "
@@ -841,14 +880,7 @@ def _predict_parser(sub) -> None:
 
 
 def _evaluate_parser(sub) -> None:
-    s = _command(sub, "evaluate", "score predictions as the BraTS challenge does (Dice, HD95, NSD, "
-                 "lesion-wise)",
-                 "Score PRED/<case_id>.nii.gz against every labelled case of DATA, per region of the "
-                 "label scheme (WT, TC, ET, RC, ...) on the original grid: whole-image Dice, HD95 (mm) "
-                 "and normalized surface distance, and the lesion-wise scores of the BraTS 2023+ "
-                 "evaluation (lesions as connected components matched one-to-one; TP/FP/FN lesions, "
-                 "F1, lesion-wise Dice and HD95). Writes a per-case CSV and <stem>_summary.json (mean, "
-                 "std, median, quartiles) and prints the summary.", cmd_evaluate)
+    s = _command(sub, "evaluate", cmd_evaluate)
     s.add_argument("--pred", required=True, help="folder of predictions")
     s.add_argument("--data", required=True, help="the dataset with the reference labels")
     _labels_arg(s)
