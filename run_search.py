@@ -419,6 +419,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     folder (e.g. one without model.onnx), writes it again in place, keeping its post-processing
     choice.
     """
+    from unet3d.export.checks import check_export
+
+    check_export(args.run, args.out)  # (before TensorFlow starts: a wrong path fails at once)
     from unet3d.export.exporter import export_run
 
     out = export_run(args.run, args.out)

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import keras
 
 from unet3d.config import RunConfig
-from unet3d.errors import UserError
+from unet3d.export.checks import ExportError, check_export
 from unet3d.folders import ExportFolder
 from unet3d.inference.onnx_runtime import OPSET as ONNX_OPSET
 from unet3d.inference.onnx_runtime import check_onnx, write_onnx
@@ -179,16 +179,6 @@ def export_model(model: keras.Model, cfg: RunConfig, metrics: dict[str, Any], ou
     return out
 
 
-class ExportError(UserError, ValueError):
-    """A folder that cannot be exported, or an --out that an export must not replace."""
-
-
-def is_export(folder: Path) -> bool:
-    """Whether ``folder`` is an export folder (this module's, of any version)."""
-    export = ExportFolder(folder)
-    return export.has_model() and not export.checkpoint.exists()
-
-
 def export_run(source: str | Path, out: str | Path | None = None) -> Path:
     """Exports a training run (``train --out``: its ``model.keras``, or its last checkpoint when
     it was stopped before writing one) or re-exports an earlier export folder (e.g. one from
@@ -201,21 +191,10 @@ def export_run(source: str | Path, out: str | Path | None = None) -> Path:
         ExportError (or the ConfigError / CheckpointError of a bad file), naming the path, before
         anything is written.
     """
-    from unet3d.io_utils import check_writable_dir
     from unet3d.training.checkpoint import model_from_run
 
-    source = Path(source)
-    if not source.is_dir():
-        raise ExportError(f"{source}: no such folder (a train --out folder or an export folder)")
-    given = ExportFolder(source)  # (a run folder is read through the names both share)
-    run = given.checkpoint.exists()
-    if not given.config.is_file() or not (run or is_export(source)):
-        raise ExportError(f"{source}: neither a training run (config.json, checkpoint.npz) nor an "
-                          f"export folder (config.json, model.keras)")
-    out = Path(out) if out is not None else (source / "export" if run else source)
-    if out.exists() and out != source and not is_export(out):
-        raise ExportError(f"--out {out}: exists and is not an export folder (it would be replaced)")
-    check_writable_dir(out, "--out")
+    source, out, run = check_export(source, out)
+    given = ExportFolder(source)
     cfg = RunConfig.load(given.config)
     metrics: dict[str, Any] = {}
     if given.metrics.is_file():
