@@ -14,12 +14,12 @@ HVD := $(VENV)/.horovod
 
 PANOPTICA := .venv-panoptica
 
-.PHONY: setup search test test-fast mutants bench clean chromium panoptica
+.PHONY: setup search test test-fast docs mutants bench clean chromium panoptica
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
-	$(BIN)/python -m pip install --quiet -e '.[dev,searchers,tracking]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,searchers,tracking,docs]'
 	touch $@
 
 $(HVD): $(STAMP) scripts/install_horovod.sh
@@ -49,6 +49,12 @@ panoptica:
 TEST_WORKERS ?= 2
 test: setup chromium panoptica
 	$(BIN)/python -m pytest -ra -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=30
+
+# The docs site (mkdocs.yml) into site/ (git-ignored): the reference pages written from the code
+# first (scripts/gen_reference.py), the build strict (a broken link or a missing page fails).
+docs: setup
+	$(BIN)/python scripts/gen_reference.py
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 # The edit loop's tier: every test that runs no search end to end and no multi-process training
 # (those are marked slow; CI runs them all with `make test`). About 3.5 minutes on 2 cores.

@@ -183,8 +183,8 @@ def train(data: str | Path, *, out: str | Path, config: RunConfig,
     machine (TensorFlow backend); ``resume``: continue ``out``'s checkpoint.
 
     Raises:
-        UserError (OptionError, DataError, ...): naming the option or file, before ``out`` or the
-        cache is created.
+        UserError (OptionError, DataError, ...): naming the option or file, before ``out`` or
+            the cache is created.
     """
     from unet3d.data.split import kfold
     from unet3d.io_utils import check_writable_dir
