@@ -1,4 +1,4 @@
-"""ray_cluster.yaml and the README's on-premises variant against Ray's own cluster-config schema
+"""ray_cluster.yaml and the cluster guide's on-premises variant against Ray's own cluster-config schema
 (what `ray up` checks), and --address errors."""
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ def _start_commands(config: dict) -> list[str]:
 
 
 def _onprem() -> dict:
-    readme = (ROOT / "README.md").read_text()
-    block = re.search(r"```yaml\n(# on-premises.*?)```", readme, re.S)
-    assert block, "README lost its on-premises cluster example"
+    guide = (ROOT / "docs" / "how-to" / "cluster.md").read_text()
+    block = re.search(r"```yaml\n(# on-premises.*?)```", guide, re.S)
+    assert block, "docs/how-to/cluster.md lost its on-premises cluster example"
     return yaml.safe_load(block.group(1))
 
 
