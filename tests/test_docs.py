@@ -80,7 +80,7 @@ def test_the_site_builds_strictly_with_every_reference_page(tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=300,
                        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
-    for page in ("index", "architecture", "reference/cli", "reference/config", "reference/api",
+    for page in ("index", "architecture", "benchmarks", "reference/cli", "reference/config", "reference/api",
                  "reference/labels", "reference/spaces"):
         assert (site / f"{page}.html").is_file(), page
     api = (site / "reference" / "api.html").read_text()
@@ -120,3 +120,12 @@ def test_the_python_api_example_of_the_docs_runs_as_written_on_tiny_data(tmp_pat
     assert "training fold 0/3: 4 train, 2 validation cases" in out and "model: runs/a/model.keras" in out
     assert (tmp_path / "pred" / "evaluation.csv").is_file()
     assert (tmp_path / "runs" / "a" / "model.keras").is_file()
+
+
+def test_the_benchmarks_page_opens_with_the_headline_figures_and_ends_with_the_superseded():
+    text = (ROOT / "BENCHMARKS.md").read_text()
+    first_table = next(ln for ln in text.splitlines() if ln.startswith("|"))
+    assert first_table == "| what | figure | measured with | machine | when | commit |"
+    sections = [ln for ln in text.splitlines() if ln.startswith("## ")]
+    assert all(s.startswith("## Appendix") for s in sections[sections.index(
+        next(s for s in sections if s.startswith("## Appendix"))):])
