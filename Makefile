@@ -55,6 +55,7 @@ test: setup chromium panoptica
 docs: setup
 	$(BIN)/python scripts/gen_reference.py
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+	@echo "read it: $(BIN)/python -m http.server --bind 127.0.0.1 --directory site, then http://127.0.0.1:8000"
 
 # The edit loop's tier: every test that runs no search end to end and no multi-process training
 # (those are marked slow; CI runs them all with `make test`). About 3.5 minutes on 2 cores.

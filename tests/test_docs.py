@@ -74,19 +74,76 @@ def test_every_config_field_has_its_type_default_and_meaning_and_a_missing_one_i
         gen.config_page()
 
 
-def test_the_site_builds_strictly_with_every_reference_page(tmp_path):
-    site = tmp_path / "site"
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    """The site as `make docs` builds it (strict)."""
+    site = tmp_path_factory.mktemp("docs") / "site"
     r = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
                        cwd=ROOT, capture_output=True, text=True, timeout=300,
                        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
-    for page in ("index", "architecture", "benchmarks", "reference/cli", "reference/config", "reference/api",
-                 "reference/labels", "reference/spaces"):
+    return site
+
+
+def test_the_site_builds_strictly_with_every_reference_page(site):
+    for page in ("index", "architecture", "benchmarks", "reference/cli", "reference/config",
+                 "reference/api", "reference/labels", "reference/spaces"):
         assert (site / f"{page}.html").is_file(), page
     api = (site / "reference" / "api.html").read_text()
     assert all(f'id="{n}"' in api for n in ("search.Search", "search.Search.run", "unet3d.api.train",
                                                "unet3d.api.predict"))  # (from the docstrings)
-    assert (site / "search" / "search_index.js").is_file()  # (the offline search's index)
+    assert "fonts.googleapis" not in (site / "index.html").read_text()  # (nothing from the internet)
+
+
+@pytest.mark.slow  # (Chromium: `make test` installs it)
+def test_the_sites_search_box_finds_pages_offline_in_chromium(site):
+    """Served from 127.0.0.1, as the docs say to open it: no request leaves the machine (a failed
+    one would be a console error), the search box finds the pages that name a flag, and the home
+    page and the CLI reference render (screenshots in test-artifacts/)."""
+    import functools
+    import threading
+    import time
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    sys.path.insert(0, str(ROOT / "tests" / "search"))
+    from cdp import Browser
+
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(site))
+    handler.log_message = lambda *a: None
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    browser = Browser()
+    try:
+        session = browser.load(f"{base}/index.html")
+        home = browser.screenshot(session)
+        browser.evaluate("(() => { const i = document.querySelector('.md-search__input'); i.focus(); "
+                         "i.value = 'lesionwise'; i.dispatchEvent(new Event('input', {bubbles: true})); "
+                         "return 1; })()", session)
+        deadline, found = time.monotonic() + 30, 0
+        while not found and time.monotonic() < deadline:
+            time.sleep(0.5)
+            found = browser.evaluate("document.querySelectorAll('.md-search-result__item').length",
+                                     session)
+        hit = browser.evaluate("document.querySelector('.md-search-result__item a').href", session)
+        errors = browser.errors()
+        browser.close()
+        browser = Browser()  # (a second page of one browser cannot be captured: a browser a page)
+        cli = browser.screenshot(browser.load(f"{base}/reference/cli.html"))
+        errors += browser.errors()
+    finally:
+        browser.close()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+    assert errors == []
+    assert found >= 3 and hit.startswith(base) and "h=lesionwise" in hit, (found, hit)
+    artifacts = ROOT / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    for name, shot in (("docs-home.png", home), ("docs-cli.png", cli)):
+        assert shot.startswith(b"\x89PNG") and len(shot) > 30_000, name
+        (artifacts / name).write_bytes(shot)
 
 
 def test_every_relative_link_of_the_readme_leads_to_a_file():
