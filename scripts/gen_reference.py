@@ -4,6 +4,7 @@
 - docs/reference/config.md   every configuration field (type, default, meaning: its class docstring)
 - docs/reference/labels.md   the built-in label schemes (unet3d.labels.BUILTIN)
 - docs/reference/spaces.md   the built-in search spaces (spaces.presets.SPACES), as YAML
+- docs/reference/folders.md  the run, export and experiment folders (the classes owning the names)
 
 The Python API page (docs/reference/api.md) is rendered by mkdocstrings from the docstrings when
 the site is built, so it cannot drift either.
@@ -179,8 +180,58 @@ def config_page() -> str:
     return HEADER + "\n".join(lines)
 
 
+def _rst_to_md(doc: str) -> list[str]:
+    """A docstring's prose and its ``::`` literal blocks as Markdown (text fences)."""
+    import inspect
+
+    out: list[str] = []
+    block: list[str] | None = None
+    for line in inspect.cleandoc(doc).splitlines() + ["."]:
+        if block is not None and (not line or line.startswith("    ")):
+            block.append(line[4:])
+            continue
+        if block is not None:  # (the block ends: without its blank lines around it)
+            body = "\n".join(block).strip("\n").splitlines()
+            out += ["```text", *body, "```", ""]
+            block = None
+        if line.rstrip().endswith("::"):
+            text = line.rstrip()[:-2].rstrip().replace("``", "`")
+            if text:
+                out += [text + ":", ""]
+            block = []
+        else:
+            out.append(line.replace("``", "`"))
+    out.pop()  # (the sentinel)
+    while out and out[-1] == "":
+        out.pop()
+    return out
+
+
+def _names(cls: type) -> set[str]:
+    return {v for k, v in vars(cls).items() if k.isupper() and isinstance(v, str)}
+
+
+def folders_page() -> str:
+    """The run, export and experiment folders as the classes that own their file names describe
+    them; a file name a class owns that its description does not mention is a hole."""
+    import unet3d.folders as folders
+    from search.storage import ExperimentFolder
+
+    for cls, text in ((folders.RunFolder, folders.__doc__), (folders.ExportFolder, folders.__doc__),
+                      (ExperimentFolder, ExperimentFolder.__doc__)):
+        missing = sorted(n for n in _names(cls) if n not in text)
+        if missing:
+            raise DocHole(f"{cls.__module__}.{cls.__name__}: {', '.join(missing)} not described "
+                          f"in its docstring")
+    lines = ["# Folder layouts", "", *_rst_to_md(folders.__doc__.split("Plain names")[0]), "",
+             "## An experiment (`search --out OUT --name NAME`: `OUT/NAME/`)", "",
+             *_rst_to_md(ExperimentFolder.__doc__), ""]
+    return HEADER + "\n".join(lines)
+
+
 PAGES = {"docs/reference/cli.md": cli_page, "docs/reference/config.md": config_page,
-         "docs/reference/labels.md": labels_page, "docs/reference/spaces.md": spaces_page}
+         "docs/reference/labels.md": labels_page, "docs/reference/spaces.md": spaces_page,
+         "docs/reference/folders.md": folders_page}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -74,6 +74,16 @@ def test_every_config_field_has_its_type_default_and_meaning_and_a_missing_one_i
         gen.config_page()
 
 
+def test_a_file_name_a_folder_class_owns_but_does_not_describe_is_a_hole(gen, monkeypatch):
+    from search.storage import ExperimentFolder
+
+    page = gen.folders_page()
+    assert "search.json" in page and "model.onnx" in page and "checkpoint.npz" in page
+    monkeypatch.setattr(ExperimentFolder, "SUMMARY", "summary.txt", raising=False)
+    with pytest.raises(gen.DocHole, match="ExperimentFolder: summary.txt not described"):
+        gen.folders_page()
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
     """The site as `make docs` builds it (strict)."""
@@ -87,7 +97,7 @@ def site(tmp_path_factory) -> Path:
 
 def test_the_site_builds_strictly_with_every_reference_page(site):
     for page in ("index", "architecture", "benchmarks", "reference/cli", "reference/config",
-                 "reference/api", "reference/labels", "reference/spaces"):
+                 "reference/api", "reference/labels", "reference/spaces", "reference/folders"):
         assert (site / f"{page}.html").is_file(), page
     api = (site / "reference" / "api.html").read_text()
     assert all(f'id="{n}"' in api for n in ("search.Search", "search.Search.run", "unet3d.api.train",
