@@ -166,20 +166,19 @@ def test_every_relative_link_of_the_readme_leads_to_a_file():
     assert not missing, missing
 
 
-def _python_blocks(page: Path) -> list[str]:
-    import re
-
-    return re.findall(r"```python\n(.*?)```", page.read_text(), re.S)
-
-
 def test_the_python_api_example_of_the_docs_runs_as_written_on_tiny_data(tmp_path, monkeypatch,
                                                                          capsys):
     """docs/how-to/python.md's one-training-run example, on 6 synthetic cases (32^3 rather than the
     page's 48^3: the same code, quicker), run as written in a fresh folder."""
     from unet3d.data.synthetic import write_synthetic_dataset
 
-    (block,) = [b for b in _python_blocks(ROOT / "docs" / "how-to" / "python.md")
-                if "from unet3d import api" in b]
+    spec = importlib.util.spec_from_file_location("docs_examples", ROOT / "scripts" / "docs_examples.py")
+    examples = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(examples)
+    (m,) = [m for m in examples.examples(ROOT / "docs" / "how-to" / "python.md")
+            if m["name"] == "api-train"]  # (the example scripts/docs_examples.py reruns)
+    block = m["code"]
+    assert "from unet3d import api" in block and "run by scripts/docs_examples.py" in m["prose"]
     write_synthetic_dataset(tmp_path / "data", 6, (32, 32, 32), seed=0)
     monkeypatch.chdir(tmp_path)
     exec(compile(block, "docs/how-to/python.md", "exec"), {})
