@@ -18,7 +18,7 @@ and followed, after one line of prose that this script rewrites, by the fenced b
 
 Each example runs in a fresh temporary folder (the setup first, with ``python`` the project's
 interpreter and ``run_search.py`` the checkout's), its stdout pasted as it came, with the folder's
-path shown as ``.``.
+path shown as ``.`` and the checkout's as ``<checkout>``.
 
     python scripts/docs_examples.py                 # every example of every page
     python scripts/docs_examples.py --only api-train --list
@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+CHECKOUT = "<checkout>"  # how the output shows this checkout's path
 EXAMPLE = re.compile(r"<!-- example: (?P<name>[\w-]+)(?:; setup: (?P<setup>.*?))? -->\n"
                      r"```(?P<lang>python|sh)\n(?P<code>.*?)```\n"
                      r"(?P<prose>[^\n]*)\n```\n(?P<output>.*?)```", re.S)
@@ -64,7 +65,7 @@ def run(m: re.Match, timeout: float) -> tuple[str, float]:
         seconds = time.monotonic() - started
         if r.returncode != 0:
             raise RuntimeError(f"example {m['name']} failed (exit {r.returncode}):\n{r.stderr[-3000:]}")
-        return r.stdout.replace(tmp + "/", "").replace(tmp, "."), seconds
+        return r.stdout.replace(tmp + "/", "").replace(tmp, ".").replace(str(ROOT), CHECKOUT), seconds
 
 
 def _env() -> dict[str, str]:

@@ -36,6 +36,11 @@ class DocHole(Exception):
     """Something the reference must describe has no text in the code."""
 
 
+def _page(title: str, intro: str, body: list[str]) -> str:
+    """A generated page: its header, title, one paragraph of introduction, then ``body``."""
+    return HEADER + "\n".join([f"# {title}", "", intro, "", *body])
+
+
 def _cell(text: str) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
@@ -75,42 +80,41 @@ def cli_page() -> str:
 
     parser = build_parser()
     (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    lines = ["# Command line", "",
-             "`python run_search.py COMMAND ...` (or `unet3d-search COMMAND ...` once installed); "
+    intro = ("`python run_search.py COMMAND ...` (or `unet3d-search COMMAND ...` once installed); "
              "with no command it runs the demo search (`make search`). Every command answers "
-             "`--help` with the same text.", "",
-             "| command | what it does |", "|---|---|"]
+             "`--help` with the same text.")
+    lines = ["| command | what it does |", "|---|---|"]
     helps = {a.dest: a.help for a in sub._choices_actions}
     lines += [f"| [`{n}`](#{n}) | {_cell(helps[n])} |" for n in sub.choices]
     lines.append("")
     for name, p in sub.choices.items():
         lines += _command_section(name, p)
-    return HEADER + "\n".join(lines)
+    return _page("Command line", intro, lines)
 
 
 def labels_page() -> str:
     from unet3d.labels import BUILTIN
 
-    lines = ["# Label schemes", "",
-             "The built-in schemes (`--labels NAME`); a dataset's scheme is detected from its layout "
+    intro = ("The built-in schemes (`--labels NAME`); a dataset's scheme is detected from its layout "
              "and label values unless `--labels` names one or a YAML file of your own "
-             "(see the how-to on your data).", ""]
+             "(see the how-to on your data).")
+    lines: list[str] = []
     for s in BUILTIN.values():
         lines += [f"## `{s.name}`", "", _cell(s.description), "",
                   "| value | label |", "|---|---|", *(f"| {v} | {n} |" for v, n in s.labels.items()), "",
                   "| region | label values | in the tumour mean |", "|---|---|---|",
                   *(f"| {r} | {', '.join(map(str, v))} | {'yes' if r in s.tumour else 'no'} |"
                     for r, v in s.regions.items()), ""]
-    return HEADER + "\n".join(lines)
+    return _page("Label schemes", intro, lines)
 
 
 def spaces_page() -> str:
     from spaces.presets import SPACES
 
-    lines = ["# Search spaces", "",
-             "The built-in spaces (`--space NAME`), each as the YAML file that would define it "
+    intro = ("The built-in spaces (`--space NAME`), each as the YAML file that would define it "
              "(`--space my.yaml` takes the same fields; `auto` is planned for your data and memory "
-             "when the search starts).", ""]
+             "when the search starts).")
+    lines: list[str] = []
     for name, space in SPACES.items():
         d = space.to_dict()
         params = d.pop("params")
@@ -119,7 +123,7 @@ def spaces_page() -> str:
             f"\n  {k}: " + yaml.safe_dump(v, sort_keys=False, default_flow_style=True, width=1000).strip()
             for k, v in params.items())
         lines += [f"## `{name}`", "", "```yaml", text, "```", ""]
-    return HEADER + "\n".join(lines)
+    return _page("Search spaces", intro, lines)
 
 
 def _attributes(cls: type) -> dict[str, str]:
@@ -159,12 +163,12 @@ def config_page() -> str:
     class's docstring does not describe is a hole."""
     from unet3d import config
 
-    lines = ["# Configuration", "",
-             "A training run's whole configuration is one `RunConfig`: the sections below, saved as "
+    lines: list[str] = []
+    intro = ("A training run's whole configuration is one `RunConfig`: the sections below, saved as "
              "`config.json` in every run and export folder. `train --config FILE` reads the same "
              "JSON (or YAML), and a search space's `base` and `fixed` take the same fields, as "
              "`SECTION.FIELD` in its `params` (e.g. `train.learning_rate`). Presets "
-             "(`--preset`): " + ", ".join(f"`{n}`" for n in config.PRESETS) + ".", ""]
+             "(`--preset`): " + ", ".join(f"`{n}`" for n in config.PRESETS) + ".")
     for section, cls in (("model", config.ModelConfig), ("data", config.DataConfig),
                          ("train", config.TrainConfig)):
         meaning = _attributes(cls)
@@ -177,7 +181,7 @@ def config_page() -> str:
             lines.append(f"| `{section}.{f.name}` | `{_type(f)}` | {_field_default(f)} | "
                          f"{_cell(meaning[f.name])} |")
         lines.append("")
-    return HEADER + "\n".join(lines)
+    return _page("Configuration", intro, lines)
 
 
 def _rst_to_md(doc: str) -> list[str]:
@@ -223,10 +227,9 @@ def folders_page() -> str:
         if missing:
             raise DocHole(f"{cls.__module__}.{cls.__name__}: {', '.join(missing)} not described "
                           f"in its docstring")
-    lines = ["# Folder layouts", "", *_rst_to_md(folders.__doc__.split("Plain names")[0]), "",
-             "## An experiment (`search --out OUT --name NAME`: `OUT/NAME/`)", "",
-             *_rst_to_md(ExperimentFolder.__doc__), ""]
-    return HEADER + "\n".join(lines)
+    intro, _, *rest = _rst_to_md(folders.__doc__.split("Plain names")[0])
+    return _page("Folder layouts", intro, [*rest, "", "## An experiment (`search --out OUT --name NAME`: "
+                                           "`OUT/NAME/`)", "", *_rst_to_md(ExperimentFolder.__doc__), ""])
 
 
 PAGES = {"docs/reference/cli.md": cli_page, "docs/reference/config.md": config_page,

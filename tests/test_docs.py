@@ -110,43 +110,32 @@ def test_the_sites_search_box_finds_pages_offline_in_chromium(site):
     """Served from 127.0.0.1, as the docs say to open it: no request leaves the machine (a failed
     one would be a console error), the search box finds the pages that name a flag, and the home
     page and the CLI reference render (screenshots in test-artifacts/)."""
-    import functools
-    import threading
     import time
-    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
     sys.path.insert(0, str(ROOT / "tests" / "search"))
-    from cdp import Browser
+    from cdp import Browser, serve
 
-    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(site))
-    handler.log_message = lambda *a: None
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
-    browser = Browser()
-    try:
-        session = browser.load(f"{base}/index.html")
-        home = browser.screenshot(session)
-        browser.evaluate("(() => { const i = document.querySelector('.md-search__input'); i.focus(); "
-                         "i.value = 'lesionwise'; i.dispatchEvent(new Event('input', {bubbles: true})); "
-                         "return 1; })()", session)
-        deadline, found = time.monotonic() + 30, 0
-        while not found and time.monotonic() < deadline:
-            time.sleep(0.5)
-            found = browser.evaluate("document.querySelectorAll('.md-search-result__item').length",
-                                     session)
-        hit = browser.evaluate("document.querySelector('.md-search-result__item a').href", session)
-        errors = browser.errors()
-        browser.close()
-        browser = Browser()  # (a second page of one browser cannot be captured: a browser a page)
-        cli = browser.screenshot(browser.load(f"{base}/reference/cli.html"))
-        errors += browser.errors()
-    finally:
-        browser.close()
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    with serve(site) as base:
+        browser = Browser()
+        try:
+            session = browser.load(f"{base}/index.html")
+            home = browser.screenshot(session)
+            browser.evaluate("(() => { const i = document.querySelector('.md-search__input'); i.focus(); "
+                             "i.value = 'lesionwise'; i.dispatchEvent(new Event('input', {bubbles: true})); "
+                             "return 1; })()", session)
+            deadline, found = time.monotonic() + 30, 0
+            while not found and time.monotonic() < deadline:
+                time.sleep(0.5)
+                found = browser.evaluate("document.querySelectorAll('.md-search-result__item').length",
+                                         session)
+            hit = browser.evaluate("document.querySelector('.md-search-result__item a').href", session)
+            errors = browser.errors()
+            browser.close()
+            browser = Browser()  # (a second page of one browser cannot be captured: a browser a page)
+            cli = browser.screenshot(browser.load(f"{base}/reference/cli.html"))
+            errors += browser.errors()
+        finally:
+            browser.close()
     assert errors == []
     assert found >= 3 and hit.startswith(base) and "h=lesionwise" in hit, (found, hit)
     artifacts = ROOT / "test-artifacts"

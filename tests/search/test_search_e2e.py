@@ -136,32 +136,21 @@ def test_every_search_ends_with_a_report_with_every_section(ray_search, tmp_path
 def test_the_report_renders_in_headless_chromium_without_errors(ray_search):
     """Chromium loads the report over HTTP on 127.0.0.1: no console or load errors, every image
     decoded; the full-page screenshot is kept in test-artifacts/report.png."""
-    import functools
-    import threading
-    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-
-    from cdp import Browser
+    from cdp import Browser, serve
 
     exp = ray_search["exp"]
-    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(exp))
-    handler.log_message = lambda *a: None
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    browser = Browser()
-    try:
-        session = browser.load(f"http://127.0.0.1:{server.server_address[1]}/report.html")
-        images = browser.evaluate("JSON.stringify(Array.from(document.images).map("
-                                  "i => [i.getAttribute('src'), i.complete, i.naturalWidth]))", session)
-        title = browser.evaluate("document.title", session)
-        rows = browser.evaluate("document.querySelectorAll('#results-table tr').length", session)
-        shot = browser.screenshot(session)
-        errors = browser.errors()
-    finally:
-        browser.close()
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    with serve(exp) as base:
+        browser = Browser()
+        try:
+            session = browser.load(f"{base}/report.html")
+            images = browser.evaluate("JSON.stringify(Array.from(document.images).map("
+                                      "i => [i.getAttribute('src'), i.complete, i.naturalWidth]))", session)
+            title = browser.evaluate("document.title", session)
+            rows = browser.evaluate("document.querySelectorAll('#results-table tr').length", session)
+            shot = browser.screenshot(session)
+            errors = browser.errors()
+        finally:
+            browser.close()
     assert errors == []
     images = json.loads(images)
     assert len(images) == 5 and all(done and width > 0 for _, done, width in images), images
