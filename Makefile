@@ -58,7 +58,7 @@ docs: setup
 	@echo "read it: $(BIN)/python -m http.server --bind 127.0.0.1 --directory site, then http://127.0.0.1:8000"
 
 # The edit loop's tier: every test that runs no search end to end and no multi-process training
-# (those are marked slow; CI runs them all with `make test`). About 3.5 minutes on 2 cores.
+# (those are marked slow; CI runs them all with `make test`). About 4 minutes on 2 cores.
 test-fast: setup
 	$(BIN)/python -m pytest -ra -m "not slow" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=10
 
