@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import re
 import subprocess
 import sys
@@ -46,32 +47,27 @@ def examples(page: Path) -> list[re.Match]:
     return list(EXAMPLE.finditer(page.read_text()))
 
 
+def _here(command: str) -> str:
+    """``command`` with ``python run_search.py`` as this interpreter and this checkout's CLI."""
+    return command.replace("python run_search.py", f"{sys.executable} {ROOT / 'run_search.py'}")
+
+
 def run(m: re.Match, timeout: float) -> tuple[str, float]:
     """Runs one example in a fresh folder; returns (its stdout, its seconds)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
     with tempfile.TemporaryDirectory(prefix="docs-example-") as tmp:
-        env_python = f"{sys.executable}"
-        setup = (m["setup"] or "").replace("python run_search.py",
-                                           f"{env_python} {ROOT / 'run_search.py'}")
-        if setup:
-            subprocess.run(setup, shell=True, cwd=tmp, check=True, capture_output=True, timeout=timeout)
+        if m["setup"]:
+            subprocess.run(_here(m["setup"]), shell=True, cwd=tmp, check=True, capture_output=True,
+                           timeout=timeout, env=env)
+        cmd = ([sys.executable, "-c", m["code"]] if m["lang"] == "python"
+               else ["bash", "-e", "-c", _here(m["code"])])
         started = time.monotonic()
-        if m["lang"] == "python":
-            cmd = [env_python, "-c", m["code"]]
-        else:
-            cmd = ["bash", "-e", "-c", m["code"].replace("python run_search.py",
-                                                        f"{env_python} {ROOT / 'run_search.py'}")]
-        r = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=timeout,
-                           env={"PYTHONPATH": str(ROOT), **_env()})
+        r = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=timeout, env=env)
         seconds = time.monotonic() - started
         if r.returncode != 0:
             raise RuntimeError(f"example {m['name']} failed (exit {r.returncode}):\n{r.stderr[-3000:]}")
         return r.stdout.replace(tmp + "/", "").replace(tmp, ".").replace(str(ROOT), CHECKOUT), seconds
-
-
-def _env() -> dict[str, str]:
-    import os
-
-    return dict(os.environ)
 
 
 def _commit() -> str:
