@@ -20,7 +20,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import unet3d  # noqa: F401  (runtime defaults before TensorFlow loads)
+# One compute thread per process: `make test` runs two xdist workers on two cores, each starting
+# CLI commands and Ray trials of its own, so every process finds the cores already taken; with
+# TensorFlow's and XLA's default pools (a thread per core, spinning while they wait) the processes
+# only take turns less efficiently (test_train + test_predict in two workers: 255 s with the
+# default pools, 228 s with one thread). Set before TensorFlow loads here; the commands and Ray's
+# workers the tests start inherit it. A trial's own limit (limit_cpu_threads) still applies.
+for _var, _value in (("TF_NUM_INTRAOP_THREADS", "1"), ("TF_NUM_INTEROP_THREADS", "1"),
+                     ("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false "
+                                   "intra_op_parallelism_threads=1")):
+    os.environ.setdefault(_var, _value)
+
+import unet3d  # noqa: E402, F401  (runtime defaults before TensorFlow loads)
 
 ROOT = Path(__file__).resolve().parents[1]
 
