@@ -14,7 +14,7 @@ HVD := $(VENV)/.horovod
 
 PANOPTICA := .venv-panoptica
 
-.PHONY: setup search test test-fast docs mutants bench clean chromium panoptica
+.PHONY: setup search test test-fast docs mutants bench clean chromium panoptica slurm
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -37,6 +37,13 @@ chromium:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }
 
+# The SLURM test runs a real single-node SLURM: Debian's slurmctld, slurmd and munge (installed here
+# once; as root or with sudo; the test starts and stops the daemons itself).
+slurm:
+	@test -x /usr/sbin/slurmd -a -x /usr/sbin/munged || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q slurm-wlm munge; }
+
 # panoptica (the library the official BraTS evaluation is built on) is the lesion-wise scores' test
 # oracle, in a venv of its own: it pins numpy<2.3, pandas<3 and rich<14, older than the project's.
 panoptica:
@@ -47,7 +54,7 @@ panoptica:
 # good part of their time (33 -> 24-27 minutes on 2 cores). TEST_WORKERS=0 runs them in one
 # process. The slowest 30 are listed at the end.
 TEST_WORKERS ?= 2
-test: setup chromium panoptica
+test: setup chromium panoptica slurm
 	$(BIN)/python -m pytest -ra -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=30
 
 # The docs site (mkdocs.yml) into site/ (git-ignored): the reference pages written from the code

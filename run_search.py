@@ -244,6 +244,44 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0 if result.best is not None else 1
 
 
+def cmd_slurm(args: argparse.Namespace) -> int:
+    """Write (and submit) a SLURM batch job that runs a search on its nodes.
+
+    Write an sbatch file that starts Ray on the job's nodes (head on the first, workers through
+    srun, a token made for the job), runs 'search SEARCH_OPTIONS --address HEAD:PORT' with the
+    experiment under --shared, and stops Ray when the search ends, is cancelled (scancel) or nears
+    the time limit; resubmitting the file resumes the search. Give the search's own options after
+    '--'.
+    """
+    from search.engines import ENGINES
+    from search.slurm import SlurmJob, submit
+
+    search_args = args.search_args[1:] if args.search_args[:1] == ["--"] else args.search_args
+    parsed = build_parser().parse_args(["search", *search_args])  # (exits 2 on a wrong option)
+    if "address" not in ENGINES[parsed.engine].options:  # (an engine that joins a Ray cluster)
+        joins = " or ".join(n for n, e in ENGINES.items() if "address" in e.options)
+        raise_user(f"--engine {parsed.engine}: a SLURM job runs the search on the Ray cluster it "
+                   f"starts (--engine {joins})")
+    given_out = any(a == "--out" or a.startswith("--out=") for a in search_args)
+    job = SlurmJob(search_args=tuple(search_args), shared=args.shared,
+                   out=parsed.out if given_out else "", name=parsed.name, nodes=args.nodes,
+                   gpus_per_node=args.gpus_per_node, cpus_per_node=args.cpus_per_node,
+                   mem=args.mem or "", time=args.time,
+                   partition=args.partition or "", account=args.account or "",
+                   setup=args.setup or "", job_name=args.job_name or "", grace_s=args.grace)
+    checked = job.checked()
+    script = Path(args.script) if args.script else Path(checked.shared) / f"{checked.job_name}.sbatch"
+    path = checked.write(script)
+    _print(f"wrote {path}: {checked.nodes} node(s), {checked.gpus_per_node} GPU(s) each, time "
+           f"{checked.time}; the experiment: {checked.out}/{checked.name}")
+    if args.submit:
+        _print(f"submitted job {submit(path)}; watch it: squeue --me, "
+               f"tail -f {checked.shared}/slurm-logs/{checked.job_name}-JOBID.out")
+    else:
+        _print(f"submit it: sbatch {path}")
+    return 0
+
+
 def _gib(value: str | None) -> float | str | None:
     """--memory as a number; anything else as typed, for the search's own one-line refusal."""
     try:
@@ -836,6 +874,42 @@ def _export_parser(sub) -> None:
                         "an existing folder is replaced only if it is an export")
 
 
+def _slurm_parser(sub) -> None:
+    from search.slurm import SlurmJob
+
+    job = SlurmJob(search_args=(), shared="")
+    s = _command(sub, "slurm", cmd_slurm)
+    s.add_argument("--shared", required=True, metavar="DIR",
+                   help="a folder every node mounts at the same path: the experiment (the "
+                        "search's --out, default DIR/results), the job's logs (DIR/slurm-logs) and "
+                        "the sbatch file go there")
+    s.add_argument("--nodes", type=int, default=job.nodes, help="nodes of the job (Ray's head on "
+                                                                 "the first, a worker on each other)")
+    s.add_argument("--gpus-per-node", type=int, default=job.gpus_per_node,
+                   help="GPUs asked of each node (GRES gpu)")
+    s.add_argument("--cpus-per-node", type=int, default=None,
+                   help="CPUs asked of each node (default: what the partition gives one task)")
+    s.add_argument("--mem", default=None, help="memory per node, as sbatch takes it (64G; default: "
+                                               "the partition's)")
+    s.add_argument("--time", default=job.time, help="time limit (MINUTES, HH:MM:SS, DAYS-HH:MM)")
+    s.add_argument("--partition", default=None,
+                   help="partition (default: the cluster's own choice)")
+    s.add_argument("--account", default=None, help="account charged (default: yours)")
+    s.add_argument("--setup", default=None, metavar="SHELL",
+                   help="shell lines run first in the job, e.g. 'module load cuda; source "
+                        "/shared/unet3d/.venv/bin/activate' (default: none; this Python and this "
+                        "checkout are used, so both must be on a path every node sees)")
+    s.add_argument("--job-name", default=None, help="the job's name (default: unet3d-NAME)")
+    s.add_argument("--grace", type=int, default=job.grace_s, metavar="SECONDS",
+                   help="stop the search (as on Ctrl-C) this long before the time limit, so that "
+                        "it ends resumable")
+    s.add_argument("--script", default=None, metavar="FILE",
+                   help="where to write the sbatch file (default: DIR/JOB_NAME.sbatch)")
+    s.add_argument("--submit", action="store_true", help="submit it with sbatch after writing it")
+    s.add_argument("search_args", nargs=argparse.REMAINDER, metavar="-- SEARCH_OPTIONS",
+                   help="the search command's options (run_search.py search --help)")
+
+
 def _report_parser(sub) -> None:
     s = _command(sub, "report", cmd_report)
     s.add_argument("experiment", help="the search's experiment folder (OUT/NAME)")
@@ -903,7 +977,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(same as 'run_search.py search').")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for builder in (_synth_parser, _prepare_parser, _plan_parser, _train_parser, _search_parser,
-                    _retrain_parser, _export_parser,
+                    _slurm_parser, _retrain_parser, _export_parser,
                     _report_parser, _predict_parser, _evaluate_parser):
         builder(sub)
     return p

@@ -86,23 +86,30 @@ def _race_resources(opts: RayOptions) -> Callable[[dict], Any]:
 def _graceful_ctrl_c() -> Iterator[list[bool]]:
     """Ctrl-C ends the run the way Ray Tune's own handler does (SIGUSR1, which Ray always listens
     to: stop starting trials, save the experiment state, end the trials, return), and the caller
-    learns that it happened (Ray's handler tells nobody). A second Ctrl-C interrupts at once."""
+    learns that it happened (Ray's handler tells nobody). A second Ctrl-C interrupts at once.
+
+    SIGTERM (``kill``, ``scancel``, a batch system's time limit) does the same as the first Ctrl-C
+    (Ray's own handler in the driver aborts the process); a repeated SIGTERM is ignored: SLURM
+    signals every process of a job, and the job's shell passes the signal on as well."""
     import signal
 
     seen: list[bool] = []
 
-    def on_sigint(signum: int, frame: Any) -> None:
+    def on_signal(signum: int, frame: Any) -> None:
         if seen:
-            raise KeyboardInterrupt
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
         seen.append(True)
         os.kill(os.getpid(), signal.SIGUSR1)
 
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield seen
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def run(ctx: SearchContext, location: str, opts: RayOptions, *, resume: bool = False,

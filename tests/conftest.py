@@ -50,6 +50,7 @@ LONGEST_FIRST = [
     "unet3d/test_backends.py",         # 260
     "search/test_search_horovod.py",   # 251
     "unet3d/test_predict.py",          # 233
+    "search/test_slurm.py",            # 137 alone (three SLURM jobs of one search)
     "unet3d/test_distributed.py",      # 179
     "search/test_tracking.py",         # 143
     "search/test_api.py",              # 130

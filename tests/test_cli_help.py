@@ -8,8 +8,8 @@ import pytest
 
 import run_search
 
-COMMANDS = ("synth", "prepare", "plan", "train", "search", "retrain-best", "export", "report", "predict",
-            "evaluate")
+COMMANDS = ("synth", "prepare", "plan", "train", "search", "slurm", "retrain-best", "export", "report",
+            "predict", "evaluate")
 
 
 def _subparsers() -> dict[str, argparse.ArgumentParser]:
