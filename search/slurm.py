@@ -253,12 +253,6 @@ RAY=("$PYTHON" -m ray.scripts.scripts start --block --temp-dir="$RAY_TMP" --num-
 srun --nodes=1 --ntasks=1 -w "$HEAD" "${{RAY[@]}}" --head --node-ip-address="$HEAD_IP" \\
     --port="$PORT" &
 STEPS=($!)
-if [ "$NODES" -gt 1 ]; then
-    sleep 10
-    srun --nodes=$((NODES - 1)) --ntasks=$((NODES - 1)) --exclude="$HEAD" "${{RAY[@]}}" \\
-        --address="$HEAD_IP:$PORT" &
-    STEPS+=($!)
-fi
 
 SEARCH_PID=
 stop_search() {{  # the search takes SIGTERM as a first Ctrl-C, and ignores it repeated
@@ -268,7 +262,8 @@ stop_search() {{  # the search takes SIGTERM as a first Ctrl-C, and ignores it r
 trap 'stop_search "the time limit is near"' USR1
 trap 'stop_search "cancelled"' TERM INT
 
-"$PYTHON" - "$HEAD_IP:$PORT" "$NODES" <<'WAIT'
+ray_nodes() {{  # waits (5 minutes at most) until the cluster has $1 live nodes
+    "$PYTHON" - "$HEAD_IP:$PORT" "$1" <<'WAIT'
 import sys, time, ray
 address, nodes = sys.argv[1], int(sys.argv[2])
 deadline = time.monotonic() + 300
@@ -286,7 +281,17 @@ while True:
     time.sleep(2)
 print(f"Ray is up on {{nodes}} node(s)")
 WAIT
+}}
+# The workers join once the head answers (a worker that finds no head gives up).
+ray_nodes 1
 ready=$?
+if [ $ready -eq 0 ] && [ "$NODES" -gt 1 ]; then
+    srun --nodes=$((NODES - 1)) --ntasks=$((NODES - 1)) --exclude="$HEAD" "${{RAY[@]}}" \\
+        --address="$HEAD_IP:$PORT" &
+    STEPS+=($!)
+    ray_nodes "$NODES"
+    ready=$?
+fi
 
 rc=1
 if [ $ready -eq 0 ]; then

@@ -134,7 +134,7 @@ def _left(job: str) -> list[str]:
 
 
 def _search(data: Path, cache: Path, space: Path) -> list[str]:
-    return ["--data", str(data), "--cache", str(cache), "--space", str(space), "--num-samples", "4",
+    return ["--data", str(data), "--cache", str(cache), "--space", str(space), "--num-samples", "3",
             "--max-epochs", "2", "--scheduler", "none", "--max-concurrent", "1", "--verbose", "0",
             "--name", "s"]
 
@@ -194,7 +194,7 @@ def test_a_slurm_job_stops_at_its_time_limit_or_scancel_and_its_resubmission_fin
     text = log(last)
     assert "resuming the search" in text and "search ended (exit 0)" in text, text[-3000:]
     trials = json.loads((exp / "trials.json").read_text())["trials"]
-    assert len(trials) == 4 and all(t["status"] == "completed" for t in trials), trials
+    assert len(trials) == 3 and all(t["status"] == "completed" for t in trials), trials
     assert (exp / "best" / "model.keras").exists()
     _wait(f"job {last}'s processes to end", lambda: not _left(last), 60)
 
