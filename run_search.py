@@ -897,8 +897,9 @@ def _slurm_parser(sub) -> None:
     s.add_argument("--account", default=None, help="account charged (default: yours)")
     s.add_argument("--setup", default=None, metavar="SHELL",
                    help="shell lines run first in the job, e.g. 'module load cuda; source "
-                        "/shared/unet3d/.venv/bin/activate' (default: none; this Python and this "
-                        "checkout are used, so both must be on a path every node sees)")
+                        "/shared/unet3d/.venv/bin/activate'; the job then runs the python they "
+                        "put on PATH (default: none: this Python; it and this checkout must be on "
+                        "a path every node sees)")
     s.add_argument("--job-name", default=None, help="the job's name (default: unet3d-NAME)")
     s.add_argument("--grace", type=int, default=job.grace_s, metavar="SECONDS",
                    help="stop the search (as on Ctrl-C) this long before the time limit, so that "

@@ -12,8 +12,10 @@ What the job does (the file says it again in its header):
   there, the job resumes it (``--resume``): resubmitting the same file after a time limit or a
   ``scancel`` continues the search, keeping its finished trials and checkpoints.
 - The search stops as it does on Ctrl-C ``GRACE`` seconds before the time limit
-  (``#SBATCH --signal=B:USR1@GRACE``) and on ``scancel`` (SIGTERM); then Ray is stopped on every
-  node and nothing of the job is left running.
+  (``#SBATCH --signal=B:USR1@GRACE``; ``scancel --batch --signal=USR1`` by hand); then Ray is
+  stopped on every node and nothing of the job is left running. A plain ``scancel`` signals every
+  process of the job at once, Ray's included: what is on disk (finished trials, checkpoints) is
+  what the resubmitted job resumes from.
 
 Why not ``ray symmetric-run`` (Ray 2.5x): it ends with ``ray stop``, which stops every Ray of the
 user on the node (another job's too on a shared node), refuses to start where another job's Ray
@@ -29,7 +31,7 @@ import shlex
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from search.storage import ExperimentFolder
@@ -83,6 +85,8 @@ class SlurmJob:
         job_name: the job's name (default: ``unet3d-NAME``).
         grace_s: seconds before the time limit at which the search is told to stop (as on
             Ctrl-C) so that it ends resumable before SLURM kills it.
+        python: the Python the job runs the search and Ray with (default: ``python`` as found
+            after ``setup``, or without ``setup`` this one).
     """
 
     search_args: tuple[str, ...]
@@ -99,7 +103,7 @@ class SlurmJob:
     setup: str = ""
     job_name: str = ""
     grace_s: int = 300
-    python: str = field(default=sys.executable)
+    python: str = ""
 
     def checked(self) -> SlurmJob:
         """The job with its defaults filled in, after every check (one ``SlurmError`` naming the
@@ -129,7 +133,8 @@ class SlurmJob:
             raise SlurmError(f"--name {name}: a folder name, without '/'")
         self._check_cluster()
         return SlurmJob(**{**self.__dict__, "shared": str(shared), "out": str(out), "name": name,
-                           "job_name": self.job_name or f"unet3d-{name}"})
+                           "job_name": self.job_name or f"unet3d-{name}",
+                           "python": self.python or ("python" if self.setup else sys.executable)})
 
     def _check_cluster(self) -> None:
         parts = _sinfo("-o", "%P")
@@ -209,7 +214,8 @@ def _header(job: SlurmJob, logs: Path, path: str) -> str:
         f"  submit:   sbatch {path}",
         "            (resubmitting it resumes the search)",
         "  watch:    squeue --me;  tail -f " + f"{logs}/{job.job_name}-JOBID.out",
-        "  stop:     scancel JOBID            (the search stops as on Ctrl-C; resubmit to resume)",
+        "  stop:     scancel --batch --signal=USR1 JOBID   (the search stops as on Ctrl-C)",
+        "            or scancel JOBID   (at once; what is on disk is kept); resubmit to resume",
         f"  results:  {job.out}/{job.name}",
         "",
         "Ray runs on the job's nodes only, with a token made for this job; the search is told to",
