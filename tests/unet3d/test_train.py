@@ -31,6 +31,10 @@ def test_cli_train_learns_far_above_an_untrained_model(synth16, tmp_path):
     assert cfg.train.epochs == 6 and len(metrics["history"]) == 6
     final = metrics["final"]
     assert set(final) >= {"dice_WT", "dice_TC", "dice_ET", "dice_mean", "hd95_WT", "hd95_mean"}
+    # The final scores are the last epoch's validation (predicted once), which every epoch's
+    # record holds without HD95.
+    assert final["dice_mean"] == metrics["history"][-1]["val_dice_mean"]
+    assert not [k for h in metrics["history"] for k in h if k.startswith("val_hd95")]
 
     # The same architecture, untrained, on the same validation cases.
     from unet3d.data.preprocess import CachedCase

@@ -43,6 +43,7 @@ from unet3d.runtime import (
     dtype_policy,
     gpu_available,
     peak_memory_gib,
+    reset_peak_memory,
     resolve_xla,
     training_precision,
 )
@@ -153,6 +154,9 @@ class Trainer:
             self.val_cases = self.val_cases[: cfg.data.max_val_cases]
         self._val_bounded = not cfg.data.val_seconds  # (data.val_seconds bounds the first one)
         self._latency: tuple[float, float] | None = None
+        # The last epoch's validation, scored with HD95 too: the final scores (_finish) of the
+        # same weights, so a run predicts its validation cases once at the end, not twice.
+        self._last_validation: list[dict[str, Any]] | None = None
         self.out = Path(out)
         self.folder = RunFolder(self.out)
         self.resume = resume
@@ -203,6 +207,7 @@ class Trainer:
             cfg.save(self.folder.config)
         configure_devices()
         self._gpu = gpu_available()
+        reset_peak_memory(self._gpu)  # (this run's peak, also after another in this process)
         self.precision = training_precision(cfg.train.precision)
         previous = keras.config.dtype_policy()
         previous_distribution = keras.distribution.distribution()
@@ -301,7 +306,11 @@ class Trainer:
         last = epoch + 1 == t.epochs
         if self.val_cases and ((epoch + 1) % t.val_every == 0 or last):
             v0 = time.perf_counter()
-            per_case = self._evaluate(hd95=False)
+            per_case = self._evaluate(hd95=last)
+            if last:
+                self._last_validation = per_case
+                per_case = [{k: v for k, v in c.items() if not k.startswith("hd95_")}
+                            for c in per_case]  # (every epoch's record holds the same scores)
             record.update({f"val_{k}": v for k, v in mean_scores(per_case).items()})
             # Each case's objective score, in the validation cases' order: what a search compares
             # trials on case by case (search.race); not a scalar, so not in TensorBoard.
@@ -434,7 +443,7 @@ class Trainer:
             "history": self.history,
         }
         if self.val_cases:
-            per_case = self._evaluate(hd95=True)
+            per_case = self._last_validation or self._evaluate(hd95=True)
             metrics["per_case"] = per_case
             metrics["final"] = mean_scores(per_case)
             metrics["summary"] = summarize([{k: v for k, v in c.items() if k != "case_id"}
