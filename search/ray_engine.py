@@ -142,7 +142,8 @@ def run(ctx: SearchContext, location: str, opts: RayOptions, *, resume: bool = F
         sink = Path(ctx.experiment) / PROPOSALS if ctx.experiment else None
         t = tune.Tuner(_trainable(ctx, opts), param_space=param_space(ctx.space, opts),
                        tune_config=tune_config(ctx.space, opts, ctx.metric, guard, sink,
-                                               ctx.second_objective, key=location),
+                                               ctx.second_objective, key=location,
+                                               backend=ctx.backend),
                        run_config=run_config(location, opts, ctx.metric, callbacks))
     with _graceful_ctrl_c() as interrupted:
         grid = t.fit()

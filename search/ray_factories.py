@@ -257,22 +257,37 @@ def scheduler(opts: RayOptions, space: Any = None) -> Any:
     return s.FIFOScheduler()
 
 
+def reuse_actors(space: SearchSpace, opts: RayOptions, backend: str) -> bool:
+    """Whether one Ray worker process trains trial after trial (Ray's ``reuse_actors``) rather than
+    a process per trial: a later trial skips the process start and TensorFlow's import (about 7
+    CPU-s each on the 2-core machine; a 6-trial tiny search took 94 CPU-s with a process per trial,
+    58 reused; BENCHMARKS.md) and, on a GPU, CUDA's start. A trial's measured peak stays its own
+    (the trainer resets it, unet3d.runtime.reset_peak_memory). Not when the space samples
+    ``train.backend`` (Keras's backend is fixed once it is loaded in a process), nor under JAX on a
+    GPU (its allocator's peak cannot be reset between trials)."""
+    if any(p.name == "train.backend" for p in space.params):
+        return False
+    return not (backend == "jax" and opts.gpus_per_trial > 0)
+
+
 def tune_config(space: Any, opts: RayOptions, metric: str = METRIC,
                 guard: MemoryGuard | None = None, sink: Path | None = None,
-                second: str = "", key: str = "") -> Any:
+                second: str = "", key: str = "", backend: str = "tensorflow") -> Any:
     """The searcher (with the memory ``guard``, if any) and the scheduler, both maximising the
     objective's ``metric`` (given here, late: the scheduler gets it from the TuneConfig). PBT and
     PB2 get Ray's basic variant generator over a population drawn up front (:func:`population`).
-    The race's searcher and scheduler share its state under ``key`` (the experiment)."""
+    The race's searcher and scheduler share its state under ``key`` (the experiment). Trials of
+    ``backend`` (the search's) share worker processes where they can (:func:`reuse_actors`)."""
     from ray import tune
 
+    reuse = reuse_actors(space, opts, backend)
     if opts.scheduler == "race":
         from search.ray_race import RaceScheduler
 
         return tune.TuneConfig(
             metric=metric, mode=MODE, search_alg=race_searcher(space, opts, metric, guard, sink, key),
             scheduler=RaceScheduler(key, metric), num_samples=RACE_TRIALS,
-            max_concurrent_trials=opts.max_concurrent or None,
+            max_concurrent_trials=opts.max_concurrent or None, reuse_actors=reuse,
             trial_dirname_creator=trial_dirname, trial_name_creator=trial_name)
     alg, n = searcher(space, opts, metric, guard, sink=sink, second=second), opts.num_samples
     if alg is None:
@@ -285,7 +300,7 @@ def tune_config(space: Any, opts: RayOptions, metric: str = METRIC,
     return tune.TuneConfig(
         metric=metric, mode=MODE, search_alg=alg, scheduler=scheduler(opts, space),
         num_samples=n, time_budget_s=seconds, max_concurrent_trials=opts.max_concurrent or None,
-        trial_dirname_creator=trial_dirname, trial_name_creator=trial_name)
+        reuse_actors=reuse, trial_dirname_creator=trial_dirname, trial_name_creator=trial_name)
 
 
 def param_space(space: Any, opts: RayOptions) -> dict[str, Any] | None:

@@ -282,9 +282,35 @@ def gpu_memory_gib() -> float | None:
     return min(sizes) if sizes else None
 
 
+_STATUS = "/proc/self/status"
+
+
+def reset_peak_memory(gpu: bool) -> None:
+    """Starts this process's measured peak (:func:`peak_memory_gib`) afresh, so that a run reports
+    its own peak also in a process that ran another before it (a notebook, Keras Tuner's trials, a
+    Ray worker that trained an earlier trial): on the CPU the resident high-water mark (Linux's
+    ``/proc/self/clear_refs``), on a GPU TensorFlow's allocator peak. JAX's GPU allocator keeps no
+    peak that can be reset: there the figure stays the process's."""
+    if gpu:
+        if backend() == "tensorflow":
+            import tensorflow as tf
+
+            try:
+                tf.config.experimental.reset_memory_stats("GPU:0")
+            except (ValueError, RuntimeError):
+                pass
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass  # (not Linux, or not allowed: the peak stays the process's)
+
+
 def peak_memory_gib(gpu: bool) -> float | None:
-    """This process's measured peak so far: the first GPU's peak allocation when training on a
-    GPU (the backend's allocator statistics), else the peak resident memory (ru_maxrss)."""
+    """This process's measured peak since :func:`reset_peak_memory` (or its start): the first
+    GPU's peak allocation when training on a GPU (the backend's allocator statistics), else the
+    peak resident memory (Linux's VmHWM, which the reset restarts; elsewhere ru_maxrss)."""
     import resource
 
     if gpu:
@@ -299,4 +325,11 @@ def peak_memory_gib(gpu: bool) -> float | None:
             return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 1024**3
         except (ValueError, RuntimeError):
             return None
+    try:
+        with open(_STATUS) as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024**2  # (kB)
+    except (OSError, ValueError, IndexError):
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1024**3

@@ -85,6 +85,33 @@ def test_the_ray_engine_maximises_the_objective_and_keeps_each_trials_best_check
         (METRIC, "max", 1)
 
 
+def test_trials_share_worker_processes_unless_the_backend_or_a_jax_gpu_forbids_it():
+    """Ray's reuse_actors (search.ray_factories.reuse_actors): on for the search's backend, off
+    where the space samples the backend (Keras's is fixed once loaded in a process) and under JAX
+    on a GPU (its peak cannot be reset); the race's TuneConfig carries it too. That trials really
+    share a process is checked on a finished search (test_search_e2e)."""
+    import dataclasses
+
+    from search.ray_factories import reuse_actors, tune_config
+    from search.ray_options import RayOptions
+    from spaces.presets import get_space
+    from spaces.space import Choice
+
+    demo = get_space("demo")
+    sampled = dataclasses.replace(demo, params=(*demo.params, Choice("train.backend",
+                                                                     ("tensorflow", "jax"))))
+    cpu, gpu = RayOptions(max_concurrent=2), RayOptions(max_concurrent=2, gpus_per_trial=1)
+    assert reuse_actors(demo, cpu, "tensorflow") and reuse_actors(demo, gpu, "tensorflow")
+    assert reuse_actors(demo, cpu, "jax") and not reuse_actors(demo, gpu, "jax")
+    assert not reuse_actors(sampled, cpu, "tensorflow")
+    assert tune_config(demo, cpu).reuse_actors
+    assert not tune_config(sampled, cpu).reuse_actors
+    race = RayOptions(max_concurrent=2, scheduler="race", budget=4)
+    assert tune_config(demo, race, key="k").reuse_actors
+    assert not tune_config(demo, dataclasses.replace(race, gpus_per_trial=1), key="k2",
+                           backend="jax").reuse_actors
+
+
 def test_optunas_study_under_ray_prefers_the_higher_dice():
     """The searcher, told two finished trials' scores, ranks the higher one best (a direction bug
     would rank the lower)."""

@@ -186,6 +186,12 @@ def test_the_trainable_reports_every_epoch_with_a_checkpoint(ray_search):
         lines = (Path(t["run_dir"]) / "result.json").read_text().strip().splitlines()
         assert [json.loads(ln)["training_iteration"] for ln in lines] == \
             list(range(1, t["epochs"] + 1))
+    # Three trials, two at a time: the third trained in a worker process an earlier one ended in
+    # (Ray's reuse_actors: no second process start and TensorFlow import; Ray records each
+    # result's process).
+    pids = {json.loads(ln)["pid"] for t in trials
+            for ln in (Path(t["run_dir"]) / "result.json").read_text().splitlines()}
+    assert len(pids) == 2, pids
     # NVIDIA's configuration, projected into the space, is the first trial evaluated.
     saved = json.loads((exp / "search.json").read_text())["context"]["space"]
     assert sorted(t["index"] for t in trials) == [1, 2, 3]
