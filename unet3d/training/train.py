@@ -305,23 +305,7 @@ class Trainer:
         record["workers"] = self.workers.size
         last = epoch + 1 == t.epochs
         if self.val_cases and ((epoch + 1) % t.val_every == 0 or last):
-            v0 = time.perf_counter()
-            per_case = self._evaluate(hd95=last)
-            if last:
-                self._last_validation = per_case
-                per_case = [{k: v for k, v in c.items() if not k.startswith("hd95_")}
-                            for c in per_case]  # (every epoch's record holds the same scores)
-            record.update({f"val_{k}": v for k, v in mean_scores(per_case).items()})
-            # Each case's objective score, in the validation cases' order: what a search compares
-            # trials on case by case (search.race); not a scalar, so not in TensorBoard.
-            record["val_per_case"] = [objective_score(c, t.objective) for c in per_case]
-            record["val_seconds"] = time.perf_counter() - v0
-            record["val_cases"] = len(self.val_cases)
-            record["params"] = float(self.model.count_params())
-            if t.latency:
-                if self._latency is None:
-                    self._latency = window_latency(self.model, cfg)
-                record["latency_s"], record["latency_spread"] = self._latency
+            record.update(self._validate(last))
         # Measured peak so far (GPU: the device's; CPU: resident memory), next to what
         # unet3d.planning.memory predicts; `plan --probe` and the search's results read it.
         peak = peak_memory_gib(self._gpu)
@@ -349,6 +333,29 @@ class Trainer:
         self.log(msg)
         if self.epoch_hook is not None and self.is_chief:
             self.epoch_hook(epoch + 1, record)
+
+    def _validate(self, last: bool) -> dict[str, Any]:
+        """An epoch's validation record. The last epoch's is scored with HD95 too and kept as the
+        run's final scores (_finish: the same weights, so not predicted again)."""
+        t = self.cfg.train
+        v0 = time.perf_counter()
+        per_case = self._evaluate(hd95=last)
+        if last:
+            self._last_validation = per_case
+            per_case = [{k: v for k, v in c.items() if not k.startswith("hd95_")}
+                        for c in per_case]  # (every epoch's record holds the same scores)
+        record: dict[str, Any] = {f"val_{k}": v for k, v in mean_scores(per_case).items()}
+        # Each case's objective score, in the validation cases' order: what a search compares
+        # trials on case by case (search.race); not a scalar, so not in TensorBoard.
+        record["val_per_case"] = [objective_score(c, t.objective) for c in per_case]
+        record["val_seconds"] = time.perf_counter() - v0
+        record["val_cases"] = len(self.val_cases)
+        record["params"] = float(self.model.count_params())
+        if t.latency:
+            if self._latency is None:
+                self._latency = window_latency(self.model, self.cfg)
+            record["latency_s"], record["latency_spread"] = self._latency
+        return record
 
     def _resume_val_cases(self) -> None:
         """A resumed run scores the cases its first validation kept (``data.val_seconds``), as
