@@ -8,6 +8,7 @@ import argparse
 import dataclasses
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -153,6 +154,23 @@ def test_every_relative_link_of_the_readme_leads_to_a_file():
     assert len(links) > 10
     missing = [t for t in links if "://" not in t and not (ROOT / t).exists()]
     assert not missing, missing
+
+
+def test_every_example_of_the_docs_shows_the_output_the_script_pasted():
+    """Each example of README.md and docs/ (scripts/docs_examples.py's markers) has its output block
+    written by the script, with its date and commit: an example added, or its output edited by
+    hand into an unmarked block, without rerunning the script fails here."""
+    spec = importlib.util.spec_from_file_location("docs_examples", ROOT / "scripts" / "docs_examples.py")
+    examples = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(examples)
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    found = {m["name"]: (p, m) for p in pages for m in examples.examples(p)}
+    markers = sum(p.read_text().count("<!-- example: ") for p in pages)
+    assert len(found) == markers >= 12, (len(found), markers)  # (names unique, every marker parsed)
+    for name, (page, m) in found.items():
+        assert re.fullmatch(r"Its output \(run by scripts/docs_examples\.py, \d{4}-\d\d-\d\d, commit "
+                            r"[0-9a-f]{7,}, this machine: \d+ s\):", m["prose"]), (name, page, m["prose"])
+        assert m["output"].strip(), (name, page)
 
 
 def test_the_python_api_example_of_the_docs_runs_as_written_on_tiny_data(tmp_path, monkeypatch,
