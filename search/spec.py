@@ -66,8 +66,8 @@ class SearchSpec:
             configuration trains that many epochs on every labelled case (``retrain-best``), exported
             to ``retrained/all``; how a user spends a fixed budget. 0: search only.
         backend: the Keras backend trials train on ("tensorflow" or "jax"; ``train.backend``),
-            unless the space samples ``train.backend`` itself (Ray engine: each trial is a process
-            of its own).
+            unless the space samples ``train.backend`` itself (Ray engine: each trial then gets a
+            worker process of its own).
         mlflow: an MLflow tracking URI (``--mlflow``; "" = none): the search a parent run, each
             trial a child run (``search.tracking``).
         wandb: a W&B project (``--wandb``; "" = none; Ray engine): a W&B run per trial, offline

@@ -42,8 +42,9 @@ def train_trial(config: dict[str, Any], ctx: SearchContext) -> None:
     cont = continuation_of(config)
     config = sampled(config)
     cfg, train_ids, val_ids = _trial_plan(context, config, cont)
-    # Each trial is a process of its own, so its backend can be the trial's (a space may sample
-    # train.backend); Keras is not loaded in it yet.
+    # A trial's backend can be its own (a space may sample train.backend): such trials each get a
+    # fresh worker process (ray_factories.reuse_actors), where Keras is not loaded yet; a reused
+    # worker already runs the search's backend.
     use_backend(cfg.train.backend)
     tctx = tune.get_context()
     resources = tctx.get_trial_resources().required_resources if tctx.get_trial_resources() else {}
