@@ -46,6 +46,11 @@ EXAMPLE = re.compile(r"<!-- example: (?P<name>[\w-]+)(?:; setup: (?P<setup>.*?))
                      r"(?P<prose>[^\n]*)\n```\n(?P<output>.*?)```", re.S)
 
 
+def pages() -> list[Path]:
+    """The pages examples may stand in: README.md, then every page of docs/."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
 def examples(page: Path) -> list[re.Match]:
     return list(EXAMPLE.finditer(page.read_text()))
 
@@ -120,8 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--list", action="store_true", help="list the examples and exit")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds an example may take")
     args = ap.parse_args(argv)
-    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
-    found = [(p, m) for p in pages for m in examples(p)]
+    found = [(p, m) for p in pages() for m in examples(p)]
     if args.list:
         for p, m in found:
             print(f"{m['name']}\t{p.relative_to(ROOT)}")
@@ -131,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --only {' '.join(sorted(unknown))}: no such example", file=sys.stderr)
         return 2
     today, commit = datetime.date.today().isoformat(), _commit()
-    for page in pages:
+    for page in pages():
         text = page.read_text()
         todo = [m for m in examples(page) if not args.only or m["name"] in args.only]
         if not todo:

@@ -163,7 +163,7 @@ def test_every_example_of_the_docs_shows_the_output_the_script_pasted():
     spec = importlib.util.spec_from_file_location("docs_examples", ROOT / "scripts" / "docs_examples.py")
     examples = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(examples)
-    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    pages = examples.pages()
     found = {m["name"]: (p, m) for p in pages for m in examples.examples(p)}
     markers = sum(p.read_text().count("<!-- example: ") for p in pages)
     assert len(found) == markers >= 12, (len(found), markers)  # (names unique, every marker parsed)

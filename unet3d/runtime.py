@@ -282,9 +282,6 @@ def gpu_memory_gib() -> float | None:
     return min(sizes) if sizes else None
 
 
-_STATUS = "/proc/self/status"
-
-
 def reset_peak_memory(gpu: bool) -> None:
     """Starts this process's measured peak (:func:`peak_memory_gib`) afresh, so that a run reports
     its own peak also in a process that ran another before it (a notebook, Keras Tuner's trials, a
@@ -326,7 +323,7 @@ def peak_memory_gib(gpu: bool) -> float | None:
         except (ValueError, RuntimeError):
             return None
     try:
-        with open(_STATUS) as f:
+        with open("/proc/self/status") as f:
             for line in f:
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1]) / 1024**2  # (kB)
