@@ -29,6 +29,14 @@ from search.storage import ExperimentFolder
 MUTABLE = ("train.learning_rate", "train.loss", "train.weight_decay", "data.foreground_ratio",
            "data.augment")
 
+# How long a reused worker process (ray_factories.reuse_actors) waits for its previous trial's
+# training thread to end before it takes the next trial (Ray Tune's TUNE_FUNCTION_THREAD_TIMEOUT_S,
+# read by the worker each time it is reused; Ray's default is 2 s). Stopped at its last report, that
+# thread unwinds Keras's fit and tf.data's iterator, which waits for the batch being prepared:
+# several seconds when the cores are busy. Past the wait, Ray fails the next trial ("Trainable
+# runner reuse requires reset_config() ... return True"), costing it one of its retries.
+REUSE_WAIT_S = 300
+
 
 def train_trial(config: dict[str, Any], ctx: SearchContext) -> None:
     """Ray Tune function trainable. ``config``: the sampled parameters; ``ctx``: what every trial
@@ -38,6 +46,7 @@ def train_trial(config: dict[str, Any], ctx: SearchContext) -> None:
     from search.race import continuation_of, sampled
     from unet3d.runtime import limit_cpu_threads, use_backend  # (defaults before TF/JAX load)
 
+    os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"] = str(REUSE_WAIT_S)  # (this worker's next reuse)
     context = ctx
     cont = continuation_of(config)
     config = sampled(config)

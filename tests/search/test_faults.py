@@ -4,6 +4,7 @@ search goes on; the fault-injection switch itself."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from conftest import run_cli
@@ -52,7 +53,9 @@ def test_a_nan_loss_fails_its_trial_with_the_reason_and_the_search_goes_on(tmp_p
     assert bad["status"] == "error"
     assert "loss is nan in epoch" in bad["error"] and "training diverged" in bad["error"]
     # Retried once from its last good checkpoint (epoch 1), it diverged again in epoch 3.
-    assert (markers / "nan_trial1_epoch1").exists() and (markers / "nan_trial1_epoch2").exists()
+    fired = sorted(p.name for p in markers.iterdir())
+    failures = Path(bad["run_dir"]) / "error.txt"  # (Ray's record of each attempt's failure)
+    assert fired == ["nan_trial1_epoch1", "nan_trial1_epoch2"], (fired, failures.read_text())
     assert "in epoch 3" in bad["error"]
     assert all(t["status"] == "completed" for t in rows if t["index"] != 1)
     assert f"trial {bad['trial_id']} failed: " in r.stdout
