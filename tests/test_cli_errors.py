@@ -194,6 +194,17 @@ def test_train_rejects_impossible_numbers(flags, names, synth16, tmp_path):
         assert re.search(r"(train|data)\.\w+=", line), line  # and the config field it sets
 
 
+def test_train_over_another_runs_checkpoint_is_refused_before_the_data_is_prepared(synth16,
+                                                                                  tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint.npz").write_bytes(b"a run's")
+    _fails("train", "--data", str(synth16), "--cache", str(tmp_path / "c"), "--out", str(run),
+           names=f"{run / 'checkpoint.npz'}: a checkpoint already exists; pass --resume",
+           untouched=(tmp_path, synth16))
+    assert not (tmp_path / "c").exists()  # (no cache: refused before any case was read)
+
+
 @pytest.mark.parametrize("flags, names", [
     (["--top-k", "0"], "--top-k 0"),  # also when --model is not a search experiment
     (["--min-et-volume", "nan"], "--min-et-volume nan"),  # --tta, --overlap: test_predict.py

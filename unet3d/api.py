@@ -198,6 +198,7 @@ def train(data: str | Path, *, out: str | Path, config: RunConfig,
                           f"JAX one process trains on all of a machine's GPUs)")
     use_backend(config.train.backend)
     out = check_writable_dir(out, "--out")  # (and prepare checks --cache: before either is made)
+    RunFolder(out).check_start(resume)  # (before the data is prepared and TensorFlow loads)
     cache = Path(cache) if cache is not None else default_cache(data)
     prep = prepare(data, cache, labels=labels, jobs=jobs, log=log, progress=progress)
     cfg = config.with_labels(prep.scheme, prep.channels)

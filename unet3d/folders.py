@@ -16,12 +16,15 @@ An export folder (``export RUN``, a search's ``best/``; unet3d.export.exporter) 
     MODEL_CARD.md      what it is, how it was trained and scored, how to load it
     postprocess.json   the post-processing chosen on its validation cases (unet3d.inference.postprocess)
 
-Plain names, no I/O: any module may import this one (it loads neither Keras nor TensorFlow).
+Plain names and existence checks: any module may import this one (it loads neither Keras nor
+TensorFlow), so a request is refused before they load.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from unet3d.errors import OptionError
 
 
 class Folder:
@@ -72,6 +75,16 @@ class RunFolder(Folder):
     def has_model(self) -> bool:
         """Whether the folder holds a finished model and the config it was trained with."""
         return self.model.is_file() and self.config.is_file()
+
+    def check_start(self, resume: bool) -> None:
+        """Refuses to start a run over the checkpoint of another (``resume`` continues it).
+
+        Raises:
+            OptionError: the folder holds a checkpoint and ``resume`` is False.
+        """
+        if not resume and self.checkpoint.exists():
+            raise OptionError(f"{self.checkpoint}: a checkpoint already exists; pass --resume to "
+                              f"continue that run, or choose another --out")
 
 
 class ExportFolder(RunFolder):

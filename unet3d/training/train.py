@@ -178,9 +178,7 @@ class Trainer:
 
     def _check_out(self) -> None:
         ckpt = self.checkpoint_path
-        if ckpt.exists() and not self.resume:
-            raise TrainError(f"{ckpt}: a checkpoint already exists; pass --resume to continue "
-                             f"that run, or choose another --out")
+        self.folder.check_start(self.resume)
         if self.resume and ckpt.exists():
             saved = self.folder.config
             if saved.exists() and RunConfig.load(saved) != self.cfg:
