@@ -36,31 +36,32 @@ import unet3d  # noqa: E402, F401  (runtime defaults before TensorFlow loads)
 ROOT = Path(__file__).resolve().parents[1]
 
 
-# The longest test files, longest first (seconds on the 2-core machine, fresh clone of 7d3ed48,
-# two workers, 2026-12-05). `make test` hands files to its two xdist workers in collection order
-# (--no-loadscope-reorder; xdist's own order, most tests first, left the default run for last and
-# one worker idle for its length): longest first is the greedy schedule that ends the two workers
-# closest together. Files not listed follow in pytest's order.
+# The longest test files, longest first (seconds on the 2-core machine, a /tmp clone of b1fc7d7,
+# two workers, 2026-12-06; the default run's after its budget was cut to a third). `make test`
+# hands files to its two xdist workers in collection order (--no-loadscope-reorder; xdist's own
+# order, most tests first, left the default run for last and one worker idle for its length):
+# longest first is the greedy schedule that ends the two workers closest together. Files not
+# listed follow in pytest's order.
 LONGEST_FIRST = [
-    "search/test_search_e2e.py",       # 548
-    "search/test_searchers.py",        # 513
-    "search/test_default_run.py",      # 455
-    "search/test_cluster.py",          # 328
-    "unet3d/test_train.py",            # 284
-    "unet3d/test_backends.py",         # 260
-    "search/test_search_horovod.py",   # 251
-    "unet3d/test_predict.py",          # 233
-    "search/test_slurm.py",            # 137 alone (three SLURM jobs of one search)
-    "unet3d/test_distributed.py",      # 179
-    "search/test_tracking.py",         # 143
-    "search/test_api.py",              # 130
-    "search/test_planned_search.py",   # 99
-    "test_bench_gpu_smoke.py",         # 95
-    "unet3d/test_schemes_e2e.py",      # 91
-    "search/test_faults.py",           # 88
-    "search/test_memory_budget.py",    # 68
-    "search/test_search_schemes.py",   # 67
-    "unet3d/test_model.py",            # 60
+    "search/test_search_e2e.py",       # 436
+    "search/test_searchers.py",        # 397
+    "search/test_cluster.py",          # 283
+    "search/test_default_run.py",      # ~250 (529 at the full demo budget)
+    "unet3d/test_train.py",            # 223
+    "unet3d/test_distributed.py",      # 221
+    "unet3d/test_predict.py",          # 210
+    "search/test_search_horovod.py",   # 194
+    "search/test_slurm.py",            # 164
+    "unet3d/test_backends.py",         # 136
+    "search/test_api.py",              # 106
+    "search/test_tracking.py",         # 81
+    "search/test_faults.py",           # 75
+    "unet3d/test_schemes_e2e.py",      # 73
+    "search/test_planned_search.py",   # 73
+    "search/test_search_schemes.py",   # 61
+    "unet3d/test_onnx.py",             # 61
+    "search/test_memory_budget.py",    # 59
+    "test_cli_errors.py",              # 56
 ]
 
 

@@ -1,31 +1,63 @@
 """`python run_search.py` with no arguments, what `make search` runs: the demo search, a race of
 the default configuration against its portfolio and neighbours for a budget of DEMO_BUDGET
-trial-epochs (issue 24). A file of its own: the suite's longest test, so pytest-xdist starts it
-early on a worker of its own (--dist loadfile keeps a file on one worker)."""
+trial-epochs (issue 24). A file of its own: one of the suite's longest tests, which
+tests/conftest.py has pytest-xdist start early (--dist loadfile keeps a file on one worker).
+
+The end-to-end test runs the same search in an empty folder (the demo data written on first use,
+the demo space, the race) with a third of the budget and a race share that leaves the race as it
+is at DEMO_BUDGET: the same four racing trial-epochs, a shorter continuation (4 epochs instead of
+20, 3-4 minutes of the suite's time; `make search` and scripts/docs_examples.py run the full one).
+That the argument-less command is this search at DEMO_BUDGET is checked on its own."""
 
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
-from conftest import run_cli
+from conftest import ROOT, run_cli
 
+from search.race import RACE_SHARE
 from search.spec import DEMO_BUDGET
+
+BUDGET = DEMO_BUDGET // 3
+SHARE = round(3 * RACE_SHARE, 6)  # (the same trial-epochs the race may lose as at DEMO_BUDGET)
+
+
+def test_without_arguments_the_cli_runs_the_demo_search_at_its_budget(monkeypatch):
+    sys.path.insert(0, str(ROOT))
+    try:
+        import run_search
+    finally:
+        sys.path.remove(str(ROOT))
+    ran = []
+
+    def search(ns):
+        """Records the search it is asked for (the parser takes a command's help from here)."""
+        ran.append(ns)
+        return 0
+
+    monkeypatch.setattr(run_search, "cmd_search", search)
+    assert run_search.main([]) == 0
+    assert ran == [run_search.build_parser().parse_args(["search", "--budget", str(DEMO_BUDGET)])]
+    assert ran[0].budget == 24 and ran[0].race_share is None and ran[0].data is None
 
 
 @pytest.mark.slow
 def test_the_default_run_races_the_default_and_continues_the_winner_to_the_budget(tmp_path):
-    """`python run_search.py` with no arguments: what `make search` runs."""
-    r = run_cli(timeout=1500, cwd=tmp_path)
+    """The demo search in an empty folder: what `make search` runs, on a third of its budget."""
+    r = run_cli("search", "--budget", str(BUDGET), "--race-share", str(SHARE), timeout=1500,
+                cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     exp = next((tmp_path / "results").iterdir())
     trials = json.loads((exp / "trials.json").read_text())
     summary, rows = trials["summary"], sorted(trials["trials"], key=lambda t: t["index"])
     race = summary["race"]
     # The whole budget is spent: the race's trials, then the winner continued with the rest.
-    assert race["trial_epochs"] == DEMO_BUDGET == summary["trial_epochs_run"]
-    assert race["race_trial_epochs"] + race["continuation_trial_epochs"] == DEMO_BUDGET
-    assert race["lost_trial_epochs"] <= race["settings"]["race_share"] * DEMO_BUDGET
+    assert race["trial_epochs"] == BUDGET == summary["trial_epochs_run"]
+    assert race["race_trial_epochs"] + race["continuation_trial_epochs"] == BUDGET
+    assert race["lost_trial_epochs"] <= race["settings"]["race_share"] * BUDGET
+    assert race["settings"]["race_share"] * BUDGET == pytest.approx(RACE_SHARE * DEMO_BUDGET)
     # The default first, the shipped portfolio next, then neighbours; the winner continued last.
     origins = [t["proposed_by"] for t in rows]
     assert origins[0] == "nvidia" and origins[-1] == "continued"
