@@ -45,7 +45,6 @@ import importlib.util
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -345,15 +344,15 @@ def collect(cmd: list[str], env: dict, timeout: float, why: str = "") -> tuple[d
 
 
 def nvidia_smi() -> dict | None:
-    if shutil.which("nvidia-smi") is None:
+    """The first GPU's name, memory and driver (nvidia-smi), or None without one."""
+    sys.path.insert(0, str(ROOT))
+    from unet3d.runtime import nvidia_smi as query  # (no TensorFlow, no JAX: only nvidia-smi)
+
+    rows = query("name", "memory.total", "driver_version")
+    if not rows:
         return None
-    cmd = ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"]
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    name, mem, driver = ([s.strip() for s in out.strip().splitlines()[0].split(",")] + ["", ""])[:3]
-    return {"name": name, "memory": mem, "driver": driver}
+    name, mib, driver = (rows[0] + ["", ""])[:3]
+    return {"name": name, "memory": f"{mib} MiB", "driver": driver}
 
 
 def row(label: str, res: dict, job: dict, error: str | None) -> dict:

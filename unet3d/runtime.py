@@ -253,28 +253,36 @@ def host_memory_gib() -> float:
     return physical / 1024**3
 
 
+def nvidia_smi(*fields: str) -> list[list[str]] | None:
+    """One row per GPU of ``nvidia-smi --query-gpu=FIELDS`` (its values as strings, without
+    units), or None without nvidia-smi or when it fails."""
+    import shutil
+    import subprocess
+
+    if shutil.which("nvidia-smi") is None:
+        return None
+    cmd = ["nvidia-smi", f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits"]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return [[v.strip() for v in line.split(",")] for line in out.strip().splitlines()]
+
+
 def gpu_memory_gib() -> float | None:
     """The smallest visible GPU's total memory in GiB, or None without a GPU (or nvidia-smi).
 
     Asks nvidia-smi rather than TensorFlow: planning and the search's memory budget must not start
     TensorFlow (or take the GPU) in the driver process. CUDA_VISIBLE_DEVICES is honoured.
     """
-    import shutil
-    import subprocess
-
-    if shutil.which("nvidia-smi") is None:
-        return None
-    cmd = ["nvidia-smi", "--query-gpu=index,memory.total", "--format=csv,noheader,nounits"]
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
+    rows = nvidia_smi("index", "memory.total")
+    if rows is None:
         return None
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     keep = None if visible is None else {v.strip() for v in visible.split(",") if v.strip()}
     sizes = []
-    for line in out.strip().splitlines():
-        index, _, mib = line.partition(",")
-        if keep is None or index.strip() in keep:
+    for index, mib, *_ in (r + [""] for r in rows):
+        if keep is None or index in keep:
             try:
                 sizes.append(float(mib) / 1024)
             except ValueError:

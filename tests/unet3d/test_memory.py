@@ -217,3 +217,22 @@ def test_a_runs_measured_peak_is_its_own_after_another_in_the_same_process():
                          timeout=120).stdout
     before, after = map(float, out.split())
     assert before > 0.6 and after < before - 0.5, (before, after)
+
+
+def test_the_gpu_memory_is_the_smallest_visible_cards_from_nvidia_smi(tmp_path, monkeypatch):
+    from unet3d.runtime import gpu_memory_gib, nvidia_smi
+
+    smi = tmp_path / "nvidia-smi"  # two cards, as `--format=csv,noheader,nounits` lists them
+    smi.write_text("#!/bin/sh\n"
+                   "case \"$*\" in *index,memory.total*) printf '0, 81559\\n1, 40960\\n';;\n"
+                   "*) printf 'NVIDIA H100 80GB HBM3, 81559, 570.86\\n';; esac\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert gpu_memory_gib() == 40.0
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    assert gpu_memory_gib() == pytest.approx(81559 / 1024)
+    assert nvidia_smi("name", "memory.total", "driver_version") == [
+        ["NVIDIA H100 80GB HBM3", "81559", "570.86"]]
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert gpu_memory_gib() is None and nvidia_smi("name") is None
