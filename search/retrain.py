@@ -32,6 +32,9 @@ def retrain_best(experiment: Path, *, epochs: int | None = None, folds: Sequence
     if epochs is not None and epochs < 1:  # checked before anything is read or written
         raise OptionError(f"--epochs {epochs}: must be at least 1")
     ctx, _ = load_context(experiment)
+    for k in folds or ():  # (before Keras loads: a bad fold costs no TensorFlow start)
+        if not 0 <= k < ctx.folds:
+            raise ValueError(f"--folds: fold {k} is not in 0..{ctx.folds - 1}")
     folders = ExperimentFolder(experiment)
     check_writable_dir(folders.retrained, "retrain-best")
     best_cfg_path = folders.best.config
@@ -56,8 +59,6 @@ def retrain_best(experiment: Path, *, epochs: int | None = None, folds: Sequence
         jobs.append(("all", all_ids, [], cfg))
     else:
         for k in folds:
-            if not 0 <= k < ctx.folds:
-                raise ValueError(f"--folds: fold {k} is not in 0..{ctx.folds - 1}")
             train_ids, val_ids = kfold(all_ids, ctx.folds, k, ctx.split_seed)
             jobs.append((f"fold_{k}", train_ids, val_ids, cfg.replace(data={"fold": k})))
     outputs = []
