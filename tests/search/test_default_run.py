@@ -12,10 +12,9 @@ That the argument-less command is this search at DEMO_BUDGET is checked on its o
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
-from conftest import ROOT, run_cli
+from conftest import run_cli
 
 from search.race import RACE_SHARE
 from search.spec import DEMO_BUDGET
@@ -25,11 +24,8 @@ SHARE = round(3 * RACE_SHARE, 6)  # (the same trial-epochs the race may lose as 
 
 
 def test_without_arguments_the_cli_runs_the_demo_search_at_its_budget(monkeypatch):
-    sys.path.insert(0, str(ROOT))
-    try:
-        import run_search
-    finally:
-        sys.path.remove(str(ROOT))
+    import run_search
+
     ran = []
 
     def search(ns):
