@@ -173,6 +173,18 @@ def test_every_example_of_the_docs_shows_the_output_the_script_pasted():
         assert m["output"].strip(), (name, page)
 
 
+def test_no_page_shows_an_output_block_that_is_not_an_examples():
+    """A code block followed at once by another block is output pasted by hand (the script always
+    writes its "Its output (run by ...)" line between an example and its output): such a pair must
+    become an example. (docs/how-to/python.md's two-objective search was one.)"""
+    spec = importlib.util.spec_from_file_location("docs_examples", ROOT / "scripts" / "docs_examples.py")
+    examples = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(examples)
+    pasted = [f"{p.relative_to(ROOT)}:{p.read_text()[:m.start()].count(chr(10)) + 1}"
+              for p in examples.pages() for m in re.finditer(r"```\n```", p.read_text())]
+    assert not pasted, f"output blocks no example writes: {pasted}"
+
+
 def test_the_python_api_example_of_the_docs_runs_as_written_on_tiny_data(tmp_path, monkeypatch,
                                                                          capsys):
     """docs/how-to/python.md's one-training-run example, on 6 synthetic cases (32^3 rather than the
