@@ -987,6 +987,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from unet3d.errors import UserError
+    from unet3d.runtime import lean_keras
+
+    lean_keras()  # (a command's Keras without the two libraries it never uses: 1.5 s sooner)
 
     try:
         if args.command is None:

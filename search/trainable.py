@@ -44,8 +44,9 @@ def train_trial(config: dict[str, Any], ctx: SearchContext) -> None:
     from ray import tune
 
     from search.race import continuation_of, sampled
-    from unet3d.runtime import limit_cpu_threads, use_backend  # (defaults before TF/JAX load)
+    from unet3d.runtime import lean_keras, limit_cpu_threads, use_backend  # (before TF/JAX load)
 
+    lean_keras()
     os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"] = str(REUSE_WAIT_S)  # (this worker's next reuse)
     context = ctx
     cont = continuation_of(config)
@@ -243,6 +244,9 @@ def _train_with_horovod(context: SearchContext, cfg: Any, run_dir: Path, resume:
 def _horovod_worker(**kwargs: Any) -> Any:
     """:func:`unet3d.training.train.train_worker` in a Horovod worker, imported there: the trial's own
     process pickles this function by reference and so never imports the trainer (TensorFlow)."""
+    from unet3d.runtime import lean_keras
+
+    lean_keras()
     from unet3d.training.train import train_worker
 
     return train_worker(**kwargs)

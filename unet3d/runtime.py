@@ -16,6 +16,8 @@ from ``KERAS_BACKEND``: :func:`use_backend` sets it before that, or says why it 
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
 import os
 import sys
 from typing import TYPE_CHECKING
@@ -56,8 +58,6 @@ def _jax_compilation_cache() -> None:
         return
     os.environ["JAX_COMPILATION_CACHE_DIR"] = folder
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-    import importlib.util
-
     if importlib.util.find_spec("filelock"):  # (JAX needs it to bound the cache's size)
         os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 * 2**30))
 
@@ -94,6 +94,68 @@ def settle_backend(name: str) -> str:
         os.environ["KERAS_BACKEND"] = name
         return name
     return keras.backend.backend()
+
+
+# Keras loads two optional libraries when it is first imported, for features this package never
+# uses: scikit-learn (``keras.wrappers``' SKLearn estimators) and matplotlib.pyplot
+# (``keras.visualization``'s galleries), each behind ``try: import ... except ImportError``. Both
+# are installed (Keras Tuner's Bayesian oracle needs scikit-learn, the search report draws with
+# matplotlib), so every process that loads Keras paid for them: 1.6 of 6.8 CPU-s and 83 of 808 MiB
+# of a TensorFlow + Keras start on this 2-core machine (BENCHMARKS.md, "Start-up").
+KERAS_SKIPS: tuple[str, ...] = ("sklearn", "matplotlib")
+
+
+def lean_keras() -> None:
+    """Makes this process's first import of Keras skip :data:`KERAS_SKIPS` (Keras then finds them
+    missing and leaves out those features); both import normally afterwards, for whoever needs them.
+    Called by the processes this package runs itself (the command line, a search trial's worker), not
+    on importing ``unet3d``: a notebook's Keras keeps its scikit-learn wrappers. A no-op where Keras is
+    loaded already.
+
+    Keras offers no switch for this, hence an import hook of our own: it wraps Keras's package loader
+    once, hides the two names from ``sys.modules`` while Keras's ``__init__`` runs (TensorFlow, when
+    it loads Keras, goes through the same import), then removes itself."""
+    if "keras" in sys.modules or any(isinstance(f, _LeanKeras) for f in sys.meta_path):
+        return
+    sys.meta_path.insert(0, _LeanKeras())
+
+
+class _LeanKeras(importlib.abc.MetaPathFinder):
+    """Finds ``keras`` as the other finders do, with its loader wrapped, until Keras is loaded.
+    (TensorFlow also asks for Keras's spec without loading it: ``importlib.util.find_spec``.)"""
+
+    def find_spec(self, name: str, path: object = None, target: object = None):
+        if name != "keras":
+            return None
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None) if finder is not self else None
+            spec = find(name, path, target) if find else None
+            if spec is not None:
+                if spec.loader is not None:
+                    spec.loader = _KerasWithoutSkips(spec.loader)
+                return spec
+        return None
+
+
+class _KerasWithoutSkips(importlib.abc.Loader):
+    def __init__(self, loader: importlib.abc.Loader) -> None:
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _LeanKeras)]
+        hidden = [name for name in KERAS_SKIPS if name not in sys.modules]
+        for name in hidden:
+            sys.modules[name] = None  # (import raises ImportError: Keras's fallback)
+        try:
+            self.loader.exec_module(module)
+        finally:
+            for name in hidden:
+                if name in sys.modules and sys.modules[name] is None:
+                    del sys.modules[name]
+            module.__loader__ = module.__spec__.loader = self.loader
 
 
 def backend() -> str:

@@ -179,6 +179,9 @@ def _probe_child(config: dict[str, Any], cache: str, train_ids: list[str], val_i
         import os
 
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    from unet3d.runtime import lean_keras
+
+    lean_keras()  # (as the trials and commands whose peak it stands for)
     from unet3d.data.preprocess import open_cases
     from unet3d.training.train import Trainer
 
