@@ -100,7 +100,7 @@ def settle_backend(name: str) -> str:
 # uses: scikit-learn (``keras.wrappers``' SKLearn estimators) and matplotlib.pyplot
 # (``keras.visualization``'s galleries), each behind ``try: import ... except ImportError``. Both
 # are installed (Keras Tuner's Bayesian oracle needs scikit-learn, the search report draws with
-# matplotlib), so every process that loads Keras paid for them: 1.6 of 6.8 CPU-s and 83 of 808 MiB
+# matplotlib), so every process that loads Keras paid for them: 1.5 of 6.7 CPU-s and 83 of 807 MiB
 # of a TensorFlow + Keras start on this 2-core machine (BENCHMARKS.md, "Start-up").
 KERAS_SKIPS: tuple[str, ...] = ("sklearn", "matplotlib")
 
@@ -108,9 +108,9 @@ KERAS_SKIPS: tuple[str, ...] = ("sklearn", "matplotlib")
 def lean_keras() -> None:
     """Makes this process's first import of Keras skip :data:`KERAS_SKIPS` (Keras then finds them
     missing and leaves out those features); both import normally afterwards, for whoever needs them.
-    Called by the processes this package runs itself (the command line, a search trial's worker), not
-    on importing ``unet3d``: a notebook's Keras keeps its scikit-learn wrappers. A no-op where Keras is
-    loaded already.
+    Called by the processes this package runs itself (the command line, a search trial's worker and
+    its Horovod workers, the plan's probe), not on importing ``unet3d``: a notebook's Keras keeps its
+    scikit-learn wrappers. A no-op where Keras is loaded already.
 
     Keras offers no switch for this, hence an import hook of our own: it wraps Keras's package loader
     once, hides the two names from ``sys.modules`` while Keras's ``__init__`` runs (TensorFlow, when
