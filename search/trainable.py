@@ -195,6 +195,7 @@ def _train_with_horovod(context: SearchContext, cfg: Any, run_dir: Path, resume:
     from ray.util.queue import Empty, Queue
 
     from unet3d.folders import RunFolder
+    from unet3d.training.distributed import train_in_worker
 
     queue = Queue(actor_options={"num_cpus": 0})
 
@@ -219,7 +220,7 @@ def _train_with_horovod(context: SearchContext, cfg: Any, run_dir: Path, resume:
                            use_current_placement_group=True)
     executor.start()
     try:
-        refs = executor.run_remote(_horovod_worker, kwargs=dict(
+        refs = executor.run_remote(train_in_worker, kwargs=dict(
             config=cfg.to_dict(), cache=context.cache, train_ids=list(train_ids),
             val_ids=list(val_ids), out=str(run_dir), resume=resume, epoch_hook=hook,
             log_epochs=False))
@@ -239,17 +240,6 @@ def _train_with_horovod(context: SearchContext, cfg: Any, run_dir: Path, resume:
     finally:
         executor.shutdown()
 
-
-
-def _horovod_worker(**kwargs: Any) -> Any:
-    """:func:`unet3d.training.train.train_worker` in a Horovod worker, imported there: the trial's own
-    process pickles this function by reference and so never imports the trainer (TensorFlow)."""
-    from unet3d.runtime import lean_keras
-
-    lean_keras()
-    from unet3d.training.train import train_worker
-
-    return train_worker(**kwargs)
 
 
 def _node_id() -> str:
