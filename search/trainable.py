@@ -195,7 +195,7 @@ def _train_with_horovod(context: SearchContext, cfg: Any, run_dir: Path, resume:
     from ray.util.queue import Empty, Queue
 
     from unet3d.folders import RunFolder
-    from unet3d.training.distributed import train_in_worker
+    from unet3d.training.worker import train_in_worker
 
     queue = Queue(actor_options={"num_cpus": 0})
 

@@ -237,12 +237,13 @@ def _train_with_workers(cfg: RunConfig, cache: Path, train_ids: Sequence[str],
                         val_ids: Sequence[str], out: Path, resume: bool, scale_lr: bool,
                         workers: int, log: Log) -> dict[str, Any]:
     from unet3d.training import distributed
+    from unet3d.training.worker import train_in_worker
 
     if not distributed.horovod_available():
         raise OptionError(f"--workers {workers}: {distributed.INSTALL_HINT}")
     log(f"launching {workers} Horovod workers (Gloo, loopback)")
     results = distributed.launch(
-        distributed.train_in_worker, dict(config=cfg.to_dict(), cache=str(cache.resolve()),
+        train_in_worker, dict(config=cfg.to_dict(), cache=str(cache.resolve()),
                            train_ids=list(train_ids), val_ids=list(val_ids), out=str(out),
                            resume=resume, scale_lr=scale_lr), workers)
     return next(r for r in results if r is not None)

@@ -116,18 +116,6 @@ def bind_loopback() -> None:
     service_net.find_port = find_port
 
 
-def train_in_worker(**kwargs: Any) -> Any:
-    """:func:`unet3d.training.train.train_worker` in a Horovod worker process (``train --workers``, a
-    search trial's workers): the launching process pickles this function by reference, so the worker
-    imports the trainer (TensorFlow) here, after :func:`unet3d.runtime.lean_keras`."""
-    from unet3d.runtime import lean_keras
-
-    lean_keras()
-    from unet3d.training.train import train_worker
-
-    return train_worker(**kwargs)
-
-
 def launch(fn: Any, kwargs: dict[str, Any], num_workers: int, *, hosts: str | None = None) -> list[Any]:
     """Runs ``fn(**kwargs)`` in ``num_workers`` Horovod processes (Gloo) and returns their results.
 
