@@ -244,8 +244,8 @@ def _train_with_workers(cfg: RunConfig, cache: Path, train_ids: Sequence[str],
     log(f"launching {workers} Horovod workers (Gloo, loopback)")
     results = distributed.launch(
         train_in_worker, dict(config=cfg.to_dict(), cache=str(cache.resolve()),
-                           train_ids=list(train_ids), val_ids=list(val_ids), out=str(out),
-                           resume=resume, scale_lr=scale_lr), workers)
+                              train_ids=list(train_ids), val_ids=list(val_ids), out=str(out),
+                              resume=resume, scale_lr=scale_lr), workers)
     return next(r for r in results if r is not None)
 
 
