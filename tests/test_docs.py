@@ -18,12 +18,22 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def gen():
-    spec = importlib.util.spec_from_file_location("gen_reference", ROOT / "scripts" / "gen_reference.py")
+def _script(name: str):
+    """``scripts/NAME.py`` loaded as a module (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def gen():
+    return _script("gen_reference")
+
+
+@pytest.fixture(scope="module")
+def examples():
+    return _script("docs_examples")
 
 
 def test_the_generated_reference_pages_are_up_to_date(gen, capsys):
@@ -156,13 +166,10 @@ def test_every_relative_link_of_the_readme_leads_to_a_file():
     assert not missing, missing
 
 
-def test_every_example_of_the_docs_shows_the_output_the_script_pasted():
+def test_every_example_of_the_docs_shows_the_output_the_script_pasted(examples):
     """Each example of README.md and docs/ (scripts/docs_examples.py's markers) has its output block
     written by the script, with its date and commit: an example added, or its output edited by
     hand into an unmarked block, without rerunning the script fails here."""
-    spec = importlib.util.spec_from_file_location("docs_examples", ROOT / "scripts" / "docs_examples.py")
-    examples = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(examples)
     pages = examples.pages()
     found = {m["name"]: (p, m) for p in pages for m in examples.examples(p)}
     markers = sum(p.read_text().count("<!-- example: ") for p in pages)
@@ -173,27 +180,21 @@ def test_every_example_of_the_docs_shows_the_output_the_script_pasted():
         assert m["output"].strip(), (name, page)
 
 
-def test_no_page_shows_an_output_block_that_is_not_an_examples():
+def test_no_page_shows_an_output_block_that_no_example_wrote(examples):
     """A code block followed at once by another block is output pasted by hand (the script always
     writes its "Its output (run by ...)" line between an example and its output): such a pair must
     become an example. (docs/how-to/python.md's two-objective search was one.)"""
-    spec = importlib.util.spec_from_file_location("docs_examples", ROOT / "scripts" / "docs_examples.py")
-    examples = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(examples)
     pasted = [f"{p.relative_to(ROOT)}:{p.read_text()[:m.start()].count(chr(10)) + 1}"
               for p in examples.pages() for m in re.finditer(r"```\n```", p.read_text())]
     assert not pasted, f"output blocks no example writes: {pasted}"
 
 
-def test_the_python_api_example_of_the_docs_runs_as_written_on_tiny_data(tmp_path, monkeypatch,
-                                                                         capsys):
+def test_the_python_api_example_of_the_docs_runs_as_written_on_tiny_data(examples, tmp_path,
+                                                                         monkeypatch, capsys):
     """docs/how-to/python.md's one-training-run example, on 6 synthetic cases (32^3 rather than the
     page's 48^3: the same code, quicker), run as written in a fresh folder."""
     from unet3d.data.synthetic import write_synthetic_dataset
 
-    spec = importlib.util.spec_from_file_location("docs_examples", ROOT / "scripts" / "docs_examples.py")
-    examples = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(examples)
     (m,) = [m for m in examples.examples(ROOT / "docs" / "how-to" / "python.md")
             if m["name"] == "api-train"]  # (the example scripts/docs_examples.py reruns)
     block = m["code"]
