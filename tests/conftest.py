@@ -32,6 +32,12 @@ for _var, _value in (("TF_NUM_INTRAOP_THREADS", "1"), ("TF_NUM_INTEROP_THREADS",
     os.environ.setdefault(_var, _value)
 
 import unet3d  # noqa: E402, F401  (runtime defaults before TensorFlow loads)
+from unet3d.runtime import lean_keras  # noqa: E402
+
+# The tests' own processes load Keras as the package's processes do (unet3d.runtime.lean_keras:
+# the garbage collector paused for the import, what it made frozen), so that each test's graph
+# tracing does not walk TensorFlow's objects again.
+lean_keras()
 
 ROOT = Path(__file__).resolve().parents[1]
 

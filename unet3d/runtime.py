@@ -16,6 +16,7 @@ from ``KERAS_BACKEND``: :func:`use_backend` sets it before that, or says why it 
 
 from __future__ import annotations
 
+import gc
 import importlib.abc
 import importlib.util
 import os
@@ -112,6 +113,12 @@ def lean_keras() -> None:
     its Horovod workers, the plan's probe), not on importing ``unet3d``: a notebook's Keras keeps its
     scikit-learn wrappers. A no-op where Keras is loaded already.
 
+    The same import is where the process's long-lived objects are made (TensorFlow's or JAX's modules,
+    hundreds of thousands of them): Python's cyclic garbage collector is paused while it runs, and
+    what it made is then frozen (``gc.freeze``), so later collections (graph tracing makes many) no
+    longer walk it. A tiny `train` command: 8.7 CPU-s without either, 7.4 with both (BENCHMARKS.md,
+    "Start-up").
+
     Keras offers no switch for this, hence an import hook of our own: it wraps Keras's package loader
     once, hides the two names from ``sys.modules`` while Keras's ``__init__`` runs (TensorFlow, when
     it loads Keras, goes through the same import), then removes itself."""
@@ -149,6 +156,8 @@ class _KerasWithoutSkips(importlib.abc.Loader):
         hidden = [name for name in KERAS_SKIPS if name not in sys.modules]
         for name in hidden:
             sys.modules[name] = None  # (import raises ImportError: Keras's fallback)
+        collecting = gc.isenabled()
+        gc.disable()
         try:
             self.loader.exec_module(module)
         finally:
@@ -156,6 +165,9 @@ class _KerasWithoutSkips(importlib.abc.Loader):
                 if name in sys.modules and sys.modules[name] is None:
                     del sys.modules[name]
             module.__loader__ = module.__spec__.loader = self.loader
+            gc.freeze()  # (what the import made lives as long as the process)
+            if collecting:
+                gc.enable()
 
 
 def backend() -> str:

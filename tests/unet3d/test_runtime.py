@@ -1,6 +1,7 @@
 """The processes this package runs itself load Keras without the two optional libraries Keras
 imports for features it never uses (scikit-learn, matplotlib: ``unet3d.runtime.lean_keras``), and
-both still import afterwards for whoever needs them (Keras Tuner's Bayesian oracle, the report)."""
+both still import afterwards for whoever needs them (Keras Tuner's Bayesian oracle, the report);
+the garbage collector, paused for that import, runs again and skips what the import made."""
 
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ import sys
 from conftest import ROOT
 
 PROBE = """
-import json, sys
+import gc, json, sys
 {before}
 import tensorflow, keras
 loaded = {{name: name in sys.modules for name in ("sklearn", "matplotlib")}}
 import keras_tuner.src.tuners.bayesian  # (scikit-learn's Gaussian process)
 import matplotlib.pyplot
 print(json.dumps({{"loaded": loaded, "loader": type(keras.__loader__).__name__,
+                  "gc": [gc.isenabled(), gc.get_freeze_count()],
                   "hooks": [type(f).__name__ for f in sys.meta_path if "Keras" in type(f).__name__],
                   "model": keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])(
                       keras.ops.ones((1, 4))).shape[-1]}}))
@@ -36,9 +38,12 @@ def test_keras_loads_without_sklearn_and_matplotlib_which_still_import_after():
     assert lean["loaded"] == {"sklearn": False, "matplotlib": False}
     assert lean["loader"] == "SourceFileLoader" and lean["hooks"] == []  # (the hook is gone)
     assert lean["model"] == 2
+    collecting, frozen = lean["gc"]
+    assert collecting and frozen > 100_000  # (TensorFlow's and Keras's objects, about 500k)
     # The premise: Keras (through TensorFlow) does load both when left alone.
     plain = _probe("import unet3d")
     assert plain["loaded"] == {"sklearn": True, "matplotlib": True}
+    assert plain["gc"] == [True, 0]
 
 
 def test_the_command_line_loads_keras_lean():
