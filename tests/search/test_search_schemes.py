@@ -37,7 +37,7 @@ def test_cli_search_on_a_2024_post_treatment_set_by_lesionwise_score(tmp_path):
     r = run_cli("search", "--data", str(data), "--space", str(tmp_path / "tiny.yaml"),
                 "--num-samples", "2", "--max-epochs", "1", "--folds", "3", "--objective",
                 "lesionwise", "--out", str(tmp_path / "results"), "--name", "gli24", "--verbose", "0",
-                timeout=900)
+                "--max-concurrent", "1", timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = r.stdout
     assert "brats2023 layout: 6 cases (6 labelled)" in out

@@ -269,11 +269,13 @@ def test_each_searcher_and_scheduler_runs_a_tiny_search(tiny_data, shared_ray, s
     from search import Search
 
     options = {"searcher": searcher_name} if searcher_name else {}
-    if scheduler_name == "hyperband":
-        # One trial at a time: Ray's synchronous HyperBand processes a bracket when its other trial
-        # reports, and a good trial still on its way to PAUSED then is never unpaused (read in Ray
-        # 2.60's hyperband.py: it expects at most one RUNNING trial); this test once waited 15
-        # minutes in CI on the slower machine. Each trial then makes its bracket alone.
+    if scheduler_name not in ("pbt", "pb2", "bohb"):  # (side by side: PBT's population; BOHB's
+        # bracket, whose second trial, one at a time, never started)
+        # One trial at a time: a worker process fewer (see test_search_e2e's ray_search). HyperBand
+        # needs it: Ray's synchronous HyperBand processes a bracket when its other trial reports,
+        # and a good trial still on its way to PAUSED then is never unpaused (read in Ray 2.60's
+        # hyperband.py: it expects at most one RUNNING trial); this test once waited 15 minutes in
+        # CI on the slower machine. Each trial then makes its bracket alone.
         options["max_concurrent"] = 1
     n = 3 if scheduler_name == "pbt" else 2  # (PBT exploits the worst of three)
     # (A search under Keras's JAX backend: the warm-start CLI test below; through the API it is
@@ -355,7 +357,8 @@ def test_a_two_objective_search_exports_a_non_dominated_pareto_set(tiny_data):
     from search.finish import load_rows
 
     r = _search(tiny_data, "pareto", "--objective", "dice,latency", "--num-samples", "4",
-                "--max-epochs", "2", "--scheduler", "none", "--searcher", "nsga2")
+                "--max-epochs", "2", "--scheduler", "none", "--searcher", "nsga2",
+                "--max-concurrent", "1")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     exp = tiny_data["root"] / "results" / "pareto"
     rows = [x for x in load_rows(exp) if not x.pruned]
