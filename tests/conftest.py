@@ -42,32 +42,32 @@ lean_keras()
 ROOT = Path(__file__).resolve().parents[1]
 
 
-# The longest test files, longest first (seconds on the 2-core machine, a /tmp clone of b1fc7d7,
-# two workers, 2026-12-06; the default run's after its budget was cut to a third). `make test`
+# The longest test files, longest first (seconds on the 2-core machine, a /tmp clone of a44d963,
+# two workers, 2026-12-07; the default run's before its budget was cut to a quarter). `make test`
 # hands files to its two xdist workers in collection order (--no-loadscope-reorder; xdist's own
 # order, most tests first, left the default run for last and one worker idle for its length):
 # longest first is the greedy schedule that ends the two workers closest together. Files not
 # listed follow in pytest's order.
 LONGEST_FIRST = [
-    "search/test_search_e2e.py",       # 436
-    "search/test_searchers.py",        # 397
-    "search/test_cluster.py",          # 283
-    "search/test_default_run.py",      # ~250 (529 at the full demo budget)
-    "unet3d/test_train.py",            # 223
-    "unet3d/test_distributed.py",      # 221
-    "unet3d/test_predict.py",          # 210
-    "search/test_search_horovod.py",   # 194
-    "search/test_slurm.py",            # 164
-    "unet3d/test_backends.py",         # 136
-    "search/test_api.py",              # 106
-    "search/test_tracking.py",         # 81
-    "search/test_faults.py",           # 75
-    "unet3d/test_schemes_e2e.py",      # 73
-    "search/test_planned_search.py",   # 73
-    "search/test_search_schemes.py",   # 61
-    "unet3d/test_onnx.py",             # 61
-    "search/test_memory_budget.py",    # 59
-    "test_cli_errors.py",              # 56
+    "search/test_search_e2e.py",       # 342
+    "search/test_searchers.py",        # 312
+    "search/test_default_run.py",      # 210 (at a third of the demo budget; 145 alone at a quarter)
+    "unet3d/test_train.py",            # 204
+    "search/test_cluster.py",          # 191
+    "unet3d/test_backends.py",         # 147
+    "unet3d/test_predict.py",          # 139
+    "unet3d/test_distributed.py",      # 127
+    "search/test_slurm.py",            # 94
+    "search/test_search_horovod.py",   # 89
+    "search/test_api.py",              # 83
+    "search/test_tracking.py",         # 64
+    "unet3d/test_schemes_e2e.py",      # 62
+    "search/test_planned_search.py",   # 61
+    "search/test_faults.py",           # 49
+    "unet3d/test_onnx.py",             # 49
+    "search/test_search_schemes.py",   # 47
+    "search/test_memory_budget.py",    # 46
+    "test_cli_errors.py",              # 44
 ]
 
 

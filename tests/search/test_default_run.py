@@ -4,9 +4,10 @@ trial-epochs (issue 24). A file of its own: one of the suite's longest tests, wh
 tests/conftest.py has pytest-xdist start early (--dist loadfile keeps a file on one worker).
 
 The end-to-end test runs the same search in an empty folder (the demo data written on first use,
-the demo space, the race) with a third of the budget and a race share that leaves the race as it
-is at DEMO_BUDGET: the same four racing trial-epochs, a shorter continuation (4 epochs instead of
-20, 3-4 minutes of the suite's time; `make search` and scripts/docs_examples.py run the full one).
+the demo space, the race) with a quarter of the budget and a race share that leaves the race as it
+is at DEMO_BUDGET: the same four racing trial-epochs, a shorter continuation (2 epochs instead of
+20, about 3 minutes of the suite's time; `make search` and scripts/docs_examples.py run the full
+one).
 That the argument-less command is this search at DEMO_BUDGET is checked on its own."""
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from conftest import run_cli
 from search.race import RACE_SHARE
 from search.spec import DEMO_BUDGET
 
-BUDGET = DEMO_BUDGET // 3
-SHARE = round(3 * RACE_SHARE, 6)  # (the same trial-epochs the race may lose as at DEMO_BUDGET)
+BUDGET = DEMO_BUDGET // 4
+SHARE = round(4 * RACE_SHARE, 6)  # (the same trial-epochs the race may lose as at DEMO_BUDGET)
 
 
 def test_without_arguments_the_cli_runs_the_demo_search_at_its_budget(monkeypatch):
@@ -41,7 +42,7 @@ def test_without_arguments_the_cli_runs_the_demo_search_at_its_budget(monkeypatc
 
 @pytest.mark.slow
 def test_the_default_run_races_the_default_and_continues_the_winner_to_the_budget(tmp_path):
-    """The demo search in an empty folder: what `make search` runs, on a third of its budget."""
+    """The demo search in an empty folder: what `make search` runs, on a quarter of its budget."""
     r = run_cli("search", "--budget", str(BUDGET), "--race-share", str(SHARE), timeout=1500,
                 cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
