@@ -50,8 +50,8 @@ panoptica:
 	PANOPTICA_VENV=$(PANOPTICA) bash scripts/panoptica_env.sh
 
 # Two pytest-xdist workers, a test file per worker at a time (module fixtures are built once), the
-# longest files first (tests/conftest.py): the end-to-end tests wait on Ray, subprocesses and I/O a
-# good part of their time (25-30 minutes on 2 cores, BENCHMARKS.md). TEST_WORKERS=0 runs
+# longest files first (tests/conftest.py): the two cores stay busy (the end-to-end tests' Ray
+# trials and commands are CPU work), 23-27 minutes on 2 cores (BENCHMARKS.md). TEST_WORKERS=0 runs
 # them in one process. The slowest 30 are listed at the end.
 TEST_WORKERS ?= 2
 test: setup chromium panoptica slurm

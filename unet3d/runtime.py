@@ -116,7 +116,7 @@ def lean_keras() -> None:
     The same import is where the process's long-lived objects are made (TensorFlow's or JAX's modules,
     hundreds of thousands of them): Python's cyclic garbage collector is paused while it runs, and
     what it made is then frozen (``gc.freeze``), so later collections (graph tracing makes many) no
-    longer walk it. A tiny `train` command: 8.7 CPU-s without either, 7.4 with both (BENCHMARKS.md,
+    longer walk it. A tiny `train` command: 8.8 CPU-s before, 7.3 with it (BENCHMARKS.md,
     "Start-up").
 
     Keras offers no switch for this, hence an import hook of our own: it wraps Keras's package loader
