@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LONGEST_FIRST = [
     "search/test_search_e2e.py",       # 342
     "search/test_searchers.py",        # 312
-    "search/test_default_run.py",      # 210 (at a third of the demo budget; 145 alone at a quarter)
+    "search/test_default_run.py",      # 210 at a third of the demo budget (199 at a quarter, 07b52d8)
     "unet3d/test_train.py",            # 204
     "search/test_cluster.py",          # 191
     "unet3d/test_backends.py",         # 147
