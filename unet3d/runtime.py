@@ -97,21 +97,37 @@ def settle_backend(name: str) -> str:
     return keras.backend.backend()
 
 
-# Keras loads two optional libraries when it is first imported, for features this package never
-# uses: scikit-learn (``keras.wrappers``' SKLearn estimators) and matplotlib.pyplot
-# (``keras.visualization``'s galleries), each behind ``try: import ... except ImportError``. Both
-# are installed (Keras Tuner's Bayesian oracle needs scikit-learn, the search report draws with
-# matplotlib), so every process that loads Keras paid for them: 1.5 of 6.7 CPU-s and 83 of 807 MiB
-# of a TensorFlow + Keras start on this 2-core machine (BENCHMARKS.md, "Start-up").
-KERAS_SKIPS: tuple[str, ...] = ("sklearn", "matplotlib")
+# Keras and TensorFlow load optional libraries when they are first imported, for features this
+# package never uses, each behind ``try: import ... except ImportError``: Keras scikit-learn
+# (``keras.wrappers``' SKLearn estimators), matplotlib.pyplot (``keras.visualization``'s galleries),
+# pandas (DataFrames as ``fit``'s input) and JAX (its Orbax checkpoint callback patches a function
+# older JAX versions lack); TensorFlow JAX (TF Lite's converter of JAX functions,
+# ``tensorflow.lite.python.util``). All four are installed for other reasons (Keras Tuner's Bayesian
+# oracle, the search report's figures, Ray Tune's results, the JAX backend), so every process that
+# loads Keras paid for them: 1.5 s of a 6.7 CPU-s start for the first two, 0.65 s of the 3.9 left
+# for the last two (BENCHMARKS.md, "Start-up"). JAX only where ``KERAS_BACKEND`` names another
+# backend (the processes this package runs set it: :func:`use_backend`); unset, Keras's config file
+# decides and may choose JAX.
+LEAN_IMPORTS: dict[str, tuple[str, ...]] = {
+    "keras": ("sklearn", "matplotlib", "pandas", "jax"),
+    "tensorflow": ("jax",),
+}
+
+
+def _skipped_by(package: str) -> tuple[str, ...]:
+    """What ``package``'s first import skips now (:data:`LEAN_IMPORTS`, JAX only off its backend)."""
+    if os.environ.get("KERAS_BACKEND", "jax") == "jax":
+        return tuple(name for name in LEAN_IMPORTS[package] if name != "jax")
+    return LEAN_IMPORTS[package]
 
 
 def lean_keras() -> None:
-    """Makes this process's first import of Keras skip :data:`KERAS_SKIPS` (Keras then finds them
-    missing and leaves out those features); both import normally afterwards, for whoever needs them.
-    Called by the processes this package runs itself (the command line, a search trial's worker and
-    its Horovod workers, the plan's probe), not on importing ``unet3d``: a notebook's Keras keeps its
-    scikit-learn wrappers. A no-op where Keras is loaded already.
+    """Makes this process's first import of Keras and of TensorFlow skip what :data:`LEAN_IMPORTS`
+    lists for each (they then find those libraries missing and leave out those features); each
+    imports normally afterwards, for whoever needs it. Called by the processes this package runs
+    itself (the command line, a search trial's worker and its Horovod workers, the plan's probe),
+    not on importing ``unet3d``: a notebook's Keras keeps its scikit-learn wrappers. A no-op where
+    both are loaded already.
 
     The same import is where the process's long-lived objects are made (TensorFlow's or JAX's modules,
     hundreds of thousands of them): Python's cyclic garbage collector is paused while it runs, and
@@ -119,47 +135,55 @@ def lean_keras() -> None:
     longer walk it. A tiny `train` command: 8.8 CPU-s before, 7.3 with it (BENCHMARKS.md,
     "Start-up").
 
-    Keras offers no switch for this, hence an import hook of our own: it wraps Keras's package loader
-    once, hides the two names from ``sys.modules`` while Keras's ``__init__`` runs (TensorFlow, when
-    it loads Keras, goes through the same import), then removes itself."""
-    if "keras" in sys.modules or any(isinstance(f, _LeanKeras) for f in sys.meta_path):
-        return
-    sys.meta_path.insert(0, _LeanKeras())
+    Neither library offers a switch for this, hence an import hook of our own: it wraps each
+    package's loader once, hides the names from ``sys.modules`` while that package's ``__init__``
+    runs (Keras loads TensorFlow inside its own import), and removes itself once both are loaded."""
+    pending = {name for name in LEAN_IMPORTS if name not in sys.modules}
+    if pending and not any(isinstance(f, _LeanImports) for f in sys.meta_path):
+        sys.meta_path.insert(0, _LeanImports(pending))
 
 
-class _LeanKeras(importlib.abc.MetaPathFinder):
-    """Finds ``keras`` as the other finders do, with its loader wrapped, until Keras is loaded.
+class _LeanImports(importlib.abc.MetaPathFinder):
+    """Finds the packages still ``pending`` as the other finders do, with their loader wrapped.
     (TensorFlow also asks for Keras's spec without loading it: ``importlib.util.find_spec``.)"""
 
+    def __init__(self, pending: set[str]) -> None:
+        self.pending = pending
+
     def find_spec(self, name: str, path: object = None, target: object = None):
-        if name != "keras":
+        if name not in self.pending:
             return None
         for finder in sys.meta_path:
             find = getattr(finder, "find_spec", None) if finder is not self else None
             spec = find(name, path, target) if find else None
             if spec is not None:
                 if spec.loader is not None:
-                    spec.loader = _KerasWithoutSkips(spec.loader)
+                    spec.loader = _LoaderWithout(spec.loader, name, self)
                 return spec
         return None
 
+    def loaded(self, name: str) -> None:
+        self.pending.discard(name)
+        if not self.pending:
+            sys.meta_path[:] = [f for f in sys.meta_path if f is not self]
 
-class _KerasWithoutSkips(importlib.abc.Loader):
-    def __init__(self, loader: importlib.abc.Loader) -> None:
-        self.loader = loader
+
+class _LoaderWithout(importlib.abc.Loader):
+    def __init__(self, loader: importlib.abc.Loader, name: str, finder: _LeanImports) -> None:
+        self.loader, self.name, self.finder = loader, name, finder
 
     def create_module(self, spec):
         return self.loader.create_module(spec)
 
     def exec_module(self, module) -> None:
-        sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _LeanKeras)]
-        hidden = [name for name in KERAS_SKIPS if name not in sys.modules]
+        hidden = [name for name in _skipped_by(self.name) if name not in sys.modules]
         for name in hidden:
-            sys.modules[name] = None  # (import raises ImportError: Keras's fallback)
-        collecting = gc.isenabled()
+            sys.modules[name] = None  # (import raises ImportError: the library's fallback)
+        collecting = gc.isenabled()  # (False inside the other's import: the outer one freezes)
         gc.disable()
         try:
             self.loader.exec_module(module)
+            self.finder.loaded(self.name)  # (a failed import is wrapped again when retried)
         finally:
             for name in hidden:
                 if name in sys.modules and sys.modules[name] is None:

@@ -1,11 +1,13 @@
-"""The processes this package runs itself load Keras without the two optional libraries Keras
-imports for features it never uses (scikit-learn, matplotlib: ``unet3d.runtime.lean_keras``), and
-both still import afterwards for whoever needs them (Keras Tuner's Bayesian oracle, the report);
-the garbage collector, paused for that import, runs again and skips what the import made."""
+"""The processes this package runs itself load Keras and TensorFlow without the optional libraries
+they import for features it never uses (scikit-learn, matplotlib, pandas, JAX:
+``unet3d.runtime.lean_keras``), and each still imports afterwards for whoever needs it (Keras
+Tuner's Bayesian oracle, the report, Ray Tune's results, the JAX backend); the garbage collector,
+paused for that import, runs again and skips what the import made."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -15,12 +17,14 @@ PROBE = """
 import gc, json, sys
 {before}
 import tensorflow, keras
-loaded = {{name: name in sys.modules for name in ("sklearn", "matplotlib")}}
+loaded = {{name: name in sys.modules for name in ("sklearn", "matplotlib", "pandas", "jax")}}
 import keras_tuner.src.tuners.bayesian  # (scikit-learn's Gaussian process)
-import matplotlib.pyplot
-print(json.dumps({{"loaded": loaded, "loader": type(keras.__loader__).__name__,
-                  "gc": [gc.isenabled(), gc.get_freeze_count()],
-                  "hooks": [type(f).__name__ for f in sys.meta_path if "Keras" in type(f).__name__],
+import matplotlib.pyplot, pandas, jax.numpy
+assert float(jax.numpy.ones(3).sum()) == 3.0 and len(pandas.DataFrame({{"a": [1]}})) == 1
+print(json.dumps({{"loaded": loaded,
+                  "loaders": [type(m.__loader__).__name__ for m in (tensorflow, keras)],
+                  "gc": [gc.isenabled(), gc.get_freeze_count()], "backend": keras.backend.backend(),
+                  "hooks": [type(f).__name__ for f in sys.meta_path if "Lean" in type(f).__name__],
                   "model": keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])(
                       keras.ops.ones((1, 4))).shape[-1]}}))
 """
@@ -33,16 +37,25 @@ def _probe(before: str) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def test_keras_loads_without_sklearn_and_matplotlib_which_still_import_after():
-    lean = _probe("from unet3d.runtime import lean_keras\nlean_keras()")
-    assert lean["loaded"] == {"sklearn": False, "matplotlib": False}
-    assert lean["loader"] == "SourceFileLoader" and lean["hooks"] == []  # (the hook is gone)
+NONE_LOADED = {"sklearn": False, "matplotlib": False, "pandas": False, "jax": False}
+
+
+def test_keras_loads_without_sklearn_matplotlib_pandas_jax_which_still_import_after():
+    lean = _probe("import os\nos.environ['KERAS_BACKEND'] = 'tensorflow'  # (as use_backend sets it)\n"
+                  "from unet3d.runtime import lean_keras\nlean_keras()")
+    assert lean["loaded"] == NONE_LOADED
+    assert lean["loaders"] == ["SourceFileLoader"] * 2 and lean["hooks"] == []  # (the hook is gone)
     assert lean["model"] == 2
     collecting, frozen = lean["gc"]
     assert collecting and frozen > 100_000  # (TensorFlow's and Keras's objects, about 430k)
     # The premise: Keras (through TensorFlow) does load both when left alone.
+    # The JAX backend (Keras loads JAX itself; TensorFlow, loaded after it, finds it loaded).
+    jax = _probe("import os\nos.environ['KERAS_BACKEND'] = 'jax'\n"
+                 "from unet3d.runtime import lean_keras\nlean_keras()")
+    assert (jax["backend"], jax["model"], jax["hooks"]) == ("jax", 2, [])
+    assert jax["loaded"] == {**NONE_LOADED, "jax": True}
     plain = _probe("import unet3d")
-    assert plain["loaded"] == {"sklearn": True, "matplotlib": True}
+    assert plain["loaded"] == dict.fromkeys(NONE_LOADED, True)
     assert plain["gc"] == [True, 0]
 
 
@@ -51,8 +64,8 @@ def test_the_command_line_loads_keras_lean():
     code = ("import sys, run_search\n"
             "assert run_search.main(['export', 'no-such-run']) == 2\n"
             "import keras\n"
-            "print('sklearn' in sys.modules, 'matplotlib' in sys.modules)")
+            "print(*(name in sys.modules for name in ('sklearn', 'matplotlib', 'pandas', 'jax')))")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                       timeout=300)
+                       timeout=300, env={**os.environ, "KERAS_BACKEND": "tensorflow"})
     assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.split() == ["False", "False"]
+    assert r.stdout.split() == ["False"] * 4
