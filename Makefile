@@ -14,7 +14,7 @@ HVD := $(VENV)/.horovod
 
 PANOPTICA := .venv-panoptica
 
-.PHONY: setup search test test-fast docs mutants bench clean chromium panoptica slurm
+.PHONY: setup search test test-fast docs mutants bench clean chromium panoptica slurm pyc
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -54,8 +54,14 @@ panoptica:
 # trials and commands are CPU work), 23-27 minutes on 2 cores (BENCHMARKS.md). TEST_WORKERS=0 runs
 # them in one process. The slowest 30 are listed at the end.
 TEST_WORKERS ?= 2
-test: setup chromium panoptica slurm
+test: setup chromium panoptica slurm pyc
 	$(BIN)/python -m pytest -ra -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=30
+
+# The package's bytecode, compiled once: where PYTHONDONTWRITEBYTECODE is set (as on these machines)
+# Python would otherwise compile its modules anew in each of the few hundred processes the suite
+# starts (about 0.2 CPU-s for a process that loads the search; BENCHMARKS.md).
+pyc: setup
+	$(BIN)/python -m compileall -q -j 0 unet3d search spaces run_search.py > /dev/null
 
 # The docs site (mkdocs.yml) into site/ (git-ignored): the reference pages written from the code
 # first (scripts/gen_reference.py), the build strict (a broken link or a missing page fails).
@@ -66,7 +72,7 @@ docs: setup
 
 # The edit loop's tier: every test that runs no search end to end and no multi-process training
 # (those are marked slow; CI runs them all with `make test`). About 4 minutes on 2 cores.
-test-fast: setup
+test-fast: setup pyc
 	$(BIN)/python -m pytest -ra -m "not slow" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=10
 
 # The mutation check (scripts/mutants.toml): each hand-written bug planted in a scratch copy, the
