@@ -51,7 +51,7 @@ panoptica:
 
 # Two pytest-xdist workers, a test file per worker at a time (module fixtures are built once), the
 # longest files first (tests/conftest.py): the two cores stay busy (the end-to-end tests' Ray
-# trials and commands are CPU work), 23-27 minutes on 2 cores (BENCHMARKS.md). TEST_WORKERS=0 runs
+# trials and commands are CPU work), 21-23 minutes on 2 cores (BENCHMARKS.md). TEST_WORKERS=0 runs
 # them in one process. The slowest 30 are listed at the end.
 TEST_WORKERS ?= 2
 test: setup chromium panoptica slurm pyc

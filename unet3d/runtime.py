@@ -104,7 +104,7 @@ def settle_backend(name: str) -> str:
 # older JAX versions lack); TensorFlow JAX (TF Lite's converter of JAX functions,
 # ``tensorflow.lite.python.util``). All four are installed for other reasons (Keras Tuner's Bayesian
 # oracle, the search report's figures, Ray Tune's results, the JAX backend), so every process that
-# loads Keras paid for them: 1.5 s of a 6.7 CPU-s start for the first two, 0.65 s of the 3.9 left
+# loads Keras paid for them: 1.5 s of a 6.7 CPU-s start for the first two, 1.1 s of the 3.5 left
 # for the last two (BENCHMARKS.md, "Start-up"). JAX only where ``KERAS_BACKEND`` names another
 # backend (the processes this package runs set it: :func:`use_backend`); unset, Keras's config file
 # decides and may choose JAX.
