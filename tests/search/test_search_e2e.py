@@ -16,21 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import ROOT, run_cli
+from tiny_space import tiny
 
 pytestmark = pytest.mark.slow
 
-TINY_SPACE = """
-name: tiny
-base: cpu-small
-fixed:
-  train: {steps_per_epoch: 3, val_every: 1, warmup_epochs: 0}
-  data: {crop: [16, 16, 16], max_val_cases: 2}
-params:
-  model.depth: {type: int, low: 2, high: 3}
-  model.base_filters: {type: choice, values: [4, 8]}
-  model.norm: {type: choice, values: [instance, batch]}
-  train.learning_rate: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}
-"""
+TINY_SPACE = tiny("  model.depth: {type: int, low: 2, high: 3}\n"
+                  "  model.base_filters: {type: choice, values: [4, 8]}\n"
+                  "  model.norm: {type: choice, values: [instance, batch]}\n"
+                  "  train.learning_rate: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}\n")
 REGIONS = ("val_dice_WT", "val_dice_TC", "val_dice_ET")
 
 

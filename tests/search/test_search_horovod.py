@@ -8,19 +8,14 @@ import time
 import psutil
 import pytest
 from conftest import run_cli
+from tiny_space import tiny
 
 pytestmark = pytest.mark.slow
 
-SPACE = """
-base: cpu-small
-fixed:
-  train: {steps_per_epoch: 3, val_every: 1, warmup_epochs: 0}
-  data: {crop: [16, 16, 16], max_val_cases: 2}
-params:
-  model.depth: {type: int, low: 2, high: 3}
-  model.base_filters: {type: choice, values: [4, 8]}
-  train.learning_rate: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
-"""
+SPACE = tiny("  model.depth: {type: int, low: 2, high: 3}\n"
+             "  model.base_filters: {type: choice, values: [4, 8]}\n"
+             "  train.learning_rate: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n",
+             name=None)
 
 
 def _horovod_processes(since: float) -> list[str]:
