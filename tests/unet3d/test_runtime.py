@@ -48,12 +48,12 @@ def test_keras_loads_without_sklearn_matplotlib_pandas_jax_which_still_import_af
     assert lean["model"] == 2
     collecting, frozen = lean["gc"]
     assert collecting and frozen > 100_000  # (TensorFlow's and Keras's objects, about 430k)
-    # The premise: Keras (through TensorFlow) does load both when left alone.
-    # The JAX backend (Keras loads JAX itself; TensorFlow, loaded after it, finds it loaded).
+    # The JAX backend: JAX is not hidden from either import (Keras on JAX cannot load without it).
     jax = _probe("import os\nos.environ['KERAS_BACKEND'] = 'jax'\n"
                  "from unet3d.runtime import lean_keras\nlean_keras()")
     assert (jax["backend"], jax["model"], jax["hooks"]) == ("jax", 2, [])
     assert jax["loaded"] == {**NONE_LOADED, "jax": True}
+    # The premise: TensorFlow and Keras do load all four when left alone.
     plain = _probe("import unet3d")
     assert plain["loaded"] == dict.fromkeys(NONE_LOADED, True)
     assert plain["gc"] == [True, 0]
