@@ -7,10 +7,11 @@ lesion-wise columns too when the objective is lesion-wise; a region outside the 
 BraTS 2024's RC, is a column and the text says it is not in the mean); learning curves (the
 objective per epoch, ASHA's stops marked); the objective against trial order with the best-so-far
 line; parallel coordinates of the parameters coloured by the objective; parameter importances
-(Optuna's fANOVA evaluator over the finished trials); the objective against training throughput
-with the Pareto front; the best configuration next to NVIDIA's; the exported model's files and
-validation scores. "The objective" is the search's (``search.objective``): the validation mean
-Dice, or mean lesion-wise Dice, of the scheme's tumour regions.
+(Optuna's fANOVA evaluator over the finished trials, once there are IMPORTANCE_MIN_TRIALS); the
+objective against training throughput with the Pareto front; the best configuration next to
+NVIDIA's; the exported model's files and validation scores. "The objective" is the search's
+(``search.objective``): the validation mean Dice, or mean lesion-wise Dice, of the scheme's tumour
+regions.
 """
 
 from __future__ import annotations
@@ -90,17 +91,25 @@ def _rows(experiment: Path) -> tuple[list[TrialRow], dict[str, Any], bool]:
     return rows + load_pruned(experiment)[0], {}, False
 
 
+# fANOVA apportions the objective's variance with a random forest fitted to the finished trials;
+# below this many (a search's start-up alone, a smoke test) its shares are the forest's noise, so
+# the report says how many more it needs rather than drawing them. (Fewer than this also spares the
+# report scikit-learn's import, 1.4 of its 3 CPU-s.)
+IMPORTANCE_MIN_TRIALS = 5
+
+
 def importances(rows: list[TrialRow], space: Any) -> dict[str, float]:
-    """fANOVA parameter importances over the trials with a finite objective (empty if fewer than 2)."""
+    """fANOVA parameter importances over the trials with a finite objective: empty with fewer than
+    IMPORTANCE_MIN_TRIALS of them or when they all scored the same."""
+    scored = [r for r in rows if finite(r.best_score)]
+    if len(scored) < IMPORTANCE_MIN_TRIALS or len({r.best_score for r in scored}) < 2:
+        return {}
     import optuna
     from optuna.importance import FanovaImportanceEvaluator, get_param_importances
 
     from search.ray_factories import to_optuna
 
     dists = to_optuna(space)
-    scored = [r for r in rows if finite(r.best_score)]
-    if len(scored) < 2 or len({r.best_score for r in scored}) < 2:
-        return {}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize")
     for r in scored:
@@ -212,7 +221,9 @@ def _importance(ax: Any, rows: list[TrialRow], space: Any) -> None:
         ax.barh([k.split(".", 1)[-1] for k, _ in items], [v for _, v in items], color="C0")
         ax.set_xlabel("importance (fANOVA, sums to 1)")
     else:
-        ax.text(0.5, 0.5, "needs at least 2 finished trials with different scores", ha="center")
+        scored = sum(finite(r.best_score) for r in rows)
+        ax.text(0.5, 0.5, f"needs at least {IMPORTANCE_MIN_TRIALS} finished trials with different "
+                          f"scores ({scored} so far)", ha="center")
         ax.set_axis_off()
     ax.set_title("Parameter importance for the objective")
 

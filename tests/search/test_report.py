@@ -88,3 +88,27 @@ def test_a_lesionwise_report_ranks_by_it_and_has_lesionwise_columns(tmp_path):
     line = html.split("id='export-validation'>", 1)[1].split("</p>", 1)[0]
     assert "Lesion-wise Dice WT 0.6000, TC 0.5000, ET 0.4000, RC 0.1000, mean 0.5000" in line
     assert "RC is shown but not in the mean" in line
+
+
+def test_importances_name_the_parameter_the_objective_follows_once_enough_trials_finished():
+    """fANOVA over the finished trials: the objective here follows the learning rate alone, the
+    depth is noise; below IMPORTANCE_MIN_TRIALS finished trials there is no importance at all."""
+    import numpy as np
+
+    from search.report import IMPORTANCE_MIN_TRIALS, importances
+    from search.results import TrialRow
+
+    space = get_space("demo")
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(12):
+        lr = float(10 ** rng.uniform(-3.5, -2.6))  # (the demo space: 3e-4 to 3e-3)
+        rows.append(TrialRow(f"t{i}", {"train.learning_rate": lr,
+                                       "model.depth": int(rng.integers(3, 6))}, "completed", 2,
+                             best_score=0.2 + 0.1 * np.log10(lr * 1e4)))
+    imp = importances(rows, space)
+    assert max(imp, key=imp.get) == "train.learning_rate" and imp["train.learning_rate"] > 0.8, imp
+    assert importances(rows[:IMPORTANCE_MIN_TRIALS - 1], space) == {}
+    assert importances(rows[:IMPORTANCE_MIN_TRIALS], space)
+    unscored = [TrialRow(r.trial_id, r.params, "error", 0) for r in rows]  # (no score: NaN)
+    assert importances(rows[:IMPORTANCE_MIN_TRIALS - 1] + unscored, space) == {}
