@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 
@@ -45,3 +46,19 @@ def test_train_overrides_map_each_flag_to_one_config_field():
         section, field = path.split(".")
         assert field in fields[section], path
         assert dest in {a.dest for a in _subparsers()["train"]._actions}
+
+
+def test_building_the_parser_loads_no_heavy_library():
+    """Every command builds the whole parser first (its help, its errors): in a fresh process that
+    loads none of TensorFlow, Keras, Ray, Optuna, SciPy's image functions (0.37 of `--help`'s 0.65
+    CPU-s when the synthetic writer imported them at its top for its LAYOUTS and DIFFICULTIES)."""
+    import subprocess
+    import sys
+
+    heavy = ("tensorflow", "keras", "ray", "optuna", "jax", "scipy.ndimage", "matplotlib", "mlflow")
+    code = ("import sys, run_search; run_search.build_parser(); "
+            f"print([m for m in {heavy!r} if m in sys.modules])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       cwd=Path(run_search.__file__).parent)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"

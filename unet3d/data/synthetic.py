@@ -60,10 +60,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
-from scipy import ndimage
 
+# (nibabel and SciPy are imported in the functions that use them: the CLI's parser reads LAYOUTS and
+# DIFFICULTIES from here, and every command builds it; at the top they were 0.37 of the 0.65 CPU-s
+# that `run_search.py --help` took.)
 from unet3d import labels
 from unet3d.data.releases import MODALITIES, MSD_CHANNELS, brats23_file, task_modalities
 from unet3d.errors import OptionError
@@ -158,6 +159,7 @@ _WMH, _VESSEL = 8, 9
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
+    from scipy import ndimage
     n = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma)
     return n / (np.abs(n).max() + 1e-8)
 
@@ -217,6 +219,7 @@ def _second_lesion(rng: np.random.Generator, grid: list[np.ndarray], first: np.n
 def _place_lesion(rng: np.random.Generator, grid: list[np.ndarray], first: np.ndarray,
                   brain: np.ndarray, r: np.ndarray, sigma: float):
     """A tumour of edema radii ``r`` somewhere in the brain, clear of ``first``; or None."""
+    from scipy import ndimage
     # The blob's wobble reaches ~1.25 radii; its centre also stays a voxel or two inside the brain.
     far, inner = ndimage.distance_transform_edt(~first), ndimage.distance_transform_edt(brain)
     centre = _pick_voxel(rng, brain & (far > 1.25 * r.max() + 2) & (inner > 2))
@@ -233,6 +236,7 @@ def _place_lesion(rng: np.random.Generator, grid: list[np.ndarray], first: np.nd
 def _cavity(rng: np.random.Generator, grid: list[np.ndarray], first: np.ndarray,
             tumour: np.ndarray, brain: np.ndarray, edema_r: np.ndarray, sigma: float):
     """A CSF-like resection cavity next to the ``first`` lesion, outside every tumour; or None."""
+    from scipy import ndimage
     far, inner = ndimage.distance_transform_edt(~first), ndimage.distance_transform_edt(brain)
     centre = _pick_voxel(rng, brain & ~tumour & (far > 1) & (far <= 2.5) & (inner > 1))
     if centre is None:
@@ -375,6 +379,7 @@ def _more_lesions(rng: np.random.Generator, level: _Level, grid: list[np.ndarray
 def _vary_cores(rng: np.random.Generator, level: _Level, lesions: list, keep_first: bool) -> list:
     """Each lesion's core drawn as usual, a thin enhancing rim (1 voxel) around necrosis, solid
     enhancing (no necrosis) or not enhancing at all; ``keep_first`` spares the first (its cyst)."""
+    from scipy import ndimage
     u = rng.uniform(size=len(lesions))
     out = []
     for i, (edema, core, ncr) in enumerate(lesions):
@@ -392,6 +397,7 @@ def _vary_cores(rng: np.random.Generator, level: _Level, lesions: list, keep_fir
 
 def _tube(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     """A thin, gently curved tube through the volume (a vessel), as a mask."""
+    from scipy import ndimage
     size = np.array(shape, np.float32)
     start = size * rng.uniform(0.25, 0.75, 3)
     d, n = rng.standard_normal(3), rng.standard_normal(3)
@@ -411,6 +417,7 @@ def _mimics(rng: np.random.Generator, level: _Level, grid: list[np.ndarray], tis
             brain: np.ndarray) -> None:
     """Paints unlabelled mimics into ``tissue``, two voxels or more from any tumour or extra:
     small white-matter hyperintensities and (some cases) a vessel."""
+    from scipy import ndimage
     n = int(rng.integers(level.wmh[0], level.wmh[1] + 1))
     vessel = rng.uniform() < level.p_vessel
     far = ndimage.distance_transform_edt(tissue < _CSF) > 2
@@ -430,6 +437,7 @@ def _level_images(rng: np.random.Generator, level: _Level, tissue: np.ndarray, a
     """As :func:`_images`, at ``level``: the tumour's (and the mimics') contrast against the normal
     tissue ``anat`` under it scaled per case and modality, stronger bias field and noise, and a
     wider slice profile along the thick last axis."""
+    from scipy import ndimage
     shape = tissue.shape
     smooth = min(shape) / 4
     bias = 1.0 + level.bias * _smooth_noise(rng, shape, smooth)
@@ -458,6 +466,7 @@ def _level_images(rng: np.random.Generator, level: _Level, tissue: np.ndarray, a
 def _images(rng: np.random.Generator, tissue: np.ndarray, brain: np.ndarray,
             modalities: tuple[str, ...]) -> dict[str, np.ndarray]:
     """Modality -> int16 image of the tissue map with bias field and noise."""
+    from scipy import ndimage
     shape = tissue.shape
     bias = 1.0 + 0.15 * _smooth_noise(rng, shape, min(shape) / 4)
     images = {}
@@ -556,6 +565,7 @@ def _case_files(layout: str, i: int, prefix: str) -> dict[str, str]:
 
 
 def _save(path: Path, arr: np.ndarray, affine: np.ndarray) -> None:
+    import nibabel as nib
     img = nib.Nifti1Image(arr, affine)
     img.header.set_xyzt_units("mm", "sec")
     with atomic_path(path, suffix=".nii.gz") as tmp:
