@@ -19,7 +19,9 @@ SCRIPT = """
 import sys
 from pathlib import Path
 from unet3d.data.discover import discover
+from unet3d.data import preprocess
 from unet3d.data.preprocess import prepare
+preprocess.PARALLEL_MIN_BYTES = 0  # (tiny cases, in processes all the same)
 root = Path(sys.argv[-1])
 entries = prepare(discover(root / "data").cases, root / "cache", jobs=2)
 print("PREPARED", len(entries), "__file__" in globals())

@@ -63,11 +63,19 @@ def _case_lesions(args: tuple[CachedCase, dict[str, tuple[int, ...]]]) -> dict[s
     return out
 
 
+# Processes only for work worth their start (a worker's costs about 0.3 CPU-s and half a second,
+# what counting one or two BraTS cases takes; unet3d.data.preprocess.PARALLEL_MIN_BYTES likewise):
+# the brain boxes' voxels to count, about four BraTS cases'.
+PARALLEL_MIN_VOXELS = 16_000_000
+
+
 def _lesion_volumes(entries: Sequence[CachedCase], regions: dict[str, tuple[int, ...]],
                     jobs: int) -> list[dict[str, list[float]]]:
-    """Every case's lesion volumes, counted in ``jobs`` processes (about 0.2 s per BraTS case)."""
+    """Every case's lesion volumes, counted in ``jobs`` processes when there are
+    PARALLEL_MIN_VOXELS to count (about 0.2 s per BraTS case)."""
     work = [(e, regions) for e in entries]
-    if jobs <= 1 or len(work) <= 2:
+    voxels = sum(int(np.prod(e.meta["shape"])) for e in entries)
+    if jobs <= 1 or len(work) <= 2 or voxels < PARALLEL_MIN_VOXELS:
         return [_case_lesions(w) for w in work]
     from unet3d.processes import worker_pool
 

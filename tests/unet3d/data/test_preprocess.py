@@ -359,7 +359,10 @@ def test_a_cache_of_an_older_version_is_refused_not_misread(tmp_path):
         open_cases(tmp_path / "cache", [entry.case_id])
 
 
-def test_parallel_prepare_writes_the_same_cache_in_the_same_order(tmp_path):
+def test_parallel_prepare_writes_the_same_cache_in_the_same_order(tmp_path, monkeypatch):
+    from unet3d.data import preprocess
+
+    monkeypatch.setattr(preprocess, "PARALLEL_MIN_BYTES", 0)  # (small cases, in processes all the same)
     root = tmp_path / "data"
     for i in range(5):
         nii.write_brats_case(root, f"BraTS2021_{i:05d}", seed=i)
@@ -375,9 +378,11 @@ def test_parallel_prepare_writes_the_same_cache_in_the_same_order(tmp_path):
             {k: v for k, v in b.meta.items() if k != "sources"}
 
 
-def test_parallel_prepare_raises_the_first_bad_case_in_order(tmp_path):
+def test_parallel_prepare_raises_the_first_bad_case_in_order(tmp_path, monkeypatch):
+    from unet3d.data import preprocess
     from unet3d.data.discover import DataError
 
+    monkeypatch.setattr(preprocess, "PARALLEL_MIN_BYTES", 0)
     root = tmp_path / "data"
     for i in range(5):
         nii.write_brats_case(root, f"BraTS2021_{i:05d}", seed=i)
@@ -391,3 +396,36 @@ def test_parallel_prepare_raises_the_first_bad_case_in_order(tmp_path):
     good = [c for c in discover(root).cases if c.case_id in ("BraTS2021_00000", "BraTS2021_00001")]
     prepare(good, tmp_path / "cache", lambda c, reused: seen.__setitem__(c.case_id, reused))
     assert seen == {"BraTS2021_00000": True, "BraTS2021_00001": True}
+
+
+def test_processes_only_for_enough_bytes_still_to_preprocess(tmp_path, monkeypatch):
+    """jobs=2 starts worker processes only for PARALLEL_MIN_BYTES of source files without a valid
+    cache entry: not for a few small cases, nor for a dataset already cached."""
+    import os
+
+    from unet3d import processes
+    from unet3d.data import preprocess
+
+    root = tmp_path / "data"
+    for i in range(5):
+        nii.write_brats_case(root, f"BraTS2021_{i:05d}", seed=i)
+    cases = discover(root).cases
+    started = []
+    real = processes.worker_pool
+
+    def pool(jobs, what):
+        started.append(what)
+        return real(jobs, what)
+
+    monkeypatch.setattr(processes, "worker_pool", pool)
+    prepare(cases, tmp_path / "small", jobs=2)
+    assert started == []  # (a few KB: here, one after the other)
+    rest = sum(os.stat(f).st_size for c in cases[1:] for f in c.files)  # (the first: here always)
+    monkeypatch.setattr(preprocess, "PARALLEL_MIN_BYTES", rest)
+    prepare(cases, tmp_path / "small", jobs=2)
+    assert started == []  # (all cached: nothing left to preprocess)
+    two = prepare(cases, tmp_path / "big", jobs=2)
+    assert len(started) == 1 and [e.case_id for e in two] == [c.case_id for c in cases]
+    monkeypatch.setattr(preprocess, "PARALLEL_MIN_BYTES", rest + 1)
+    prepare(cases, tmp_path / "big2", jobs=2)
+    assert len(started) == 1
