@@ -612,7 +612,8 @@ def _data_args(q: argparse.ArgumentParser) -> None:
     q.add_argument("--cache", default=None,
                    help="preprocessed cache folder (default: DATA/.unet3d-cache)")
     q.add_argument("--jobs", type=int, default=None,
-                   help="processes that preprocess cases in parallel (default: one per CPU core)")
+                   help="processes that preprocess cases in parallel, when 16 MiB or more of "
+                        "source files are still to preprocess (default: one per CPU core)")
     _labels_arg(q)
 
 

@@ -63,9 +63,9 @@ def _case_lesions(args: tuple[CachedCase, dict[str, tuple[int, ...]]]) -> dict[s
     return out
 
 
-# Processes only for work worth their start (a worker's costs about 0.3 CPU-s and half a second,
-# what counting one or two BraTS cases takes; unet3d.data.preprocess.PARALLEL_MIN_BYTES likewise):
-# the brain boxes' voxels to count, about four BraTS cases'.
+# Processes only for work worth their start (a worker's start costs about 0.3 CPU-s and half a
+# second, what counting one or two BraTS cases takes; unet3d.data.preprocess.PARALLEL_MIN_BYTES
+# likewise): the brain boxes' voxels to count, about four BraTS cases'.
 PARALLEL_MIN_VOXELS = 16_000_000
 
 
