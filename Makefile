@@ -51,7 +51,7 @@ panoptica:
 
 # Two pytest-xdist workers, a test file per worker at a time (module fixtures are built once), the
 # longest files first (tests/conftest.py): the two cores stay busy (the end-to-end tests' Ray
-# trials and commands are CPU work), 21-23 minutes on 2 cores (BENCHMARKS.md). TEST_WORKERS=0 runs
+# trials and commands are CPU work), 19-23 minutes on 2 cores (BENCHMARKS.md). TEST_WORKERS=0 runs
 # them in one process. The slowest 30 are listed at the end.
 TEST_WORKERS ?= 2
 test: setup chromium panoptica slurm pyc
@@ -71,7 +71,7 @@ docs: setup
 	@echo "read it: $(BIN)/python -m http.server --bind 127.0.0.1 --directory site, then http://127.0.0.1:8000"
 
 # The edit loop's tier: every test that runs no search end to end and no multi-process training
-# (those are marked slow; CI runs them all with `make test`). About 4 minutes on 2 cores.
+# (those are marked slow; CI runs them all with `make test`). About 3 minutes on 2 cores.
 test-fast: setup pyc
 	$(BIN)/python -m pytest -ra -m "not slow" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=10
 
