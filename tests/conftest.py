@@ -97,6 +97,23 @@ def run_cli(*args: str, timeout: float = 600, env: dict | None = None,
                           env={**os.environ, **(env or {})})
 
 
+@pytest.fixture
+def pools_started(monkeypatch) -> list[str]:
+    """What each worker pool the test starts is for (``unet3d.processes.worker_pool``'s ``what``),
+    in order: the pools still start."""
+    from unet3d import processes
+
+    started: list[str] = []
+    real = processes.worker_pool
+
+    def pool(jobs: int, what: str):
+        started.append(what)
+        return real(jobs, what)
+
+    monkeypatch.setattr(processes, "worker_pool", pool)
+    return started
+
+
 @pytest.fixture(scope="session")
 def synth16(tmp_path_factory) -> Path:
     """16 synthetic 64^3 cases in the BraTS 2021 layout (written once per session)."""

@@ -81,17 +81,9 @@ def test_fingerprint_kept_in_the_cache_and_reused(entries, monkeypatch):
         fingerprint.load_or_compute(entries[:2], LEGACY)
 
 
-def test_lesions_counted_in_processes_only_when_worth_it_and_the_same(entries, monkeypatch):
-    from unet3d import processes
-
-    started = []
-    real = processes.worker_pool
-
-    def pool(jobs, what):
-        started.append(what)
-        return real(jobs, what)
-
-    monkeypatch.setattr(processes, "worker_pool", pool)
+def test_lesions_counted_in_processes_only_when_worth_it_and_the_same(entries, monkeypatch,
+                                                                      pools_started):
+    started = pools_started
     here = fingerprint.compute(entries, LEGACY, jobs=2)
     assert started == []  # (3 small brain boxes: counted here)
     voxels = 16 * 20 * 12 + 20 * 20 * 16 + 24 * 26 * 20

@@ -398,26 +398,18 @@ def test_parallel_prepare_raises_the_first_bad_case_in_order(tmp_path, monkeypat
     assert seen == {"BraTS2021_00000": True, "BraTS2021_00001": True}
 
 
-def test_processes_only_for_enough_bytes_still_to_preprocess(tmp_path, monkeypatch):
+def test_processes_only_for_enough_bytes_still_to_preprocess(tmp_path, monkeypatch, pools_started):
     """jobs=2 starts worker processes only for PARALLEL_MIN_BYTES of source files without a valid
     cache entry: not for a few small cases, nor for a dataset already cached."""
     import os
 
-    from unet3d import processes
     from unet3d.data import preprocess
 
     root = tmp_path / "data"
     for i in range(5):
         nii.write_brats_case(root, f"BraTS2021_{i:05d}", seed=i)
     cases = discover(root).cases
-    started = []
-    real = processes.worker_pool
-
-    def pool(jobs, what):
-        started.append(what)
-        return real(jobs, what)
-
-    monkeypatch.setattr(processes, "worker_pool", pool)
+    started = pools_started
     prepare(cases, tmp_path / "small", jobs=2)
     assert started == []  # (a few KB: here, one after the other)
     rest = sum(os.stat(f).st_size for c in cases[1:] for f in c.files)  # (the first: here always)
