@@ -354,16 +354,23 @@ def prepare_case(case: Case, cache: Path) -> tuple[CachedCase, bool]:
     return CachedCase(folder, meta), False
 
 
-def _bytes_to_prepare(cases: Sequence[Case], cache: Path) -> int:
-    """The source files' bytes of the ``cases`` that have no valid entry in ``cache`` yet."""
-    total = 0
+def _to_prepare(cases: Sequence[Case], cache: Path,
+                enough: int) -> tuple[int, dict[str, CachedCase]]:
+    """The source files' bytes of the ``cases`` without a valid entry in ``cache`` (counted until
+    ``enough``), and the valid entries found on the way (not checked again)."""
+    total, hits = 0, {}
     for case in cases:
         try:
-            if _valid_entry(cache / case.case_id, case) is None:
+            hit = _valid_entry(cache / case.case_id, case)
+            if hit is not None:
+                hits[case.case_id] = hit
+            else:
                 total += sum(os.stat(f).st_size for f in case.files)
         except OSError:
             pass  # (prepare_case names the file, in the cases' order)
-    return total
+        if total >= enough:
+            break
+    return total, hits
 
 
 def _prepare_one(args: tuple[Case, Path]) -> tuple[CachedCase, bool]:
@@ -406,10 +413,14 @@ def prepare(cases: Iterable[Case], cache: str | Path,
         if progress is not None:
             progress(case, result[1])
 
-    if mapper is None and (jobs <= 1 or len(cases) <= 2
-                           or _bytes_to_prepare(cases[1:], cache) < PARALLEL_MIN_BYTES):
+    hits: dict[str, CachedCase] = {}
+    if mapper is None and jobs > 1 and len(cases) > 2:
+        todo, hits = _to_prepare(cases[1:], cache, PARALLEL_MIN_BYTES)
+        jobs = jobs if todo >= PARALLEL_MIN_BYTES else 1
+    if mapper is None and (jobs <= 1 or len(cases) <= 2):
         for case in cases:
-            take(case, prepare_case(case, cache))
+            hit = hits.get(case.case_id)
+            take(case, (hit, True) if hit is not None else prepare_case(case, cache))
         return out
     take(cases[0], prepare_case(cases[0], cache))  # (a bad first case: no cache folder at all)
     if mapper is not None:
