@@ -13,6 +13,7 @@ one local Ray for the searcher x scheduler grid through the Python API).
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -95,6 +96,24 @@ def run_cli(*args: str, timeout: float = 600, env: dict | None = None,
     return subprocess.run([sys.executable, str(ROOT / "run_search.py"), *args], capture_output=True,
                           text=True, timeout=timeout, cwd=cwd or ROOT,
                           env={**os.environ, **(env or {})})
+
+
+# TensorFlow 2.21 writes these C++ log lines on import whatever TF_CPP_MIN_LOG_LEVEL says; they are
+# not the command's output.
+TF_IMPORT_LOG = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\)|"
+                           r"[IWEF]\d{4} [\d:.]+ +\d+ \S+:\d+\] )")
+
+
+def error_line(r: subprocess.CompletedProcess, alone: bool = False) -> str:
+    """The house rule for bad input, checked on a finished command: exit 2, no traceback, exactly one
+    line ``error: ...`` on stderr (with ``alone``: nothing else there, not even a blank line, but
+    TensorFlow's import log). Returns that line."""
+    assert r.returncode == 2, (r.returncode, r.stderr[-3000:])
+    assert "Traceback" not in r.stdout + r.stderr, r.stderr[-3000:]
+    lines = [ln for ln in r.stderr.splitlines() if not TF_IMPORT_LOG.match(ln)]
+    errors = [ln for ln in lines if ln.startswith("error: ")]
+    assert len(errors) == 1 and (lines == errors or not alone), r.stderr[-3000:]
+    return errors[0]
 
 
 @pytest.fixture

@@ -4,14 +4,12 @@ traceback, and nothing written (no experiment folder that would block the name, 
 from __future__ import annotations
 
 import pytest
-from conftest import run_cli
+from conftest import error_line, run_cli
 
 
 def _one_line_error(r, starts: str) -> None:
-    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
-    assert "Traceback" not in r.stdout + r.stderr, r.stderr[-3000:]
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith(f"error: {starts}"), r.stderr
+    line = error_line(r, alone=True)
+    assert line.startswith(f"error: {starts}"), line
 
 
 def _files(root) -> set[str]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import run_cli
+from conftest import error_line, run_cli
 
 
 @pytest.mark.parametrize("cmd, must", [
@@ -37,31 +37,24 @@ def test_synth_writes_the_requested_cases(tmp_path):
     assert nib.load(tmp_path / "d" / cases[0] / f"{cases[0]}_flair.nii.gz").shape == (32, 24, 16)
 
 
-def _one_line_error(r) -> str:
-    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
-    line = [ln for ln in r.stderr.strip().splitlines() if ln.strip()][-1]
-    assert line.startswith("error: ")
-    return line
-
-
-def test_bad_config_file_gives_a_one_line_error(synth16, tmp_path):
+def test_bad_config_file_gives_aerror_line(synth16, tmp_path):
     cfg = tmp_path / "c.json"
     cfg.write_text(json.dumps({"model": {"depth": 4, "norm": "layer"}}))
     r = run_cli("train", "--data", str(synth16), "--config", str(cfg), "--out", str(tmp_path / "o"),
                 timeout=120)
-    line = _one_line_error(r)
+    line = error_line(r)
     assert str(cfg) in line and "model.norm='layer'" in line
     assert not (tmp_path / "o").exists()
 
 
-def test_config_crop_rule_gives_a_one_line_error(synth16, tmp_path):
+def test_config_crop_rule_gives_aerror_line(synth16, tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("model: {depth: 5}\ndata: {crop: [40, 40, 40]}\n")
     r = run_cli("train", "--data", str(synth16), "--config", str(cfg), "--out", str(tmp_path / "o"),
                 timeout=120)
-    assert "must be divisible by 2**(model.depth-1)=16" in _one_line_error(r)
+    assert "must be divisible by 2**(model.depth-1)=16" in error_line(r)
 
 
-def test_missing_data_folder_gives_a_one_line_error(tmp_path):
+def test_missing_data_folder_gives_aerror_line(tmp_path):
     r = run_cli("train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), timeout=120)
-    assert "data folder does not exist" in _one_line_error(r)
+    assert "data folder does not exist" in error_line(r)

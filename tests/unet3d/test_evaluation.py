@@ -14,7 +14,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import error_line, run_cli
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
@@ -164,13 +164,6 @@ def test_evaluate_in_process_with_one_job_gives_the_same_rows(dataset):
     assert a == b
 
 
-def _one_line_error(r) -> str:
-    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
-    lines = [ln for ln in r.stderr.strip().splitlines() if ln.startswith("error: ")]
-    assert len(lines) == 1, r.stderr[-2000:]
-    return lines[0]
-
-
 def test_evaluate_bad_predictions_give_one_line_errors(dataset, tmp_path):
     data, pred, cases = dataset
     affine = nib.load(str(pred / "case_00.nii.gz")).affine
@@ -187,7 +180,7 @@ def test_evaluate_bad_predictions_give_one_line_errors(dataset, tmp_path):
         return run_cli("evaluate", "--pred", str(folder), "--data", str(data), timeout=120)
 
     missing = variant("missing", lambda p: p.unlink())
-    line = _one_line_error(evaluate(missing))
+    line = error_line(evaluate(missing))
     assert "case_01" in line and "--partial scores the cases that have one" in line
     # --partial scores the others and says which it skipped (the CSV and summary too).
     r = run_cli("evaluate", "--pred", str(missing), "--data", str(data), "--partial",
@@ -203,17 +196,17 @@ def test_evaluate_bad_predictions_give_one_line_errors(dataset, tmp_path):
     r = run_cli("evaluate", "--pred", str(empty), "--data", str(data), "--partial", timeout=120)
     assert r.returncode == 2 and f"for {n} of {n} labelled cases" in r.stderr
     shape = variant("shape", lambda p: _write(p, np.zeros((40, 36, 23), np.uint8), affine))
-    line = _one_line_error(evaluate(shape))
+    line = error_line(evaluate(shape))
     assert "case_01.nii.gz" in line and "shape" in line
     moved = affine.copy()
     moved[:3, 3] += 5
     grid = variant("affine", lambda p: _write(p, cases["case_01"][0], moved))
-    assert "affine" in _one_line_error(evaluate(grid))
+    assert "affine" in error_line(evaluate(grid))
     bad_values = variant("values", lambda p: _write(p, np.full((40, 36, 24), 3, np.uint8), affine))
-    line = _one_line_error(evaluate(bad_values))
+    line = error_line(evaluate(bad_values))
     assert "[3]" in line and "case_01.nii.gz" in line
     trunc = variant("trunc", lambda p: p.write_bytes(p.read_bytes()[:200]))
-    assert "truncated" in _one_line_error(evaluate(trunc))
+    assert "truncated" in error_line(evaluate(trunc))
     # Nothing was written for a failed evaluation.
     for folder in (missing, shape, grid, bad_values, trunc):
         assert not (folder / "evaluation.csv").exists()

@@ -13,7 +13,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import error_line, run_cli
 
 from unet3d.config import RunConfig, preset
 from unet3d.data.discover import discover, discover_input
@@ -440,13 +440,6 @@ def test_cli_ensemble_of_export_folders(trained, synth16, tmp_path):
     assert (a != c).any()
 
 
-def _one_line_error(r) -> str:
-    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
-    lines = [ln for ln in r.stderr.strip().splitlines() if ln.startswith("error: ")]
-    assert len(lines) == 1, r.stderr[-2000:]
-    return lines[0]
-
-
 def test_cli_predict_bad_input_gives_one_line_errors(synth, tmp_path):
     model = _export(tmp_path / "m", _small())
     args = ["predict", "--model", str(model), "--out", str(tmp_path / "o")]
@@ -455,24 +448,24 @@ def test_cli_predict_bad_input_gives_one_line_errors(synth, tmp_path):
     shutil.copytree(synth, broken, ignore=shutil.ignore_patterns(".*"))
     cid = discover(synth).cases[0].case_id
     (broken / cid / f"{cid}_flair.nii.gz").unlink()
-    assert f"{cid}_flair.nii.gz" in _one_line_error(run_cli(*args, "--input", str(broken)))
+    assert f"{cid}_flair.nii.gz" in error_line(run_cli(*args, "--input", str(broken)))
     # A truncated image.
     trunc = tmp_path / "trunc"
     shutil.copytree(synth / cid, trunc / cid)
     t1 = trunc / cid / f"{cid}_t1.nii.gz"
     t1.write_bytes(t1.read_bytes()[:300])
-    line = _one_line_error(run_cli(*args, "--input", str(trunc)))
+    line = error_line(run_cli(*args, "--input", str(trunc)))
     assert str(t1) in line and "truncated" in line
     # Not an export folder; bad options.
     (tmp_path / "empty").mkdir()
-    assert "not an export folder" in _one_line_error(run_cli(
+    assert "not an export folder" in error_line(run_cli(
         "predict", "--model", str(tmp_path / "empty"), "--input", str(synth), "--out", str(tmp_path / "o")))
-    assert "--tta 9" in _one_line_error(run_cli(*args, "--input", str(synth), "--tta", "9"))
-    assert "--overlap" in _one_line_error(run_cli(*args, "--input", str(synth), "--overlap", "1"))
+    assert "--tta 9" in error_line(run_cli(*args, "--input", str(synth), "--tta", "9"))
+    assert "--overlap" in error_line(run_cli(*args, "--input", str(synth), "--overlap", "1"))
     # A corrupt model.keras names the file.
     bad = _export(tmp_path / "bad", _small())
     (bad / "model.keras").write_bytes(b"not a zip")
-    line = _one_line_error(run_cli("predict", "--model", str(bad), "--input", str(synth),
+    line = error_line(run_cli("predict", "--model", str(bad), "--input", str(synth),
                                    "--out", str(tmp_path / "o")))
     assert str(bad / "model.keras") in line
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").glob("*.nii.gz"))
