@@ -304,16 +304,7 @@ BAD_YAML = [
 ]
 
 
-@pytest.mark.parametrize("text, match", BAD_YAML)
-def test_bad_yaml_files_name_the_file_and_field(tmp_path, text, match):
-    p = tmp_path / "space.yaml"
-    p.write_text(text)
-    with pytest.raises(SpaceError, match=match) as e:
-        load_space(p)
-    assert str(e.value).startswith(f"{p}: "), str(e.value)
-
-
-@pytest.mark.parametrize("text, match", [
+BAD_JSON = [
     ('{"params": ', r"not valid JSON"),
     ("params:\n  model.depth: {type: int, low: 3, high: 5}\n", r"not valid JSON"),
     ('{"params": {"model.depth": {"type": "int", "low": 3, "high": 5},}}', r"not valid JSON"),
@@ -322,9 +313,13 @@ def test_bad_yaml_files_name_the_file_and_field(tmp_path, text, match):
     ('{"params": {"model.depth": {"low": 3, "high": 4}}}', r"params\.model\.depth: must be a mapping"),
     ('{"params": {"train.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": "yes"}}}',
      r"params\.train\.learning_rate: log='yes' must be true or false"),
-])
-def test_bad_json_files_name_the_file_and_field(tmp_path, text, match):
-    p = tmp_path / "space.json"
+]
+
+
+@pytest.mark.parametrize("suffix, text, match", [(".yaml", t, m) for t, m in BAD_YAML]
+                         + [(".json", t, m) for t, m in BAD_JSON])
+def test_bad_space_files_name_the_file_and_field(tmp_path, suffix, text, match):
+    p = tmp_path / f"space{suffix}"
     p.write_text(text)
     with pytest.raises(SpaceError, match=match) as e:
         load_space(p)
