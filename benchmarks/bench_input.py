@@ -20,9 +20,6 @@ new in the same run, against the model's consumption rate.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,18 +32,14 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import unet3d  # noqa: E402, F401, I001  (runtime defaults before TensorFlow loads)
 
 from bench_train import CONFIGS  # noqa: E402
+from harness import print_table, run_worker  # noqa: E402
 
 
 def consumption(config: str) -> float:
     """Volumes/s our model trains at for ``config`` (bench_train's worker, fresh process)."""
     job = {"config": config, "side": "ours", "warmup": 1,
            "steps": max(2, CONFIGS[config]["steps"] // 2)}
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_train.py"), "--worker",
-                        json.dumps(job)], capture_output=True, text=True,
-                       env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    if r.returncode != 0:
-        raise RuntimeError(r.stderr[-3000:])
-    res = json.loads(r.stdout.strip().splitlines()[-1])
+    res = run_worker(ROOT / "benchmarks" / "bench_train.py", job)
     return CONFIGS[config]["batch"] / res["step_s"]
 
 
@@ -103,15 +96,14 @@ def main() -> int:
 
     print(f"preprocessing: {args.cases} cases of 240x240x155 x 4 modalities from NIfTI in "
           f"{prep_s:.1f} s = {args.cases / prep_s:.2f} cases/s (brain box {'x'.join(map(str, box))})")
-    print(f"{'config':<7} {'crop':>5} {'batch':>5} {'host crops/s':>12} {'per core':>9} "
-          f"{'device crops/s':>15} {'per core':>9} {'gain/core':>9} {'model vol/s':>12} "
-          f"{'device/model':>13}")
+    table = []
     for name, cfg, rates, vps in rows:
         (h, hc), (d, dc) = rates["host"], rates["device"]
-        model = f"{vps:>12.2f} {d / vps:>12.1f}x" if vps else f"{'-':>12} {'-':>13}"
-        print(f"{name:<7} {cfg['crop']:>4}^3 {cfg['batch']:>5} {h:>12.1f} {hc:>9.1f} {d:>15.1f} "
-              f"{dc:>9.1f} {dc / hc:>8.1f}x {model}")
-    print(f"\n{os.cpu_count()} CPU cores; python {sys.version.split()[0]}")
+        table.append((name, f"{cfg['crop']}^3", cfg["batch"], h, hc, d, dc, f"{dc / hc:.1f}x",
+                      f"{vps:.2f}" if vps else "-", f"{d / vps:.1f}x" if vps else "-"))
+    print_table([("config", "<7"), ("crop", ">5"), ("batch", ">5"), ("host crops/s", ">12.1f"),
+                 ("per core", ">9.1f"), ("device crops/s", ">15.1f"), ("per core", ">9.1f"),
+                 ("gain/core", ">9"), ("model vol/s", ">12"), ("device/model", ">13")], table)
     return 0
 
 

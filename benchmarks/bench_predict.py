@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from harness import print_table, run_worker  # (benchmarks/: the script's own folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"small": "cpu-small", "mid": "gpu-mid", "nvidia": "nvidia"}
@@ -92,25 +92,17 @@ def main() -> int:
             for tta in args.tta:
                 out = Path(tmp) / f"{name}_{tta}"
                 job = {"preset": CONFIGS[name], "tta": tta, "data": str(data), "out": str(out)}
-                r = subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)],
-                                   capture_output=True, text=True,
-                                   env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-                if r.returncode != 0:
-                    print(r.stderr[-3000:], file=sys.stderr)
-                    return 1
-                res = json.loads(r.stdout.strip().splitlines()[-1])
+                res = run_worker(__file__, job)
                 rows.append((name, tta, res))
                 print(f"  done: {name} tta {tta}: {res['case_s']:.1f} s", file=sys.stderr, flush=True)
 
     print(f"one {SHAPE[0]}x{SHAPE[1]}x{SHAPE[2]} case, brain box "
           f"{'x'.join(map(str, rows[0][2]['brain_box']))}, overlap 0.5, batch 2, fp32")
-    print(f"{'config':<7} {'params':>11} {'window':>7} {'flips':>5} {'windows':>7} {'read s':>7} "
-          f"{'predict s':>9} {'write s':>7} {'case s':>7} {'peak GiB':>8}")
-    for name, tta, r in rows:
-        print(f"{name:<7} {r['params']:>11,} {r['patch'][0]:>5}^3 {tta:>5} {r['windows']:>7} "
-              f"{r['read_s']:>7.2f} {r['predict_s']:>9.1f} {r['write_s']:>7.2f} {r['case_s']:>7.1f} "
-              f"{r['peak_gib']:>8.2f}")
-    print(f"\n{os.cpu_count()} CPU cores; python {sys.version.split()[0]}")
+    print_table([("config", "<7"), ("params", ">11,"), ("window", ">7"), ("flips", ">5"),
+                 ("windows", ">7"), ("read s", ">7.2f"), ("predict s", ">9.1f"), ("write s", ">7.2f"),
+                 ("case s", ">7.1f"), ("peak GiB", ">8.2f")],
+                [(name, r["params"], f"{r['patch'][0]}^3", tta, r["windows"], r["read_s"], r["predict_s"],
+                  r["write_s"], r["case_s"], r["peak_gib"]) for name, tta, r in rows])
     return 0
 
 

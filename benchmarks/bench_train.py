@@ -25,10 +25,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from harness import print_table, run_worker  # (benchmarks/: the script's own folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 PEER_PYTHON = Path(os.environ.get("PEER_VENV", ROOT / ".venv-peer")) / "bin" / "python"
@@ -130,14 +131,6 @@ def _time(step, steps: int, warmup: int) -> dict:
     return {"step_s": statistics.median(times)}
 
 
-def _run(python: Path | str, job: dict, env: dict[str, str]) -> dict:
-    r = subprocess.run([str(python), __file__, "--worker", json.dumps(job)], capture_output=True,
-                       text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **env})
-    if r.returncode != 0:
-        raise RuntimeError(f"{job['side']} {job['config']} failed:\n{r.stderr[-3000:]}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--configs", nargs="+", default=["small", "mid"], choices=list(CONFIGS))
@@ -172,22 +165,23 @@ def main() -> int:
                 job = {"config": name, "side": side, "warmup": args.warmup}
                 python = PEER_PYTHON if side == "peer" else sys.executable
                 env = {} if side == "peer" else VARIANTS[side]["env"]
-                res = _run(python, job, env)
+                res = run_worker(__file__, job, python=python, env=env)
                 results.setdefault((name, side), []).append(res)
                 print(f"  {name:<6} {side:<8} {res['step_s']:.3f} s/step", file=sys.stderr, flush=True)
 
-    print(f"{'config':<7} {'crop':>5} {'batch':>5} {'side':<8} {'params':>11} {'step s':>8} "
-          f"{'vol/s':>7} {'vs MONAI':>9}  framework")
+    rows = []
     for name in args.configs:
         cfg = CONFIGS[name]
         peer_s = statistics.median(r["step_s"] for r in results[(name, "peer")])
         for side in [*args.variants, "peer"]:
             rs = results[(name, side)]
             s = statistics.median(r["step_s"] for r in rs)
-            label = "MONAI" if side == "peer" else side
-            print(f"{name:<7} {cfg['crop']:>4}^3 {cfg['batch']:>5} {label:<8} {rs[0]['params']:>11,} "
-                  f"{s:>8.3f} {cfg['batch'] / s:>7.2f} {peer_s / s:>8.2f}x  {rs[0]['framework']}")
-    print(f"\n{os.cpu_count()} CPU cores; {args.rounds} rounds, median; python {sys.version.split()[0]}")
+            rows.append((name, f"{cfg['crop']}^3", cfg["batch"], "MONAI" if side == "peer" else side,
+                         rs[0]["params"], s, cfg["batch"] / s, f"{peer_s / s:.2f}x",
+                         rs[0]["framework"]))
+    print_table([("config", "<7"), ("crop", ">5"), ("batch", ">5"), ("side", "<8"), ("params", ">11,"),
+                 ("step s", ">8.3f"), ("vol/s", ">7.2f"), ("vs MONAI", ">9"), ("framework", "")],
+                rows, f"{args.rounds} rounds, median")
     return 0
 
 

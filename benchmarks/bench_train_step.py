@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from harness import print_table, run_worker  # (benchmarks/: the script's own folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,7 +74,7 @@ def main() -> int:
     args = p.parse_args()
     if args.worker:
         w = json.loads(args.worker)
-        print(json.dumps(worker(w["cfg"], w["xla"], args.steps, args.warmup)))
+        print(json.dumps(worker(w["cfg"], w["xla"], w["steps"], w["warmup"])))
         return 0
 
     rows = []
@@ -82,26 +82,17 @@ def main() -> int:
         cfg = CONFIGS[name]
         for setting in args.settings:
             s = SETTINGS[setting]
-            env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **s["env"]}
             steps = args.steps if setting == "ours" else max(3, args.steps // 3)
-            r = subprocess.run([sys.executable, __file__, "--steps", str(steps), "--warmup",
-                                str(args.warmup), "--worker",
-                                json.dumps({"cfg": cfg, "xla": s["xla"]})],
-                               capture_output=True, text=True, env=env)
-            if r.returncode != 0:
-                print(r.stderr[-2000:], file=sys.stderr)
-                return 1
-            res = json.loads(r.stdout.strip().splitlines()[-1])
-            rows.append((name, cfg, setting, res))
+            job = {"cfg": cfg, "xla": s["xla"], "steps": steps, "warmup": args.warmup}
+            rows.append((name, cfg, setting, run_worker(__file__, job, env=s["env"])))
 
-    print(f"{'config':<7} {'crop':>5} {'base':>4} {'levels':>6} {'batch':>5} {'params':>10} "
-          f"{'setting':<9} {'step s':>8} {'vol/s':>7} {'vs ours':>8}")
     ours = {n: r["vps"] for n, _, s, r in rows if s == "ours"}
-    for name, cfg, setting, r in rows:
-        rel = f"{r['vps'] / ours[name]:.2f}x" if name in ours else "-"
-        print(f"{name:<7} {cfg['crop']:>4}^3 {cfg['base']:>4} {cfg['depth']:>6} {cfg['batch']:>5} "
-              f"{r['params']:>10,} {setting:<9} {r['step_s']:>8.3f} {r['vps']:>7.2f} {rel:>8}")
-    print(f"\n{os.cpu_count()} CPU cores; python {sys.version.split()[0]}")
+    print_table([("config", "<7"), ("crop", ">5"), ("base", ">4"), ("levels", ">6"), ("batch", ">5"),
+                 ("params", ">10,"), ("setting", "<9"), ("step s", ">8.3f"), ("vol/s", ">7.2f"),
+                 ("vs ours", ">8")],
+                [(name, f"{cfg['crop']}^3", cfg["base"], cfg["depth"], cfg["batch"], r["params"], setting,
+                  r["step_s"], r["vps"], f"{r['vps'] / ours[name]:.2f}x" if name in ours else "-")
+                 for name, cfg, setting, r in rows])
     return 0
 
 
