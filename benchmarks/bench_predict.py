@@ -13,14 +13,12 @@ the wall time of each stage, the window evaluations, and the process's peak memo
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from harness import print_table, run_worker  # (benchmarks/: the script's own folder)
+from harness import answer, parser, print_table, run_worker  # (benchmarks/: the script's own folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"small": "cpu-small", "mid": "gpu-mid", "nvidia": "nvidia"}
@@ -71,15 +69,12 @@ def worker(preset_name: str, tta: int, data: str, out: str) -> dict:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__)
     p.add_argument("--configs", nargs="+", default=["small", "nvidia"], choices=list(CONFIGS))
     p.add_argument("--tta", nargs="+", type=int, default=[1, 8])
-    p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        w = json.loads(args.worker)
-        print(json.dumps(worker(w["preset"], w["tta"], w["data"], w["out"])))
-        return 0
+        return answer(worker(**args.worker))
 
     sys.path.insert(0, str(ROOT))
     from unet3d.data.synthetic import write_synthetic_dataset
@@ -91,7 +86,7 @@ def main() -> int:
         for name in args.configs:
             for tta in args.tta:
                 out = Path(tmp) / f"{name}_{tta}"
-                job = {"preset": CONFIGS[name], "tta": tta, "data": str(data), "out": str(out)}
+                job = {"preset_name": CONFIGS[name], "tta": tta, "data": str(data), "out": str(out)}
                 res = run_worker(__file__, job)
                 rows.append((name, tta, res))
                 print(f"  done: {name} tta {tta}: {res['case_s']:.1f} s", file=sys.stderr, flush=True)

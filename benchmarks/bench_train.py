@@ -21,15 +21,13 @@ MONAI runs in its own environment (``bash benchmarks/peer_env.sh`` makes ``.venv
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
-from harness import print_table, run_worker  # (benchmarks/: the script's own folder)
+from harness import answer, parser, print_table, run_worker  # (benchmarks/: the script's own folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 PEER_PYTHON = Path(os.environ.get("PEER_VENV", ROOT / ".venv-peer")) / "bin" / "python"
@@ -132,16 +130,15 @@ def _time(step, steps: int, warmup: int) -> dict:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__)
     p.add_argument("--configs", nargs="+", default=["small", "mid"], choices=list(CONFIGS))
     p.add_argument("--variants", nargs="+", default=["ours"], choices=list(VARIANTS),
                    help="our settings to measure (the peer runs once per round either way)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        job = json.loads(args.worker)
+        job = args.worker
         cfg = CONFIGS[job["config"]]
         steps = job.get("steps", cfg["steps"])
         if job["side"] == "peer":
@@ -151,8 +148,7 @@ def main() -> int:
             res = peer(cfg, steps, job["warmup"])
         else:
             res = ours(cfg, VARIANTS[job["side"]], steps, job["warmup"])
-        print(json.dumps(res))
-        return 0
+        return answer(res)
 
     if not PEER_PYTHON.exists():
         print(f"no peer environment at {PEER_PYTHON.parent.parent}: run bash benchmarks/peer_env.sh",

@@ -14,13 +14,11 @@ warm-up; the table prints the median over repeats.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
-from harness import print_table, run_worker  # (benchmarks/: the script's own folder)
+from harness import answer, parser, print_table, run_worker  # (benchmarks/: the script's own folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,17 +63,14 @@ def worker(cfg: dict, xla: bool, steps: int, warmup: int) -> dict:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__)
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        w = json.loads(args.worker)
-        print(json.dumps(worker(w["cfg"], w["xla"], w["steps"], w["warmup"])))
-        return 0
+        return answer(worker(**args.worker))
 
     rows = []
     for name in args.configs:

@@ -6,6 +6,7 @@ BENCHMARKS.md can quote them as printed. (The GPU benchmarks stream records: ben
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -13,6 +14,20 @@ import subprocess
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+    """The script's command line: described by the first line of ``doc`` (its docstring), with the
+    hidden ``--worker JOB`` :func:`run_worker` passes (``args.worker``: the job, parsed)."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--worker", type=json.loads, help=argparse.SUPPRESS)
+    return p
+
+
+def answer(result: dict) -> int:
+    """A worker's reply to :func:`run_worker`: its result as the last line of stdout. Exit 0."""
+    print(json.dumps(result))
+    return 0
 
 
 def run_worker(script: str | Path, job: dict, *, python: str | Path | None = None,
