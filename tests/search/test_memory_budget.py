@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import error_line, run_cli
 
 from search import Search, SearchError
 from search.context import SearchContext
@@ -157,10 +157,8 @@ def test_the_cli_refuses_a_bad_memory_in_one_line_and_writes_nothing(tmp_path, v
     (tmp_path / "out").mkdir()
     r = run_cli("search", "--out", str(tmp_path / "out"), "--name", "e", "--memory", value,
                 cwd=tmp_path, timeout=300)
-    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert lines == [f"error: --memory {value}: must be a number of GiB > 0, the memory one trial "
-                     f"may use (leave it out for the default)"], r.stderr
+    assert error_line(r, alone=True) == (f"error: --memory {value}: must be a number of GiB > 0, the "
+                                         f"memory one trial may use (leave it out for the default)")
     assert {p.name for p in tmp_path.rglob("*")} == {"out"}
 
 

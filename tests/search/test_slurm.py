@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import run_cli
+from conftest import error_line, run_cli
 
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scancel", "sinfo")
 
@@ -216,7 +216,7 @@ def test_a_wrong_slurm_request_gets_one_line_and_nothing_is_written_or_submitted
         flags = [*flags, "--"]
     r = run_cli("slurm", "--shared", str(shared), "--submit", *flags, "--name", "x",
                 env=slurm["env"], timeout=60)
-    assert r.returncode == 2 and says in r.stderr.strip().splitlines()[-1], r.stderr
+    assert says in error_line(r)
     assert list(shared.iterdir()) == [] and _jobs(slurm) == []
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import error_line, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -82,7 +82,8 @@ def test_scheme_end_to_end(tmp_path, layout):
         write_synthetic_dataset(other, 1, (32, 32, 32), seed=5, layout="brats2023")
         r = run_cli("predict", "--model", str(tmp_path / "run"), "--input", str(other), "--out",
                     str(tmp_path / "p4"))
-        assert r.returncode == 2 and "has 4 modalities" in r.stderr and "reads 1" in r.stderr
+        line = error_line(r)
+        assert "has 4 modalities" in line and "reads 1" in line
         assert not (tmp_path / "p4").exists()
 
 
@@ -182,17 +183,17 @@ def test_bad_label_values_and_labels_option_are_one_line_errors(gli2023, tmp_pat
     nib.save(nib.Nifti1Image(arr, img.affine), str(seg))
     cache = tmp_path / "cache"
     r = run_cli("prepare", "--data", str(data), "--cache", str(cache))
-    assert r.returncode == 2
-    (line,) = [x for x in r.stderr.strip().splitlines() if x.startswith("error:")]
+    line = error_line(r)
     assert str(seg) in line and "[7]" in line and "brats2023 layout" in line
 
     # forcing the legacy scheme on 2023 labels: ET = 3 is not a legacy value
     arr[0, 0, 0] = 0
     nib.save(nib.Nifti1Image(arr, img.affine), str(seg))
     r = run_cli("prepare", "--data", str(data), "--cache", str(cache), "--labels", "brats-legacy")
-    assert r.returncode == 2 and "[3]" in r.stderr and "brats-legacy" in r.stderr
+    line = error_line(r)
+    assert "[3]" in line and "brats-legacy" in line
     r = run_cli("prepare", "--data", str(data), "--cache", str(tmp_path / "c2"), "--labels", "nope")
-    assert r.returncode == 2 and "neither a built-in scheme" in r.stderr
+    assert "neither a built-in scheme" in error_line(r)
     assert not (tmp_path / "c2").exists()  # checked before anything is written
 
     # a user scheme that fits: one region of every tumour label
