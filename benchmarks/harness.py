@@ -42,6 +42,7 @@ def run_worker(script: str | Path, job: dict, *, python: str | Path | None = Non
         raise RuntimeError(f"{Path(script).name} {json.dumps(job)} failed:\n{r.stderr[-3000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
 
+
 _ALIGN_WIDTH = re.compile(r"^(?P<align>[<>^]?)(?P<width>\d*)")  # (the specs here have no fill)
 
 
